@@ -1,0 +1,407 @@
+"""The DuckDB store. The daemon holds the only read-write connection; every write commits before it returns."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from .migrations import migrate
+
+
+class StoreError(RuntimeError):
+    """A store operation that could not be done; the message says why."""
+
+
+class UnknownInteraction(StoreError):
+    pass
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _json_or_none(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+# The newest explicit rating of each interaction counts. A client may send thumbs, stars and a comment in
+# separate calls, so each field takes its newest non-empty value; implicit events add a weak signal.
+_LATEST_EXPLICIT = """
+    SELECT interaction_id, max(id) AS id, max(ts) AS ts,
+           arg_max(thumbs, id) FILTER (WHERE thumbs IS NOT NULL) AS thumbs,
+           arg_max(stars, id) FILTER (WHERE stars IS NOT NULL) AS stars,
+           arg_max(comment, id) FILTER (WHERE comment IS NOT NULL) AS comment
+    FROM ratings WHERE source = 'explicit' GROUP BY interaction_id
+"""
+
+_SNAPSHOT = f"""
+    SELECT i.id AS interaction_id, i.ts, i.kind, i.model, i.adapter_version, i.prompt, i.response,
+           CAST(i.context AS VARCHAR) AS context,
+           e.thumbs, e.stars, e.comment, e.id AS rating_id,
+           coalesce(imp.accepted, 0) AS accepted, coalesce(imp.dismissed, 0) AS dismissed,
+           coalesce(imp.partially_accepted, 0) AS partially_accepted
+    FROM interactions i
+    LEFT JOIN ({_LATEST_EXPLICIT}) e ON e.interaction_id = i.id
+    LEFT JOIN (
+        SELECT interaction_id,
+               count(*) FILTER (WHERE event = 'accepted') AS accepted,
+               count(*) FILTER (WHERE event = 'dismissed') AS dismissed,
+               count(*) FILTER (WHERE event = 'partially_accepted') AS partially_accepted
+        FROM ratings WHERE source = 'implicit' GROUP BY interaction_id
+    ) imp ON imp.interaction_id = i.id
+    WHERE e.id IS NOT NULL OR imp.interaction_id IS NOT NULL
+    ORDER BY i.ts
+"""
+
+
+class Store:
+    """All reads and writes of `reinf.duckdb`. Thread-safe: one lock serialises the one connection."""
+
+    def __init__(self, path: Path, encryption_key: str = "") -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        old_umask = os.umask(0o077)
+        try:
+            self._con = self._open(encryption_key)
+        finally:
+            os.umask(old_umask)
+        for p in (self.path, self.path.with_name(self.path.name + ".wal")):
+            if p.exists():
+                os.chmod(p, 0o600)
+        with self._lock:
+            migrate(self._con)
+
+    def _open(self, encryption_key: str) -> duckdb.DuckDBPyConnection:
+        try:
+            if not encryption_key:
+                return duckdb.connect(str(self.path))
+            con = duckdb.connect(":memory:")
+            try:
+                con.execute("LOAD httpfs")
+            except duckdb.Error as exc:
+                con.close()
+                raise StoreError(
+                    "store.encryption_key is set, but DuckDB can encrypt securely only with its httpfs "
+                    "extension loaded, and it could not be loaded here "
+                    f"({str(exc).splitlines()[0]}). reinf refuses DuckDB's insecure fallback: install httpfs "
+                    "(INSTALL httpfs) or unset store.encryption_key."
+                ) from exc
+            con.execute(f"ATTACH '{self.path}' AS reinf (ENCRYPTION_KEY ?)", [encryption_key])
+            con.execute("USE reinf")
+            return con
+        except duckdb.IOException as exc:
+            raise StoreError(f"cannot open the store at {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._con.execute("CHECKPOINT")
+            except duckdb.Error:
+                pass
+            self._con.close()
+
+    def _write(self, sql: str, params: list[Any] | None = None) -> list[tuple]:
+        """Run one write in its own transaction; returns only after COMMIT."""
+        with self._lock:
+            self._con.execute("BEGIN TRANSACTION")
+            try:
+                rows = self._con.execute(sql, params or []).fetchall()
+                self._con.execute("COMMIT")
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+            return rows
+
+    def _read(self, sql: str, params: list[Any] | None = None) -> list[tuple]:
+        with self._lock:
+            return self._con.execute(sql, params or []).fetchall()
+
+    def _read_dicts(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            cur = self._con.execute(sql, params or [])
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    # -- interactions ---------------------------------------------------------------------------
+
+    def add_interaction(
+        self,
+        *,
+        kind: str,
+        client: str,
+        model: str,
+        adapter_version: int,
+        prompt: str,
+        context: dict[str, Any] | None,
+        response: str,
+        finish_reason: str,
+        timings: dict[str, float],
+    ) -> str:
+        """Store one completion, chat or ask; returns its id."""
+        iid = uuid.uuid4().hex
+        self._write(
+            "INSERT INTO interactions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                iid,
+                _now(),
+                kind,
+                client,
+                model,
+                adapter_version,
+                prompt,
+                json.dumps(context or {}),
+                response,
+                finish_reason,
+                json.dumps(timings),
+            ],
+        )
+        return iid
+
+    def get_interaction(self, interaction_id: str) -> dict[str, Any] | None:
+        rows = self._read_dicts("SELECT * FROM interactions WHERE id = ?", [interaction_id])
+        if not rows:
+            return None
+        row = rows[0]
+        row["context"] = _json_or_none(row["context"])
+        row["timings"] = _json_or_none(row["timings"])
+        row["ts"] = _iso(row["ts"])
+        return row
+
+    def count_interactions(self) -> int:
+        return self._read("SELECT count(*) FROM interactions")[0][0]
+
+    # -- ratings --------------------------------------------------------------------------------
+
+    def add_rating(
+        self,
+        interaction_id: str,
+        *,
+        thumbs: str | None = None,
+        stars: int | None = None,
+        comment: str | None = None,
+        source: str = "explicit",
+        event: str | None = None,
+    ) -> int:
+        """Append a rating (explicit) or an implicit event; committed before it returns."""
+        with self._lock:
+            if not self._read("SELECT 1 FROM interactions WHERE id = ?", [interaction_id]):
+                raise UnknownInteraction(f"unknown interaction_id {interaction_id!r}")
+            rows = self._write(
+                "INSERT INTO ratings (interaction_id, ts, thumbs, stars, comment, source, event) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                [interaction_id, _now(), thumbs, stars, comment, source, event],
+            )
+        return int(rows[0][0])
+
+    def ratings_total(self) -> int:
+        """How many explicit ratings have been given (every one, re-ratings included)."""
+        return self._read("SELECT count(*) FROM ratings WHERE source = 'explicit'")[0][0]
+
+    def max_rating_id(self) -> int:
+        return self._read("SELECT coalesce(max(id), 0) FROM ratings WHERE source = 'explicit'")[0][0]
+
+    def ratings_since(self, watermark: int) -> int:
+        return self._read("SELECT count(*) FROM ratings WHERE source = 'explicit' AND id > ?", [watermark])[0][0]
+
+    def ratings_timeline(self) -> list[dict[str, Any]]:
+        rows = self._read_dicts(
+            "SELECT CAST(date_trunc('day', ts) AS DATE) AS day, count(*) AS count, avg(stars) AS mean_stars, "
+            "count(*) FILTER (WHERE thumbs = 'up') AS thumbs_up, "
+            "count(*) FILTER (WHERE thumbs = 'down') AS thumbs_down "
+            "FROM ratings WHERE source = 'explicit' GROUP BY 1 ORDER BY 1"
+        )
+        for r in rows:
+            r["day"] = r["day"].isoformat()
+        return rows
+
+    # -- history --------------------------------------------------------------------------------
+
+    def history(
+        self, *, limit: int = 20, offset: int = 0, unrated_only: bool = False, kind: str | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Newest interactions first, each with its counting rating (if any)."""
+        where, params = [], []
+        if unrated_only:
+            where.append("e.id IS NULL")
+        if kind:
+            where.append("i.kind = ?")
+            params.append(kind)
+        cond = ("WHERE " + " AND ".join(where)) if where else ""
+        base = f"FROM interactions i LEFT JOIN ({_LATEST_EXPLICIT}) e ON e.interaction_id = i.id {cond}"
+        total = self._read(f"SELECT count(*) {base}", params)[0][0]
+        rows = self._read_dicts(
+            f"SELECT i.id AS interaction_id, i.kind, i.ts, i.prompt, i.response, i.model, i.adapter_version, "
+            f"e.thumbs, e.stars, e.comment, e.id AS rating_id {base} ORDER BY i.ts DESC, i.id LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        items = []
+        for r in rows:
+            rating = None
+            if r.pop("rating_id") is not None:
+                rating = {"thumbs": r["thumbs"], "stars": r["stars"], "comment": r["comment"]}
+            for k in ("thumbs", "stars", "comment"):
+                r.pop(k)
+            r["ts"] = _iso(r["ts"])
+            r["rating"] = rating
+            items.append(r)
+        return items, total
+
+    # -- export, snapshot, forget ---------------------------------------------------------------
+
+    def export_snapshot(self, out: Path) -> int:
+        """Write the trainer's Parquet snapshot: interactions joined to their counting rating and implicit events."""
+        with self._lock:
+            n = self._con.execute(f"SELECT count(*) FROM ({_SNAPSHOT})").fetchone()[0]
+            self._con.execute(f"COPY ({_SNAPSHOT}) TO '{_sql_path(out)}' (FORMAT parquet)")
+        os.chmod(out, 0o600)
+        return int(n)
+
+    def export(self, out: Path, fmt: str) -> int:
+        """Export every interaction with its ratings (all of them, as a list) to Parquet or JSONL."""
+        query = """
+            SELECT i.id AS interaction_id, i.ts, i.kind, i.client, i.model, i.adapter_version, i.prompt,
+                   CAST(i.context AS VARCHAR) AS context, i.response, i.finish_reason,
+                   CAST(i.timings AS VARCHAR) AS timings,
+                   list(struct_pack(id := r.id, ts := r.ts, thumbs := r.thumbs, stars := r.stars,
+                                    comment := r.comment, source := r.source, event := r.event)
+                        ORDER BY r.id) FILTER (WHERE r.id IS NOT NULL) AS ratings
+            FROM interactions i LEFT JOIN ratings r ON r.interaction_id = i.id
+            GROUP BY ALL ORDER BY i.ts
+        """
+        if fmt not in ("parquet", "jsonl"):
+            raise StoreError(f"export format must be parquet or jsonl, got {fmt!r}")
+        tmp = out.with_name(f".{out.name}.tmp")
+        with self._lock:
+            n = self._con.execute(f"SELECT count(*) FROM ({query})").fetchone()[0]
+            opts = "(FORMAT parquet)" if fmt == "parquet" else "(FORMAT json)"
+            old = os.umask(0o077)
+            try:
+                self._con.execute(f"COPY ({query}) TO '{_sql_path(tmp)}' {opts}")
+            finally:
+                os.umask(old)
+        os.replace(tmp, out)
+        return int(n)
+
+    def forget(self, before: datetime) -> int:
+        """Delete interactions (and their ratings) older than `before`, then checkpoint so the text is gone."""
+        with self._lock:
+            self._con.execute("BEGIN TRANSACTION")
+            try:
+                ids = "SELECT id FROM interactions WHERE ts < ?"
+                self._con.execute(f"DELETE FROM ratings WHERE interaction_id IN ({ids})", [before])
+                n = self._con.execute("DELETE FROM interactions WHERE ts < ? RETURNING id", [before]).fetchall()
+                self._con.execute("COMMIT")
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+            self._con.execute("CHECKPOINT")
+        return len(n)
+
+    # -- training runs and adapters -------------------------------------------------------------
+
+    def create_run(self, trigger: str, n_ratings: int, watermark: int) -> int:
+        rows = self._write(
+            "INSERT INTO training_runs (trigger, state, started, n_ratings, rating_watermark, metrics) "
+            "VALUES (?, 'queued', ?, ?, ?, '{}') RETURNING id",
+            [trigger, _now(), n_ratings, watermark],
+        )
+        return int(rows[0][0])
+
+    def update_run(self, run_id: int, **fields: Any) -> None:
+        allowed = {"state", "finished", "metrics", "error", "pid", "started"}
+        bad = set(fields) - allowed
+        if bad:
+            raise StoreError(f"cannot update run fields {sorted(bad)}")
+        if "metrics" in fields and not isinstance(fields["metrics"], str):
+            fields["metrics"] = json.dumps(fields["metrics"])
+        if fields.get("finished") is True:
+            fields["finished"] = _now()
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        self._write(f"UPDATE training_runs SET {sets} WHERE id = ?", [*fields.values(), run_id])
+
+    def get_run(self, run_id: int) -> dict[str, Any] | None:
+        rows = self.list_runs(where="r.id = ?", params=[run_id])
+        return rows[0] if rows else None
+
+    def list_runs(self, limit: int = 20, where: str = "", params: list[Any] | None = None) -> list[dict[str, Any]]:
+        cond = f"WHERE {where}" if where else ""
+        rows = self._read_dicts(
+            f"SELECT r.id AS run_id, r.trigger, r.state, r.started, r.finished, r.n_ratings, r.metrics, r.error, "
+            f"r.rating_watermark, r.pid, a.version AS adapter_version FROM training_runs r "
+            f"LEFT JOIN adapters a ON a.run_id = r.id {cond} ORDER BY r.id DESC LIMIT ?",
+            [*(params or []), limit],
+        )
+        for r in rows:
+            r["started"] = _iso(r["started"])
+            r["finished"] = _iso(r["finished"])
+            r["metrics"] = _json_or_none(r["metrics"]) or {}
+        return rows
+
+    def unfinished_runs(self) -> list[dict[str, Any]]:
+        return self.list_runs(limit=1000, where="r.state IN ('queued', 'running')")
+
+    def last_watermark(self) -> int:
+        """The rating watermark of the newest run that trained (or tried to), so new ratings count from there."""
+        rows = self._read("SELECT coalesce(max(rating_watermark), 0) FROM training_runs WHERE state <> 'cancelled'")
+        return int(rows[0][0])
+
+    def next_adapter_version(self) -> int:
+        return int(self._read("SELECT coalesce(max(version), 0) + 1 FROM adapters")[0][0])
+
+    def add_adapter(self, version: int, run_id: int, path: str, status: str, eval_: dict[str, Any]) -> None:
+        self._write(
+            "INSERT INTO adapters VALUES (?, ?, ?, ?, ?, ?)",
+            [version, run_id, _now(), path, status, json.dumps(eval_)],
+        )
+
+    def activate_adapter(self, version: int) -> None:
+        """Mark `version` active (0 = the base) and retire the previously active one, in one transaction."""
+        with self._lock:
+            self._con.execute("BEGIN TRANSACTION")
+            try:
+                self._con.execute("UPDATE adapters SET status = 'retired' WHERE status = 'active'")
+                if version:
+                    self._con.execute("UPDATE adapters SET status = 'active' WHERE version = ?", [version])
+                self._con.execute("COMMIT")
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+
+    def set_adapter_status(self, version: int, status: str) -> None:
+        self._write("UPDATE adapters SET status = ? WHERE version = ?", [status, version])
+
+    def list_adapters(self) -> list[dict[str, Any]]:
+        rows = self._read_dicts("SELECT * FROM adapters ORDER BY version DESC")
+        for r in rows:
+            r["created"] = _iso(r["created"])
+            r["eval"] = _json_or_none(r["eval"]) or {}
+        return rows
+
+    def active_adapter(self) -> dict[str, Any] | None:
+        rows = [a for a in self.list_adapters() if a["status"] == "active"]
+        return rows[0] if rows else None
+
+
+def _sql_path(path: Path) -> str:
+    text = str(path)
+    if "'" in text:
+        raise StoreError(f"paths with a single quote are not supported: {text}")
+    return text
