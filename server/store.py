@@ -154,9 +154,10 @@ class Store:
         response: str,
         finish_reason: str,
         timings: dict[str, float],
+        interaction_id: str | None = None,
     ) -> str:
         """Store one completion, chat or ask; returns its id."""
-        iid = uuid.uuid4().hex
+        iid = interaction_id or uuid.uuid4().hex
         self._write(
             "INSERT INTO interactions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [

@@ -1,0 +1,334 @@
+"""The daemon's shared backend: one engine, one store, one scheduler, and every connected client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from .config import Config
+from .paths import private_dir
+from .redact import redact, redact_obj
+from .store import Store, UnknownInteraction
+from .validate import InvalidParams, Params
+
+log = logging.getLogger("reinf.backend")
+
+
+class NotAvailable(RuntimeError):
+    """A feature this daemon cannot serve (the message says why)."""
+
+
+class Notifier(Protocol):
+    def notify(self, method: str, params: Any) -> None: ...
+
+
+def _ms(start: float, end: float | None = None) -> float:
+    return round(((end or time.perf_counter()) - start) * 1000.0, 3)
+
+
+class Backend:
+    """Everything the LSP handlers call. Tests and benchmarks use it without any LSP."""
+
+    def __init__(self, cfg: Config, engine: Any | None = None) -> None:
+        self.cfg = cfg
+        private_dir(cfg.home)
+        self.store = Store(cfg.home / "reinf.duckdb", cfg.store.encryption_key)
+        if engine is None:
+            from .engine import Engine
+
+            engine = Engine(cfg.model)
+        self.engine = engine
+        # One inference thread: requests queue here; the queue time is reported as queue_ms.
+        self._gen = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reinf-generate")
+        self._clients: set[Notifier] = set()
+        self._clients_lock = threading.Lock()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        from .scheduler import Scheduler
+
+        self.scheduler = Scheduler(cfg, self.store, broadcast=self.broadcast, swap_adapter=self.swap_adapter)
+        version, path = self.scheduler.start()
+        if version:
+            self.engine.set_adapter(version, path)
+
+    # -- clients and notifications -----------------------------------------------------------------
+
+    def attach(self, client: Notifier) -> None:
+        with self._clients_lock:
+            self._clients.add(client)
+
+    def detach(self, client: Notifier) -> None:
+        with self._clients_lock:
+            self._clients.discard(client)
+
+    def broadcast(self, method: str, params: dict[str, Any]) -> None:
+        """Send a notification to every connected client; safe to call from any thread."""
+        with self._clients_lock:
+            clients = list(self._clients)
+        for client in clients:
+            if self.loop is not None and self.loop.is_running():
+                self.loop.call_soon_threadsafe(_safe_notify, client, method, params)
+            else:
+                _safe_notify(client, method, params)
+
+    def swap_adapter(self, version: int, path: Path | None) -> None:
+        """Hot-swap the engine's adapter between two generations (blocks until done)."""
+        self._gen.submit(self.engine.set_adapter, version, path).result()
+
+    # -- generation -------------------------------------------------------------------------------
+
+    async def _generate(self, fn: Callable[[threading.Event], Any]) -> tuple[Any, float]:
+        """Run `fn(cancel)` on the inference thread; cancelling the awaiting task stops it early."""
+        cancel = threading.Event()
+        queued = time.perf_counter()
+        started: list[float] = []
+
+        def run() -> Any:
+            started.append(time.perf_counter())
+            if cancel.is_set():
+                return None
+            return fn(cancel)
+
+        future = self._gen.submit(run)
+        try:
+            result = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            cancel.set()
+            future.cancel()
+            raise
+        return result, _ms(queued, started[0] if started else None)
+
+    async def chat(
+        self, params: Any, *, client: str, on_delta: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]:
+        """reinf/chat: generate, stream deltas, store the interaction, answer."""
+        t0 = time.perf_counter()
+        p = Params(params, "reinf/chat", self.cfg.server.max_field_bytes,
+                   {"messages", "kind", "context", "max_tokens", "temperature"})
+        messages = p.messages()
+        kind = p.str("kind", choices=("chat", "ask")) or "chat"
+        context = p.context()
+        max_tokens = p.int("max_tokens", 1, 4096) or self.cfg.model.chat_max_new_tokens
+        temperature = p.float("temperature", 0.0, 2.0)
+        if temperature is None:
+            temperature = self.cfg.model.temperature
+        full = _with_context(messages, context)
+        # The interaction id is known up front so that streamed deltas can carry it.
+        iid = uuid.uuid4().hex
+
+        def delta(text: str) -> None:
+            if on_delta is not None:
+                on_delta({"interaction_id": iid, "delta": text})
+
+        gen, queue_ms = await self._generate(
+            lambda cancel: self.engine.chat(
+                full, max_tokens=max_tokens, temperature=temperature, cancel=cancel, on_delta=delta
+            )
+        )
+        version = self.engine.adapter_version
+        timings = {"queue_ms": queue_ms, "generate_ms": round(gen.generate_ms, 3)}
+        timings["total_ms"] = _ms(t0)
+        self._store_interaction(
+            iid, kind=kind, client=client, prompt=gen.prompt, response=gen.text, finish_reason=gen.finish_reason,
+            context={**context, "messages": messages}, timings=timings, adapter_version=version,
+        )
+        timings["total_ms"] = _ms(t0)
+        return {
+            "interaction_id": iid,
+            "text": gen.text,
+            "finish_reason": gen.finish_reason,
+            "model": self.engine.model_name,
+            "adapter_version": version,
+            "timings": timings,
+        }
+
+    async def complete(
+        self, prefix: str, suffix: str, *, client: str, uri: str, language: str | None, max_tokens: int | None = None
+    ) -> dict[str, Any] | None:
+        """An inline completion at the cursor; stored and returned with its interaction id (None if empty)."""
+        t0 = time.perf_counter()
+        n = max_tokens or self.cfg.model.max_new_tokens
+        gen, queue_ms = await self._generate(
+            lambda cancel: self.engine.complete(
+                prefix, suffix, max_tokens=n, temperature=self.cfg.model.temperature, cancel=cancel
+            )
+        )
+        if gen is None or gen.finish_reason == "cancelled" or not gen.text.strip():
+            return None
+        iid = uuid.uuid4().hex
+        version = self.engine.adapter_version
+        timings = {"queue_ms": queue_ms, "generate_ms": round(gen.generate_ms, 3), "total_ms": _ms(t0)}
+        self._store_interaction(
+            iid, kind="completion", client=client, prompt=gen.prompt, response=gen.text,
+            finish_reason=gen.finish_reason, context={"uri": uri, "language": language}, timings=timings,
+            adapter_version=version,
+        )
+        timings["total_ms"] = _ms(t0)
+        return {"interaction_id": iid, "text": gen.text, "adapter_version": version, "timings": timings}
+
+    def _store_interaction(self, iid: str, *, kind: str, client: str, prompt: str, response: str,
+                           finish_reason: str, context: dict[str, Any], timings: dict[str, float],
+                           adapter_version: int) -> None:
+        redacting = self.cfg.server.redact_secrets
+        self.store.add_interaction(
+            interaction_id=iid, kind=kind, client=client, model=self.engine.model_name,
+            adapter_version=adapter_version,
+            prompt=redact(prompt) if redacting else prompt,
+            context=redact_obj(context) if redacting else context,
+            response=redact(response) if redacting else response,
+            finish_reason=finish_reason, timings=timings,
+        )
+
+    # -- ratings ----------------------------------------------------------------------------------
+
+    def rate(self, params: Any) -> dict[str, Any]:
+        """reinf/rate: append an explicit rating; answered only after it is committed."""
+        p = Params(params, "reinf/rate", self.cfg.server.max_field_bytes,
+                   {"interaction_id", "thumbs", "stars", "comment"})
+        iid = p.str("interaction_id", required=True)
+        thumbs = p.str("thumbs", choices=("up", "down"))
+        stars = p.int("stars", 1, 5)
+        comment = p.str("comment")
+        if thumbs is None and stars is None and not comment:
+            raise InvalidParams("reinf/rate: give at least one of thumbs, stars or comment")
+        if comment and self.cfg.server.redact_secrets:
+            comment = redact(comment)
+        try:
+            rating_id = self.store.add_rating(iid, thumbs=thumbs, stars=stars, comment=comment)
+        except UnknownInteraction as exc:
+            raise InvalidParams(f"reinf/rate: interaction_id: {exc}") from exc
+        self.scheduler.note_rating()
+        return {
+            "rating_id": rating_id,
+            "ratings_total": self.store.ratings_total(),
+            "until_next_training": self.scheduler.until_next_training(),
+        }
+
+    def feedback(self, params: Any) -> int:
+        """reinf/feedback: an implicit signal (accepted, dismissed, partially accepted)."""
+        p = Params(params, "reinf/feedback", self.cfg.server.max_field_bytes,
+                   {"interaction_id", "event", "accepted_chars", "shown_ms"})
+        iid = p.str("interaction_id", required=True)
+        event = p.str("event", required=True, choices=("accepted", "dismissed", "partially_accepted"))
+        accepted_chars = p.int("accepted_chars", 0, 10_000_000)
+        shown_ms = p.int("shown_ms", 0, 86_400_000)
+        detail = {k: v for k, v in (("accepted_chars", accepted_chars), ("shown_ms", shown_ms)) if v is not None}
+        try:
+            return self.store.add_rating(
+                iid, source="implicit", event=event, comment=_json_detail(detail) if detail else None
+            )
+        except UnknownInteraction as exc:
+            raise InvalidParams(f"reinf/feedback: interaction_id: {exc}") from exc
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "model": self.engine.model_name,
+            "device": self.engine.device,
+            "adapter_version": self.engine.adapter_version,
+            "ratings_total": self.store.ratings_total(),
+            "interactions_total": self.store.count_interactions(),
+            "until_next_training": self.scheduler.until_next_training(),
+            "training": self.scheduler.status(),
+            "last_run": self.scheduler.last_run(),
+        }
+
+    def history(self, params: Any) -> dict[str, Any]:
+        p = Params(params, "reinf/history", self.cfg.server.max_field_bytes,
+                   {"limit", "offset", "unrated_only", "kind"})
+        items, total = self.store.history(
+            limit=p.int("limit", 1, self.cfg.server.history_limit_max, default=20),
+            offset=p.int("offset", 0, 2**31, default=0),
+            unrated_only=p.bool("unrated_only"),
+            kind=p.str("kind", choices=("completion", "chat", "ask")),
+        )
+        return {"items": items, "total": total}
+
+    def runs(self, params: Any) -> dict[str, Any]:
+        p = Params(params, "reinf/runs", self.cfg.server.max_field_bytes, {"limit"})
+        return {"runs": self.store.list_runs(limit=p.int("limit", 1, 1000, default=20))}
+
+    def adapters(self, params: Any) -> dict[str, Any]:
+        Params(params, "reinf/adapters", self.cfg.server.max_field_bytes, set())
+        return {"adapters": self.store.list_adapters(), "active": self.engine.adapter_version}
+
+    def ratings_timeline(self, params: Any) -> dict[str, Any]:
+        Params(params, "reinf/ratingsTimeline", self.cfg.server.max_field_bytes, set())
+        return {"points": self.store.ratings_timeline()}
+
+    # -- training control -------------------------------------------------------------------------
+
+    def retrain(self, params: Any) -> dict[str, Any]:
+        Params(params, "reinf/retrain", self.cfg.server.max_field_bytes, set())
+        return {"run_id": self.scheduler.retrain("manual")}
+
+    def cancel_training(self, params: Any) -> dict[str, Any]:
+        Params(params, "reinf/cancelTraining", self.cfg.server.max_field_bytes, set())
+        return {"cancelled": self.scheduler.cancel()}
+
+    def rollback(self, params: Any) -> dict[str, Any]:
+        p = Params(params, "reinf/rollback", self.cfg.server.max_field_bytes, {"version"})
+        return {"adapter_version": self.scheduler.rollback(p.int("version", 0, 2**31))}
+
+    # -- data management --------------------------------------------------------------------------
+
+    def export(self, params: Any) -> dict[str, Any]:
+        p = Params(params, "reinf/export", self.cfg.server.max_field_bytes, {"format", "path"})
+        fmt = p.str("format", choices=("parquet", "jsonl")) or "parquet"
+        path = Path(p.str("path", required=True))
+        if not path.is_absolute():
+            raise InvalidParams(f"reinf/export: path must be absolute, got {str(path)!r}")
+        if not path.parent.is_dir():
+            raise InvalidParams(f"reinf/export: path: folder {str(path.parent)!r} does not exist")
+        return {"path": str(path), "rows": self.store.export(path, fmt)}
+
+    def forget(self, params: Any) -> dict[str, Any]:
+        p = Params(params, "reinf/forget", self.cfg.server.max_field_bytes, {"before"})
+        text = p.str("before", required=True)
+        try:
+            before = datetime.fromisoformat(text)
+        except ValueError as exc:
+            raise InvalidParams(f"reinf/forget: before must be an ISO date, got {text!r}") from exc
+        if before.tzinfo is None:
+            before = before.astimezone()
+        return {"deleted": self.store.forget(before)}
+
+    def close(self) -> None:
+        self.scheduler.close()
+        self._gen.shutdown(wait=True, cancel_futures=True)
+        self.store.close()
+
+
+def _safe_notify(client: Notifier, method: str, params: Any) -> None:
+    try:
+        client.notify(method, params)
+    except Exception:  # a vanished client must not stop the others from hearing
+        log.debug("notification %s to a closed client dropped", method, exc_info=True)
+
+
+def _json_detail(detail: dict[str, Any]) -> str:
+    return json.dumps(detail)
+
+
+def _with_context(messages: list[dict[str, str]], context: dict[str, Any]) -> list[dict[str, str]]:
+    """Put the editor or notebook context in front of the last user message."""
+    parts = []
+    if context.get("selection"):
+        parts.append(f"Selected code ({context.get('language') or 'text'}):\n```\n{context['selection']}\n```")
+    if context.get("file"):
+        parts.append(f"Current file {context.get('uri', '')}:\n```\n{context['file']}\n```")
+    if context.get("cells"):
+        parts.append("Notebook cells:\n" + "\n\n".join(f"```\n{c}\n```" for c in context["cells"]))
+    if not parts:
+        return messages
+    last = messages[-1]
+    return [*messages[:-1], {"role": "user", "content": "\n\n".join(parts) + "\n\n" + last["content"]}]

@@ -1,0 +1,245 @@
+"""`reinf serve`: the daemon. TCP on loopback, one protocol object per connection over a shared backend.
+
+pygls' own TCP server serves one connection and shuts down when it ends, so the daemon reads each connection
+itself: it frames messages with hard limits, refuses anything before an `initialize` with the right token,
+and hands well-formed messages to that connection's pygls protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+from pygls.protocol.json_rpc import JsonRPCNotification, JsonRPCRequestMessage
+
+from .backend import Backend
+from .config import Config
+from .features import build_server
+from .paths import private_dir, write_json
+
+log = logging.getLogger("reinf.daemon")
+
+MAX_HEADER_LINE = 1024
+MAX_HEADERS = 16
+UNAUTHORIZED = -32001
+
+
+class DaemonError(RuntimeError):
+    pass
+
+
+def _frame(obj: dict[str, Any]) -> bytes:
+    body = json.dumps(obj).encode("utf-8")
+    return b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def _error(msg_id: Any, code: int, message: str) -> bytes:
+    return _frame({"jsonrpc": "2.0", "id": msg_id, "error": {"code": code, "message": message}})
+
+
+class _Writer:
+    """pygls writes str-encoded bytes here; a closed socket must not raise into the handlers."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._w = writer
+
+    def write(self, data: bytes) -> None:
+        if not self._w.is_closing():
+            self._w.write(data)
+
+    def close(self) -> None:
+        if not self._w.is_closing():
+            self._w.close()
+
+
+class _Notifier:
+    def __init__(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def notify(self, method: str, params: Any) -> None:
+        self.protocol.notify(method, params)
+
+
+class Daemon:
+    def __init__(self, cfg: Config, backend: Backend | None = None) -> None:
+        self.cfg = cfg
+        self.token = secrets.token_urlsafe(32)
+        self.backend = backend or Backend(cfg)
+        self._server: asyncio.base_events.Server | None = None
+        self.port: int | None = None
+        self.connections = 0
+
+    @property
+    def info_path(self) -> Path:
+        return self.cfg.home / "daemon.json"
+
+    async def serve(self) -> None:
+        self.backend.loop = asyncio.get_running_loop()
+        host = self.cfg.server.host
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("binding to non-loopback address %s: anyone who can reach it and has the token can use "
+                        "this daemon", host)
+        self._server = await asyncio.start_server(
+            self._connection, host, self.cfg.server.port, limit=MAX_HEADER_LINE * 4
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        private_dir(self.cfg.home)
+        write_json(self.info_path, {"port": self.port, "token": self.token, "pid": os.getpid(), "host": host})
+        log.info("reinf daemon serving %s on %s:%s (home %s)", self.backend.engine.model_name, host, self.port,
+                 self.cfg.home)
+        print(f"reinf: serving {self.backend.engine.model_name} on {host}:{self.port}; "
+              f"connection details in {self.info_path}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with self._server:
+            await stop.wait()
+        log.info("reinf daemon stopping")
+
+    def close(self) -> None:
+        try:
+            info = json.loads(self.info_path.read_text())
+            if info.get("pid") == os.getpid():
+                self.info_path.unlink()
+        except (OSError, ValueError):
+            pass
+        self.backend.close()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        ls = build_server(self.backend)
+        protocol = ls.protocol
+        protocol.set_writer(_Writer(writer))
+        notifier = _Notifier(protocol)
+        authenticated = False
+        try:
+            while not writer.is_closing():
+                length = await self._read_headers(reader, writer)
+                if length is None:
+                    break
+                body = await reader.readexactly(length)
+                try:
+                    data = json.loads(body)
+                except (ValueError, UnicodeDecodeError):
+                    writer.write(_error(None, -32700, "Parse error: the body is not valid JSON"))
+                    continue
+                if not isinstance(data, dict) or data.get("jsonrpc") != "2.0":
+                    msg_id = data.get("id") if isinstance(data, dict) else None
+                    writer.write(_error(msg_id, -32600, "Invalid request: expected a JSON-RPC 2.0 object"))
+                    continue
+                if not authenticated:
+                    if not self._check_token(data):
+                        writer.write(_error(data.get("id"), UNAUTHORIZED,
+                                            "Unauthorized: the first request must be initialize with "
+                                            "initializationOptions.token from daemon.json"))
+                        await writer.drain()
+                        break
+                    authenticated = True
+                    self.backend.attach(notifier)
+                self._dispatch(protocol, data, writer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, ValueError):
+            pass
+        finally:
+            self.backend.detach(notifier)
+            for future in list(getattr(protocol, "_request_futures", {}).values()):
+                future.cancel()  # a vanished client stops its generations
+            writer.close()
+
+    async def _read_headers(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int | None:
+        """Read one header block; returns the content length, or None to close the connection."""
+        length = None
+        for _ in range(MAX_HEADERS):
+            line = await reader.readline()
+            if not line:
+                return None
+            if len(line) > MAX_HEADER_LINE or not line.endswith(b"\r\n"):
+                writer.write(_error(None, -32700, "Parse error: malformed header"))
+                return None
+            if line == b"\r\n":
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length":
+                try:
+                    length = int(value.strip())
+                except ValueError:
+                    writer.write(_error(None, -32700, "Parse error: Content-Length is not a number"))
+                    return None
+        else:
+            writer.write(_error(None, -32700, "Parse error: too many headers"))
+            return None
+        if length is None or length < 0:
+            writer.write(_error(None, -32700, "Parse error: missing Content-Length"))
+            return None
+        if length > self.cfg.server.max_message_bytes:
+            writer.write(_error(None, -32600, f"Request too large: {length} bytes, over the limit of "
+                                               f"{self.cfg.server.max_message_bytes} (server.max_message_bytes)"))
+            return None
+        return length
+
+    def _check_token(self, data: dict[str, Any]) -> bool:
+        if data.get("method") != "initialize" or "id" not in data:
+            return False
+        params = data.get("params")
+        opts = params.get("initializationOptions") if isinstance(params, dict) else None
+        token = opts.get("token") if isinstance(opts, dict) else None
+        if not isinstance(token, str):
+            return False
+        return hmac.compare_digest(token.encode(), self.token.encode())
+
+    def _dispatch(self, protocol: Any, data: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        try:
+            method = data.get("method")
+            if isinstance(method, str) and method.startswith("reinf/"):
+                # pygls turns the params of methods it does not know into lossy namedtuples; keep them JSON.
+                params = data.get("params")
+                if "id" in data:
+                    message = JsonRPCRequestMessage(id=data["id"], method=method, jsonrpc="2.0", params=params)
+                else:
+                    message = JsonRPCNotification(method=method, jsonrpc="2.0", params=params)
+            else:
+                message = protocol.structure_message(data)
+        except Exception as exc:
+            if "id" in data and "method" in data:
+                writer.write(_error(data["id"], -32602, f"Invalid params for {data.get('method')}: {exc}"))
+            return
+        try:
+            protocol.handle_message(message)
+        except Exception:
+            log.exception("unhandled error in %s", data.get("method"))
+            if "id" in data and "method" in data:
+                writer.write(_error(data["id"], -32603, f"Internal error in {data.get('method')}"))
+
+
+def daemon_alive(home: Path) -> dict[str, Any] | None:
+    """The daemon.json of a daemon that answers on its port, else None."""
+    try:
+        info = json.loads((home / "daemon.json").read_text())
+        with socket.create_connection(("127.0.0.1", int(info["port"])), timeout=1.0):
+            return info
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def run_daemon(cfg: Config) -> int:
+    """Start the daemon in the foreground until SIGTERM or SIGINT."""
+    os.umask(0o077)
+    private_dir(cfg.home)
+    if (info := daemon_alive(cfg.home)) is not None:
+        raise DaemonError(f"a reinf daemon is already running for {cfg.home} (pid {info.get('pid')}, "
+                          f"port {info.get('port')}); stop it first or use another REINF_HOME")
+    daemon = Daemon(cfg)
+    try:
+        asyncio.run(daemon.serve())
+    finally:
+        daemon.close()
+    return 0

@@ -1,0 +1,62 @@
+"""Secrets are redacted before anything is stored: API keys, tokens, private keys, passwords in URLs."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# (name, pattern, replacement). A replacement keeps the surrounding text so the code stays readable.
+_PATTERNS: list[tuple[str, re.Pattern[str], str]] = [
+    (
+        "private_key",
+        re.compile(
+            r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----.*?(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|\Z)",
+            re.S,
+        ),
+        "[REDACTED:private_key]",
+    ),
+    ("aws_access_key", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), "[REDACTED:aws_access_key]"),
+    ("github_token", re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,})\b"), "[REDACTED:github_token]"),
+    ("openai_key", re.compile(r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_\-]{20,}\b"), "[REDACTED:api_key]"),
+    ("slack_token", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b"), "[REDACTED:slack_token]"),
+    ("google_api_key", re.compile(r"\bAIza[0-9A-Za-z_\-]{35}\b"), "[REDACTED:google_api_key]"),
+    ("stripe_key", re.compile(r"\b(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{16,}\b"), "[REDACTED:stripe_key]"),
+    ("hf_token", re.compile(r"\bhf_[A-Za-z0-9]{30,}\b"), "[REDACTED:hf_token]"),
+    ("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\b"), "[REDACTED:jwt]"),
+    (
+        "url_password",
+        re.compile(r"(?P<pre>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:)(?P<secret>[^@\s/]+)(?P<post>@)"),
+        r"\g<pre>[REDACTED]\g<post>",
+    ),
+    ("bearer", re.compile(r"(?i)(?P<pre>\bbearer\s+)(?P<secret>[A-Za-z0-9._~+/=-]{16,})"), r"\g<pre>[REDACTED]"),
+    (
+        "assignment",
+        re.compile(
+            r"(?i)(?P<pre>\b[\w.-]*(?:api[_-]?key|secret|password|passwd|token|access[_-]?key)[\w.-]*\s*[:=]\s*"
+            r"(?P<q>['\"]))(?P<secret>[^'\"\s]{6,})(?P=q)"
+        ),
+        r"\g<pre>[REDACTED]\g<q>",
+    ),
+]
+
+PATTERN_NAMES = [name for name, _, _ in _PATTERNS]
+
+
+def redact(text: str) -> str:
+    """Replace every secret found in `text`."""
+    if not text:
+        return text
+    for _, pattern, repl in _PATTERNS:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def redact_obj(value: Any) -> Any:
+    """Redact every string inside a JSON-like value."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [redact_obj(v) for v in value]
+    if isinstance(value, dict):
+        return {k: redact_obj(v) for k, v in value.items()}
+    return value
