@@ -78,6 +78,7 @@ class Store:
     def __init__(self, path: Path, encryption_key: str = "") -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
+        self._encrypted = bool(encryption_key)
         old_umask = os.umask(0o077)
         try:
             self._con = self._open(encryption_key)
@@ -313,8 +314,29 @@ class Store:
             except BaseException:
                 self._con.execute("ROLLBACK")
                 raise
-            self._con.execute("CHECKPOINT")
+            self._compact()
         return len(n)
+
+    def _compact(self) -> None:
+        """Rewrite the database file so deleted text does not linger in freed blocks."""
+        tmp = self.path.with_name(f".{self.path.name}.compact")
+        tmp.unlink(missing_ok=True)
+        current = self._con.execute("SELECT current_database()").fetchone()[0]
+        self._con.execute("CHECKPOINT")
+        old = os.umask(0o077)
+        try:
+            self._con.execute(f"ATTACH '{_sql_path(tmp)}' AS reinf_compact")
+            self._con.execute(f'COPY FROM DATABASE "{current}" TO reinf_compact')
+            self._con.execute("DETACH reinf_compact")
+        finally:
+            os.umask(old)
+        if self._encrypted:
+            tmp.unlink(missing_ok=True)  # an encrypted file holds no readable text; keep it as it is
+            return
+        self._con.close()
+        os.replace(tmp, self.path)
+        self.path.with_name(self.path.name + ".wal").unlink(missing_ok=True)
+        self._con = duckdb.connect(str(self.path))
 
     # -- training runs and adapters -------------------------------------------------------------
 

@@ -1,0 +1,47 @@
+# reinf: `make run` serves the default model; `make test` runs every test. Both set up .venv from nothing.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.reinf-installed
+export REINF_CACHE ?= $(CURDIR)/.cache
+
+.PHONY: run test test-long lint bench vsix setup e2e-setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# The pinned CPU torch first: an unpinned one pulls a multi-GB CUDA build.
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[jupyter,test,train,bench]" "$(TORCH_SPEC)"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/reinf serve
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check server training jupyter-ext tests bench
+	$(VENV)/bin/ruff format --check server training jupyter-ext tests bench
+
+e2e-setup: $(STAMP)
+	bash tests/e2e/vscode_setup.sh
+	bash tests/e2e/jupyter_setup.sh
+
+test: $(STAMP) e2e-setup
+	npm test
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-long: $(STAMP) e2e-setup
+	REINF_LONG=1 $(PY) -m pytest -q -p no:cacheprovider tests
+
+vsix: $(STAMP)
+	bash tests/e2e/vscode_setup.sh --vsix-only
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py $(if $(QUICK),--quick,)
+
+clean:
+	rm -rf $(VENV) .cache .e2e node_modules vscode-extension/dist

@@ -1,0 +1,325 @@
+"""The daemon over real TCP and stdio, with real LSP clients, a real DuckDB file and the test-preset model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import stat
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from lsprotocol import types
+from pygls.lsp.client import LanguageClient
+
+from reinf.client import Client, DaemonUnavailable, RpcError
+
+from .daemon_proc import DaemonProcess, daemon_env
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("daemon") / "home"
+    d = DaemonProcess(home, daemon_env(home)).start()
+    yield d
+    d.stop()
+
+
+def _frame(obj: object) -> bytes:
+    body = json.dumps(obj).encode()
+    return b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def _read_frame(sock: socket.socket) -> dict:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    length = int(head.split(b":")[1])
+    while len(rest) < length:
+        rest += sock.recv(4096)
+    return json.loads(rest[:length])
+
+
+def test_files_are_private(daemon: DaemonProcess) -> None:
+    assert stat.S_IMODE(daemon.home.stat().st_mode) == 0o700
+    for name in ("daemon.json", "reinf.duckdb"):
+        assert stat.S_IMODE((daemon.home / name).stat().st_mode) == 0o600, name
+    info = daemon.info
+    assert info["host"] == "127.0.0.1" and len(info["token"]) >= 32
+
+
+def test_wrong_token_and_requests_before_initialize_are_refused(daemon: DaemonProcess) -> None:
+    for first in (
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+         "params": {"capabilities": {}, "initializationOptions": {"token": "wrong"}}},
+        {"jsonrpc": "2.0", "id": 1, "method": "reinf/status", "params": {}},
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}},
+    ):
+        with socket.create_connection(("127.0.0.1", daemon.info["port"]), timeout=10) as s:
+            s.sendall(_frame(first))
+            answer = _read_frame(s)
+            assert answer["error"]["code"] == -32001 and "token" in answer["error"]["message"]
+            # The connection is closed after the refusal.
+            assert s.recv(1) == b""
+    with pytest.raises(RpcError):
+        Client("127.0.0.1", daemon.info["port"], "not-the-token")
+
+
+def test_chat_streams_and_is_stored_with_model_adapter_and_timings(daemon: DaemonProcess) -> None:
+    with daemon.client() as c:
+        deltas: list[str] = []
+        r = c.chat("def add(a, b):", on_delta=deltas.append, max_tokens=24, temperature=0)
+        assert r["finish_reason"] in ("stop", "length")
+        assert "".join(deltas) == r["text"] and len(deltas) >= 1
+        assert r["model"] == "reinf-tiny-test" and r["adapter_version"] == 0
+        assert set(r["timings"]) == {"queue_ms", "generate_ms", "total_ms"}
+        assert r["timings"]["total_ms"] >= r["timings"]["generate_ms"] > 0
+        items = c.request("reinf/history", {"limit": 50})["items"]
+        stored = next(i for i in items if i["interaction_id"] == r["interaction_id"])
+        assert stored["response"] == r["text"] and stored["kind"] == "chat"
+        assert "def add(a, b):" in stored["prompt"]
+
+
+def test_rate_validates_every_field_and_writes_nothing_on_error(daemon: DaemonProcess) -> None:
+    with daemon.client() as c:
+        iid = c.chat("x = ", max_tokens=4)["interaction_id"]
+        before = c.status()["ratings_total"]
+        bad = [
+            ({"interaction_id": iid, "stars": 7}, "stars"),
+            ({"interaction_id": iid, "stars": "4"}, "stars"),
+            ({"interaction_id": iid, "thumbs": "sideways"}, "thumbs"),
+            ({"interaction_id": iid}, "at least one"),
+            ({"stars": 3}, "interaction_id"),
+            ({"interaction_id": "does-not-exist", "stars": 3}, "unknown interaction_id"),
+            ({"interaction_id": iid, "stars": 3, "colour": "red"}, "colour"),
+            ({"interaction_id": iid, "comment": "x" * (256 * 1024 + 1)}, "over the limit"),
+        ]
+        for params, needle in bad:
+            with pytest.raises(RpcError) as err:
+                c.request("reinf/rate", params)
+            assert err.value.code == -32602, params
+            assert needle in err.value.message, (params, err.value.message)
+        assert c.status()["ratings_total"] == before
+        ok = c.rate(iid, thumbs="up", stars=4, comment="nice")
+        assert ok["ratings_total"] == before + 1 and ok["rating_id"] > 0
+        item = next(i for i in c.request("reinf/history", {"limit": 50})["items"] if i["interaction_id"] == iid)
+        assert item["rating"] == {"thumbs": "up", "stars": 4, "comment": "nice"}
+
+
+def test_other_methods_refuse_bad_params(daemon: DaemonProcess) -> None:
+    with daemon.client() as c:
+        for method, params, needle in [
+            ("reinf/chat", {"messages": []}, "messages"),
+            ("reinf/chat", {"messages": [{"role": "robot", "content": "x"}]}, "role"),
+            ("reinf/chat", {"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
+            ("reinf/chat", {"messages": [{"role": "user", "content": "x"}], "temperature": 9}, "temperature"),
+            ("reinf/chat", {"messages": [{"role": "user", "content": "y" * 300_000}]}, "over the limit"),
+            ("reinf/history", {"limit": -1}, "limit"),
+            ("reinf/history", {"kind": "poem"}, "kind"),
+            ("reinf/export", {"format": "csv", "path": "/tmp/x"}, "format"),
+            ("reinf/export", {"format": "jsonl", "path": "relative.jsonl"}, "absolute"),
+            ("reinf/forget", {"before": "yesterday"}, "ISO date"),
+        ]:
+            with pytest.raises(RpcError) as err:
+                c.request(method, params)
+            assert err.value.code == -32602 and needle in err.value.message, (method, err.value.message)
+
+
+def test_secrets_are_redacted_before_they_are_stored(daemon: DaemonProcess) -> None:
+    key = "AKIA" + "ABCDEFGHIJKLMNOP"
+    with daemon.client() as c:
+        r = c.chat(f"aws_key = '{key}'\nprint(aws_key)", max_tokens=4)
+        c.rate(r["interaction_id"], stars=2, comment=f"leaked {key}")
+        item = next(i for i in c.request("reinf/history", {"limit": 50})["items"]
+                    if i["interaction_id"] == r["interaction_id"])
+    assert key not in item["prompt"] and "[REDACTED" in item["prompt"]
+    assert key not in item["rating"]["comment"]
+
+
+async def _lsp_session(client: LanguageClient, token: str | None) -> None:
+    opts = {"client": "pygls-test"} | ({"token": token} if token else {})
+    result = await client.initialize_async(types.InitializeParams(
+        capabilities=types.ClientCapabilities(), initialization_options=opts))
+    assert result.capabilities.inline_completion_provider is not None
+    client.initialized(types.InitializedParams())
+    uri = "file:///tmp/example.py"
+    text = "import os\n\n\ndef read_config(path):\n    "
+    client.text_document_did_open(types.DidOpenTextDocumentParams(
+        text_document=types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)))
+    pos = types.Position(line=4, character=4)
+    inline = await client.text_document_inline_completion_async(types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), position=pos,
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked)))
+    items = inline.items if isinstance(inline, types.InlineCompletionList) else inline
+    assert items, "the tiny model produced no inline completion"
+    cmd = items[0].command
+    assert cmd.command == "reinf.accepted" and cmd.arguments[0]["interaction_id"]
+    completion = await client.text_document_completion_async(types.CompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), position=pos))
+    assert completion.items and completion.items[0].command.command == "reinf.accepted"
+    client.protocol.notify("reinf/feedback", {"interaction_id": cmd.arguments[0]["interaction_id"],
+                                              "event": "accepted", "accepted_chars": 5, "shown_ms": 900})
+    await client.shutdown_async(None)
+    client.exit(None)
+
+
+def test_real_lsp_client_over_tcp_completes_and_feedback_is_stored(daemon: DaemonProcess, tmp_path: Path) -> None:
+    async def main() -> None:
+        client = LanguageClient("pygls-test", "1")
+        await client.start_tcp("127.0.0.1", daemon.info["port"])
+        await _lsp_session(client, daemon.info["token"])
+        await client.stop()
+
+    asyncio.run(main())
+    with daemon.client() as c:
+        out = tmp_path / "export.jsonl"
+        c.request("reinf/export", {"format": "jsonl", "path": str(out)})
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    completions = [r for r in rows if r["kind"] == "completion" and r["client"] == "pygls-test"]
+    assert len(completions) >= 2
+    events = [x["event"] for r in completions for x in (r["ratings"] or [])]
+    assert "accepted" in events
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def test_real_lsp_client_over_stdio(daemon: DaemonProcess) -> None:
+    async def main() -> None:
+        client = LanguageClient("pygls-test", "1")
+        await client.start_io(sys.executable, "-m", "reinf", "lsp", "--stdio",
+                              env={**daemon.env, "REINF_HOME": str(daemon.home)})
+        await _lsp_session(client, None)  # the stdio bridge adds the token itself
+        await client.stop()
+
+    asyncio.run(main())
+
+
+def test_several_clients_at_once(daemon: DaemonProcess) -> None:
+    results: dict[int, dict] = {}
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            with daemon.client(f"c{n}") as c:
+                r = c.chat(f"def f{n}():", max_tokens=8)
+                results[n] = c.rate(r["interaction_id"], stars=1 + n % 5)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and len(results) == 5
+    assert len({r["rating_id"] for r in results.values()}) == 5
+
+
+def test_cancel_stops_generation_early(daemon: DaemonProcess) -> None:
+    with daemon.client() as c:
+        msg_id, done = c.request_async("reinf/chat", {
+            "messages": [{"role": "user", "content": "write a long module"}], "max_tokens": 4000, "temperature": 1.0})
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        c.notify("$/cancelRequest", {"id": msg_id})
+        assert done.wait(30), "a cancelled chat never answered"
+        elapsed = time.monotonic() - t0
+        # The daemon keeps serving after the cancellation.
+        assert c.status()["model"] == "reinf-tiny-test"
+    # 4000 tokens would take far longer than this on the tiny model's CPU path.
+    assert elapsed < 10
+
+
+def test_garbage_and_vanishing_clients_do_not_take_the_daemon_down(daemon: DaemonProcess) -> None:
+    port = daemon.info["port"]
+    junk = [b"\x00\xff" * 100, b"Content-Length: abc\r\n\r\n{}", b"Content-Length: 99999999999\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"Content-Length: 5\r\n\r\n{{{{{"]
+    for payload in junk:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+            s.settimeout(10)
+            try:
+                while s.recv(4096):
+                    pass
+            except OSError:
+                pass
+    # A client that goes away in the middle of a generation.
+    c = daemon.client()
+    c.request_async("reinf/chat", {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 200})
+    c._sock.close()
+    with daemon.client() as c2:
+        assert c2.status()["model"] == "reinf-tiny-test"
+    assert daemon.proc.poll() is None
+
+
+def test_restart_and_kill9_keep_every_acknowledged_rating(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    d = DaemonProcess(home, daemon_env(home)).start()
+    acked = []
+    with d.client() as c:
+        for i in range(3):
+            r = c.chat(f"# task {i}\n", max_tokens=4)
+            acked.append((r["interaction_id"], c.rate(r["interaction_id"], stars=1 + i)["rating_id"]))
+    d.stop()
+    d.start()
+    with d.client() as c:
+        r = c.chat("# after restart\n", max_tokens=4)
+        acked.append((r["interaction_id"], c.rate(r["interaction_id"], thumbs="down")["rating_id"]))
+    d.kill9()
+    d.start()
+    with d.client() as c:
+        items = {i["interaction_id"]: i for i in c.request("reinf/history", {"limit": 100})["items"]}
+        assert c.status()["ratings_total"] == 4
+    d.stop()
+    for iid, _ in acked:
+        assert items[iid]["rating"] is not None
+
+
+def test_cli_status_history_rate_and_export(daemon: DaemonProcess, tmp_path: Path) -> None:
+    import subprocess
+
+    env = {**daemon.env, "REINF_HOME": str(daemon.home)}
+
+    def reinf(*args: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "reinf", *args], env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    assert "reinf-tiny-test" in reinf("status")
+    with daemon.client() as c:
+        iid = c.chat("def cli():", max_tokens=4)["interaction_id"]
+    assert iid in reinf("history", "-n", "50", "--unrated")
+    assert "stored" in reinf("rate", iid, "--stars", "5", "--comment", "from the cli")
+    assert iid not in reinf("history", "-n", "50", "--unrated")
+    out = tmp_path / "all.parquet"
+    assert "exported" in reinf("export", str(out))
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(out).to_pylist()
+    assert any(r["interaction_id"] == iid and r["ratings"][-1]["stars"] == 5 for r in rows)
+    bad = subprocess.run([sys.executable, "-m", "reinf", "rate", iid, "--stars", "9"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "stars must be between 1 and 5" in bad.stderr
+
+
+def test_connect_without_a_daemon_says_so(tmp_path: Path) -> None:
+    with pytest.raises(DaemonUnavailable, match="no reinf daemon is running"):
+        Client.connect(tmp_path / "nothing-here", start=False)
+
+
+def test_second_daemon_on_the_same_home_is_refused(daemon: DaemonProcess) -> None:
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "reinf", "serve"], env={**daemon.env}, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode != 0 and "already running" in out.stderr
+    assert daemon.proc.poll() is None and os.path.exists(daemon.home / "daemon.json")
