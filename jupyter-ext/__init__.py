@@ -1,0 +1,28 @@
+"""reinf in Jupyter: the `%%ask` and `%reinf` magics (`%load_ext reinf.jupyter`) and the `/reinf/` page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register `%%ask` and `%reinf`."""
+    from .magics import ReinfMagics
+
+    ipython.register_magics(ReinfMagics(ipython))
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    return [{"module": "reinf.jupyter"}]
+
+
+def _load_jupyter_server_extension(serverapp: Any) -> None:
+    """Serve the review queue and dashboard at `<base_url>reinf/`."""
+    from .handlers import setup_handlers
+
+    setup_handlers(serverapp.web_app)
+    serverapp.log.info("reinf: review page at %sreinf/", serverapp.base_url)
+
+
+# Jupyter Server before 2 looked for this name.
+load_jupyter_server_extension = _load_jupyter_server_extension

@@ -1,0 +1,284 @@
+// reinf's review queue and dashboard. Plain JS and SVG: no framework, no remote content, no innerHTML.
+"use strict";
+
+(() => {
+  const XSRF = document.querySelector('meta[name="reinf-xsrf"]').content;
+  const SVG = "http://www.w3.org/2000/svg";
+  const QUEUE_PAGE = 20;
+  // Metric names a run may report; the first one present is plotted.
+  const RM_METRICS = ["reward_model.heldout_accuracy", "reward_model_heldout_accuracy", "rm_heldout_accuracy",
+    "reward_model.accuracy", "rm_accuracy", "reward_model.heldout_corr", "rm_heldout_corr"];
+  const HELDOUT_METRICS = ["eval.candidate_reward", "heldout_reward", "eval.heldout_reward",
+    "candidate_reward", "eval.reward"];
+
+  async function api(path, body) {
+    const init = { credentials: "same-origin", headers: { Accept: "application/json" } };
+    if (body !== undefined) {
+      init.method = "POST";
+      init.headers["Content-Type"] = "application/json";
+      init.headers["X-XSRFToken"] = XSRF;
+      init.body = JSON.stringify(body);
+    }
+    const response = await fetch("api/" + path, init);
+    let data = null;
+    try { data = await response.json(); } catch (_) { data = null; }
+    if (!response.ok) throw new Error((data && data.message) || `${response.status} ${response.statusText}`);
+    return data;
+  }
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (key === "class") node.className = value;
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else if (value !== undefined && value !== null && value !== false) node.setAttribute(key, value);
+    }
+    for (const child of children.flat()) {
+      if (child !== null && child !== undefined) node.append(child instanceof Node ? child : String(child));
+    }
+    return node;
+  }
+
+  function svg(tag, attrs, ...children) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, value);
+    for (const child of children) node.append(child);
+    return node;
+  }
+
+  function show(node, message, ok) {
+    node.textContent = message;
+    node.classList.toggle("ok", ok === true);
+    node.classList.toggle("error", ok === false);
+  }
+
+  function when(ts) {
+    if (!ts) return "";
+    const date = new Date(ts);
+    return isNaN(date) ? String(ts) : date.toLocaleString();
+  }
+
+  function metric(metrics, names) {
+    for (const name of names) {
+      let value = metrics;
+      for (const part of name.split(".")) value = value && typeof value === "object" ? value[part] : undefined;
+      if (typeof value === "number" && isFinite(value)) return value;
+    }
+    return null;
+  }
+
+  function adapterName(version) {
+    return version ? `adapter v${version}` : "the base model (v0)";
+  }
+
+  // ---- header: the active model and training -------------------------------------------------------
+
+  async function loadStatus() {
+    const model = document.getElementById("model");
+    const training = document.getElementById("training");
+    try {
+      const status = await api("status");
+      model.textContent = `Active model: ${status.model} on ${status.device}, ${adapterName(status.adapter_version)}. ` +
+        `${status.ratings_total} ratings; ${status.until_next_training} more until the next training run.`;
+      const t = status.training || {};
+      let text = `Training: ${t.state || "idle"}`;
+      if (t.run_id) text += ` (run ${t.run_id}${t.phase ? ", " + t.phase : ""}` +
+        `${typeof t.progress === "number" ? ", " + Math.round(t.progress * 100) + "%" : ""})`;
+      if (status.last_run) text += `. Last run: ${status.last_run.run_id} ${status.last_run.state}`;
+      training.textContent = text + ".";
+      model.classList.remove("error");
+    } catch (error) {
+      show(model, `Cannot reach the reinf daemon: ${error.message}`, false);
+    }
+  }
+
+  async function action(path, body, done) {
+    const status = document.getElementById("action-status");
+    show(status, "Working…");
+    try {
+      const result = await api(path, body);
+      show(status, done(result), true);
+    } catch (error) {
+      show(status, error.message, false);
+    }
+    loadStatus();
+    loadDashboard();
+  }
+
+  // ---- review queue -------------------------------------------------------------------------------
+
+  let queueShown = 0;
+
+  function ratingCard(item) {
+    let stars = 0;
+    let thumbs = null;
+    const status = el("span", { class: "status", role: "status" });
+    const starButtons = [1, 2, 3, 4, 5].map((n) => el("button", {
+      type: "button", class: "star", "data-stars": n, "aria-label": `${n} star${n > 1 ? "s" : ""}`,
+      onclick: () => { stars = n; paint(); },
+    }, "☆"));
+    const up = el("button", { type: "button", class: "thumb up", "aria-label": "thumbs up",
+      onclick: () => { thumbs = thumbs === "up" ? null : "up"; paint(); } }, "👍");
+    const down = el("button", { type: "button", class: "thumb down", "aria-label": "thumbs down",
+      onclick: () => { thumbs = thumbs === "down" ? null : "down"; paint(); } }, "👎");
+    const comment = el("textarea", { class: "comment", rows: 2, placeholder: "Comment (optional)" });
+    const submit = el("button", { type: "button", class: "submit" }, "Submit rating");
+    function paint() {
+      starButtons.forEach((button, i) => {
+        button.textContent = i < stars ? "★" : "☆";
+        button.classList.toggle("on", i < stars);
+      });
+      up.classList.toggle("on", thumbs === "up");
+      down.classList.toggle("on", thumbs === "down");
+    }
+    const card = el("article", { class: "item", "data-interaction-id": item.interaction_id },
+      el("p", { class: "muted" }, `${item.kind} · ${when(item.ts)} · ${item.interaction_id}`),
+      el("h4", {}, "Prompt"), el("pre", { class: "prompt" }, item.prompt || ""),
+      el("h4", {}, "Answer"), el("pre", { class: "response" }, item.response || ""),
+      el("div", { class: "rate" }, up, down, el("span", { class: "stars" }, starButtons)),
+      comment,
+      el("div", {}, submit, status));
+    submit.addEventListener("click", async () => {
+      const body = { interaction_id: item.interaction_id };
+      if (stars) body.stars = stars;
+      if (thumbs) body.thumbs = thumbs;
+      if (comment.value.trim()) body.comment = comment.value.trim();
+      if (Object.keys(body).length === 1) {
+        show(status, "Pick stars or thumbs, or write a comment, then submit.", false);
+        return;
+      }
+      submit.disabled = true;
+      show(status, "Saving…");
+      try {
+        const result = await api("rate", body);
+        show(status, `Rating stored (${result.ratings_total} in total; ` +
+          `${result.until_next_training} more until the next training run).`, true);
+        card.classList.add("rated");
+        submit.textContent = "Update rating";
+        loadStatus();
+      } catch (error) {
+        show(status, `The rating was not stored: ${error.message}`, false);
+      } finally {
+        submit.disabled = false;
+      }
+    });
+    return card;
+  }
+
+  async function loadQueue(more) {
+    const list = document.getElementById("queue-items");
+    const moreButton = document.getElementById("queue-more");
+    if (!more) { list.replaceChildren(); queueShown = 0; }
+    try {
+      const page = await api(`queue?limit=${QUEUE_PAGE}&offset=${queueShown}`);
+      if (!more && page.items.length === 0) list.append(el("p", { class: "muted" }, "Nothing to review: every answer is rated."));
+      for (const item of page.items) list.append(ratingCard(item));
+      queueShown += page.items.length;
+      document.getElementById("queue-count").textContent = `(${page.total})`;
+      moreButton.hidden = queueShown >= page.total;
+    } catch (error) {
+      list.append(el("p", { class: "error" }, `Cannot load the review queue: ${error.message}`));
+    }
+  }
+
+  // ---- dashboard ----------------------------------------------------------------------------------
+
+  // A small chart: bars and lines over categorical x labels, each series on its own y range.
+  function chart(container, labels, series, empty) {
+    container.replaceChildren();
+    if (labels.length === 0) { container.append(el("p", { class: "muted" }, empty)); return; }
+    const W = 640, H = 220, L = 40, R = 40, T = 10, B = 40;
+    const step = (W - L - R) / labels.length;
+    const x = (i) => L + step * (i + 0.5);
+    const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", class: "plot" });
+    root.append(svg("line", { x1: L, x2: W - R, y1: H - B, y2: H - B, class: "axis" }));
+    labels.forEach((label, i) => {
+      if (labels.length <= 12 || i % Math.ceil(labels.length / 12) === 0) {
+        root.append(svg("text", { x: x(i), y: H - B + 16, class: "tick", "text-anchor": "middle" }, label));
+      }
+    });
+    series.forEach((s, k) => {
+      const values = s.values.filter((v) => v !== null);
+      if (values.length === 0) return;
+      const lo = s.min !== undefined ? s.min : Math.min(0, ...values);
+      const hi = s.max !== undefined ? s.max : Math.max(...values, lo + 1e-9);
+      const y = (v) => H - B - ((v - lo) / (hi - lo || 1)) * (H - T - B);
+      const axisX = k === 0 ? L - 4 : W - R + 4;
+      const anchor = k === 0 ? "end" : "start";
+      root.append(svg("text", { x: axisX, y: y(hi) + 4, class: `tick ${s.cls}`, "text-anchor": anchor }, String(+hi.toFixed(2))));
+      root.append(svg("text", { x: axisX, y: y(lo), class: `tick ${s.cls}`, "text-anchor": anchor }, String(+lo.toFixed(2))));
+      if (s.kind === "bar") {
+        s.values.forEach((v, i) => {
+          if (v === null) return;
+          root.append(svg("rect", { x: x(i) - step * 0.35, width: step * 0.7, y: y(v), height: H - B - y(v), class: s.cls },
+            svg("title", {}, `${labels[i]}: ${s.name} ${v}`)));
+        });
+      } else {
+        const points = s.values.map((v, i) => (v === null ? null : [x(i), y(v)])).filter(Boolean);
+        root.append(svg("polyline", { points: points.map((p) => p.join(",")).join(" "), class: `line ${s.cls}` }));
+        s.values.forEach((v, i) => {
+          if (v !== null) root.append(svg("circle", { cx: x(i), cy: y(v), r: 3, class: s.cls }, svg("title", {}, `${labels[i]}: ${s.name} ${v}`)));
+        });
+      }
+    });
+    const legend = el("p", { class: "legend" }, series.map((s) => el("span", { class: s.cls }, `■ ${s.name}  `)));
+    container.append(root, legend);
+  }
+
+  async function loadDashboard() {
+    const ratings = document.getElementById("ratings-chart");
+    const runs = document.getElementById("runs-chart");
+    const table = document.querySelector("#adapters tbody");
+    const [timeline, runList, adapters] = await Promise.allSettled([api("timeline"), api("runs"), api("adapters")]);
+
+    if (timeline.status === "fulfilled") {
+      const points = timeline.value.points || [];
+      chart(ratings, points.map((p) => String(p.day).slice(5, 10)), [
+        { name: "ratings per day", kind: "bar", cls: "s1", values: points.map((p) => p.count) },
+        { name: "mean stars", kind: "line", cls: "s2", min: 1, max: 5, values: points.map((p) => p.mean_stars ?? null) },
+      ], "No ratings yet.");
+    } else show(ratings, `Cannot load the ratings: ${timeline.reason.message}`, false);
+
+    if (runList.status === "fulfilled") {
+      const list = (runList.value.runs || []).slice().reverse();
+      chart(runs, list.map((r) => String(r.run_id)), [
+        { name: "reward model (held-out)", kind: "line", cls: "s1", values: list.map((r) => metric(r.metrics, RM_METRICS)) },
+        { name: "held-out reward of the candidate", kind: "line", cls: "s2", values: list.map((r) => metric(r.metrics, HELDOUT_METRICS)) },
+      ], "No training runs yet.");
+      runs.append(el("ul", { class: "runs" }, list.slice().reverse().slice(0, 10).map((r) =>
+        el("li", {}, `${r.run_id}: ${r.state} (${r.trigger}) ${when(r.started)}` +
+          (r.adapter_version ? ` → adapter v${r.adapter_version}` : "")))));
+    } else show(runs, `Cannot load the runs: ${runList.reason.message}`, false);
+
+    table.replaceChildren();
+    if (adapters.status === "fulfilled") {
+      const active = adapters.value.active;
+      const rows = (adapters.value.adapters || []).slice();
+      rows.push({ version: 0, status: active ? "retired" : "active", run_id: "", created: "", eval: null });
+      for (const a of rows) {
+        const isActive = a.version === active || (!active && a.version === 0);
+        const button = isActive || a.status === "rejected" ? el("span", { class: "muted" }, isActive ? "active" : "")
+          : el("button", { type: "button", class: "rollback", "data-version": a.version,
+            onclick: () => action("rollback", { version: a.version }, (r) => `Now using ${adapterName(r.adapter_version)}.`) },
+          a.version ? `Roll back to v${a.version}` : "Use the base model");
+        table.append(el("tr", { class: isActive ? "active" : "" },
+          el("td", {}, a.version ? `v${a.version}` : "v0 (base)"), el("td", {}, isActive ? "active" : a.status),
+          el("td", {}, a.run_id || ""), el("td", {}, when(a.created)),
+          el("td", { class: "eval" }, a.eval ? JSON.stringify(a.eval) : ""), el("td", {}, button)));
+      }
+    } else {
+      table.append(el("tr", {}, el("td", { colspan: 6, class: "error" }, `Cannot load the adapters: ${adapters.reason.message}`)));
+    }
+  }
+
+  document.getElementById("retrain").addEventListener("click",
+    () => action("retrain", {}, (r) => `Training run ${r.run_id} started.`));
+  document.getElementById("cancel").addEventListener("click",
+    () => action("cancel", {}, (r) => (r.cancelled ? "Training cancelled." : "No training run was in progress.")));
+  document.getElementById("queue-more").addEventListener("click", () => loadQueue(true));
+
+  loadStatus();
+  loadQueue(false);
+  loadDashboard();
+  setInterval(loadStatus, 5000);
+})();

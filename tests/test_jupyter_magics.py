@@ -1,0 +1,374 @@
+"""The %%ask and %reinf magics in a real IPython InteractiveShell: parsing, interpolation, streaming, widgets, errors.
+
+Most tests talk to a fake daemon connection that records what is sent; the last ones use a real daemon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+from reinf.client import RpcError
+from reinf.jupyter.connection import Connection
+from reinf.jupyter.magics import ReinfMagics
+from reinf.jupyter.prompt import TRUNCATED, interpolate, notebook_cells
+from reinf.jupyter.stream import CURSOR
+from reinf.jupyter.widgets import RatingWidget
+
+from .daemon_proc import daemon_env, running_daemon
+
+CHAT_RESULT = {
+    "interaction_id": "abc123",
+    "text": "Use `sorted(xs)`.",
+    "finish_reason": "stop",
+    "model": "reinf-tiny-test",
+    "adapter_version": 0,
+    "timings": {"queue_ms": 1, "generate_ms": 5, "total_ms": 7},
+}
+
+
+class FakeClient:
+    """Records requests; a chat streams its answer in three deltas before answering."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.errors: dict[str, Exception] = {}
+        self.results: dict[str, Any] = {
+            "reinf/chat": CHAT_RESULT,
+            "reinf/rate": {"rating_id": 1, "ratings_total": 3, "until_next_training": 997},
+            "reinf/status": {
+                "model": "reinf-tiny-test",
+                "device": "cpu",
+                "adapter_version": 2,
+                "ratings_total": 3,
+                "until_next_training": 997,
+                "training": {"state": "running", "run_id": "r7", "phase": "ppo", "progress": 0.5},
+            },
+            "reinf/retrain": {"run_id": "r8"},
+            "reinf/cancelTraining": {"cancelled": True},
+            "reinf/rollback": {"adapter_version": 1},
+            "reinf/history": {
+                "items": [
+                    {
+                        "interaction_id": "abc123",
+                        "kind": "ask",
+                        "ts": "2025-01-02T03:04:05",
+                        "prompt": "sort\na list",
+                        "response": "x",
+                        "rating": {"stars": 4},
+                    }
+                ],
+                "total": 9,
+            },
+        }
+
+    def request(self, method: str, params: dict | None = None, *, on_progress=None, timeout=None) -> Any:
+        self.calls.append((method, params or {}))
+        if method in self.errors:
+            raise self.errors[method]
+        if method == "reinf/chat" and on_progress:
+            for delta in ("Use ", "`sorted(xs)`", "."):
+                on_progress({"interaction_id": "abc123", "delta": delta})
+        return self.results[method]
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def ip() -> Iterator[InteractiveShell]:
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "reinf.jupyter")
+    yield shell
+    shell.reset()
+
+
+@pytest.fixture
+def fake(ip: InteractiveShell) -> FakeClient:
+    client = FakeClient()
+    use(ip, Connection(lambda: client), rich=False)
+    return client
+
+
+def use(ip: InteractiveShell, connection: Connection, rich: bool) -> ReinfMagics:
+    magics = ReinfMagics(ip, connection=connection, rich=rich)
+    ip.register_magics(magics)
+    return magics
+
+
+def run(ip: InteractiveShell, source: str) -> tuple[Any, Any]:
+    with capture_output() as captured:
+        result = ip.run_cell(source, store_history=True)
+    return result, captured
+
+
+def sent(fake: FakeClient, method: str) -> dict[str, Any]:
+    return [params for m, params in fake.calls if m == method][-1]
+
+
+# -- loading and interpolation ---------------------------------------------------------------------
+
+
+def test_load_ext_registers_both_magics(ip: InteractiveShell) -> None:
+    assert "ask" in ip.magics_manager.magics["cell"]
+    assert "reinf" in ip.magics_manager.magics["line"]
+
+
+def test_interpolation_takes_variables_and_keeps_literal_braces() -> None:
+    ns = {"name": "pandas", "n": 3, "_hidden": "x"}
+    assert interpolate("explain {name} in {n} lines", ns) == "explain pandas in 3 lines"
+    assert interpolate('d = {"a": 1}; s = {1, 2}; f"{n + 1}"', ns) == 'd = {"a": 1}; s = {1, 2}; f"{n + 1}"'
+    assert interpolate("{{name}} is {name}", ns) == "{name} is pandas"
+    assert interpolate("{missing} and {_hidden} stay; {} too", ns) == "{missing} and {_hidden} stay; {} too"
+    assert interpolate("def f(): return {}\n", ns) == "def f(): return {}\n"
+
+
+def test_ask_sends_the_interpolated_cell_and_options(ip: InteractiveShell, fake: FakeClient) -> None:
+    ip.user_ns["df_name"] = "sales"
+    result, captured = run(
+        ip, '%%ask --max-tokens 12 --temperature 0\nSummarise {df_name}; keep {"k": 1} as is\n'
+    )
+    assert result.success, captured.stdout
+    params = sent(fake, "reinf/chat")
+    assert params["messages"] == [{"role": "user", "content": 'Summarise sales; keep {"k": 1} as is'}]
+    assert params["kind"] == "ask" and params["max_tokens"] == 12 and params["temperature"] == 0
+    assert "context" not in params
+
+
+# -- streaming output --------------------------------------------------------------------------------
+
+
+def test_terminal_prints_the_answer_as_it_streams_and_offers_rate(
+    ip: InteractiveShell, fake: FakeClient
+) -> None:
+    result, captured = run(ip, "%%ask\nhow do I sort?")
+    assert result.success
+    assert "Use `sorted(xs)`.\n" in captured.stdout
+    assert "%reinf rate abc123 STARS" in captured.stdout
+
+
+def test_notebook_answer_streams_as_markdown_then_shows_the_rating_widget(ip: InteractiveShell) -> None:
+    fake = FakeClient()
+    use(ip, Connection(lambda: fake), rich=True)
+    result, captured = run(ip, "%%ask\nhow do I sort?")
+    assert result.success, captured.stdout
+    answers = [o for o in captured.outputs if "reinf" in (o.metadata or {})]
+    states = [o.metadata["reinf"]["state"] for o in answers]
+    assert states[0] == "waiting" and states[-1] == "done" and "streaming" in states
+    first = answers[states.index("streaming")].data["text/markdown"]
+    assert first == "Use " + CURSOR  # the first delta is drawn on its own, before the rest arrives
+    assert answers[-1].data["text/markdown"] == "Use `sorted(xs)`."
+    assert answers[-1].metadata["reinf"]["interaction_id"] == "abc123"
+    widgets = [o for o in captured.outputs if "application/vnd.jupyter.widget-view+json" in o.data]
+    assert len(widgets) == 1
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mime", "expected"),
+    [
+        ("code", "text/markdown", "```python\nUse `sorted(xs)`.\n```"),
+        ("text", "text/plain", "Use `sorted(xs)`."),
+    ],
+)
+def test_format_option(ip: InteractiveShell, fmt: str, mime: str, expected: str) -> None:
+    fake = FakeClient()
+    use(ip, Connection(lambda: fake), rich=True)
+    _, captured = run(ip, f"%%ask --format {fmt}\nsort?")
+    done = [o for o in captured.outputs if (o.metadata or {}).get("reinf", {}).get("state") == "done"][-1]
+    assert done.data[mime] == expected
+    if fmt == "text":
+        assert "text/markdown" not in done.data
+
+
+# -- notebook context ------------------------------------------------------------------------------
+
+
+def test_context_sends_recent_cells_and_outputs(ip: InteractiveShell, fake: FakeClient) -> None:
+    run(ip, "xs = [3, 1, 2]")
+    run(ip, "sorted(xs)")
+    run(ip, "%%ask --context cell\nwhy?")
+    assert sent(fake, "reinf/chat")["context"]["cells"] == [
+        f"In [{ip.execution_count - 2}]:\nsorted(xs)\n\nOut[{ip.execution_count - 2}]:\n[1, 2, 3]"
+    ]
+    run(ip, "%%ask --context notebook\nwhy?")
+    cells = sent(fake, "reinf/chat")["context"]["cells"]
+    assert cells[-3:-1] == [
+        f"In [{ip.execution_count - 4}]:\nxs = [3, 1, 2]",
+        f"In [{ip.execution_count - 3}]:\nsorted(xs)\n\nOut[{ip.execution_count - 3}]:\n[1, 2, 3]",
+    ]
+    assert cells[-1].endswith("%%ask --context cell\nwhy?")
+
+
+def test_context_is_bounded() -> None:
+    inputs = ["", "a = 1", "b" * 50, "c" * 50, "ask"]
+    assert notebook_cells(inputs, {}, 4, "notebook", max_chars=104) == [
+        "In [2]:\n" + "b" * 50,
+        "In [3]:\n" + "c" * 50,
+    ]
+    assert notebook_cells(inputs, {}, 4, "notebook", max_cells=1) == ["In [3]:\n" + "c" * 50]
+    big = notebook_cells(["", "x" * 2000], {1: "y" * 5000}, 2, "cell", max_chars=3000)
+    assert len(big[0]) < 3100 and big[0].count(TRUNCATED) == 2
+    assert notebook_cells(inputs, {}, 4, "none") == []
+
+
+# -- errors ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("%%ask --max-tokens 0\nhi", "--max-tokens must be at least 1"),
+        ("%%ask --temperature -1\nhi", "--temperature must be 0 or more"),
+        ("%%ask\n   \n", "the cell is empty"),
+        ("%%ask --format html\nhi", "invalid choice: 'html'"),
+        ("%reinf rate abc123 7", "STARS must be 1–5, got '7'"),
+        ("%reinf rate abc123", "usage: %reinf rate ID STARS [comment]"),
+        ("%reinf history many", "N must be a whole number"),
+        ("%reinf rollback latest", "VERSION must be a number"),
+        ("%reinf frobnicate", "unknown command 'frobnicate'"),
+        ("%reinf status now", "%reinf status takes no arguments"),
+    ],
+)
+def test_bad_input_gets_one_clear_line(
+    ip: InteractiveShell, fake: FakeClient, source: str, message: str
+) -> None:
+    result, captured = run(ip, source)
+    assert not result.success
+    assert message in captured.stdout + captured.stderr
+    assert "Traceback" not in captured.stdout + captured.stderr
+    assert not [m for m, _ in fake.calls if m != "initialize"]
+
+
+def test_daemon_errors_are_shown_without_a_traceback(ip: InteractiveShell, fake: FakeClient) -> None:
+    fake.errors["reinf/rollback"] = RpcError(-32000, "training is not available yet")
+    result, captured = run(ip, "%reinf rollback 3")
+    assert not result.success
+    assert "reinf: training is not available yet" in captured.stdout
+    assert "Traceback" not in captured.stdout
+    assert sent(fake, "reinf/rollback") == {"version": 3}
+
+
+def test_daemon_down_shows_a_clear_message(ip: InteractiveShell, tmp_path: Path) -> None:
+    from reinf.client import Client
+
+    use(ip, Connection(lambda: Client.connect(tmp_path, start=False)), rich=True)
+    result, captured = run(ip, "%%ask\nhello")
+    assert not result.success
+    out = captured.stdout + captured.stderr
+    assert "reinf: cannot reach the daemon: no reinf daemon is running" in out
+    assert "Traceback" not in out and len(out.strip().splitlines()) <= 3
+
+
+def test_a_daemon_that_cannot_start_is_reported(
+    ip: InteractiveShell, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default connection starts the daemon, as the CLI does; here start-up fails on a bad setting."""
+    home = tmp_path / "home"
+    for key, value in daemon_env(home).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("REINF_TRAINING_MIN_NEW_RATINGS", "lots")
+    use(ip, Connection(), rich=False)
+    result, captured = run(ip, "%reinf status")
+    assert not result.success
+    out = captured.stdout + captured.stderr
+    assert "reinf: cannot reach the daemon: reinf serve exited" in out and "min_new_ratings" in out
+    assert "Traceback (most recent call last)" not in out.split("log")[0]
+
+
+# -- %reinf -------------------------------------------------------------------------------------------
+
+
+def test_reinf_commands(ip: InteractiveShell, fake: FakeClient) -> None:
+    _, out = run(ip, "%reinf status")
+    assert "adapter v2" in out.stdout and "running (run r7, ppo, 50%)" in out.stdout
+    _, out = run(ip, "%reinf retrain")
+    assert "Training run r8 started" in out.stdout
+    _, out = run(ip, "%reinf cancel")
+    assert "Training cancelled." in out.stdout
+    _, out = run(ip, "%reinf rollback")
+    assert sent(fake, "reinf/rollback") == {} and "Now using adapter v1." in out.stdout
+    _, out = run(ip, "%reinf history 5")
+    assert sent(fake, "reinf/history") == {"limit": 5}
+    assert "1 of 9 interactions" in out.stdout and "abc123" in out.stdout and "★★★★" in out.stdout
+    _, out = run(ip, "%reinf rate abc123 4 clear and short")
+    assert sent(fake, "reinf/rate") == {"interaction_id": "abc123", "stars": 4, "comment": "clear and short"}
+    assert "Rating stored (3 ratings in total; 997 more until the next training run)." in out.stdout
+    _, out = run(ip, "%reinf")
+    assert "%reinf rollback [VERSION]" in out.stdout
+
+
+# -- the rating widget -------------------------------------------------------------------------------
+
+
+def test_widget_sends_stars_thumbs_and_comment_and_shows_it_was_stored() -> None:
+    calls: list[dict] = []
+    widget = RatingWidget(
+        "abc123", lambda p: calls.append(p) or {"ratings_total": 1, "until_next_training": 0}
+    )
+    widget.submit.click()
+    assert calls == [] and "Pick thumbs or stars" in widget.status.value
+    widget.star_buttons[3].click()
+    widget.up.click()
+    widget.comment.value = "  good  "
+    widget.submit.click()
+    assert calls == [{"interaction_id": "abc123", "thumbs": "up", "stars": 4, "comment": "good"}]
+    assert [b.description for b in widget.star_buttons] == ["★"] * 4 + ["☆"]
+    assert "Rating stored (1 rating in total; training is due)." in widget.status.value
+    assert widget.submit.description == "Update rating" and not widget.submit.disabled
+
+
+def test_widget_shows_the_error_and_allows_a_retry() -> None:
+    def fail(params: dict) -> dict:
+        raise RpcError(-32602, "stars must be 1–5, got 9")
+
+    widget = RatingWidget("abc123", fail)
+    widget.down.click()
+    widget.submit.click()
+    assert "The rating was not stored: stars must be 1–5, got 9" in widget.status.value
+    assert not widget.submit.disabled and widget.submit.description == "Submit rating"
+
+
+# -- with a real daemon ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory):
+    with running_daemon(tmp_path_factory.mktemp("jupyter-magics") / "home") as d:
+        yield d
+
+
+def test_ask_and_rate_against_a_real_daemon(ip: InteractiveShell, daemon) -> None:
+    from reinf.client import Client
+
+    magics = use(ip, Connection(lambda: Client.connect(daemon.home, start=False)), rich=True)
+    ip.user_ns["topic"] = "lists"
+    result, captured = run(ip, "%%ask --max-tokens 8 --temperature 0\ndef sort_{topic}(xs):")
+    assert result.success, captured.stdout
+    done = [o for o in captured.outputs if (o.metadata or {}).get("reinf", {}).get("state") == "done"][-1]
+    interaction_id = done.metadata["reinf"]["interaction_id"]
+    widget = next(w for w in _widgets(captured) if isinstance(w, RatingWidget))
+    widget.star_buttons[4].click()
+    widget.submit.click()
+    assert "Rating stored" in widget.status.value, widget.status.value
+
+    with Client.connect(daemon.home, start=False) as client:
+        items = client.request("reinf/history", {"limit": 5})["items"]
+    item = next(i for i in items if i["interaction_id"] == interaction_id)
+    assert item["kind"] == "ask" and "def sort_lists(xs):" in item["prompt"]
+    assert item["rating"]["stars"] == 5
+    magics.connection.reset()
+
+
+def _widgets(captured: Any) -> list[Any]:
+    from ipywidgets.widgets.widget import _instances
+
+    ids = [
+        o.data["application/vnd.jupyter.widget-view+json"]["model_id"]
+        for o in captured.outputs
+        if "application/vnd.jupyter.widget-view+json" in o.data
+    ]
+    return [_instances[i] for i in ids]
