@@ -1,0 +1,124 @@
+// The daemon's custom protocol, as DESIGN.md "The protocol" describes it. Types only.
+
+export type Thumbs = 'up' | 'down';
+
+export interface ChatMessage {
+  role: 'system' | 'user' | 'assistant';
+  content: string;
+}
+
+export interface ChatContext {
+  uri?: string;
+  language?: string;
+  selection?: string;
+}
+
+export interface ChatParams {
+  messages: ChatMessage[];
+  kind?: 'chat' | 'ask';
+  context?: ChatContext;
+  max_tokens?: number;
+  temperature?: number;
+  partialResultToken?: string;
+}
+
+export interface ChatResult {
+  interaction_id: string;
+  text: string;
+  finish_reason: string;
+  model: string;
+  adapter_version: number;
+  timings: { queue_ms?: number; generate_ms?: number; total_ms?: number };
+}
+
+export interface ChatDelta {
+  interaction_id?: string;
+  delta: string;
+}
+
+export interface RateParams {
+  interaction_id: string;
+  thumbs?: Thumbs;
+  stars?: number;
+  comment?: string;
+}
+
+export interface RateResult {
+  rating_id: string | number;
+  ratings_total: number;
+  until_next_training: number;
+}
+
+export type FeedbackKind = 'accepted' | 'dismissed' | 'partially_accepted';
+
+export interface FeedbackParams {
+  interaction_id: string;
+  event: FeedbackKind;
+  accepted_chars?: number;
+  shown_ms?: number;
+}
+
+export interface TrainingState {
+  state: string;
+  run_id?: string | number | null;
+  phase?: string | null;
+  progress?: number | null;
+}
+
+export interface StatusResult {
+  model: string;
+  device: string;
+  adapter_version: number;
+  ratings_total: number;
+  until_next_training: number;
+  training: TrainingState;
+  last_run?: RunInfo | null;
+}
+
+export interface RunInfo {
+  run_id: string | number;
+  state: string;
+  trigger: string;
+  started?: string | null;
+  finished?: string | null;
+  metrics?: Record<string, unknown> | null;
+  adapter_version?: number | null;
+  error?: string | null;
+}
+
+export interface RunsResult {
+  runs: RunInfo[];
+}
+
+export interface HistoryItem {
+  interaction_id: string;
+  kind: string;
+  ts: string;
+  prompt: string;
+  response: string;
+  rating?: { thumbs?: Thumbs | null; stars?: number | null; comment?: string | null } | null;
+}
+
+export interface HistoryResult {
+  items: HistoryItem[];
+  total: number;
+}
+
+export interface TrainingProgress {
+  run_id: string | number;
+  state: string;
+  phase?: string | null;
+  progress?: number | null;
+  message?: string | null;
+}
+
+export interface AdapterChanged {
+  adapter_version: number;
+  reason?: string | null;
+}
+
+/** The argument of the `reinf.accepted` command that the daemon puts on each inline completion item. */
+export interface AcceptedArg {
+  interaction_id: string;
+  text: string;
+}

@@ -1,0 +1,101 @@
+// The status bar item and the notifications about training. It shows what the daemon reports; it keeps
+// only the last report, to redraw when a progress notification comes in.
+import * as vscode from 'vscode';
+import type { LanguageClient } from 'vscode-languageclient/node';
+import type { ConnectionState, Daemon } from './connection';
+import { errorText, runEndMessage, statusBarText } from './format';
+import type { AdapterChanged, StatusResult, TrainingProgress } from './protocol';
+
+export class StatusBar implements vscode.Disposable {
+  private readonly item = vscode.window.createStatusBarItem('reinf.status', vscode.StatusBarAlignment.Right, 100);
+  private last: StatusResult | undefined;
+  private progress: TrainingProgress | undefined;
+
+  constructor(
+    private readonly daemon: Daemon,
+    private readonly out: vscode.LogOutputChannel,
+  ) {
+    this.item.name = 'reinf';
+    this.item.command = 'reinf.showStatus';
+    this.showConnection(daemon.current);
+    this.item.show();
+  }
+
+  attach(): vscode.Disposable[] {
+    return [
+      this.daemon.onState((s) => this.showConnection(s)),
+      this.daemon.onClient((client) => this.listen(client)),
+    ];
+  }
+
+  /** Ask the daemon for its status and redraw. Errors only go to the log: the connection state says the rest. */
+  async refresh(): Promise<StatusResult | undefined> {
+    try {
+      this.last = await this.daemon.request<StatusResult>('reinf/status', {});
+      this.draw();
+      return this.last;
+    } catch (e) {
+      this.out.warn(`reinf/status failed: ${errorText(e)}`);
+      return undefined;
+    }
+  }
+
+  dispose(): void {
+    this.item.dispose();
+  }
+
+  private listen(client: LanguageClient): void {
+    client.onNotification('reinf/trainingProgress', (p: TrainingProgress) => {
+      this.out.info(`training run ${p.run_id}: ${p.state} ${p.phase ?? ''} ${p.progress ?? ''} ${p.message ?? ''}`);
+      this.progress = p;
+      const end = runEndMessage(p);
+      if (end) {
+        const show = { warning: vscode.window.showWarningMessage, error: vscode.window.showErrorMessage, info: vscode.window.showInformationMessage }[end.level];
+        void show(end.text, 'Show Log').then((pick) => pick && this.out.show(true));
+      }
+      if (p.state !== 'running' && p.state !== 'queued') {
+        void this.refresh();
+      } else {
+        this.draw();
+      }
+    });
+    client.onNotification('reinf/adapterChanged', (p: AdapterChanged) => {
+      const why = p.reason ? ` (${p.reason})` : '';
+      const text =
+        p.adapter_version > 0 ? `reinf: adapter v${p.adapter_version} is now live${why}.` : `reinf: back to the base model${why}.`;
+      this.out.info(text);
+      void vscode.window.showInformationMessage(text);
+      void this.refresh();
+    });
+    void this.refresh();
+  }
+
+  private showConnection(s: ConnectionState): void {
+    if (s.kind === 'connected') {
+      this.item.backgroundColor = undefined;
+      this.draw();
+      return;
+    }
+    this.last = undefined;
+    this.progress = undefined;
+    if (s.kind === 'connecting') {
+      this.item.text = '$(loading~spin) reinf: connecting…';
+      this.item.backgroundColor = undefined;
+    } else {
+      this.item.text = '$(debug-disconnect) reinf: not connected';
+      this.item.backgroundColor = new vscode.ThemeColor('statusBarItem.errorBackground');
+    }
+    this.item.tooltip = `${s.message}\nClick for details; "reinf: Show Log" has the full story.`;
+  }
+
+  private draw(): void {
+    if (!this.last) {
+      this.item.text = '$(sparkle) reinf';
+      this.item.tooltip = 'reinf: connected';
+      return;
+    }
+    const { text, tooltip } = statusBarText(this.last, this.progress);
+    this.item.text = text;
+    this.item.tooltip = tooltip;
+  }
+}

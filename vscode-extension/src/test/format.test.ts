@@ -1,0 +1,67 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { percent, rollbackChoices, runEndMessage, shortModel, statusBarText, statusReport } from '../format';
+import type { StatusResult } from '../protocol';
+
+const idle: StatusResult = {
+  model: '/home/u/.cache/reinf/models/reinf-tiny-test/',
+  device: 'cpu',
+  adapter_version: 3,
+  ratings_total: 17,
+  until_next_training: 8,
+  training: { state: 'idle' },
+  last_run: { run_id: 4, state: 'published', trigger: 'manual' },
+};
+
+test('status bar: model, adapter version and ratings to go', () => {
+  assert.equal(shortModel('Qwen/Qwen2.5-Coder-0.5B'), 'Qwen2.5-Coder-0.5B');
+  const { text, tooltip } = statusBarText(idle);
+  assert.equal(text, '$(sparkle) reinf-tiny-test v3 · 8 to train');
+  assert.match(tooltip, /8 more until the next training/);
+  assert.equal(statusBarText({ ...idle, adapter_version: 0 }).text, '$(sparkle) reinf-tiny-test base · 8 to train');
+});
+
+test('status bar: a run in progress shows its phase and progress', () => {
+  const progress = { run_id: 5, state: 'running', phase: 'ppo', progress: 0.456, message: '' };
+  assert.equal(statusBarText(idle, progress).text, '$(sync~spin) reinf: training 46% ppo');
+  const finished = { ...progress, state: 'published' };
+  assert.match(statusBarText(idle, finished).text, /v3 · 8 to train/);
+  const fromStatus = { ...idle, training: { state: 'running', run_id: 5, phase: 'reward', progress: 10 } };
+  assert.equal(statusBarText(fromStatus).text, '$(sync~spin) reinf: training 10% reward');
+});
+
+test('percent reads fractions and percentages', () => {
+  assert.deepEqual([percent(0), percent(0.5), percent(1), percent(37), percent(null)], ['0%', '50%', '100%', '37%', '']);
+});
+
+test('status report lists model, adapter, ratings and training', () => {
+  const r = statusReport({ ...idle, training: { state: 'running', run_id: 9, phase: 'ppo', progress: 0.5 } });
+  assert.match(r, /Adapter: adapter v3/);
+  assert.match(r, /Training: running \(run 9, ppo, 50%\)/);
+  assert.match(statusReport(idle), /Training: idle\n/);
+});
+
+test('rollback choices: previous, each published adapter newest first, then the base', () => {
+  const choices = rollbackChoices(
+    [
+      { run_id: 1, state: 'published', trigger: 'threshold', adapter_version: 1 },
+      { run_id: 2, state: 'rejected', trigger: 'manual', adapter_version: null },
+      { run_id: 3, state: 'published', trigger: 'manual', adapter_version: 2, finished: '2025-01-02' },
+    ],
+    2,
+  );
+  assert.deepEqual(choices.map((c) => [c.label, c.version]), [
+    ['Previous good version', undefined],
+    ['v2', 2],
+    ['v1', 1],
+    ['Base model (v0)', 0],
+  ]);
+  assert.match(choices[1].description, /^active · run 3/);
+});
+
+test('a rejected run gives a warning with the reason', () => {
+  const m = runEndMessage({ run_id: 7, state: 'rejected', phase: 'eval', progress: 1, message: 'KL 0.4 over the bound 0.2' });
+  assert.deepEqual(m, { level: 'warning', text: 'reinf: training run 7 was rejected: KL 0.4 over the bound 0.2. The active adapter stays.' });
+  assert.equal(runEndMessage({ run_id: 7, state: 'running' }), undefined);
+  assert.equal(runEndMessage({ run_id: 7, state: 'failed', message: 'OOM' })?.level, 'error');
+});
