@@ -1,0 +1,538 @@
+"""The scheduler: decides when to train, runs the trainer as a subprocess, follows it, publishes its adapter.
+
+One run at a time. A run starts when `training.min_new_ratings` explicit ratings have come in since the last
+run (cancelled and failed ones included, so a failed run is retried only at the next trigger), or at once on
+`retrain()`. The daemon exports the Parquet snapshot into `runs/<id>/` and starts
+`python -m reinf.training runs/<id>`; a watcher thread tails its `progress.jsonl`, broadcasts
+`reinf/trainingProgress`, and on a clean exit with decision "publish" copies the adapter to
+`adapters/.tmp-v<N>`, fsyncs it and renames it to `adapters/v<N>`, then hot-swaps the engine. Publishing
+happens here, in the daemon, so a trainer killed at any point never leaves a half adapter behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .paths import private_dir, write_json
+from .store import Store
+
+log = logging.getLogger("reinf.scheduler")
+
+FINAL_STATES = ("published", "rejected", "failed", "cancelled")
+TRAINER_MODULE = "reinf.training"
+
+
+class SchedulerError(RuntimeError):
+    """A training or adapter operation that could not be done; the message says why."""
+
+
+class SchedulerBusy(SchedulerError):
+    """A run is already going."""
+
+
+class UnknownVersion(SchedulerError):
+    """A rollback to an adapter version that does not exist (or was never good)."""
+
+
+class AdapterError(SchedulerError):
+    """An adapter folder that is missing or not a loadable PEFT adapter."""
+
+
+@dataclass
+class _Run:
+    run_id: int
+    run_dir: Path
+    proc: subprocess.Popen | None = None
+    phase: str = "snapshot"
+    progress: float = 0.0
+    message: str = "exporting the snapshot"
+    cancel_requested: bool = False
+    shutting_down: bool = False
+    timed_out: bool = False
+    thread: threading.Thread | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+class Scheduler:
+    """Training control for the daemon. Every public method is thread-safe."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        *,
+        broadcast: Callable[[str, dict], None],
+        swap_adapter: Callable[[int, Path | None], None],
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self._broadcast = broadcast
+        self._swap = swap_adapter
+        self.runs_dir = cfg.home / "runs"
+        self.adapters_dir = cfg.home / "adapters"
+        self._lock = threading.RLock()  # guards _run and _closed
+        self._adapter_lock = threading.Lock()  # one publish or rollback at a time
+        self._run: _Run | None = None
+        self._closed = False
+
+    # -- start-up -------------------------------------------------------------------------------
+
+    def start(self) -> tuple[int, Path | None]:
+        """Clean up after a crash, then say which adapter the engine should load: `(version, path)` or `(0, None)`."""
+        private_dir(self.runs_dir)
+        private_dir(self.adapters_dir)
+        for tmp in self.adapters_dir.glob(".tmp-v*"):
+            log.warning("removing %s, left by a publish that did not finish", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+        for run in self.store.unfinished_runs():
+            stopped = _kill_trainer(run.get("pid"), self.runs_dir / str(run["run_id"]))
+            error = "the daemon stopped during this run"
+            if stopped:
+                error += f"; its trainer (pid {run['pid']}) was still running and has been stopped"
+            log.warning("run %s: %s", run["run_id"], error)
+            self.store.update_run(run["run_id"], state="failed", finished=True, error=error)
+        return self._adapter_to_load()
+
+    def _adapter_to_load(self) -> tuple[int, Path | None]:
+        active = self.store.active_adapter()
+        if active is None:
+            return 0, None
+        problem = adapter_problem(Path(active["path"]))
+        if problem is None:
+            return active["version"], Path(active["path"])
+        log.warning(
+            "active adapter v%s cannot be loaded (%s); marking it rejected", active["version"], problem
+        )
+        self.store.set_adapter_status(active["version"], "rejected")
+        for a in self.store.list_adapters():
+            if a["status"] == "retired" and adapter_problem(Path(a["path"])) is None:
+                log.warning("falling back to adapter v%s, the newest good one", a["version"])
+                self.store.activate_adapter(a["version"])
+                return a["version"], Path(a["path"])
+        log.warning("no earlier adapter can be loaded; serving the base model (version 0)")
+        self.store.activate_adapter(0)
+        return 0, None
+
+    # -- triggers ---------------------------------------------------------------------------------
+
+    def _watermark(self) -> int:
+        # The newest run's watermark, whatever its state: cancelled and failed runs also reset the count.
+        runs = self.store.list_runs(limit=1)
+        return int(runs[0].get("rating_watermark") or 0) if runs else 0
+
+    def until_next_training(self) -> int:
+        """How many more explicit ratings start the next run by threshold."""
+        new = self.store.ratings_since(self._watermark())
+        return max(0, self.cfg.training.min_new_ratings - new)
+
+    def note_rating(self) -> None:
+        """Called after each committed explicit rating: start a run if the threshold is reached."""
+        try:
+            with self._lock:
+                if self._run is not None or self._closed or self.until_next_training() > 0:
+                    return
+            self.retrain("threshold")
+        except SchedulerBusy:  # another rating got there first
+            pass
+        except Exception:  # the rating itself is committed; a run that cannot start must not fail it
+            log.exception("could not start a training run at the rating threshold")
+
+    def retrain(self, trigger: str = "manual") -> int:
+        """Start a run now; returns its id. Raises `SchedulerBusy` while another run is going."""
+        with self._lock:
+            if self._closed:
+                raise SchedulerError("the daemon is shutting down; no new training run can start")
+            if self._run is not None:
+                r = self._run
+                raise SchedulerBusy(
+                    f"training run {r.run_id} is already going ({r.phase}, {100 * r.progress:.0f}%); "
+                    "wait for it or cancel it with reinf/cancelTraining"
+                )
+            run_id = self.store.create_run(trigger, self.store.ratings_total(), self.store.max_rating_id())
+            run = self._run = _Run(run_id, private_dir(self.runs_dir / str(run_id)))
+        self._notify(run, "running")
+        try:
+            n_rows = self.store.export_snapshot(run.run_dir / "data.parquet")
+            write_json(run.run_dir / "config.json", self._trainer_config(run_id))
+            log.info("run %s: %d rated interactions exported; starting the trainer", run_id, n_rows)
+            run.proc = self._spawn(run.run_dir)
+            self.store.update_run(run_id, state="running", pid=run.proc.pid)
+        except Exception as exc:
+            if run.proc is not None:
+                _kill_group(run.proc.pid, signal.SIGKILL)
+            error = f"could not start the trainer: {exc}"
+            self.store.update_run(run_id, state="failed", finished=True, error=error)
+            with self._lock:
+                self._run = None
+            self._notify(run, "failed", message=error)
+            raise SchedulerError(error) from exc
+        run.thread = threading.Thread(
+            target=self._watch, args=(run,), name=f"reinf-run-{run_id}", daemon=True
+        )
+        run.thread.start()
+        if run.cancel_requested:  # cancelled while the snapshot was being written
+            _kill_group(run.proc.pid, signal.SIGKILL)
+        return run_id
+
+    def _trainer_config(self, run_id: int) -> dict[str, Any]:
+        active = self.store.active_adapter()
+        return {
+            **self.cfg.to_dict(),
+            "run_id": run_id,
+            "base_model_path": str(self._base_model_path()),
+            "active_adapter": {"version": active["version"], "path": active["path"]} if active else None,
+        }
+
+    def _base_model_path(self) -> str:
+        try:
+            from .models import resolve_model_path
+        except ImportError:  # pragma: no cover - models.py lands with the engine
+            return self.cfg.model.name
+        return str(resolve_model_path(self.cfg.model.name))
+
+    def _spawn(self, run_dir: Path) -> subprocess.Popen:
+        threads = str(max(1, self.cfg.training.threads))
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "OPENBLAS_NUM_THREADS": threads,
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONUNBUFFERED": "1",
+            "REINF_DAEMON_PID": str(os.getpid()),
+        }
+        with open(run_dir / "train.log", "ab") as logf:  # the trainer's stderr (its log) goes here
+            os.chmod(run_dir / "train.log", 0o600)
+            return subprocess.Popen(
+                [sys.executable, "-m", TRAINER_MODULE, str(run_dir)],
+                cwd=run_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=logf,
+                start_new_session=True,  # its own process group, so cancel stops all of it
+            )
+
+    # -- following a run --------------------------------------------------------------------------
+
+    def _watch(self, run: _Run) -> None:
+        progress_file = run.run_dir / "progress.jsonl"
+        offset = 0
+        deadline = run.started + self.cfg.training.timeout_s
+        rc = None
+        while rc is None:
+            try:
+                rc = run.proc.wait(timeout=0.25)
+            except subprocess.TimeoutExpired:
+                rc = None
+            offset = self._follow(run, progress_file, offset)
+            if rc is None and time.monotonic() > deadline and not run.timed_out:
+                run.timed_out = True
+                _kill_group(run.proc.pid, signal.SIGKILL)
+        try:
+            self._finish(run, rc)
+        except Exception as exc:  # noqa: BLE001 - recorded on the run, never lost
+            log.exception("run %s: finishing failed", run.run_id)
+            self.store.update_run(
+                run.run_id, state="failed", finished=True, error=f"finishing the run failed: {exc}"
+            )
+            self._notify(run, "failed", message=str(exc))
+        finally:
+            with self._lock:
+                if self._run is run:
+                    self._run = None
+
+    def _follow(self, run: _Run, path: Path, offset: int) -> int:
+        """Broadcast each new complete line of progress.jsonl; returns the new offset."""
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return offset
+        end = data.rfind(b"\n")
+        if end < 0:
+            return offset
+        for line in data[: end + 1].splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            run.phase = str(event.get("phase", run.phase))
+            run.progress = float(event.get("progress", run.progress))
+            run.message = str(event.get("message", ""))
+            self._notify(run, "running")
+        return offset + end + 1
+
+    def _finish(self, run: _Run, rc: int) -> None:
+        if run.shutting_down:
+            self._end(run, "cancelled", error="the daemon shut down during the run")
+            return
+        if run.cancel_requested:
+            self._end(run, "cancelled", error="cancelled on request")
+            return
+        if run.timed_out:
+            self._end(
+                run,
+                "failed",
+                error=f"the run took longer than training.timeout_s = {self.cfg.training.timeout_s} s",
+            )
+            return
+        if rc != 0:
+            how = f"was killed by signal {-rc}" if rc < 0 else f"exited with code {rc}"
+            self._end(run, "failed", error=f"the trainer {how}{_last_error(run.run_dir / 'train.log')}")
+            return
+        try:
+            metrics = json.loads((run.run_dir / "metrics.json").read_text())
+        except (OSError, ValueError) as exc:
+            self._end(run, "failed", error=f"the trainer exited without a readable metrics.json ({exc})")
+            return
+        if metrics.get("decision") != "publish":
+            reasons = metrics.get("reasons") or ["the trainer did not ask to publish"]
+            self._end(run, "rejected", metrics=metrics, message="; ".join(map(str, reasons)))
+            return
+        try:
+            version = self._publish(run.run_id, run.run_dir / "adapter", metrics)
+        except Exception as exc:  # noqa: BLE001
+            self._end(run, "failed", metrics=metrics, error=f"publishing failed: {exc}")
+            return
+        self._end(run, "published", metrics=metrics, message=f"adapter v{version} published and serving")
+
+    def _end(
+        self,
+        run: _Run,
+        state: str,
+        *,
+        metrics: dict | None = None,
+        error: str | None = None,
+        message: str = "",
+    ) -> None:
+        fields: dict[str, Any] = {"state": state, "finished": True}
+        if metrics is not None:
+            fields["metrics"] = metrics
+        if error is not None:
+            fields["error"] = error
+        self.store.update_run(run.run_id, **fields)
+        log.info("run %s %s%s", run.run_id, state, f": {error or message}" if (error or message) else "")
+        run.progress = 1.0 if state == "published" else run.progress
+        self._notify(run, state, message=error or message)
+
+    def _notify(self, run: _Run, state: str, message: str | None = None) -> None:
+        self._broadcast(
+            "reinf/trainingProgress",
+            {
+                "run_id": run.run_id,
+                "state": state,
+                "phase": run.phase if state == "running" else "done",
+                "progress": run.progress,
+                "message": run.message if message is None else message,
+            },
+        )
+
+    # -- publishing and rollback ------------------------------------------------------------------
+
+    def _publish(self, run_id: int, src: Path, metrics: dict) -> int:
+        problem = adapter_problem(src)
+        if problem:
+            raise AdapterError(f"the candidate adapter in {src} is not loadable: {problem}")
+        with self._adapter_lock:
+            version = self.store.next_adapter_version()
+            tmp, final = self.adapters_dir / f".tmp-v{version}", self.adapters_dir / f"v{version}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            if final.exists():  # left by a crash after the rename but before the store row: not referenced
+                shutil.rmtree(final)
+            shutil.copytree(src, tmp)
+            _fsync_tree(tmp)
+            os.rename(tmp, final)
+            _fsync_dir(self.adapters_dir)
+            self.store.add_adapter(version, run_id, str(final), "candidate", metrics.get("gate") or {})
+            try:
+                self._swap(version, final)
+            except Exception as exc:
+                self.store.set_adapter_status(version, "rejected")
+                raise AdapterError(f"the engine could not load adapter v{version}: {exc}") from exc
+            self.store.activate_adapter(version)
+        self._broadcast(
+            "reinf/adapterChanged", {"adapter_version": version, "reason": f"published by run {run_id}"}
+        )
+        return version
+
+    def rollback(self, version: int | None = None) -> int:
+        """Serve an earlier adapter: `version`, or the newest good one before the active one; 0 is the base."""
+        with self._adapter_lock:
+            adapters = {a["version"]: a for a in self.store.list_adapters()}
+            active = self.store.active_adapter()
+            current = active["version"] if active else 0
+            if version is None:
+                if current == 0:
+                    raise SchedulerError(
+                        "the base model (version 0) is already serving; there is nothing earlier"
+                    )
+                earlier = [v for v, a in adapters.items() if v < current and a["status"] == "retired"]
+                earlier = [v for v in earlier if adapter_problem(Path(adapters[v]["path"])) is None]
+                version = max(earlier, default=0)
+            path = None
+            if version != 0:
+                a = adapters.get(version)
+                if a is None or a["status"] in ("rejected", "candidate"):
+                    good = sorted(v for v, x in adapters.items() if x["status"] in ("active", "retired"))
+                    raise UnknownVersion(
+                        f"there is no good adapter version {version}; known: 0 (the base)"
+                        + "".join(f", {v}" for v in good)
+                    )
+                path = Path(a["path"])
+                problem = adapter_problem(path)
+                if problem:
+                    raise AdapterError(f"adapter v{version} cannot be loaded: {problem}")
+            self._swap(version, path)
+            self.store.activate_adapter(version)
+        self._broadcast("reinf/adapterChanged", {"adapter_version": version, "reason": "rollback"})
+        return version
+
+    # -- control and reads ------------------------------------------------------------------------
+
+    def cancel(self) -> bool:
+        """Stop the running trainer; True if there was one."""
+        with self._lock:
+            run = self._run
+            if run is None:
+                return False
+            run.cancel_requested = True
+            proc = run.proc
+        if proc is not None:
+            _kill_group(proc.pid, signal.SIGTERM)
+            threading.Timer(5.0, _kill_group, args=(proc.pid, signal.SIGKILL)).start()
+        return True
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            run = self._run
+            if run is None:
+                return {"state": "idle"}
+            return {
+                "state": "running",
+                "run_id": run.run_id,
+                "phase": run.phase,
+                "progress": run.progress,
+                "message": run.message,
+            }
+
+    def last_run(self) -> dict[str, Any] | None:
+        runs = self.store.list_runs(limit=1)
+        return runs[0] if runs else None
+
+    def close(self) -> None:
+        """At daemon shutdown: stop a running trainer and record the run as cancelled."""
+        with self._lock:
+            self._closed = True
+            run = self._run
+            if run is not None:
+                run.shutting_down = True
+        if run is None:
+            return
+        if run.proc is not None:
+            _kill_group(run.proc.pid, signal.SIGKILL)
+        if run.thread is not None:
+            run.thread.join(timeout=10.0)
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+
+def adapter_problem(path: Path) -> str | None:
+    """None if `path` holds a PEFT adapter (config and weights readable); else what is wrong with it."""
+    if not path.is_dir():
+        return f"{path} does not exist"
+    try:
+        json.loads((path / "adapter_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        return f"adapter_config.json is missing or not JSON ({exc})"
+    weights = path / "adapter_model.safetensors"
+    if weights.exists():
+        try:
+            with open(weights, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                if n <= 0 or n > weights.stat().st_size - 8:
+                    return "adapter_model.safetensors is truncated"
+                json.loads(fh.read(n))
+        except (OSError, ValueError) as exc:
+            return f"adapter_model.safetensors is corrupt ({exc})"
+        return None
+    if (path / "adapter_model.bin").is_file():
+        return None
+    return "no adapter_model.safetensors in it"
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _is_our_trainer(pid: int, run_dir: Path) -> bool:
+    """True if `pid` runs `python -m reinf.training <run_dir>` (not some process that reused the id)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    args = [a.decode(errors="replace") for a in args]
+    return TRAINER_MODULE in args and any(Path(a) == run_dir for a in args if a)
+
+
+def _kill_trainer(pid: int | None, run_dir: Path) -> bool:
+    """Kill an orphaned trainer of `run_dir` if it still runs; True if one was stopped."""
+    if not pid or not _is_our_trainer(pid, run_dir):
+        return False
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and _is_our_trainer(pid, run_dir):
+        time.sleep(0.05)
+    return True
+
+
+def _last_error(log_path: Path) -> str:
+    """The last meaningful line of the trainer's log, to say why it failed."""
+    try:
+        lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return f": {lines[-1][:300]}" if lines else ""
