@@ -42,7 +42,12 @@ class Params:
             raise InvalidParams(f"{self._name(field)} must be a string, got {type(value).__name__}")
         if not allow_empty and not value.strip():
             raise InvalidParams(f"{self._name(field)} must not be empty")
-        size = len(value.encode("utf-8", "surrogatepass"))
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError as exc:  # JSON can carry a lone surrogate (\ud800); it cannot be stored
+            raise InvalidParams(
+                f"{self._name(field)} is not valid Unicode text: lone surrogate at position {exc.start}"
+            ) from exc
         if size > self.max_bytes:
             raise InvalidParams(
                 f"{self._name(field)} is {size} bytes, over the limit of {self.max_bytes} bytes "
