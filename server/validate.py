@@ -82,7 +82,9 @@ class Params:
         return float(value)
 
     def bool(self, field: str, default: bool = False) -> bool:
-        value = self.p.get(field, default)
+        value = self.p.get(field)
+        if value is None:  # null means absent, as for every other optional field
+            return default
         if not isinstance(value, bool):
             raise InvalidParams(f"{self._name(field)} must be true or false, got {value!r}")
         return value
