@@ -284,11 +284,16 @@ class Backend:
     def export(self, params: Any) -> dict[str, Any]:
         p = Params(params, "reinf/export", self.cfg.server.max_field_bytes, {"format", "path"})
         fmt = p.str("format", choices=("parquet", "jsonl")) or "parquet"
-        path = Path(p.str("path", required=True))
+        raw = p.str("path", required=True)
+        if "\x00" in raw or "'" in raw:  # neither can reach DuckDB's COPY TO
+            raise InvalidParams(f"reinf/export: path must not contain a NUL byte or a single quote, got {raw!r}")
+        path = Path(raw)
         if not path.is_absolute():
             raise InvalidParams(f"reinf/export: path must be absolute, got {str(path)!r}")
         if not path.parent.is_dir():
             raise InvalidParams(f"reinf/export: path: folder {str(path.parent)!r} does not exist")
+        if not path.name or path.is_dir():
+            raise InvalidParams(f"reinf/export: path {str(path)!r} is a folder; give the name of a file")
         return {"path": str(path), "rows": self.store.export(path, fmt)}
 
     def forget(self, params: Any) -> dict[str, Any]:
