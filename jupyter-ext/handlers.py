@@ -78,17 +78,23 @@ def _bad(message: str) -> web.HTTPError:
 
 
 def _int(value: Any, name: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, str):
-        value = value.strip()
-        if not value.lstrip("-").isdigit():
-            raise _bad(f"{name} must be a whole number, got {value!r}")
-        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise _bad(f"{name} must be a whole number, got {value!r}")
     if value < low or (high is not None and value > high):
         bound = f"{low}–{high}" if high is not None else f"at least {low}"
         raise _bad(f"{name} must be {bound}, got {value}")
     return value
+
+
+def _query_int(
+    handler: web.RequestHandler, name: str, default: int, low: int, high: int | None = None
+) -> int:
+    text = handler.get_argument(name, str(default)).strip()
+    try:
+        value = int(text)
+    except ValueError:
+        raise _bad(f"{name} must be a whole number, got {text!r}") from None
+    return _int(value, name, low, high)
 
 
 def check_rating(body: Any) -> dict[str, Any]:
@@ -182,8 +188,8 @@ class QueueHandler(ReadHandler):
     def params(self) -> dict[str, Any]:
         return {
             "unrated_only": True,
-            "limit": _int(self.get_argument("limit", "20"), "limit", 1, MAX_LIMIT),
-            "offset": _int(self.get_argument("offset", "0"), "offset", 0),
+            "limit": _query_int(self, "limit", 20, 1, MAX_LIMIT),
+            "offset": _query_int(self, "offset", 0, 0),
         }
 
 
@@ -191,7 +197,7 @@ class RunsHandler(ReadHandler):
     method = "reinf/runs"
 
     def params(self) -> dict[str, Any]:
-        return {"limit": _int(self.get_argument("limit", "50"), "limit", 1, MAX_LIMIT)}
+        return {"limit": _query_int(self, "limit", 50, 1, MAX_LIMIT)}
 
 
 class AdaptersHandler(ReadHandler):

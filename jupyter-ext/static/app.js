@@ -1,4 +1,4 @@
-// reinf's review queue and dashboard. Plain JS and SVG: no framework, no remote content, no innerHTML.
+// reinf's review queue and dashboard. Plain JS and SVG: no framework, no remote content; text goes in as text.
 "use strict";
 
 (() => {
