@@ -304,7 +304,10 @@ class Backend:
         except ValueError as exc:
             raise InvalidParams(f"reinf/forget: before must be an ISO date, got {text!r}") from exc
         if before.tzinfo is None:
-            before = before.astimezone()
+            try:
+                before = before.astimezone()
+            except (ValueError, OverflowError) as exc:  # 0001-01-01 in a zone east of UTC is year 0
+                raise InvalidParams(f"reinf/forget: before is out of range: {text!r}") from exc
         return {"deleted": self.store.forget(before)}
 
     def close(self) -> None:
