@@ -37,7 +37,7 @@ from .tokenizer_build import (
     FIM_SUFFIX,
     IM_END,
     chat_pairs,
-    is_heldout,
+    split_of,
     stdlib_sources,
     train_tokenizer,
 )
@@ -120,20 +120,20 @@ class Corpus:
         return rows[:, :-1], rows[:, 1:]
 
 
-def build_corpus(tok: PreTrainedTokenizerFast, sources, preset: Preset) -> tuple[Corpus, Corpus]:
-    """Tokenize files and chat pairs into a training corpus and a held-out one."""
+def build_corpus(tok: PreTrainedTokenizerFast, sources, preset: Preset) -> dict[str, Corpus]:
+    """Tokenize files and chat pairs into "train", "valid" and "test" corpora (see `split_of`)."""
     enc = tok.backend_tokenizer
     ids = {t: tok.convert_tokens_to_ids(t) for t in (EOT, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)}
-    split: dict[bool, tuple[list, list]] = {False: ([], []), True: ([], [])}
+    split: dict[str, tuple[list, list]] = {name: ([], []) for name in ("train", "valid", "test")}
     texts = [s.text for s in sources]
     for src, e in zip(sources, enc.encode_batch(texts, add_special_tokens=False), strict=True):
-        split[is_heldout(src.path)][0].append(np.asarray(e.ids, dtype=np.int32))
+        split[split_of(src.path)][0].append(np.asarray(e.ids, dtype=np.int32))
         for request, answer in chat_pairs(src):
             messages = [{"role": "user", "content": request}, {"role": "assistant", "content": answer}]
             text = tok.apply_chat_template(messages, tokenize=False) + EOT
             chat = enc.encode(text, add_special_tokens=False).ids[: preset.seq_len + 1]
-            split[is_heldout(src.path)][1].append(np.asarray(chat, dtype=np.int32))
-    return Corpus(*split[False], ids, preset), Corpus(*split[True], ids, preset)
+            split[split_of(src.path)][1].append(np.asarray(chat, dtype=np.int32))
+    return {name: Corpus(*parts, ids, preset) for name, parts in split.items()}
 
 
 def make_model(preset: Preset, tok: PreTrainedTokenizerFast) -> LlamaForCausalLM:
@@ -194,6 +194,11 @@ def build(
     bf16: bool | None = None,
     command: str = "",
     quiet: bool = False,
+    corpus: Path | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    eval_every: int = 0,
+    keep_best: bool = False,
 ) -> dict:
     """Train the tokenizer and model for `preset_name` and write them to `out` atomically. Returns build info."""
     t0 = time.time()
@@ -202,6 +207,10 @@ def build(
         preset = replace(preset, minutes=minutes, steps=None)
     if steps is not None:
         preset = replace(preset, steps=steps)
+    if batch_size is not None:
+        preset = replace(preset, batch_size=batch_size)
+    if lr is not None:
+        preset = replace(preset, lr=lr)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
     bf16 = device.startswith("cuda") if bf16 is None else bf16
@@ -211,11 +220,12 @@ def build(
     torch.manual_seed(seed)
     console = Console(stderr=True, quiet=quiet)
 
-    sources = stdlib_sources(max_chars=preset.corpus_max_chars, every=preset.corpus_every)
+    sources = stdlib_sources(max_chars=preset.corpus_max_chars, every=preset.corpus_every, root=corpus)
     tok = train_tokenizer(
-        (s.text for s in sources if not is_heldout(s.path)), preset.vocab_size, preset.seq_len
+        (s.text for s in sources if split_of(s.path) == "train"), preset.vocab_size, preset.seq_len
     )
-    train, heldout = build_corpus(tok, sources, preset)
+    corpora = build_corpus(tok, sources, preset)
+    train, valid, heldout = corpora["train"], corpora["valid"], corpora["test"]
     console.print(
         f"tokenizer: {len(tok)} tokens; corpus: {len(sources)} files, {train.n_tokens:,} training tokens, "
         f"{heldout.n_tokens:,} held out ({time.time() - t0:.1f} s)"
@@ -251,6 +261,7 @@ def build(
     train_t0 = time.time()
     step = 0
     loss_ema = float("nan")
+    best: tuple[float, int, dict | None] = (float("inf"), 0, None)
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(f"reinf-tiny {preset_name}", total=preset.steps, loss=float("nan"), tps="-")
         while step < total:
@@ -276,8 +287,16 @@ def build(
             progress.update(
                 task, completed=step, loss=loss_ema, tps=f"{step * tokens_per_step / elapsed:,.0f}"
             )
+            if eval_every and step % eval_every == 0:
+                val = evaluate(model, valid, preset.eval_batches, device, bf16)
+                progress.console.print(f"step {step}: train loss {loss_ema:.3f}, validation loss {val:.3f}")
+                if keep_best and val < best[0]:
+                    best = (val, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
 
     train_s = time.time() - train_t0
+    if keep_best and best[2] is not None:
+        console.print(f"keeping step {best[1]} (validation loss {best[0]:.3f})")
+        model.load_state_dict(best[2])
     heldout_loss = evaluate(model, heldout, preset.eval_batches, device, bf16)
     heldout_plain = evaluate(model, heldout, preset.eval_batches, device, bf16, fim_rate=0.0, chat_rate=0.0)
     info = {
@@ -286,6 +305,7 @@ def build(
         "command": command,
         "reproduce": _reproduce(command, step),
         "steps": step,
+        "kept_step": best[1] if keep_best and best[2] is not None else step,
         "tokens": step * tokens_per_step,
         "heldout_loss": round(heldout_loss, 4),
         "heldout_loss_plain_code": round(heldout_plain, 4),
@@ -294,8 +314,10 @@ def build(
         "train_seconds": round(train_s, 1),
         "parameters": n_params,
         "device": device,
+        "device_name": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
         "threads": threads,
         "bf16_autocast": bf16,
+        "corpus": str(corpus) if corpus else "stdlib",
         "corpus_files": len(sources),
         "corpus_tokens": train.n_tokens,
         "heldout_tokens": heldout.n_tokens,
@@ -364,6 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 autocast (default: on for CUDA, off for CPU)")  # fmt: skip
+    parser.add_argument("--corpus", type=Path, help="folder of .py files to train on (default: this stdlib)")
+    parser.add_argument("--batch-size", type=int, help="rows per step (default: the preset's)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
+    parser.add_argument("--eval-every", type=int, default=0, help="print held-out loss every N steps")
+    parser.add_argument("--keep-best", action="store_true",
+                        help="with --eval-every: keep the step with the lowest validation loss")  # fmt: skip
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     command = "python -m reinf.training.tiny " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -378,6 +406,11 @@ def main(argv: list[str] | None = None) -> int:
         bf16=args.bf16,
         command=command,
         quiet=args.quiet,
+        corpus=args.corpus,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        eval_every=args.eval_every,
+        keep_best=args.keep_best,
     )
     return 0
 

@@ -44,14 +44,18 @@ def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def is_heldout(rel_path: str) -> bool:
-    """About 1 file in 20 is held out, chosen by a hash of its path so the split never depends on the seed."""
-    return hashlib.sha1(rel_path.encode()).digest()[0] % 20 == 0
+def split_of(rel_path: str) -> str:
+    """ "test" (1 file in 20, for the reported held-out loss), "valid" (1 in 20, for picking the best step)
+    or "train", chosen by a hash of the path so the split never depends on the seed."""
+    bucket = hashlib.sha1(rel_path.encode()).digest()[0] % 20
+    return {0: "test", 1: "valid"}.get(bucket, "train")
 
 
-def stdlib_sources(max_chars: int | None = None, every: int = 1) -> list[SourceFile]:
-    """The stdlib's .py files in a stable order; `every` > 1 keeps a hash-chosen 1/every of them."""
-    root = stdlib_root()
+def stdlib_sources(
+    max_chars: int | None = None, every: int = 1, root: Path | None = None
+) -> list[SourceFile]:
+    """The stdlib's (or `root`'s) .py files in a stable order; `every` > 1 keeps a hash-chosen 1/every."""
+    root = stdlib_root() if root is None else Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"no Python standard library at {root}; the tiny model trains on it")
     out: list[SourceFile] = []
