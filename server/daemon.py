@@ -129,7 +129,7 @@ class Daemon:
                 body = await reader.readexactly(length)
                 try:
                     data = json.loads(body)
-                except (ValueError, UnicodeDecodeError):
+                except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
                     writer.write(_error(None, -32700, "Parse error: the body is not valid JSON"))
                     continue
                 if not isinstance(data, dict) or data.get("jsonrpc") != "2.0":
@@ -194,11 +194,22 @@ class Daemon:
         token = opts.get("token") if isinstance(opts, dict) else None
         if not isinstance(token, str):
             return False
-        return hmac.compare_digest(token.encode(), self.token.encode())
+        # surrogatepass: a token with a lone surrogate is refused like any other, not with UnicodeEncodeError.
+        return hmac.compare_digest(token.encode("utf-8", "surrogatepass"), self.token.encode())
 
     def _dispatch(self, protocol: Any, data: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        method = data.get("method")
+        is_response = "id" in data and ("result" in data or "error" in data)
+        if not isinstance(method, str) and not is_response:
+            writer.write(_error(data.get("id"), -32600, "Invalid request: method must be a string"))
+            return
+        if getattr(protocol, "_shutdown", False) and method != "exit":
+            # pygls drops these silently, which leaves the client waiting for an answer forever.
+            if "id" in data and method is not None:
+                writer.write(_error(data["id"], -32600, f"Invalid request: {method} after shutdown; "
+                                                         "only exit is accepted now"))
+            return
         try:
-            method = data.get("method")
             if isinstance(method, str) and method.startswith("reinf/"):
                 # pygls turns the params of methods it does not know into lossy namedtuples; keep them JSON.
                 params = data.get("params")
