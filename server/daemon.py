@@ -18,6 +18,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from pygls.exceptions import JsonRpcException
 from pygls.protocol.json_rpc import JsonRPCNotification, JsonRPCRequestMessage
 
 from .backend import Backend
@@ -68,6 +69,30 @@ class _Notifier:
         self.protocol.notify(method, params)
 
 
+class _DropAnsweredErrors(logging.Filter):
+    """pygls logs a traceback for every request answered with a JSON-RPC error (a refused parameter, params
+    that do not fit an LSP type). The client has the answer; in the log it is noise that any client can grow
+    without bound, and it quotes the refused values. Internal errors are still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, JsonRpcException):
+            return False
+        return not (isinstance(record.msg, str) and record.msg.startswith("Unable to deserialize message"))
+
+
+def quiet_pygls(level: str) -> None:
+    """Keep user text and the token out of the daemon's log.
+
+    At INFO, pygls logs every message it sends (chat text, history) and the initialize params with the
+    token. Those stay off unless the daemon runs at DEBUG."""
+    if logging.getLevelName(level) != logging.DEBUG:
+        logging.getLogger("pygls").setLevel(logging.WARNING)
+    rpc = logging.getLogger("pygls.protocol.json_rpc")
+    if not any(isinstance(f, _DropAnsweredErrors) for f in rpc.filters):
+        rpc.addFilter(_DropAnsweredErrors())
+
+
 class Daemon:
     def __init__(self, cfg: Config, backend: Backend | None = None) -> None:
         self.cfg = cfg
@@ -82,6 +107,7 @@ class Daemon:
         return self.cfg.home / "daemon.json"
 
     async def serve(self) -> None:
+        quiet_pygls(self.cfg.server.log_level)
         self.backend.loop = asyncio.get_running_loop()
         host = self.cfg.server.host
         if host not in ("127.0.0.1", "localhost", "::1"):
