@@ -15,7 +15,7 @@ class Connection:
     """Connects on first use (starting the daemon if none answers, as the CLI does) and again after a drop."""
 
     def __init__(self, connect: Callable[[], Any] | None = None) -> None:
-        self._connect = connect or (lambda: Client.connect(start=True))
+        self._connect = connect or (lambda: Client.connect(start=True, client_name="jupyter"))
         self._client: Any = None
         self._lock = threading.Lock()
 

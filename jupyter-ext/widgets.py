@@ -34,8 +34,8 @@ class RatingWidget(widgets.VBox):
         self.stars: int | None = None
         self._rate = rate
 
-        self.up = self._button("👍", "A good answer", "reinf-thumbs-up")
-        self.down = self._button("👎", "A bad answer", "reinf-thumbs-down")
+        self.up = self._button("", "Thumbs up: a good answer", "reinf-thumbs-up", icon="thumbs-up")
+        self.down = self._button("", "Thumbs down: a bad answer", "reinf-thumbs-down", icon="thumbs-down")
         self.up.on_click(lambda _: self.set_thumbs("up"))
         self.down.on_click(lambda _: self.set_thumbs("down"))
         self.star_buttons = []
@@ -66,8 +66,10 @@ class RatingWidget(widgets.VBox):
         self.add_class(f"reinf-rating-{interaction_id}")
 
     @staticmethod
-    def _button(label: str, tooltip: str, css_class: str) -> widgets.Button:
-        button = widgets.Button(description=label, tooltip=tooltip, layout=widgets.Layout(width="2.6em"))
+    def _button(label: str, tooltip: str, css_class: str, icon: str = "") -> widgets.Button:
+        button = widgets.Button(
+            description=label, tooltip=tooltip, icon=icon, layout=widgets.Layout(width="2.6em")
+        )
         button.add_class(css_class)
         return button
 

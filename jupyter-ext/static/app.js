@@ -5,11 +5,11 @@
   const XSRF = document.querySelector('meta[name="reinf-xsrf"]').content;
   const SVG = "http://www.w3.org/2000/svg";
   const QUEUE_PAGE = 20;
-  // Metric names a run may report; the first one present is plotted.
-  const RM_METRICS = ["reward_model.heldout_accuracy", "reward_model_heldout_accuracy", "rm_heldout_accuracy",
-    "reward_model.accuracy", "rm_accuracy", "reward_model.heldout_corr", "rm_heldout_corr"];
-  const HELDOUT_METRICS = ["eval.candidate_reward", "heldout_reward", "eval.heldout_reward",
-    "candidate_reward", "eval.reward"];
+  // Where a run's metrics (training/run.py, training/gate.py) keep what the dashboard plots.
+  const RM_CORRELATION = "reward_model.correlation";
+  const RM_ACCURACY = "reward_model.pairwise_accuracy";
+  const CANDIDATE_REWARD = "gate.candidate_score";
+  const ACTIVE_REWARD = "gate.active_score";
 
   async function api(path, body) {
     const init = { credentials: "same-origin", headers: { Accept: "application/json" } };
@@ -58,13 +58,10 @@
     return isNaN(date) ? String(ts) : date.toLocaleString();
   }
 
-  function metric(metrics, names) {
-    for (const name of names) {
-      let value = metrics;
-      for (const part of name.split(".")) value = value && typeof value === "object" ? value[part] : undefined;
-      if (typeof value === "number" && isFinite(value)) return value;
-    }
-    return null;
+  function metric(metrics, path) {
+    let value = metrics;
+    for (const part of path.split(".")) value = value && typeof value === "object" ? value[part] : undefined;
+    return typeof value === "number" && isFinite(value) ? value : null;
   }
 
   function adapterName(version) {
@@ -118,9 +115,9 @@
       onclick: () => { stars = n; paint(); },
     }, "☆"));
     const up = el("button", { type: "button", class: "thumb up", "aria-label": "thumbs up",
-      onclick: () => { thumbs = thumbs === "up" ? null : "up"; paint(); } }, "👍");
+      onclick: () => { thumbs = thumbs === "up" ? null : "up"; paint(); } }, "▲ good");
     const down = el("button", { type: "button", class: "thumb down", "aria-label": "thumbs down",
-      onclick: () => { thumbs = thumbs === "down" ? null : "down"; paint(); } }, "👎");
+      onclick: () => { thumbs = thumbs === "down" ? null : "down"; paint(); } }, "▼ bad");
     const comment = el("textarea", { class: "comment", rows: 2, placeholder: "Comment (optional)" });
     const submit = el("button", { type: "button", class: "submit" }, "Submit rating");
     function paint() {
@@ -183,10 +180,14 @@
 
   // ---- dashboard ----------------------------------------------------------------------------------
 
-  // A small chart: bars and lines over categorical x labels, each series on its own y range.
-  function chart(container, labels, series, empty) {
+  // A small chart: bars and lines over categorical x labels. Each series has its own y range (left axis,
+  // then right), unless `shared`: then all share the left one.
+  function chart(container, labels, series, empty, shared) {
     container.replaceChildren();
-    if (labels.length === 0) { container.append(el("p", { class: "muted" }, empty)); return; }
+    if (series.every((s) => s.values.every((v) => v === null))) {
+      container.append(el("p", { class: "muted" }, empty));
+      return;
+    }
     const W = 640, H = 220, L = 40, R = 40, T = 10, B = 40;
     const step = (W - L - R) / labels.length;
     const x = (i) => L + step * (i + 0.5);
@@ -197,20 +198,25 @@
         root.append(svg("text", { x: x(i), y: H - B + 16, class: "tick", "text-anchor": "middle" }, label));
       }
     });
+    const all = series.flatMap((s) => s.values.filter((v) => v !== null));
     series.forEach((s, k) => {
-      const values = s.values.filter((v) => v !== null);
-      if (values.length === 0) return;
+      const values = shared ? all : s.values.filter((v) => v !== null);
+      if (s.values.every((v) => v === null)) return;
       const lo = s.min !== undefined ? s.min : Math.min(0, ...values);
       const hi = s.max !== undefined ? s.max : Math.max(...values, lo + 1e-9);
       const y = (v) => H - B - ((v - lo) / (hi - lo || 1)) * (H - T - B);
-      const axisX = k === 0 ? L - 4 : W - R + 4;
-      const anchor = k === 0 ? "end" : "start";
-      root.append(svg("text", { x: axisX, y: y(hi) + 4, class: `tick ${s.cls}`, "text-anchor": anchor }, String(+hi.toFixed(2))));
-      root.append(svg("text", { x: axisX, y: y(lo), class: `tick ${s.cls}`, "text-anchor": anchor }, String(+lo.toFixed(2))));
+      if (k === 0 || (k === 1 && !shared)) {
+        const axisX = k === 0 ? L - 4 : W - R + 4;
+        const anchor = k === 0 ? "end" : "start";
+        const cls = shared ? "tick" : `tick ${s.cls}`;
+        root.append(svg("text", { x: axisX, y: y(hi) + 4, class: cls, "text-anchor": anchor }, String(+hi.toFixed(2))));
+        root.append(svg("text", { x: axisX, y: y(lo), class: cls, "text-anchor": anchor }, String(+lo.toFixed(2))));
+      }
       if (s.kind === "bar") {
         s.values.forEach((v, i) => {
           if (v === null) return;
-          root.append(svg("rect", { x: x(i) - step * 0.35, width: step * 0.7, y: y(v), height: H - B - y(v), class: s.cls },
+          const width = Math.min(step * 0.7, 32);
+          root.append(svg("rect", { x: x(i) - width / 2, width, y: y(v), height: H - B - y(v), class: s.cls },
             svg("title", {}, `${labels[i]}: ${s.name} ${v}`)));
         });
       } else {
@@ -241,13 +247,21 @@
 
     if (runList.status === "fulfilled") {
       const list = (runList.value.runs || []).slice().reverse();
-      chart(runs, list.map((r) => String(r.run_id)), [
-        { name: "reward model (held-out)", kind: "line", cls: "s1", values: list.map((r) => metric(r.metrics, RM_METRICS)) },
-        { name: "held-out reward of the candidate", kind: "line", cls: "s2", values: list.map((r) => metric(r.metrics, HELDOUT_METRICS)) },
-      ], "No training runs yet.");
+      const labels = list.map((r) => String(r.run_id));
+      const series = (name, cls, path) => ({ name, kind: "line", cls, values: list.map((r) => metric(r.metrics, path)) });
+      runs.replaceChildren();
+      const rm = el("div", { class: "chart" });
+      const reward = el("div", { class: "chart" });
+      runs.append(el("h4", {}, "Reward model, on held-out ratings"), rm,
+        el("h4", {}, "Held-out reward (reward-model score of sampled answers)"), reward);
+      chart(rm, labels, [series("correlation", "s1", RM_CORRELATION), series("pairwise accuracy", "s2", RM_ACCURACY)],
+        "No training runs yet.", true);
+      chart(reward, labels, [series("candidate adapter", "s1", CANDIDATE_REWARD),
+        series("adapter it was compared with", "s2", ACTIVE_REWARD)], "No training run got as far as the gate yet.", true);
       runs.append(el("ul", { class: "runs" }, list.slice().reverse().slice(0, 10).map((r) =>
         el("li", {}, `${r.run_id}: ${r.state} (${r.trigger}) ${when(r.started)}` +
-          (r.adapter_version ? ` → adapter v${r.adapter_version}` : "")))));
+          (r.adapter_version ? ` → adapter v${r.adapter_version}` : "") +
+          (r.metrics && r.metrics.reasons && r.metrics.reasons.length ? ` — ${r.metrics.reasons.join("; ")}` : "")))));
     } else show(runs, `Cannot load the runs: ${runList.reason.message}`, false);
 
     table.replaceChildren();

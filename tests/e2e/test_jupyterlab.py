@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,8 @@ def page(
         page.on("console", lambda m: messages.append(f"{m.type}: {m.text}"))
         failures = request.session.testsfailed
         yield page
-        if request.session.testsfailed > failures:  # keep what shows why
+        # Keep what shows why it failed (or, with REINF_E2E_SHOTS=1, what it looked like).
+        if request.session.testsfailed > failures or os.environ.get("REINF_E2E_SHOTS"):
             for i, p in enumerate(context.pages):
                 shot = tmp_path / f"page-{i}.png"
                 p.screenshot(path=str(shot), full_page=True)
@@ -79,21 +81,24 @@ def page(
         browser.close()
 
 
+# The notebook's panel, found by its path: `shell.currentWidget` follows the focus, which may move.
+PANEL = """const panel = Array.from(window.jupyterapp ? window.jupyterapp.shell.widgets("main") : [])
+  .find((w) => w.context && w.context.path === "ask.ipynb");"""
+
 # Resolves once the notebook's kernel is connected and idle: a toolbar that says "idle" is not enough.
-KERNEL_READY = """async () => {
-  const app = window.jupyterapp;
-  const panel = app && app.shell.currentWidget;
-  if (!panel || !panel.sessionContext) return false;
-  await panel.sessionContext.ready;
+# (Synchronous: wait_for_function takes a returned Promise for a true value.)
+KERNEL_READY = """() => {
+  PANEL
+  if (!panel || !panel.sessionContext.isReady) return false;
   const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
   return !!kernel && kernel.connectionStatus === "connected" && kernel.status === "idle";
-}"""
+}""".replace("PANEL", PANEL)
 
-# Records every answer display the kernel sends, as the browser receives it.
-RECORD_ANSWERS = """() => {
-  const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+# Records every answer display the kernel sends, as the browser receives it, then runs the notebook.
+RUN_AND_RECORD = """async () => {
+  PANEL
   window.reinfAnswers = [];
-  kernel.iopubMessage.connect((_, msg) => {
+  panel.sessionContext.session.kernel.iopubMessage.connect((_, msg) => {
     const type = msg.header.msg_type;
     const meta = msg.content && msg.content.metadata && msg.content.metadata.reinf;
     if ((type === "display_data" || type === "update_display_data") && meta) {
@@ -101,7 +106,14 @@ RECORD_ANSWERS = """() => {
                                  text: msg.content.data["text/markdown"] || "" });
     }
   });
-}"""
+  window.jupyterapp.shell.activateById(panel.id);
+  await window.jupyterapp.commands.execute("notebook:run-all-cells");
+}""".replace("PANEL", PANEL)
+
+
+def _letters(text: str) -> str:
+    """What Markdown rendering keeps of a text: its letters and digits."""
+    return re.sub(r"[^A-Za-z0-9]", "", text)
 
 
 def test_ask_streams_rates_and_the_review_page_rates(
@@ -110,8 +122,7 @@ def test_ask_streams_rates_and_the_review_page_rates(
     daemon, lab = stack
     page.goto(f"{lab.url}/lab/tree/ask.ipynb?token={lab.token}")
     page.wait_for_function(KERNEL_READY, polling=200, timeout=60_000)
-    page.evaluate(RECORD_ANSWERS)
-    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    page.evaluate(RUN_AND_RECORD)
 
     # The answer streams: partial updates reach the browser before the final one, each a prefix of the next.
     page.wait_for_function("() => window.reinfAnswers.some((a) => a.state === 'done')", timeout=60_000)
@@ -124,8 +135,10 @@ def test_ask_streams_rates_and_the_review_page_rates(
     assert len(partial[0]) < len(final), "the first update carries less than the whole answer"
     ask_id = answers[-1]["id"]
 
-    output = page.locator(".jp-Cell").nth(1).locator(".jp-OutputArea-output").first
-    assert output.inner_text().strip() == final.strip() or final.strip()[:20] in output.inner_text()
+    # The notebook shows the finished answer rendered as Markdown, without the streaming cursor.
+    rendered = page.locator(".jp-Cell").nth(1).locator(".jp-RenderedMarkdown").first
+    page.wait_for_function("(el) => !el.innerText.includes('▌')", arg=rendered.element_handle())
+    assert _letters(rendered.inner_text()) == _letters(final)
 
     # The rating widget under the answer: 4 stars, a comment, submit.
     widget = page.locator(f".reinf-rating-{ask_id}")
