@@ -50,7 +50,7 @@ class _Reinf:
 
     @property
     def connection(self) -> Connection:
-        return self.settings.get("reinf_connection") or shared()  # type: ignore[attr-defined]
+        return shared()
 
 
 class PageHandler(_Reinf, JupyterHandler):

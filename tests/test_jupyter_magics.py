@@ -5,6 +5,9 @@ Most tests talk to a fake daemon connection that records what is sent; the last 
 
 from __future__ import annotations
 
+import _thread
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -182,6 +185,33 @@ def test_format_option(ip: InteractiveShell, fmt: str, mime: str, expected: str)
     assert done.data[mime] == expected
     if fmt == "text":
         assert "text/markdown" not in done.data
+
+
+def test_an_interrupt_stops_the_answer_and_drops_the_connection(ip: InteractiveShell) -> None:
+    """Interrupting the kernel closes the connection, and the daemon stops generating for a closed one."""
+
+    class Slow(FakeClient):
+        closed = False
+
+        def request(self, method: str, params: dict | None = None, *, on_progress=None, timeout=None) -> Any:
+            on_progress({"interaction_id": "abc123", "delta": "Use "})
+            threading.Timer(0.2, _thread.interrupt_main).start()
+            time.sleep(5)
+            return CHAT_RESULT
+
+        def close(self) -> None:
+            self.closed = True
+
+    slow = Slow()
+    use(ip, Connection(lambda: slow), rich=True)
+    started = time.monotonic()
+    result, captured = run(ip, "%%ask\nhow do I sort?")
+    assert isinstance(result.error_in_exec, KeyboardInterrupt) and time.monotonic() - started < 3
+    last = [o for o in captured.outputs if "reinf" in (o.metadata or {})][-1]
+    assert (
+        last.metadata["reinf"]["state"] == "stopped" and last.data["text/markdown"] == "Use \n\n*(stopped)*"
+    )
+    assert slow.closed
 
 
 # -- notebook context ------------------------------------------------------------------------------
