@@ -140,7 +140,7 @@ function gatherContext(include: 'none' | 'selection' | 'file'): { context?: Chat
     };
   }
   const text = doc.getText();
-  return { context: { ...base, selection: text }, sent: { label: `File: ${name} (${doc.lineCount} lines)`, text } };
+  return { context: { ...base, file: text }, sent: { label: `File: ${name} (${doc.lineCount} lines)`, text } };
 }
 
 async function insertCode(code: string): Promise<void> {

@@ -4,7 +4,7 @@ import * as path from 'path';
 import * as vscode from 'vscode';
 import type { Daemon } from './connection';
 import { errorText, rollbackChoices, statusReport } from './format';
-import type { RunsResult, StatusResult } from './protocol';
+import type { AdaptersResult, RunsResult, StatusResult } from './protocol';
 import { ReviewPanel } from './reviewPanel';
 import type { StatusBar } from './statusBar';
 
@@ -50,11 +50,11 @@ export function registerCommands(
     },
     'reinf.showLog': async () => out.show(),
     'reinf.rollback': async () => {
-      const [runs, status] = await Promise.all([
+      const [adapters, runs] = await Promise.all([
+        daemon.request<AdaptersResult>('reinf/adapters', {}),
         daemon.request<RunsResult>('reinf/runs', { limit: 100 }),
-        daemon.request<StatusResult>('reinf/status', {}),
       ]);
-      const pick = await vscode.window.showQuickPick(rollbackChoices(runs.runs, status.adapter_version), {
+      const pick = await vscode.window.showQuickPick(rollbackChoices(adapters.adapters, runs.runs, adapters.active), {
         title: 'reinf: roll back to which adapter?',
       });
       if (!pick) {

@@ -68,7 +68,9 @@ export class Daemon implements vscode.Disposable {
   }
 
   async request<R>(method: string, params: object, token?: vscode.CancellationToken): Promise<R> {
-    return this.connected().sendRequest<R>(method, params, token);
+    const client = this.connected();
+    // Passing `undefined` as the token would make vscode-jsonrpc send [params, null] as positional params.
+    return token ? client.sendRequest<R>(method, params, token) : client.sendRequest<R>(method, params);
   }
 
   notify(method: string, params: object): void {

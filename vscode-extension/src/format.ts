@@ -1,5 +1,5 @@
 // Text the UI shows, computed from protocol results. Pure functions, unit-tested.
-import type { RateResult, RunInfo, StatusResult, TrainingProgress } from './protocol';
+import type { AdapterInfo, RateResult, RunInfo, StatusResult, TrainingProgress } from './protocol';
 
 const ACTIVE_STATES = new Set(['queued', 'running']);
 
@@ -68,27 +68,28 @@ export interface RollbackChoice {
   version: number | undefined;
 }
 
-/** The quick pick of Rollback Adapter: the previous good version, each published adapter, and the base. */
-export function rollbackChoices(runs: readonly RunInfo[], active: number): RollbackChoice[] {
+/** Adapters one can go back to: published ones, the active one included. */
+const USABLE = new Set(['active', 'retired']);
+
+/** The quick pick of Rollback Adapter: the previous good version, each usable adapter newest first, the base. */
+export function rollbackChoices(adapters: readonly AdapterInfo[], runs: readonly RunInfo[], active: number): RollbackChoice[] {
+  const runById = new Map(runs.map((r) => [String(r.run_id), r]));
   const choices: RollbackChoice[] = [
     { label: 'Previous good version', description: 'the daemon picks the adapter before the active one', version: undefined },
   ];
-  const seen = new Set<number>();
-  const published = runs
-    .filter((r): r is RunInfo & { adapter_version: number } => typeof r.adapter_version === 'number' && r.adapter_version > 0)
-    .sort((a, b) => b.adapter_version - a.adapter_version);
-  for (const r of published) {
-    if (seen.has(r.adapter_version)) {
-      continue;
-    }
-    seen.add(r.adapter_version);
-    const when = r.finished || r.started || '';
+  const usable = adapters.filter((a) => a.version > 0 && USABLE.has(a.status)).sort((a, b) => b.version - a.version);
+  for (const a of usable) {
+    const run = a.run_id != null ? runById.get(String(a.run_id)) : undefined;
     choices.push({
-      label: `v${r.adapter_version}`,
-      description: [r.adapter_version === active ? 'active' : '', `run ${r.run_id}`, r.state, when]
+      label: `v${a.version}`,
+      description: [
+        a.version === active ? 'active' : a.status,
+        a.run_id != null ? `run ${a.run_id}${run ? ` (${run.trigger})` : ''}` : '',
+        a.created ?? '',
+      ]
         .filter(Boolean)
         .join(' · '),
-      version: r.adapter_version,
+      version: a.version,
     });
   }
   choices.push({ label: 'Base model (v0)', description: active === 0 ? 'active' : 'no adapter', version: 0 });

@@ -11,6 +11,8 @@ export interface ChatContext {
   uri?: string;
   language?: string;
   selection?: string;
+  /** The whole current file. */
+  file?: string;
 }
 
 export interface ChatParams {
@@ -88,6 +90,18 @@ export interface RunInfo {
 
 export interface RunsResult {
   runs: RunInfo[];
+}
+
+export interface AdapterInfo {
+  version: number;
+  run_id?: string | number | null;
+  created?: string | null;
+  status: string;
+}
+
+export interface AdaptersResult {
+  adapters: AdapterInfo[];
+  active: number;
 }
 
 export interface HistoryItem {

@@ -41,12 +41,16 @@ test('status report lists model, adapter, ratings and training', () => {
   assert.match(statusReport(idle), /Training: idle\n/);
 });
 
-test('rollback choices: previous, each published adapter newest first, then the base', () => {
+test('rollback choices: previous, each usable adapter newest first, then the base', () => {
   const choices = rollbackChoices(
     [
-      { run_id: 1, state: 'published', trigger: 'threshold', adapter_version: 1 },
-      { run_id: 2, state: 'rejected', trigger: 'manual', adapter_version: null },
-      { run_id: 3, state: 'published', trigger: 'manual', adapter_version: 2, finished: '2025-01-02' },
+      { version: 1, run_id: 1, status: 'retired', created: '2025-01-01' },
+      { version: 3, run_id: 4, status: 'rejected' },
+      { version: 2, run_id: 3, status: 'active', created: '2025-01-02' },
+    ],
+    [
+      { run_id: 1, state: 'published', trigger: 'threshold' },
+      { run_id: 3, state: 'published', trigger: 'manual' },
     ],
     2,
   );
@@ -56,7 +60,8 @@ test('rollback choices: previous, each published adapter newest first, then the 
     ['v1', 1],
     ['Base model (v0)', 0],
   ]);
-  assert.match(choices[1].description, /^active · run 3/);
+  assert.equal(choices[1].description, 'active · run 3 (manual) · 2025-01-02');
+  assert.equal(choices[2].description, 'retired · run 1 (threshold) · 2025-01-01');
 });
 
 test('a rejected run gives a warning with the reason', () => {

@@ -82,9 +82,11 @@ window.addEventListener('message', (event: MessageEvent<ToChat>) => {
       return;
     }
     case 'delta': {
-      const md = answerOf(m.turn)?.querySelector('.md');
-      if (md) {
+      const answer = answerOf(m.turn);
+      const md = answer?.querySelector('.md');
+      if (answer && md) {
         md.innerHTML = m.html; // rendered by the extension from Markdown with raw HTML escaped
+        answer.dataset.deltas = String(Number(answer.dataset.deltas ?? 0) + 1);
       }
       return;
     }

