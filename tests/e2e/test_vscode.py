@@ -206,6 +206,13 @@ def test_chat_rate_retrain_and_inline_completion(
     assert inserted_line in _document_lines(editor), inserted_line
     page.screenshot(path=str(tmp_path / "vscode.png"))
 
+    # The daemon restarts: the status bar says the connection is gone, then the extension reconnects by itself.
+    status = page.locator(".statusbar-item", has_text="to train")
+    daemon.stop()
+    expect(page.locator(".statusbar-item", has_text="reinf: not connected")).to_be_visible()
+    daemon.start()
+    expect(status).to_be_visible()
+
 
 def _document_lines(view_lines) -> list[str]:  # noqa: ANN001
     """The editor's rendered lines without ghost text."""

@@ -104,6 +104,10 @@ export class Daemon implements vscode.Disposable {
   }
 
   private setState(state: ConnectionState): void {
+    // While it keeps retrying, the same failure is said once, not every few seconds.
+    if (state.kind === this.state.kind && state.message === this.state.message) {
+      return;
+    }
     this.state = state;
     const log = state.kind === 'disconnected' ? this.out.error : this.out.info;
     log.call(this.out, state.message);
@@ -184,7 +188,9 @@ export class Daemon implements vscode.Disposable {
     const cfg = vscode.workspace.getConfiguration('reinf');
     const home = resolveHome(cfg.get<string>('home', ''), process.env, process.platform, os.homedir());
     const file = path.join(home, 'daemon.json');
-    this.setState({ kind: 'connecting', message: `connecting to the reinf daemon described in ${file}` });
+    if (this.state.kind !== 'disconnected') {
+      this.setState({ kind: 'connecting', message: `connecting to the reinf daemon described in ${file}` });
+    }
     const first = await tryConnect(file);
     if ('socket' in first) {
       return { ...first, home };

@@ -45,8 +45,8 @@ export function ratingWidget(interactionId: string): HTMLElement {
   const send = () => post({ type: 'rate', rating: { ...rating } });
 
   const thumbs = (['up', 'down'] as const).map((t) => {
-    const b = el('button', { type: 'button', class: `thumb thumb-${t}`, 'aria-label': `Thumbs ${t}`, 'aria-pressed': 'false' });
-    b.textContent = t === 'up' ? '👍' : '👎';
+    const b = el('button', { type: 'button', class: `thumb thumb-${t}`, 'aria-label': `Thumbs ${t}`, title: `Thumbs ${t}`, 'aria-pressed': 'false' });
+    b.append(thumbIcon(t === 'down'));
     b.addEventListener('click', () => {
       rating.thumbs = t;
       thumbs.forEach((o) => o.setAttribute('aria-pressed', String(o === b)));
@@ -87,6 +87,28 @@ export function ratingWidget(interactionId: string): HTMLElement {
   commentRow.append(sendComment);
   root.append(controls, comment, commentRow, status);
   return root;
+}
+
+const SVG = 'http://www.w3.org/2000/svg';
+
+/** A thumb drawn as SVG: emoji need a font that many Linux machines lack. */
+function thumbIcon(down: boolean): SVGSVGElement {
+  const svg = document.createElementNS(SVG, 'svg');
+  svg.setAttribute('viewBox', '0 0 16 16');
+  svg.setAttribute('width', '16');
+  svg.setAttribute('height', '16');
+  svg.setAttribute('aria-hidden', 'true');
+  const path = document.createElementNS(SVG, 'path');
+  path.setAttribute('d', 'M1.5 7h3v7.5h-3zM4.5 7 7.6 1.8c1.3 0 2.2 1 1.8 2.4L8.8 6.2h4.4c.8 0 1.4.7 1.2 1.5l-1.2 5.6c-.2.7-.8 1.2-1.5 1.2H4.5');
+  path.setAttribute('fill', 'none');
+  path.setAttribute('stroke', 'currentColor');
+  path.setAttribute('stroke-width', '1.2');
+  path.setAttribute('stroke-linejoin', 'round');
+  if (down) {
+    path.setAttribute('transform', 'rotate(180 8 8)');
+  }
+  svg.append(path);
+  return svg;
 }
 
 /** Show the daemon's answer to a rating under the widget it came from. */
