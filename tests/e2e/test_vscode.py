@@ -141,7 +141,7 @@ def test_chat_rate_retrain_and_inline_completion(
     # Open main.py, then ask in the chat view with the current file as context.
     _open_file(page, "main.py")
     _run_command(page, "reinf: Focus on Chat View")
-    chat = page.frame_locator("iframe.webview.ready").frame_locator("#active-frame")
+    chat = _webview_with(page, "#prompt")
     chat.locator("#include").select_option("file")
     chat.locator("#prompt").fill("How do I reverse a list in Python?")
     chat.locator("#send").click()
@@ -204,6 +204,19 @@ def test_chat_rate_retrain_and_inline_completion(
     # show as ghost text; it is not part of the document.)
     inserted_line = (SOURCE + TYPED + accepted[0]["response"]).splitlines()[1]
     assert inserted_line in _document_lines(editor), inserted_line
+
+    # The review queue lists what has no explicit rating yet: rate the top item with 5 stars.
+    _run_command(page, "reinf: Open Review Queue")
+    review = _webview_with(page, "#items")
+    item = review.locator("article.item").first
+    expect(item).to_be_visible()
+    review_id = item.get_attribute("data-interaction")
+    item.locator('.star[data-stars="5"]').click()
+    expect(item).to_have_class("item rated")
+    rated = {
+        i["interaction_id"]: i["rating"] for i in client.request("reinf/history", {"limit": 50})["items"]
+    }
+    assert rated[review_id] == {"thumbs": None, "stars": 5, "comment": None}
     page.screenshot(path=str(tmp_path / "vscode.png"))
 
     # The daemon restarts: the status bar says the connection is gone, then the extension reconnects by itself.
@@ -222,6 +235,19 @@ def _document_lines(view_lines) -> list[str]:  # noqa: ANN001
                 .filter(s => !s.classList.contains('ghost-text-decoration'))
                 .map(s => s.textContent.replaceAll('\\u00a0', ' ')).join(''))"""
     )
+
+
+def _webview_with(page, selector: str):  # noqa: ANN001, ANN202
+    """The content frame of the webview that holds `selector` (the chat view and a panel may both be open)."""
+    outer = page.locator("iframe.webview.ready")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for i in range(outer.count()):
+            frame = outer.nth(i).content_frame.locator("#active-frame").content_frame
+            if frame.locator(selector).count():
+                return frame
+        time.sleep(0.2)
+    raise AssertionError(f"no webview shows {selector}")
 
 
 def _open_file(page, name: str) -> None:  # noqa: ANN001

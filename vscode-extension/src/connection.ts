@@ -142,8 +142,8 @@ export class Daemon implements vscode.Disposable {
   /** Start a language client on `socket`; resolves once it runs, with a promise of its end. */
   private async serve(socket: net.Socket, info: DaemonInfo, home: string): Promise<{ closed: Promise<void> }> {
     let onClosed: () => void = () => undefined;
+    // The client notices the socket closing and calls `closed` below; it then cleans up after itself.
     const closed = new Promise<void>((resolve) => (onClosed = resolve));
-    socket.on('close', () => onClosed());
     const options: LanguageClientOptions = {
       documentSelector: [{ scheme: 'file' }, { scheme: 'untitled' }],
       initializationOptions: { token: info.token, client: 'vscode' },
@@ -175,12 +175,7 @@ export class Daemon implements vscode.Disposable {
     this.client = client;
     this.setState({ kind: 'connected', message: `connected to the reinf daemon (pid ${info.pid}, port ${info.port}, ${home})` });
     this.clientReady.fire(client);
-    return {
-      closed: closed.then(() => {
-        socket.destroy();
-        void client.dispose().catch(() => undefined);
-      }),
-    };
+    return { closed: closed.then(() => void socket.destroy()) };
   }
 
   /** Find a daemon that answers; start one when none does. */
