@@ -28,6 +28,8 @@ export type ConnectionState =
 const START_TIMEOUT_MS = 180_000;
 /** After a lost connection, wait this long for the daemon to come back before starting one ourselves. */
 const RESTART_GRACE_MS = 10_000;
+/** After a start that failed, wait this long before trying again ("reinf: Reconnect to Daemon" tries now). */
+const RESPAWN_AFTER_FAILURE_MS = 60_000;
 
 export class Daemon implements vscode.Disposable {
   private client: LanguageClient | undefined;
@@ -43,6 +45,7 @@ export class Daemon implements vscode.Disposable {
   private wake: (() => void) | undefined;
   private lostAt = 0;
   private spawned: ChildProcess | undefined;
+  private spawnFailure: { at: number; message: string } | undefined;
 
   constructor(
     private readonly out: vscode.LogOutputChannel,
@@ -61,6 +64,7 @@ export class Daemon implements vscode.Disposable {
   async reconnect(): Promise<void> {
     const client = this.client;
     this.lostAt = 0;
+    this.spawnFailure = undefined;
     if (client) {
       await client.stop().catch(() => undefined);
     }
@@ -193,14 +197,26 @@ export class Daemon implements vscode.Disposable {
     if (Date.now() - this.lostAt < RESTART_GRACE_MS) {
       throw new Error(first.why);
     }
-    this.out.info(`no daemon answers (${first.why})`);
     const command = cfg.get<string>('serverCommand', 'reinf serve').trim();
     if (!command) {
       throw new Error(`${first.why}, and reinf.serverCommand is empty, so none is started. Run 'reinf serve'.`);
     }
+    if (this.spawnFailure && Date.now() - this.spawnFailure.at < RESPAWN_AFTER_FAILURE_MS) {
+      throw new Error(this.spawnFailure.message);
+    }
+    this.out.info(`no daemon answers (${first.why})`);
+    try {
+      return { ...(await this.startAndWait(command, home, file)), home };
+    } catch (e) {
+      this.spawnFailure = { at: Date.now(), message: errorText(e) };
+      throw e;
+    }
+  }
+
+  private async startAndWait(command: string, home: string, file: string): Promise<{ socket: net.Socket; info: DaemonInfo }> {
     const child = this.startDaemon(command, home);
     const deadline = Date.now() + START_TIMEOUT_MS;
-    let last = first.why;
+    let last = '';
     while (Date.now() < deadline && !this.disposed) {
       await delay(500);
       if (child.exitCode !== null || child.signalCode !== null) {
@@ -211,7 +227,7 @@ export class Daemon implements vscode.Disposable {
       }
       const next = await tryConnect(file);
       if ('socket' in next) {
-        return { ...next, home };
+        return next;
       }
       last = next.why;
     }
