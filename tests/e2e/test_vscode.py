@@ -4,8 +4,12 @@ says what was stored. Set up by tests/e2e/vscode_setup.sh."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shlex
+import signal
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -13,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from reinf.client import read_daemon_info
 
 from ..daemon_proc import DaemonProcess, daemon_env
 from .conftest import Spawn, free_port
@@ -31,7 +36,6 @@ SOURCE = "def add(a, b):\n    return "
 TYPED = "a"
 
 SETTINGS = {
-    "reinf.serverCommand": "",  # the test starts the daemon; the extension must find it, not start its own
     "reinf.chat.maxTokens": 48,
     "reinf.inlineCompletions.debounceMs": 150,
     "workbench.startupEditor": "none",
@@ -63,11 +67,17 @@ def _missing_setup() -> str | None:
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
     home = tmp_path / "home"
-    d = DaemonProcess(home, daemon_env(home)).start()
+    # Greedy decoding: the same answers on every run.
+    d = DaemonProcess(home, daemon_env(home, model_temperature="0")).start()
     try:
         yield d
     finally:
         d.stop()
+        # A daemon the extension started runs in its own session; stop its group too.
+        pid = (read_daemon_info(home) or {}).get("pid")
+        if pid and pid != d.proc.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(os.getpgid(pid), signal.SIGTERM)
 
 
 @pytest.fixture
@@ -83,16 +93,18 @@ def code_server(tmp_path: Path, spawn: Spawn, daemon: DaemonProcess) -> str:
     for path in dirs.values():
         path.mkdir(parents=True)
     (dirs["user-data"] / "User").mkdir()
-    settings = {**SETTINGS, "reinf.home": str(daemon.home)}
+    # Once the test has stopped the daemon, the extension may start one itself, the way the test does.
+    server_command = f"{shlex.quote(sys.executable)} -m reinf serve"
+    settings = {**SETTINGS, "reinf.home": str(daemon.home), "reinf.serverCommand": server_command}
     (dirs["user-data"] / "User" / "settings.json").write_text(json.dumps(settings, indent=2))
     (dirs["workspace"] / "main.py").write_text(SOURCE)
     env = {
+        **daemon.env,
         "PATH": f"{NODE24_BIN}:{os.environ['PATH']}",
         "HOME": str(dirs["home"]),
         "XDG_CONFIG_HOME": str(dirs["config"]),
         "XDG_DATA_HOME": str(dirs["data"]),
         "XDG_CACHE_HOME": str(dirs["cache"]),
-        "REINF_HOME": str(daemon.home),
         "LANG": "C.UTF-8",
     }
     common = [
@@ -220,11 +232,19 @@ def test_chat_rate_retrain_and_inline_completion(
     page.screenshot(path=str(tmp_path / "vscode.png"))
 
     # The daemon restarts: the status bar says the connection is gone, then the extension reconnects by itself.
-    status = page.locator(".statusbar-item", has_text="to train")
+    connected = page.locator(".statusbar-item", has_text="to train")
+    disconnected = page.locator(".statusbar-item", has_text="reinf: not connected")
+    old_pid = daemon.info["pid"]
     daemon.stop()
-    expect(page.locator(".statusbar-item", has_text="reinf: not connected")).to_be_visible()
+    expect(disconnected).to_be_visible()
     daemon.start()
-    expect(status).to_be_visible()
+    expect(connected).to_be_visible()
+    # No daemon at all: "Reconnect" starts one with reinf.serverCommand.
+    daemon.stop()
+    expect(disconnected).to_be_visible()
+    _run_command(page, "reinf: Reconnect to Daemon")
+    expect(connected).to_be_visible(timeout=120_000)
+    assert daemon.info["pid"] not in (old_pid, daemon.proc.pid)
 
 
 def _document_lines(view_lines) -> list[str]:  # noqa: ANN001
