@@ -306,6 +306,7 @@ def build(
         "reproduce": _reproduce(command, step),
         "steps": step,
         "kept_step": best[1] if keep_best and best[2] is not None else step,
+        "validation_loss": round(best[0], 4) if best[2] is not None else None,
         "tokens": step * tokens_per_step,
         "heldout_loss": round(heldout_loss, 4),
         "heldout_loss_plain_code": round(heldout_plain, 4),

@@ -1,0 +1,397 @@
+"""The engine: one base model (plus the active LoRA adapter) that streams completions and chat replies."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ModelConfig
+from .fim import FimTemplate, get_template
+from .models import resolve_model_path
+
+log = logging.getLogger(__name__)
+
+CHAT_STOPS = ("<|im_end|>", "<|endoftext|>", "<|im_start|>")
+
+
+class AdapterError(RuntimeError):
+    """An adapter folder that is missing or cannot be loaded; the engine keeps the adapter it had."""
+
+
+@dataclass
+class Generation:
+    text: str
+    finish_reason: str  # "stop" | "length" | "cancelled"
+    prompt: str  # the rendered prompt, after truncation
+    n_prompt_tokens: int
+    n_new_tokens: int
+    generate_ms: float
+    adapter_version: int = 0  # the adapter that produced it (0 = base)
+
+
+def pick_device(cfg_device: str = "auto") -> str:
+    """ "auto" is CUDA when torch sees a GPU, else CPU; an explicit CUDA device must exist."""
+    if cfg_device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg_device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"model.device = {cfg_device!r} but torch sees no CUDA device; use auto or cpu")
+    return cfg_device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """ "auto" is bfloat16 on CUDA and float32 on CPU."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in dtypes:
+        raise ValueError(f"model.dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    return dtypes[dtype]
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    """A Hugging Face tokenizer by hub id, folder or reinf model name, with a pad token."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(name_or_path: str, device: str, dtype: str = "auto", trust_remote_code: bool = False):
+    """An `AutoModelForCausalLM` by hub id, folder or reinf model name, on `device`, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(name_or_path),
+        dtype=resolve_dtype(dtype, device),
+        trust_remote_code=trust_remote_code,
+    )
+    return model.to(device).eval()
+
+
+class _Stream:
+    """Turns generated token ids into text deltas that never change once sent.
+
+    Text is held back while it ends in an incomplete UTF-8 character (decoded as U+FFFD) or could be
+    the start of a stop string."""
+
+    def __init__(self, tokenizer: Any, stops: Iterable[str], anchor: list[int], on_delta):
+        self.tok = tokenizer
+        self.stops = tuple(s for s in stops if s)
+        self.on_delta = on_delta
+        self.ids: list[int] = []
+        self.sent = ""
+        # Decoding after the prompt's last token keeps a leading space that SentencePiece would drop.
+        anchor_text = self._decode(anchor)
+        self.anchor, self.anchor_text = (anchor, anchor_text) if "\ufffd" not in anchor_text else ([], "")
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def _text(self) -> tuple[str, bool]:
+        full = self._decode(self.anchor + self.ids)
+        text = full[len(self.anchor_text) :] if full.startswith(self.anchor_text) else self._decode(self.ids)
+        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        return (text[: min(hits)], True) if hits else (text, False)
+
+    def push(self, token_id: int) -> bool:
+        """Add a token; send what is now stable. True when a stop string has appeared."""
+        self.ids.append(token_id)
+        text, stopped = self._text()
+        if not stopped:
+            text = text.rstrip("\ufffd")
+            hold = max((n for s in self.stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+            text = text[: len(text) - hold]
+        self._send(text)
+        return stopped
+
+    def _send(self, text: str) -> None:
+        if len(text) > len(self.sent) and text.startswith(self.sent):
+            delta, self.sent = text[len(self.sent) :], text
+            if self.on_delta is not None:
+                self.on_delta(delta)
+
+    def finish(self) -> str:
+        """Send the rest and return the whole text (equal to the deltas joined, barring a tokenizer that
+        rewrites earlier text, which is logged)."""
+        text, _ = self._text()
+        self._send(text)
+        if text != self.sent:
+            log.warning("streamed text and final text differ; the tokenizer rewrote earlier text")
+        return text
+
+
+class Engine:
+    """Base model + active adapter; `complete`, `chat` and `set_adapter` are serialized by one lock."""
+
+    def __init__(self, cfg: ModelConfig):
+        self.cfg = cfg
+        self.model_name = cfg.name
+        self.device = pick_device(cfg.device)
+        if self.device == "cpu":
+            torch.set_num_threads(max(1, cfg.inference_threads))
+        self.path = resolve_model_path(cfg.name)
+        self.tokenizer = load_tokenizer(cfg.tokenizer or self.path, cfg.trust_remote_code)
+        self.base = load_causal_lm(self.path, self.device, cfg.dtype, cfg.trust_remote_code)
+        self.model = self.base
+        self.adapter_version = 0
+        self._adapter_name: str | None = None
+        self._loads = 0
+        self._lock = threading.Lock()
+        vocab = set(self.tokenizer.get_vocab()) | set(self.tokenizer.all_special_tokens)
+        self.fim: FimTemplate = get_template(cfg.fim_template, vocab, cfg.name)
+        self._eos_ids = self._collect_eos_ids()
+        # transformers 5.2x renamed `past_key_values` to `cache`; older ones and remote code use the old name.
+        params = inspect.signature(self.base.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        positions = getattr(self.base.config, "max_position_embeddings", None) or getattr(
+            self.base.config, "n_positions", None
+        )
+        self.context_tokens = min(cfg.max_context_tokens, positions or cfg.max_context_tokens)
+
+    # -- generation ----------------------------------------------------------------------------------
+
+    def complete(
+        self,
+        prefix: str,
+        suffix: str,
+        *,
+        max_tokens: int,
+        temperature: float,
+        cancel: threading.Event | None = None,
+        on_delta: Callable[[str], None] | None = None,
+    ) -> Generation:
+        """Fill in the code between `prefix` and `suffix` (the cursor), streaming text to `on_delta`."""
+        max_tokens, budget = self._budget(max_tokens, temperature)
+        prompt, ids = self._fim_prompt(prefix, suffix, budget)
+        stops = (*self.fim.stop, self.tokenizer.eos_token or "")
+        return self._generate(prompt, ids, stops, max_tokens, temperature, cancel, on_delta)
+
+    def chat(
+        self,
+        messages: list[dict],
+        *,
+        max_tokens: int,
+        temperature: float,
+        cancel: threading.Event | None = None,
+        on_delta: Callable[[str], None] | None = None,
+    ) -> Generation:
+        """Answer the last message of a conversation ({"role", "content"} dicts) with the chat template."""
+        if not messages or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        ):
+            raise ValueError("messages must be a non-empty list of {'role': str, 'content': str}")
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"model {self.model_name!r} has no chat template; use a chat/instruct model")
+        max_tokens, budget = self._budget(max_tokens, temperature)
+        prompt, ids = self._chat_prompt([dict(m) for m in messages], budget)
+        stops = (*CHAT_STOPS, self.tokenizer.eos_token or "")
+        return self._generate(prompt, ids, stops, max_tokens, temperature, cancel, on_delta)
+
+    def _budget(self, max_tokens: int, temperature: float) -> tuple[int, int]:
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be 0 (greedy) or more, got {temperature}")
+        max_tokens = min(max_tokens, self.context_tokens // 2)
+        return max_tokens, self.context_tokens - max_tokens
+
+    def _generate(self, prompt, ids, stops, max_tokens, temperature, cancel, on_delta) -> Generation:
+        with self._lock:
+            t0 = time.perf_counter()
+            stop_ids = self._eos_ids | self._token_ids(stops)
+            stream = _Stream(self.tokenizer, stops, ids[-1:], on_delta)
+            finish, n_new = "length", 0
+            with torch.inference_mode():
+                inputs = torch.tensor([ids], dtype=torch.long, device=self.device)
+                past = None
+                while n_new < max_tokens:
+                    if cancel is not None and cancel.is_set():
+                        finish = "cancelled"
+                        break
+                    out = self.model(
+                        input_ids=inputs, use_cache=True, **{self._cache_kw: past}, **self._extra
+                    )
+                    past = getattr(out, self._cache_kw)
+                    next_id = _pick(out.logits[0, -1], temperature)
+                    if next_id in stop_ids:
+                        finish = "stop"
+                        break
+                    n_new += 1
+                    if stream.push(next_id):
+                        finish = "stop"
+                        break
+                    inputs = torch.tensor([[next_id]], dtype=torch.long, device=self.device)
+            text = stream.finish()
+            return Generation(
+                text=text,
+                finish_reason=finish,
+                prompt=prompt,
+                n_prompt_tokens=len(ids),
+                n_new_tokens=n_new,
+                generate_ms=(time.perf_counter() - t0) * 1000.0,
+                adapter_version=self.adapter_version,
+            )
+
+    # -- prompts -------------------------------------------------------------------------------------
+
+    def _encode(self, text: str, special: bool = True) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"]
+
+    def _keep_tail(self, text: str, n: int) -> str:
+        """The end of `text` that is at most about `n` tokens long."""
+        if n <= 0:
+            return ""
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        offsets = enc["offset_mapping"]
+        return text if len(offsets) <= n else text[offsets[-n][0] :]
+
+    def _keep_head(self, text: str, n: int) -> str:
+        """The start of `text` that is at most about `n` tokens long."""
+        if n <= 0:
+            return ""
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        offsets = enc["offset_mapping"]
+        return text if len(offsets) <= n else text[: offsets[n - 1][1]]
+
+    def _fim_prompt(self, prefix: str, suffix: str, budget: int) -> tuple[str, list[int]]:
+        """Render the FIM prompt; when too long, cut the prefix from the left and the suffix from the right."""
+        if self.fim.name == "plain":
+            suffix = ""
+        prompt = self.fim.render(prefix, suffix)
+        ids = self._encode(prompt)
+        if len(ids) <= budget:
+            return prompt, ids
+        overhead = len(self._encode(self.fim.render("", "")))
+        n_suffix = len(self._encode(suffix, special=False))
+        keep_suffix = min(n_suffix, (budget - overhead) // 4)  # the code after the cursor matters less
+        suffix = self._keep_head(suffix, keep_suffix)
+        keep_prefix = budget - overhead - keep_suffix
+        for _ in range(4):  # joint tokenization can differ by a token or two at the seams
+            prompt = self.fim.render(self._keep_tail(prefix, keep_prefix), suffix)
+            ids = self._encode(prompt)
+            if len(ids) <= budget:
+                return prompt, ids
+            keep_prefix -= len(ids) - budget
+        return self.tokenizer.decode(ids[-budget:]), ids[-budget:]
+
+    def _chat_prompt(self, messages: list[dict], budget: int) -> tuple[str, list[int]]:
+        """Render with the chat template; when too long, drop the oldest turns, then cut the last one's start."""
+        for _ in range(len(messages) + 4):
+            prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            ids = self._encode(prompt, special=False)
+            if len(ids) <= budget:
+                return prompt, ids
+            turns = [i for i, m in enumerate(messages) if m["role"] != "system"]
+            if len(turns) > 1:
+                del messages[turns[0]]
+            else:
+                last = messages[-1]
+                n = len(self._encode(last["content"], special=False))
+                last["content"] = self._keep_tail(last["content"], n - (len(ids) - budget) - 2)
+        return self.tokenizer.decode(ids[-budget:]), ids[-budget:]
+
+    def _collect_eos_ids(self) -> set[int]:
+        found: set[int] = set()
+        gen = getattr(self.base, "generation_config", None)
+        for value in (
+            getattr(gen, "eos_token_id", None),
+            self.base.config.eos_token_id,
+            self.tokenizer.eos_token_id,
+        ):
+            if isinstance(value, int):
+                found.add(value)
+            elif isinstance(value, (list, tuple)):
+                found.update(v for v in value if isinstance(v, int))
+        return found
+
+    def _token_ids(self, texts: Iterable[str]) -> set[int]:
+        """Ids of the stop strings that are single tokens of this vocabulary."""
+        vocab = self.tokenizer.get_vocab()
+        return {vocab[t] for t in texts if t in vocab}
+
+    # -- adapters ------------------------------------------------------------------------------------
+
+    def set_adapter(self, version: int, path: Path | None) -> None:
+        """Make LoRA adapter `version` (a PEFT folder) active on the same base; 0 or no path means the base.
+
+        Waits for the generation in progress. On failure raises AdapterError and keeps the current adapter."""
+        with self._lock:
+            if version == 0 or path is None:
+                self._unload_all()
+                self.adapter_version = 0
+                return
+            path = Path(path)
+            _check_adapter_folder(path)
+            self._loads += 1
+            name = f"v{version}_{self._loads}"
+            try:
+                self._load(name, path)
+            except Exception as exc:
+                raise AdapterError(
+                    f"could not load adapter v{version} from {path}: {exc}; "
+                    f"still serving {'the base model' if self.adapter_version == 0 else f'v{self.adapter_version}'}"
+                ) from exc
+            old, self._adapter_name, self.adapter_version = self._adapter_name, name, version
+            if old is not None:
+                self.model.delete_adapter(old)
+            self.model.eval()
+            log.info("adapter v%d from %s is active", version, path)
+
+    def _load(self, name: str, path: Path) -> None:
+        from peft import PeftConfig, PeftModel
+
+        config = PeftConfig.from_pretrained(str(path))
+        first = self._adapter_name is None
+        if first:
+            self.model = PeftModel(self.base, config, adapter_name=name)
+        try:
+            result = self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+            unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+            if unexpected:
+                raise ValueError(
+                    f"{len(unexpected)} weights match no layer of the base, e.g. {unexpected[0]}"
+                )
+            self.model.set_adapter(name)
+        except BaseException:
+            if first:
+                self.model = self.model.unload()  # takes the LoRA layers out of the base again
+                self.base = self.model
+            elif name in self.model.peft_config:
+                self.model.set_adapter(self._adapter_name)
+                self.model.delete_adapter(name)
+            raise
+
+    def _unload_all(self) -> None:
+        if self._adapter_name is not None:
+            self.base = self.model.unload()
+            self.model = self.base
+            self._adapter_name = None
+
+
+def _check_adapter_folder(path: Path) -> None:
+    if not path.is_dir():
+        raise AdapterError(f"adapter folder {path} does not exist")
+    if not (path / "adapter_config.json").is_file():
+        raise AdapterError(f"{path} has no adapter_config.json; is it a PEFT adapter folder?")
+    if not any((path / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
+        raise AdapterError(f"{path} has no adapter_model.safetensors")
+
+
+def _pick(logits: torch.Tensor, temperature: float) -> int:
+    """Greedy at temperature 0, else a sample from softmax(logits / temperature)."""
+    if temperature == 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return int(torch.multinomial(probs, 1))
