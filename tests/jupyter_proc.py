@@ -12,7 +12,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -125,3 +127,11 @@ class JupyterProcess:
             self.proc.wait(timeout)
         except ProcessLookupError:
             pass
+
+
+def start_both(daemon: Any, jupyter: JupyterProcess) -> None:
+    """Start a daemon (a tests.daemon_proc.DaemonProcess) and Jupyter side by side: each takes seconds."""
+    with ThreadPoolExecutor(1) as pool:
+        started = pool.submit(daemon.start)
+        jupyter.start()
+        started.result()

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from reinf.jupyter.handlers import STATIC
 
-from .daemon_proc import DaemonProcess, daemon_env, running_daemon
-from .jupyter_proc import JupyterProcess
+from .daemon_proc import DaemonProcess, daemon_env
+from .jupyter_proc import JupyterProcess, start_both
 
 
 @dataclass
@@ -89,13 +89,15 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("jupyter-server")
-    with running_daemon(work / "home") as daemon:
-        jupyter = JupyterProcess(work, daemon_env(daemon.home)).start()
-        try:
-            yield Stack(daemon, jupyter)
-        finally:
-            jupyter.stop()
-            print(f"jupyter log: {jupyter.log_path}\ndaemon log: {daemon.log_path}")
+    daemon = DaemonProcess(work / "home", daemon_env(work / "home"))
+    jupyter = JupyterProcess(work, daemon.env)
+    try:
+        start_both(daemon, jupyter)
+        yield Stack(daemon, jupyter)
+    finally:
+        jupyter.stop()
+        daemon.stop()
+        print(f"jupyter log: {jupyter.log_path}\ndaemon log: {daemon.log_path}")
 
 
 # -- auth and XSRF -----------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from ..daemon_proc import DaemonProcess, daemon_env, running_daemon
-from ..jupyter_proc import JupyterProcess
+from ..daemon_proc import DaemonProcess, daemon_env
+from ..jupyter_proc import JupyterProcess, start_both
 
 pytestmark = pytest.mark.e2e
 
@@ -42,14 +42,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DaemonProc
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip(f"{CHROMIUM} is missing: run tests/e2e/jupyter_setup.sh (make e2e-setup)")
     work = tmp_path_factory.mktemp("jupyterlab")
-    with running_daemon(work / "home") as daemon:
-        lab = JupyterProcess(work, daemon_env(daemon.home), lab=True)
-        (lab.root / "ask.ipynb").write_text(notebook("%load_ext reinf.jupyter", ASK))
-        lab.start()
-        try:
-            yield daemon, lab
-        finally:
-            lab.stop()
+    daemon = DaemonProcess(work / "home", daemon_env(work / "home"))
+    lab = JupyterProcess(work, daemon.env, lab=True)
+    (lab.root / "ask.ipynb").write_text(notebook("%load_ext reinf.jupyter", ASK))
+    try:
+        start_both(daemon, lab)
+        yield daemon, lab
+    finally:
+        lab.stop()
+        daemon.stop()
 
 
 @pytest.fixture
