@@ -87,6 +87,11 @@ class Scheduler:
         self._adapter_lock = threading.Lock()  # one publish or rollback at a time
         self._run: _Run | None = None
         self._closed = False
+        self.trainer_command = [
+            sys.executable,
+            "-m",
+            TRAINER_MODULE,
+        ]  # + the run folder; tests swap in a fake
 
     # -- start-up -------------------------------------------------------------------------------
 
@@ -217,7 +222,7 @@ class Scheduler:
         with open(run_dir / "train.log", "ab") as logf:  # the trainer's stderr (its log) goes here
             os.chmod(run_dir / "train.log", 0o600)
             return subprocess.Popen(
-                [sys.executable, "-m", TRAINER_MODULE, str(run_dir)],
+                [*self.trainer_command, str(run_dir)],
                 cwd=run_dir,
                 env=env,
                 stdin=subprocess.DEVNULL,

@@ -156,3 +156,14 @@ def stop_token_ids(tokenizer, model: nn.Module | None = None) -> list[int]:
     elif isinstance(eos, (list, tuple)):
         ids.update(int(e) for e in eos)
     return sorted(ids)
+
+
+def decode_responses(tokenizer, ids: torch.Tensor, mask: torch.Tensor, stop_ids: Sequence[int]) -> list[str]:
+    """The text of each sampled response, without padding and stop tokens."""
+    rows = zip(ids.tolist(), mask.tolist(), strict=True)
+    return [
+        tokenizer.decode(
+            [t for t, k in zip(row, m, strict=True) if k and t not in stop_ids], skip_special_tokens=True
+        )
+        for row, m in rows
+    ]

@@ -1,0 +1,248 @@
+"""The trainer without the daemon: PPO learns, a run publishes or is rejected for the right reason, kill -9 is safe."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from reinf.config import Config
+from reinf.paths import write_json
+from reinf.store import Store
+from reinf.training import reward
+from reinf.training.data import Example
+from reinf.training.run import Progress, read_run_config, train_run
+
+from tests.trainer_fixtures import FAST_TRAINING, fill_home, tiny_model
+
+LORA = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+# -- PPO itself ------------------------------------------------------------------------------------------
+
+
+def _toy_policy(vocab: int = 64):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, initializer_range=0.1, pad_token_id=0,
+        eos_token_id=1, bos_token_id=2,
+    )  # fmt: skip
+    return get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=8, lora_alpha=16, target_modules=LORA))
+
+
+def _run_toy_ppo(learning_rate: float) -> list[dict]:
+    from reinf.training.ppo import PPOArgs, ValueHead, train
+
+    model = _toy_policy()
+    rng = random.Random(0)
+    prompts = [[rng.randrange(3, 64) for _ in range(rng.randrange(3, 9))] for _ in range(32)]
+
+    def batches():
+        r = random.Random(1)
+        while True:
+            yield [r.randrange(len(prompts)) for _ in range(16)]
+
+    def low_tokens(ro) -> torch.Tensor:  # the scripted reward: the share of tokens with an id under 32
+        mask = ro.response_mask.float()
+        return ((ro.response_ids < 32).float() * mask).sum(1) / mask.sum(1)
+
+    args = PPOArgs(ppo_steps=16, batch_size=16, minibatch_size=8, ppo_epochs=4, learning_rate=learning_rate,
+                   max_response_tokens=16, init_kl_coef=0.05)  # fmt: skip
+    return train(model, ValueHead(64), prompts, batches(), low_tokens, args, pad_id=0, stop_ids=[1])
+
+
+def test_ppo_raises_a_scripted_reward():
+    history = _run_toy_ppo(1e-2)
+    first = sum(h["score"] for h in history[:4]) / 4
+    last = sum(h["score"] for h in history[-4:]) / 4
+    assert first < 0.6, history[:4]  # a random policy picks low ids about half the time
+    assert last > first + 0.15, [round(h["score"], 3) for h in history]
+    assert history[-1]["kl"] > 0  # it moved away from the reference to get there
+
+
+def test_ppo_with_no_learning_rate_stays_put():
+    # The control for the test above: the same run with the updates switched off does not improve.
+    history = _run_toy_ppo(0.0)
+    first = sum(h["score"] for h in history[:4]) / 4
+    last = sum(h["score"] for h in history[-4:]) / 4
+    assert abs(last - first) < 0.1
+    assert all(abs(h["kl"]) < 1e-4 for h in history)
+
+
+# -- whole runs on the test-preset model ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Path:
+    return tiny_model()
+
+
+def _config(home: Path, **overrides: dict) -> Config:
+    data = Config(home=home).to_dict()
+    for section, values in FAST_TRAINING.items():
+        data[section].update(values)
+    for section, values in overrides.items():
+        data[section].update(values)
+    return Config.from_dict(data)
+
+
+def _prepare_run(cfg: Config, store: Store, model_dir: Path, active: dict | None = None) -> Path:
+    """What the scheduler does before it starts the trainer."""
+    run_id = store.create_run("manual", store.ratings_total(), store.max_rating_id())
+    run_dir = cfg.home / "runs" / str(run_id)
+    run_dir.mkdir(parents=True)
+    store.export_snapshot(run_dir / "data.parquet")
+    write_json(run_dir / "config.json",
+               {**cfg.to_dict(), "run_id": run_id, "base_model_path": str(model_dir), "active_adapter": active})  # fmt: skip
+    return run_dir
+
+
+def _train(run_dir: Path) -> dict:
+    cfg, extras = read_run_config(run_dir)
+    return train_run(cfg, extras, run_dir, Progress(run_dir / "progress.jsonl"))
+
+
+def _home(tmp_path: Path, model_dir: Path, n: int = 64, **kw) -> tuple[Config, Store]:
+    cfg = _config(tmp_path / "home", **kw.pop("overrides", {}))
+    cfg.home.mkdir()
+    store = Store(cfg.home / "reinf.duckdb")
+    fill_home(store, model_dir, n, **kw)
+    return cfg, store
+
+
+def test_a_run_learns_the_raters_taste_and_publishes(tmp_path, model_dir):
+    from safetensors.torch import load_file
+
+    cfg, store = _home(tmp_path, model_dir)
+    run_dir = _prepare_run(cfg, store, model_dir)
+    metrics = _train(run_dir)
+    rm, gate = metrics["reward_model"], metrics["gate"]
+    assert rm["retrained"] and rm["n_heldout"] >= 4
+    assert rm["correlation"] > 0.15 and rm["pairwise_accuracy"] > 0.55, rm
+    assert metrics["ppo"]["steps"] == 6
+    assert metrics["decision"] == "publish", metrics["reasons"]
+    assert gate["candidate_score"] > gate["active_score"] and gate["kl_to_base"] <= cfg.training.max_kl
+    # The adapter is plain PEFT, and PPO really moved its weights (LoRA B starts at zero).
+    adapter = run_dir / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    weights = load_file(adapter / "adapter_model.safetensors")
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and max(float(v.abs().max()) for v in lora_b) > 1e-4
+    assert not (run_dir / ".adapter.tmp").exists()
+    phases = [json.loads(line)["phase"] for line in (run_dir / "progress.jsonl").read_text().splitlines()]
+    assert phases[0] == "snapshot" and {"reward_model", "ppo", "eval", "save"} <= set(phases)
+
+    # A second run starts from the published adapter, compares with it, and reuses the reward model.
+    store.add_adapter(1, 1, str(adapter), "active", {})
+    run2 = _prepare_run(cfg, store, model_dir, active={"version": 1, "path": str(adapter)})
+    metrics2 = _train(run2)
+    assert metrics2["reward_model"]["retrained"] is False
+    assert metrics2["gate"]["compared_with"] == 1
+    store.close()
+
+
+def test_a_judge_no_better_than_chance_stops_the_run_before_ppo(tmp_path, model_dir):
+    # Every interaction has the same prompt and answer, rated at random: nothing to learn, by construction.
+    cfg, store = _home(tmp_path, model_dir, n=40, same_text=True)
+    run_dir = _prepare_run(cfg, store, model_dir)
+    metrics = _train(run_dir)
+    assert metrics["decision"] == "reject"
+    assert "no better than chance" in metrics["reasons"][0]
+    assert "ppo" not in metrics and not (run_dir / "adapter").exists()
+    store.close()
+
+
+def test_the_gate_rejects_an_adapter_pushed_too_far_from_the_base(tmp_path, model_dir):
+    cfg, store = _home(tmp_path, model_dir, overrides={"training": {"learning_rate": 0.05, "max_kl": 0.5}})
+    run_dir = _prepare_run(cfg, store, model_dir)
+    metrics = _train(run_dir)
+    assert metrics["decision"] == "reject"
+    assert metrics["gate"]["checks"]["kl_within_bound"] is False
+    assert any("KL to the base" in r and "training.max_kl" in r for r in metrics["reasons"])
+    assert not (run_dir / "adapter").exists()
+    store.close()
+
+
+def test_too_few_ratings_is_a_rejection_not_a_crash(tmp_path, model_dir):
+    cfg, store = _home(tmp_path, model_dir, n=3)
+    metrics = _train(_prepare_run(cfg, store, model_dir))
+    assert metrics["decision"] == "reject" and "too few explicit ratings" in metrics["reasons"][0]
+    store.close()
+
+
+def test_the_reward_model_is_retrained_only_after_enough_new_ratings(tmp_path):
+    calls = []
+
+    class Judge:
+        def __init__(self, tag):
+            self.tag = tag
+
+    def examples(n, start=0):
+        return [
+            Example(str(i), "p", "r", 1.0 if i % 2 else -1.0, 1.0, True, i + 1, 0)
+            for i in range(start, start + n)
+        ]
+
+    def run(train, held):
+        return reward.load_or_train(
+            folder=tmp_path / "rm", identity={"name": "policy", "base": "b"}, min_new_ratings=5,
+            train=train, heldout=held, make=lambda: Judge("new"), load=lambda folder: Judge("loaded"),
+            fit_kwargs={}, on_progress=None,
+        )  # fmt: skip
+
+    # A stand-in judge: fit, evaluate and save are replaced so that only the bookkeeping runs.
+    orig = reward.fit, reward.evaluate, reward.RewardModel
+    reward.fit = lambda rm, ex, on_progress=None, **kw: calls.append(len(ex)) or {"train_loss": 0.0}
+    reward.evaluate = lambda rm, held: {"n_heldout": len(held), "correlation": 1.0, "pairwise_accuracy": 1.0}
+    Judge.save = lambda self, folder: (folder / "saved").write_text(self.tag)
+    try:
+        rm, m = run(examples(10), examples(4, 10))
+        assert m["retrained"] and rm.tag == "new" and m["watermark"] == 14
+        rm, m = run(examples(14), examples(4, 14))  # 4 new ratings: under the threshold of 5
+        assert not m["retrained"] and rm.tag == "loaded" and m["n_heldout"] == 4
+        rm, m = run(examples(15), examples(4, 15))  # 5 new
+        assert m["retrained"] and m["watermark"] == 19
+        assert calls == [10, 15]
+    finally:
+        reward.fit, reward.evaluate, _ = orig
+
+
+def test_kill_9_of_the_trainer_leaves_no_adapter(tmp_path, model_dir):
+    cfg, store = _home(tmp_path, model_dir, overrides={"training": {"ppo_steps": 200}})
+    run_dir = _prepare_run(cfg, store, model_dir)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reinf.training", str(run_dir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            progress = (
+                (run_dir / "progress.jsonl").read_text() if (run_dir / "progress.jsonl").exists() else ""
+            )
+            if '"phase": "ppo"' in progress and "PPO step 2/" in progress:
+                break
+            assert proc.poll() is None, (run_dir / "train.log").read_text()
+            time.sleep(0.2)
+        else:
+            pytest.fail("the trainer never reached PPO")
+        os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.wait(10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not (run_dir / "adapter").exists() and not (run_dir / "metrics.json").exists()
+    assert "PPO step" in (run_dir / "train.log").read_text()  # it logged there, as the daemon will read it
+    store.close()

@@ -1,0 +1,213 @@
+"""What the trainer learns from: rated examples, held-out splits, prompts to roll out, general text.
+
+Every rating trains the reward model, whoever wrote the answer (an older adapter, the base, another model):
+the reward model judges text, not the policy that produced it. PPO never learns from those answers directly;
+it samples its own (see ppo.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sysconfig
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+MIN_HELDOUT = 4
+
+
+@dataclass
+class Example:
+    """One interaction with the rating the reward model regresses on."""
+
+    interaction_id: str
+    prompt: str
+    response: str
+    target: float  # in [-1, 1]
+    weight: float  # 1 for an explicit rating, less for implicit events
+    explicit: bool
+    rating_id: int  # 0 when only implicit events rated it
+    adapter_version: int
+
+
+def load_snapshot(path: Path) -> list[dict[str, Any]]:
+    """The rows of the daemon's `data.parquet`."""
+    return pq.read_table(path).to_pylist()
+
+
+def rating_target(row: dict[str, Any], implicit_weight: float) -> tuple[float, float] | None:
+    """Map a row's rating onto `(target in [-1, 1], weight)`; None if it carries no numeric signal.
+
+    Stars 1..5 → −1..1 and thumbs → ±1 (their mean when both are given). Without an explicit rating, implicit
+    events count at `implicit_weight`: accepted +1, partially accepted +0.5, dismissed −1, averaged.
+    """
+    explicit = []
+    if row.get("stars") is not None:
+        explicit.append((int(row["stars"]) - 3) / 2.0)
+    if row.get("thumbs") in ("up", "down"):
+        explicit.append(1.0 if row["thumbs"] == "up" else -1.0)
+    if explicit:
+        return sum(explicit) / len(explicit), 1.0
+    acc, part, dis = (int(row.get(k) or 0) for k in ("accepted", "partially_accepted", "dismissed"))
+    if acc + part + dis == 0:
+        return None
+    return (acc + 0.5 * part - dis) / (acc + part + dis), implicit_weight
+
+
+def examples(rows: Sequence[dict[str, Any]], implicit_weight: float) -> list[Example]:
+    out = []
+    for row in rows:
+        rated = rating_target(row, implicit_weight)
+        if rated is None or not row.get("response"):
+            continue
+        target, weight = rated
+        out.append(
+            Example(
+                interaction_id=str(row["interaction_id"]),
+                prompt=str(row["prompt"]),
+                response=str(row["response"]),
+                target=target,
+                weight=weight,
+                explicit=weight == 1.0 and row.get("rating_id") is not None,
+                rating_id=int(row.get("rating_id") or 0),
+                adapter_version=int(row.get("adapter_version") or 0),
+            )
+        )
+    return out
+
+
+def _unit_hash(key: str) -> float:
+    """A stable number in [0, 1) per interaction, so an interaction stays on its side of the split."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+
+def split(items: Sequence[Example], fraction: float) -> tuple[list[Example], list[Example]]:
+    """(train, held-out). Held-out takes explicit ratings whose hash falls under `fraction`.
+
+    A few more are taken, lowest hash first, until there are at least MIN_HELDOUT and two different ratings
+    (when the data has them), so that "better than chance" can be judged at all.
+    """
+    explicit = sorted((e for e in items if e.explicit), key=lambda e: _unit_hash(e.interaction_id))
+    held = [e for e in explicit if _unit_hash(e.interaction_id) < fraction]
+    rest = [e for e in explicit if e not in held]
+    while rest and len(held) < min(MIN_HELDOUT, len(explicit) // 2):
+        held.append(rest.pop(0))
+    if len({e.target for e in held}) < 2:
+        other = next((e for e in rest if held and e.target != held[0].target), None)
+        if other is not None and len(rest) > 1:
+            held.append(other)
+    ids = {e.interaction_id for e in held}
+    return [e for e in items if e.interaction_id not in ids], held
+
+
+def user_prompts(rows: Sequence[dict[str, Any]], heldout_ids: set[str]) -> tuple[list[str], list[str]]:
+    """Distinct prompts of the user's interactions: (for rollouts, for the gate), split like the ratings."""
+    train, held, seen = [], [], set()
+    for row in rows:
+        prompt = str(row.get("prompt") or "")
+        if not prompt.strip() or prompt in seen:
+            continue
+        seen.add(prompt)
+        iid = str(row["interaction_id"])
+        (held if iid in heldout_ids else train).append(prompt)
+    return train, held
+
+
+# General prompts replayed during PPO so that the adapter keeps answering ordinary questions well.
+REPLAY_CHAT = [
+    "Write a Python function that reverses a string.",
+    "Explain what a Python list comprehension is, with an example.",
+    "How do I read a file line by line in Python?",
+    "Write a function that checks whether a number is prime.",
+    "What is the difference between a tuple and a list?",
+    "Write a function that merges two sorted lists.",
+    "How do I parse JSON in Python?",
+    "Write a class for a simple stack with push and pop.",
+    "Explain what a decorator does in Python.",
+    "Write a function that counts the words in a text.",
+    "How can I sort a dictionary by its values?",
+    "Write a function that returns the n-th Fibonacci number.",
+]
+REPLAY_CODE = [
+    "def flatten(items):\n    ",
+    "import os\n\n\ndef list_python_files(root):\n    ",
+    "class Counter:\n    def __init__(self):\n        ",
+    "def read_lines(path):\n    with open(path) as fh:\n        ",
+    "def is_palindrome(text):\n    ",
+    "def chunks(seq, size):\n    ",
+]
+
+
+def replay_prompts(tokenizer: Any) -> list[str]:
+    """General prompts: chat questions in the tokenizer's chat template (when it has one) and code prefixes."""
+    chats = []
+    if getattr(tokenizer, "chat_template", None):
+        for q in REPLAY_CHAT:
+            chats.append(
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
+                )
+            )
+    else:
+        chats = [f"# {q}\n" for q in REPLAY_CHAT]
+    return chats + REPLAY_CODE
+
+
+def prompt_batches(
+    n_user: int, n_replay: int, batch_size: int, replay_ratio: float, seed: int
+) -> Iterator[list[int]]:
+    """Endless batches of indices into `user prompts + replay prompts`: about `replay_ratio` from the replay set."""
+    rng = random.Random(seed)
+    while True:
+        batch = []
+        for _ in range(batch_size):
+            use_replay = n_user == 0 or (n_replay > 0 and rng.random() < replay_ratio)
+            batch.append(n_user + rng.randrange(n_replay) if use_replay else rng.randrange(n_user))
+        yield batch
+
+
+# The gate's general held-out text: standard-library modules that the tiny model builder holds out of its
+# training set (for other models they are simply ordinary Python).
+GENERAL_FILES = 4
+_FALLBACK_TEXT = '''def mean(values):
+    """Return the arithmetic mean of a non-empty sequence."""
+    values = list(values)
+    if not values:
+        raise ValueError("mean() of an empty sequence")
+    return sum(values) / len(values)
+
+
+class Stack:
+    def __init__(self):
+        self._items = []
+
+    def push(self, item):
+        self._items.append(item)
+
+    def pop(self):
+        return self._items.pop()
+'''
+
+
+def general_texts(max_chars: int = 2000) -> list[str]:
+    """A few pieces of ordinary Python: the start of each held-out standard-library module."""
+    try:
+        from .tokenizer_build import is_heldout, stdlib_root
+
+        root = stdlib_root()
+        names = [
+            p.name for p in sorted(root.glob("*.py")) if is_heldout(p.name) and not p.name.startswith("_")
+        ]
+    except (ImportError, OSError):
+        root, names = Path(sysconfig.get_paths()["stdlib"]), ["textwrap.py", "colorsys.py", "shlex.py"]
+    texts = []
+    for name in names[:GENERAL_FILES]:
+        try:
+            texts.append((root / name).read_text(encoding="utf-8")[:max_chars])
+        except OSError:
+            continue
+    return texts or [_FALLBACK_TEXT]

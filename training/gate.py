@@ -1,0 +1,158 @@
+"""The evaluation gate: a candidate adapter is published only if it passes all three checks.
+
+1. On held-out prompts, its reward-model score beats the active adapter's (the base when none is active).
+2. Its KL to the base model, summed over a response and averaged, stays under `training.max_kl`.
+3. Its loss on general held-out code is at most `training.max_general_loss_increase` above the base's. The
+   base, not the active adapter, is the yardstick, so small losses cannot compound from version to version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .lm import decode_responses, hidden_states, lm_head, pad_left, sample, use_adapter
+from .ppo import logprobs_from_logits, masked_mean
+from .reward import RewardModel, score
+
+
+@torch.no_grad()
+def sample_texts(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    stop_ids: Sequence[int],
+    seed: int,
+    batch_size: int = 8,
+) -> tuple[list[str], list[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]]]:
+    """Responses of the model as currently switched, with the tensors needed to measure their KL."""
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    texts, batches = [], []
+    for i in range(0, len(prompts), batch_size):
+        q_ids, q_mask = pad_left(prompts[i : i + batch_size], pad, device)
+        r_ids, r_mask = sample(
+            model, q_ids, q_mask, max_new_tokens=max_new_tokens, temperature=temperature,
+            stop_ids=stop_ids, pad_id=pad, generator=gen,
+        )  # fmt: skip
+        texts += decode_responses(tokenizer, r_ids, r_mask, stop_ids)
+        batches.append((torch.cat([q_ids, r_ids], 1), torch.cat([q_mask, r_mask], 1), q_ids.shape[1], r_mask))
+    return texts, batches
+
+
+@torch.no_grad()
+def kl_to_base(
+    model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]]
+) -> float:
+    """Exact KL(π_θ ‖ π_base) summed over each response's tokens (full distributions), averaged over responses."""
+    total, n = 0.0, 0
+    head = lm_head(model)
+    for ids, mask, ctx, r_mask in batches:
+        logp = head(hidden_states(model, ids, mask)[:, ctx - 1 : -1]).float().log_softmax(-1)
+        with use_adapter(model, None):
+            logq = head(hidden_states(model, ids, mask)[:, ctx - 1 : -1]).float().log_softmax(-1)
+        kl = (logp.exp() * (logp - logq)).sum(-1) * r_mask
+        total += float(kl.sum())
+        n += ids.shape[0]
+    return total / max(n, 1)
+
+
+@torch.no_grad()
+def general_loss(model: nn.Module, tokenizer: Any, texts: Sequence[str], max_tokens: int) -> float:
+    """Mean next-token loss (nats per token) on general text, with the adapters as currently switched."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    seqs = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts]
+    seqs = [s for s in seqs if len(s) > 1]
+    losses = []
+    for s in seqs:  # one at a time: no padding, and little memory for a large vocabulary
+        ids, mask = pad_left([s], pad, device)
+        logits = lm_head(model)(hidden_states(model, ids, mask)[:, :-1]).float()
+        losses.append(-masked_mean(logprobs_from_logits(logits, ids[:, 1:]), mask[:, 1:].float()))
+    return float(torch.stack(losses).mean()) if losses else 0.0
+
+
+def run_gate(
+    model: nn.Module,
+    tokenizer: Any,
+    rm: RewardModel,
+    *,
+    prompt_texts: Sequence[str],
+    prompt_ids: Sequence[Sequence[int]],
+    candidate: str,
+    active: str | None,
+    active_version: int,
+    general: Sequence[str],
+    max_new_tokens: int,
+    temperature: float,
+    stop_ids: Sequence[int],
+    max_kl: float,
+    max_general_loss_increase: float,
+    general_max_tokens: int,
+    seed: int,
+    samples: int = 2,
+) -> dict[str, Any]:
+    """Compare the candidate adapter with the active one (None: the base); returns the checks and reasons."""
+    texts = [t for t in prompt_texts for _ in range(samples)]
+    ids = [p for p in prompt_ids for _ in range(samples)]
+    kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, stop_ids=stop_ids, seed=seed)
+    with use_adapter(model, candidate):
+        cand_texts, cand_batches = sample_texts(model, tokenizer, ids, **kw)
+        kl = kl_to_base(model, cand_batches)
+        cand_general = general_loss(model, tokenizer, general, general_max_tokens)
+    with use_adapter(model, active):
+        active_texts, _ = sample_texts(model, tokenizer, ids, **kw)
+    with use_adapter(model, None):
+        base_general = general_loss(model, tokenizer, general, general_max_tokens)
+    cand_score = float(score(rm, texts, cand_texts).mean())
+    active_score = float(score(rm, texts, active_texts).mean())
+    increase = (cand_general - base_general) / base_general if base_general > 0 else 0.0
+    against = f"the active adapter v{active_version}" if active else "the base model"
+    checks = {
+        "reward_improved": cand_score > active_score,
+        "kl_within_bound": kl <= max_kl,
+        "general_loss_ok": increase <= max_general_loss_increase,
+    }
+    reasons = []
+    if not checks["reward_improved"]:
+        reasons.append(
+            f"reward-model score did not improve on held-out prompts: {cand_score:.4f} vs {active_score:.4f} for {against}"
+        )
+    if not checks["kl_within_bound"]:
+        reasons.append(f"KL to the base is {kl:.3f} nats per response, over training.max_kl = {max_kl:g}")
+    if not checks["general_loss_ok"]:
+        reasons.append(
+            f"loss on general held-out code rose {100 * increase:.1f}% over the base "
+            f"({base_general:.4f} → {cand_general:.4f}), over training.max_general_loss_increase = "
+            f"{100 * max_general_loss_increase:g}%"
+        )
+    return {
+        "passed": all(checks.values()),
+        "checks": checks,
+        "reasons": reasons,
+        "n_prompts": len(prompt_texts),
+        "samples_per_prompt": samples,
+        "candidate_score": cand_score,
+        "active_score": active_score,
+        "compared_with": active_version,
+        "kl_to_base": kl,
+        "max_kl": max_kl,
+        "general_loss_base": base_general,
+        "general_loss_candidate": cand_general,
+        "general_loss_increase": increase,
+        "max_general_loss_increase": max_general_loss_increase,
+        "example": {
+            "prompt": prompt_texts[0][-200:],
+            "candidate": cand_texts[0][:200],
+            "active": active_texts[0][:200],
+        }
+        if prompt_texts
+        else {},
+    }
