@@ -120,6 +120,8 @@ def _letters(text: str) -> str:
 def test_ask_streams_rates_and_the_review_page_rates(
     stack: tuple[DaemonProcess, JupyterProcess], page: Any
 ) -> None:
+    from playwright.sync_api import expect
+
     daemon, lab = stack
     page.goto(f"{lab.url}/lab/tree/ask.ipynb?token={lab.token}")
     page.wait_for_function(KERNEL_READY, polling=200, timeout=60_000)
@@ -138,7 +140,8 @@ def test_ask_streams_rates_and_the_review_page_rates(
 
     # The notebook shows the finished answer rendered as Markdown, without the streaming cursor.
     rendered = page.locator(".jp-Cell").nth(1).locator(".jp-RenderedMarkdown").first
-    page.wait_for_function("(el) => !el.innerText.includes('▌')", arg=rendered.element_handle())
+    # A locator, not a handle: it follows the element when the output redraws.
+    expect(rendered).not_to_contain_text("▌", timeout=30_000)
     assert _letters(rendered.inner_text()) == _letters(final)
 
     # The rating widget under the answer: 4 stars, a comment, submit.
