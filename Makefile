@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# The pinned CPU torch first: an unpinned one pulls a multi-GB CUDA build.
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[jupyter,test,train,bench]" "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[jupyter,test,bench]" "$(TORCH_SPEC)"
 	touch $(STAMP)
 
 run: $(STAMP)
