@@ -3,41 +3,91 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
+_SECRET_NAME = re.compile(r"api[_-]?key|secret|password|passwd|token|access[_-]?key|account[_-]?key", re.I)
+
 # (name, pattern, replacement). A replacement keeps the surrounding text so the code stays readable.
-_PATTERNS: list[tuple[str, re.Pattern[str], str]] = [
+_PATTERNS: list[tuple[str, re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
     (
         "private_key",
         re.compile(
-            r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----.*?(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|\Z)",
+            r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----.*?"
+            r"(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|\Z)",
             re.S,
         ),
         "[REDACTED:private_key]",
     ),
     ("aws_access_key", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), "[REDACTED:aws_access_key]"),
-    ("github_token", re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,})\b"), "[REDACTED:github_token]"),
+    (
+        "github_token",
+        re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,})\b"),
+        "[REDACTED:github_token]",
+    ),
     ("openai_key", re.compile(r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_\-]{20,}\b"), "[REDACTED:api_key]"),
     ("slack_token", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b"), "[REDACTED:slack_token]"),
     ("google_api_key", re.compile(r"\bAIza[0-9A-Za-z_\-]{35}\b"), "[REDACTED:google_api_key]"),
     ("stripe_key", re.compile(r"\b(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{16,}\b"), "[REDACTED:stripe_key]"),
     ("hf_token", re.compile(r"\bhf_[A-Za-z0-9]{30,}\b"), "[REDACTED:hf_token]"),
-    ("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\b"), "[REDACTED:jwt]"),
+    ("gitlab_token", re.compile(r"\bglpat-[A-Za-z0-9_\-]{20,}"), "[REDACTED:gitlab_token]"),
+    ("npm_token", re.compile(r"\bnpm_[A-Za-z0-9]{36,}\b"), "[REDACTED:npm_token]"),
+    (
+        "azure_key",
+        re.compile(r"(?i)(?P<pre>\b(?:AccountKey|SharedAccessKey)=)(?P<secret>[A-Za-z0-9+/]{20,}={0,2})"),
+        r"\g<pre>[REDACTED]",
+    ),
+    (
+        "jwt",
+        re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\b"),
+        "[REDACTED:jwt]",
+    ),
     (
         "url_password",
-        re.compile(r"(?P<pre>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:)(?P<secret>[^@\s/]+)(?P<post>@)"),
+        re.compile(
+            r"(?P<pre>(?<![a-zA-Z0-9+.-])[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:)(?P<secret>[^@\s/]+)(?P<post>@)"
+        ),
         r"\g<pre>[REDACTED]\g<post>",
     ),
-    ("bearer", re.compile(r"(?i)(?P<pre>\bbearer\s+)(?P<secret>[A-Za-z0-9._~+/=-]{16,})"), r"\g<pre>[REDACTED]"),
+    (
+        "bearer",
+        re.compile(r"(?i)(?P<pre>\bbearer\s+)(?P<secret>[A-Za-z0-9._~+/=-]{16,})"),
+        r"\g<pre>[REDACTED]",
+    ),
+    (
+        "basic_auth",
+        re.compile(
+            r"(?i)(?P<pre>\bauthorization['\"]?\s*[:=]\s*['\"]?basic\s+)(?P<secret>[A-Za-z0-9+/]{8,}={0,2})"
+        ),
+        r"\g<pre>[REDACTED]",
+    ),
     (
         "assignment",
+        # The name may be quoted itself, as in JSON or a dict literal: {"client_secret": "..."}.
         re.compile(
-            r"(?i)(?P<pre>\b[\w.-]*(?:api[_-]?key|secret|password|passwd|token|access[_-]?key)[\w.-]*\s*[:=]\s*"
-            r"(?P<q>['\"]))(?P<secret>[^'\"\s]{6,})(?P=q)"
+            r"(?P<pre>(?<![\w.-])(?P<name>[\w.-]+)['\"]?\s*[:=]\s*(?P<q>['\"]))(?P<secret>[^'\"\s]{6,})(?P=q)"
         ),
-        r"\g<pre>[REDACTED]\g<q>",
+        lambda m: _if_secret_name(m, m["pre"] + "[REDACTED]" + m["q"]),
+    ),
+    (
+        "env_assignment",
+        # Unquoted, a whole line of a .env, shell, INI or YAML file: API_KEY=abc123..., password: hunter2...
+        # The value must hold a letter and a digit or symbol, so max_tokens = 100000 and token: my_name stay.
+        re.compile(
+            r"(?m)(?P<pre>^[ \t]*(?:export[ \t]+)?(?P<name>[\w.-]+)[ \t]*[:=][ \t]*)"
+            r"(?P<secret>(?=[\w\-+/=@!#$%^&*~.]*[A-Za-z])(?=[\w\-+/=@!#$%^&*~.]*[0-9+/=@!#$%^&*~-])"
+            r"[\w\-+/=@!#$%^&*~.]{8,})[ \t]*$"
+        ),
+        lambda m: _if_secret_name(m, m["pre"] + "[REDACTED]"),
     ),
 ]
+
+
+def _if_secret_name(m: re.Match[str], replacement: str) -> str:
+    # The name is matched whole and checked here: a pattern like [\w.-]*secret[\w.-]* backtracks
+    # cubically on a long run such as a.a.a.a... (a minified file), which held the daemon for hours.
+    return replacement if _SECRET_NAME.search(m["name"]) else m[0]
+
 
 PATTERN_NAMES = [name for name, _, _ in _PATTERNS]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from reinf.redact import redact, redact_obj
 
 CASES = {
@@ -16,6 +15,10 @@ CASES = {
     "stripe_key": "sk_live_" + "4eC39HqLyjWDarjtT1zdp7dc",
     "hf_token": "hf_" + "abcdefghijklmnopqrstuvwxyzABCDEFGH",
     "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+    "pgp_private_key": "-----BEGIN PGP PRIVATE KEY BLOCK-----\nlQOYBGX\nabc\n-----END PGP PRIVATE KEY BLOCK-----",
+    "gitlab_token": "glpat-" + "xY3kP9qLm2Nv8RtW4sZa",
+    "npm_token": "npm_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8",
+    "anthropic_key": "sk-ant-api03-" + "abcdefghijklmnopqrstuvwxyz0123456789",
 }
 
 
@@ -39,7 +42,7 @@ def test_bearer_header() -> None:
 
 
 def test_assignment_of_a_password_or_api_key() -> None:
-    out = redact('DB_PASSWORD = "correct-horse-battery"\napi_key: \'k3y-v4lue-123\'')
+    out = redact("DB_PASSWORD = \"correct-horse-battery\"\napi_key: 'k3y-v4lue-123'")
     assert "correct-horse-battery" not in out and "k3y-v4lue-123" not in out
     assert 'DB_PASSWORD = "[REDACTED]"' in out
 
@@ -53,3 +56,49 @@ def test_nested_values() -> None:
     secret = CASES["github_token"]
     out = redact_obj({"cells": [f"t = '{secret}'"], "n": 3})
     assert secret not in out["cells"][0] and out["n"] == 3
+
+
+def test_secret_named_keys_in_json_and_dict_literals() -> None:
+    out = redact("cfg = {\"client_secret\": \"GOCSPX-abcdefgh1234\", 'api_key': 'k3y-v4lue-123'}")
+    assert "GOCSPX-abcdefgh1234" not in out and "k3y-v4lue-123" not in out
+    assert out == "cfg = {\"client_secret\": \"[REDACTED]\", 'api_key': '[REDACTED]'}"
+
+
+def test_unquoted_env_ini_and_yaml_lines() -> None:
+    text = (
+        "export AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n"
+        "OPENAI_API_KEY=abc123def456ghi789\n"
+        "[default]\naws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\nregion = eu-west-1\n"
+        "db:\n  password: hunter2hunter2\n"
+    )
+    out = redact(text)
+    for secret in ("wJalrXUtnFEMI/K7MDENG", "abc123def456ghi789", "hunter2hunter2"):
+        assert secret not in out
+    assert "export AWS_SECRET_ACCESS_KEY=[REDACTED]" in out and "region = eu-west-1" in out
+
+
+def test_basic_auth_header_and_azure_connection_string() -> None:
+    out = redact('h = {"Authorization": "Basic dXNlcjpodW50ZXIy"}')
+    assert "dXNlcjpodW50ZXIy" not in out and "Basic [REDACTED]" in out
+    conn = (
+        "DefaultEndpointsProtocol=https;AccountName=x;AccountKey=abcdefghijklmnopqrstuvwxyz012345+/ab==;X=y"
+    )
+    out = redact(conn)
+    assert "abcdefghijklmnop" not in out and "AccountKey=[REDACTED];X=y" in out
+
+
+def test_code_that_only_names_secrets_is_left_alone() -> None:
+    code = (
+        "max_tokens = 100000000\ntoken = tokens[0]\npassword = getpass()\napi_key = settings.API_KEY\n"
+        "num_tokens: int = 8\ntoken: my_name\nA basic understanding of tokens helps.\n"
+    )
+    assert redact(code) == code
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("unit", ["a.", "token.", "token=", "a://", "'token':'"])
+def test_a_field_at_the_size_limit_is_redacted_in_linear_time(unit: str) -> None:
+    """A 256 KiB run like a.a.a.a... (minified code) made the name patterns backtrack cubically: hours of
+    a blocked daemon. Now each pass is linear; the timeout only catches a hang."""
+    text = unit * (256 * 1024 // len(unit))
+    assert isinstance(redact(text), str)  # the property is that it returns at all
