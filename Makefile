@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 	# The pinned CPU torch first: an unpinned one pulls a multi-GB CUDA build.
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[jupyter,test,bench]" "$(TORCH_SPEC)"
-	# A wheel install enables the Jupyter server extension through its data files; an editable one needs this.
-	$(VENV)/bin/jupyter server extension enable --sys-prefix reinf.jupyter
+	# A wheel install enables the Jupyter server extension through its data files; an editable one needs a copy.
+	install -D -m 0644 jupyter-ext/etc/jupyter/jupyter_server_config.d/reinf.jupyter.json \
+		$(VENV)/etc/jupyter/jupyter_server_config.d/reinf.jupyter.json
 	touch $(STAMP)
 
 run: $(STAMP)
