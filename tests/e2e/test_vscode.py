@@ -93,7 +93,7 @@ def code_server(tmp_path: Path, spawn: Spawn, daemon: DaemonProcess) -> str:
     for path in dirs.values():
         path.mkdir(parents=True)
     (dirs["user-data"] / "User").mkdir()
-    # Once the test has stopped the daemon, the extension may start one itself, the way the test does.
+    # Once the test has stopped the daemon, the extension starts one itself, the way the test does.
     server_command = f"{shlex.quote(sys.executable)} -m reinf serve"
     settings = {**SETTINGS, "reinf.home": str(daemon.home), "reinf.serverCommand": server_command}
     (dirs["user-data"] / "User" / "settings.json").write_text(json.dumps(settings, indent=2))
@@ -231,20 +231,14 @@ def test_chat_rate_retrain_and_inline_completion(
     assert rated[review_id] == {"thumbs": None, "stars": 5, "comment": None}
     page.screenshot(path=str(tmp_path / "vscode.png"))
 
-    # The daemon restarts: the status bar says the connection is gone, then the extension reconnects by itself.
-    connected = page.locator(".statusbar-item", has_text="to train")
-    disconnected = page.locator(".statusbar-item", has_text="reinf: not connected")
+    # The daemon goes away: the status bar says so. "Reconnect" starts a new one with reinf.serverCommand (without
+    # it the extension waits a while for the old one to come back first), and the extension connects to it.
     old_pid = daemon.info["pid"]
     daemon.stop()
-    expect(disconnected).to_be_visible()
-    daemon.start()
-    expect(connected).to_be_visible()
-    # No daemon at all: "Reconnect" starts one with reinf.serverCommand.
-    daemon.stop()
-    expect(disconnected).to_be_visible()
+    expect(page.locator(".statusbar-item", has_text="reinf: not connected")).to_be_visible()
     _run_command(page, "reinf: Reconnect to Daemon")
-    expect(connected).to_be_visible(timeout=120_000)
-    assert daemon.info["pid"] not in (old_pid, daemon.proc.pid)
+    expect(page.locator(".statusbar-item", has_text="to train")).to_be_visible(timeout=120_000)
+    assert daemon.info["pid"] != old_pid
 
 
 def _document_lines(view_lines) -> list[str]:  # noqa: ANN001

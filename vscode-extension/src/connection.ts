@@ -26,8 +26,9 @@ export type ConnectionState =
 
 /** How long a daemon we started may take to answer (the first start may build the test model). */
 const START_TIMEOUT_MS = 180_000;
-/** After a lost connection, wait this long for the daemon to come back before starting one ourselves. */
-const RESTART_GRACE_MS = 10_000;
+/** After a lost connection, wait this long for the daemon to come back (its start takes 5-20 s on a busy
+ * laptop) before starting one ourselves. */
+const RESTART_GRACE_MS = 30_000;
 /** After a start that failed, wait this long before trying again ("reinf: Reconnect to Daemon" tries now). */
 const RESPAWN_AFTER_FAILURE_MS = 60_000;
 
