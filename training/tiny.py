@@ -5,7 +5,8 @@
 
 Training mixes plain windows of source, fill-in-the-middle examples (PSM order, as Qwen2.5-Coder and
 StarCoder use) and ChatML "write this function" turns, so one small model can serve completion and chat.
-About 1 file in 20 is held out (chosen by path hash) and the held-out loss goes into `build_info.json`.
+Files are split by path hash: 1 in 20 held out for the loss reported in `build_info.json`, 1 in 20 for
+validation (`--eval-every`, `--keep-best`), the rest for training.
 """
 
 from __future__ import annotations
@@ -199,6 +200,7 @@ def build(
     lr: float | None = None,
     eval_every: int = 0,
     keep_best: bool = False,
+    overrides: dict | None = None,
 ) -> dict:
     """Train the tokenizer and model for `preset_name` and write them to `out` atomically. Returns build info."""
     t0 = time.time()
@@ -211,6 +213,7 @@ def build(
         preset = replace(preset, batch_size=batch_size)
     if lr is not None:
         preset = replace(preset, lr=lr)
+    preset = replace(preset, **(overrides or {}))  # any other Preset field, e.g. a smaller corpus for tests
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
     bf16 = device.startswith("cuda") if bf16 is None else bf16

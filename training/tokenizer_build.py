@@ -87,12 +87,13 @@ def chat_pairs(source: SourceFile, max_chars: int = 1500) -> list[tuple[str, str
         tree = ast.parse(source.text)
     except (SyntaxError, ValueError):
         return []
+    lines = source.text.splitlines(keepends=True)
     pairs = []
     for node in tree.body:
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.name.startswith("_"):
             continue
         doc = ast.get_docstring(node)
-        code = ast.get_source_segment(source.text, node)
+        code = _segment(lines, node)
         if not doc or not code or len(code) > max_chars:
             continue
         summary = " ".join(doc.strip().split("\n\n")[0].split())
@@ -100,6 +101,15 @@ def chat_pairs(source: SourceFile, max_chars: int = 1500) -> list[tuple[str, str
         request = f"Write a Python function {node.name}({args}): {summary}"
         pairs.append((request, f"```python\n{code}\n```"))
     return pairs
+
+
+def _segment(lines: list[str], node: ast.stmt) -> str:
+    """`ast.get_source_segment` for a top-level statement, without re-splitting the file each call."""
+    if node.end_lineno is None or node.end_col_offset is None:
+        return ""
+    body = lines[node.lineno - 1 : node.end_lineno]
+    last = body[-1].encode()[: node.end_col_offset].decode(errors="replace")  # offsets count UTF-8 bytes
+    return "".join([*body[:-1], last])[node.col_offset :]
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length: int) -> PreTrainedTokenizerFast:

@@ -1,0 +1,267 @@
+"""The engine on the real tiny test model, and the FIM templates per family."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import pytest
+import torch
+from reinf.engine import AdapterError, Engine, _Stream, load_causal_lm, load_tokenizer, pick_device
+from reinf.fim import TEMPLATES, detect_template, get_template
+
+PREFIX = "import os\nimport sys\n\n\nclass Foo:\n    def __init__(self):\n        self."
+SUFFIX = "\n\n    def bar(self):\n        return 1\n"
+
+# -- FIM templates ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("qwen", "<|fim_prefix|>a = <|fim_suffix|>\nb<|fim_middle|>"),
+        ("reinf", "<|fim_prefix|>a = <|fim_suffix|>\nb<|fim_middle|>"),
+        ("starcoder", "<fim_prefix>a = <fim_suffix>\nb<fim_middle>"),
+        ("deepseek", "<｜fim▁begin｜>a = <｜fim▁hole｜>\nb<｜fim▁end｜>"),
+        ("codellama", "<PRE> a =  <SUF>\nb <MID>"),
+        ("plain", "a = "),
+    ],
+)
+def test_fim_template_renders_prefix_suffix_middle(name, expected):
+    assert TEMPLATES[name].render("a = ", "\nb") == expected
+
+
+@pytest.mark.parametrize(
+    ("vocab", "model_name", "expected", "stop"),
+    [
+        ({"<|fim_prefix|>", "<|im_start|>"}, "Qwen/Qwen2.5-Coder-0.5B-Instruct", "qwen", "<|fim_pad|>"),
+        ({"<|fim_prefix|>", "<|im_start|>"}, "/home/me/models/reinf-tiny", "reinf", "<|endoftext|>"),
+        ({"<fim_prefix>", "<fim_suffix>"}, "bigcode/starcoder2-3b", "starcoder", "<file_sep>"),
+        ({"<｜fim▁begin｜>"}, "deepseek-ai/deepseek-coder-1.3b-base", "deepseek", "<｜end▁of▁sentence｜>"),
+        ({"▁<PRE>", "▁<SUF>"}, "codellama/CodeLlama-7b-hf", "codellama", "<EOT>"),
+        (set(), "some/starcoder-finetune", "starcoder", "<|endoftext|>"),
+        (set(), "gpt2", "plain", "<|endoftext|>"),
+    ],
+)
+def test_fim_template_is_detected_from_tokens_or_name(vocab, model_name, expected, stop):
+    template = detect_template(vocab, model_name)
+    assert template.name == expected
+    assert stop in template.stop
+
+
+def test_fim_template_setting_overrides_detection_and_rejects_unknown_names():
+    assert get_template("deepseek", {"<|fim_prefix|>"}, "qwen").name == "deepseek"
+    with pytest.raises(ValueError, match="model.fim_template must be auto or one of"):
+        get_template("santacoder", set(), "")
+
+
+# -- streaming text ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model_path):
+    return load_tokenizer(str(tiny_model_path))
+
+
+def _push_all(tok, text, stops=()):
+    deltas: list[str] = []
+    stream = _Stream(tok, stops, [], deltas.append)
+    stopped = False
+    for i in tok(text, add_special_tokens=False)["input_ids"]:
+        if stream.push(i):
+            stopped = True
+            break
+    return stream.finish(), deltas, stopped
+
+
+def test_stream_never_sends_half_a_multibyte_character(tok):
+    text = "s = '✓✓ 世界 é'\n"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert any("\ufffd" in tok.decode(ids[:k]) for k in range(1, len(ids)))  # some prefix splits a character
+    final, deltas, _ = _push_all(tok, text)
+    assert final == text == "".join(deltas)
+    assert not any("\ufffd" in d for d in deltas)
+
+
+def test_stream_stops_at_a_stop_string_and_holds_back_its_start(tok):
+    final, deltas, stopped = _push_all(tok, "x = 1<|fim_pad|>junk", stops=("<|fim_pad|>",))
+    assert stopped and final == "x = 1" == "".join(deltas)
+    # "<" could begin "<|fim_pad|>", so it is not sent until the next token shows it does not.
+    stream = _Stream(tok, ("<|fim_pad|>",), [], None)
+    for i in tok("a <", add_special_tokens=False)["input_ids"]:
+        assert not stream.push(i)
+    assert stream.sent == "a "
+    for i in tok(" b", add_special_tokens=False)["input_ids"]:
+        stream.push(i)
+    assert stream.sent == "a < b" == stream.finish()
+
+
+# -- engine on the tiny model --------------------------------------------------------------------
+
+
+def test_device_and_loaders(tiny_model_path):
+    assert pick_device("cpu") == "cpu"
+    assert pick_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_causal_lm(str(tiny_model_path), "cpu", "auto")
+    assert next(model.parameters()).dtype == torch.float32 and not model.training
+
+
+def test_streamed_deltas_join_to_the_final_text(tiny_engine):
+    deltas: list[str] = []
+    g = tiny_engine.complete(PREFIX, SUFFIX, max_tokens=20, temperature=0, on_delta=deltas.append)
+    assert g.n_new_tokens > 0 and len(deltas) > 1
+    assert "".join(deltas) == g.text
+    assert g.prompt == f"<|fim_prefix|>{PREFIX}<|fim_suffix|>{SUFFIX}<|fim_middle|>"
+    assert g.finish_reason in ("stop", "length") and g.generate_ms > 0
+    assert g.n_prompt_tokens == len(tiny_engine.tokenizer(g.prompt)["input_ids"])
+
+
+def test_greedy_is_deterministic_and_length_is_reported(tiny_engine):
+    a = tiny_engine.complete(PREFIX, SUFFIX, max_tokens=12, temperature=0)
+    b = tiny_engine.complete(PREFIX, SUFFIX, max_tokens=12, temperature=0)
+    assert a.text == b.text
+    assert a.finish_reason == "length" and a.n_new_tokens == 12
+
+
+def test_sampling_varies(tiny_engine):
+    torch.manual_seed(0)
+    texts = {tiny_engine.complete(PREFIX, "", max_tokens=8, temperature=1.5).text for _ in range(4)}
+    assert len(texts) > 1
+
+
+def test_cancel_stops_generation_early(tiny_engine):
+    full = tiny_engine.complete(PREFIX, SUFFIX, max_tokens=40, temperature=0)
+    assert full.n_new_tokens == 40  # precondition: without cancel it runs to the limit
+    cancel = threading.Event()
+    deltas: list[str] = []
+
+    def on_delta(d: str) -> None:
+        deltas.append(d)
+        if len(deltas) == 3:
+            cancel.set()
+
+    g = tiny_engine.complete(PREFIX, SUFFIX, max_tokens=40, temperature=0, cancel=cancel, on_delta=on_delta)
+    assert g.finish_reason == "cancelled"
+    assert g.n_new_tokens < 10
+    assert g.text == "".join(deltas) and full.text.startswith(g.text)
+
+
+def test_long_prompts_are_cut_from_the_left_to_fit_the_context(tiny_engine):
+    prefix = "".join(f"value_{i} = {i}\n" for i in range(400)) + "total = "
+    g = tiny_engine.complete(prefix, "\nprint(total)\n" * 50, max_tokens=16, temperature=0)
+    assert g.n_prompt_tokens + 16 <= tiny_engine.context_tokens
+    assert g.prompt.startswith("<|fim_prefix|>") and g.prompt.endswith("<|fim_middle|>")
+    kept_prefix = g.prompt[len("<|fim_prefix|>") : g.prompt.index("<|fim_suffix|>")]
+    assert prefix.endswith(kept_prefix) and "value_399 = 399\ntotal = " in kept_prefix
+    assert "value_0 = 0" not in kept_prefix
+    assert "print(total)" in g.prompt  # some of the suffix survives
+
+
+def test_chat_uses_the_chat_template(tiny_engine):
+    deltas: list[str] = []
+    messages = [{"role": "user", "content": "Write a Python function add(a, b): Return the sum."}]
+    g = tiny_engine.chat(messages, max_tokens=10, temperature=0, on_delta=deltas.append)
+    assert (
+        g.prompt
+        == "<|im_start|>user\nWrite a Python function add(a, b): Return the sum.<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert g.n_new_tokens > 0 and g.text == "".join(deltas)
+    assert "<|im_end|>" not in g.text
+    with pytest.raises(ValueError, match="messages must be"):
+        tiny_engine.chat([{"role": "user"}], max_tokens=4, temperature=0)
+
+
+def test_chat_drops_old_turns_when_too_long(tiny_engine):
+    old = [{"role": "user", "content": "x = 1\n" * 100}, {"role": "assistant", "content": "ok"}]
+    g = tiny_engine.chat([*old, {"role": "user", "content": "last question"}], max_tokens=8, temperature=0)
+    assert "last question" in g.prompt and "x = 1" not in g.prompt
+    assert g.n_prompt_tokens + 8 <= tiny_engine.context_tokens
+
+
+# -- LoRA adapters -------------------------------------------------------------------------------
+
+
+def _make_adapter(model_path, out, seed: int):
+    """A LoRA adapter on the test model whose B matrices are random, so it changes what the model says."""
+    from peft import LoraConfig, get_peft_model
+
+    base = load_causal_lm(str(model_path), "cpu")
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"])
+    )
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen))
+    peft_model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_path, tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapters")
+    return _make_adapter(tiny_model_path, root / "v1", 1), _make_adapter(tiny_model_path, root / "v2", 2)
+
+
+def _greedy(engine: Engine) -> str:
+    return engine.complete(PREFIX, SUFFIX, max_tokens=16, temperature=0).text
+
+
+def test_adapter_changes_output_and_reverting_restores_it(tiny_engine, adapters):
+    v1, v2 = adapters
+    base_text = _greedy(tiny_engine)
+    tiny_engine.set_adapter(1, v1)
+    assert tiny_engine.adapter_version == 1
+    g1 = tiny_engine.complete(PREFIX, SUFFIX, max_tokens=16, temperature=0)
+    assert g1.text != base_text and g1.adapter_version == 1
+    tiny_engine.set_adapter(2, v2)
+    v2_text = _greedy(tiny_engine)
+    assert v2_text != g1.text
+    assert len(tiny_engine.model.peft_config) == 1  # the previous adapter was unloaded
+    tiny_engine.set_adapter(1, v1)  # back to v1 gives v1's output again
+    assert _greedy(tiny_engine) == g1.text
+    tiny_engine.set_adapter(0, None)
+    assert tiny_engine.adapter_version == 0 and tiny_engine.model is tiny_engine.base
+    assert _greedy(tiny_engine) == base_text
+
+
+def test_a_corrupt_or_missing_adapter_raises_and_keeps_the_current_one(tiny_engine, adapters, tmp_path):
+    v1, _ = adapters
+    base_text = _greedy(tiny_engine)
+    bad = shutil.copytree(v1, tmp_path / "bad")
+    (bad / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(AdapterError, match="could not load adapter v3"):
+        tiny_engine.set_adapter(3, bad)  # from the base: the base must come back unchanged
+    assert tiny_engine.adapter_version == 0 and _greedy(tiny_engine) == base_text
+    tiny_engine.set_adapter(1, v1)
+    v1_text = _greedy(tiny_engine)
+    with pytest.raises(AdapterError, match="could not load adapter v3"):
+        tiny_engine.set_adapter(3, bad)
+    with pytest.raises(AdapterError, match="does not exist"):
+        tiny_engine.set_adapter(4, tmp_path / "nowhere")
+    assert tiny_engine.adapter_version == 1 and _greedy(tiny_engine) == v1_text
+    assert len(tiny_engine.model.peft_config) == 1
+
+
+def test_adapter_swap_waits_for_the_generation_in_progress(tiny_engine, adapters):
+    v1, _ = adapters
+    base_text = tiny_engine.complete(PREFIX, SUFFIX, max_tokens=24, temperature=0).text
+    started = threading.Event()
+    result = {}
+
+    def slow_delta(_: str) -> None:
+        started.set()
+        time.sleep(0.01)
+
+    def run() -> None:
+        result["g"] = tiny_engine.complete(PREFIX, SUFFIX, max_tokens=24, temperature=0, on_delta=slow_delta)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    assert started.wait(10)
+    tiny_engine.set_adapter(1, v1)  # blocks until the generation finishes
+    worker.join()
+    assert result["g"].text == base_text and result["g"].adapter_version == 0
+    assert tiny_engine.adapter_version == 1
