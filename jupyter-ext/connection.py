@@ -58,8 +58,7 @@ class Connection:
 
 
 def _closed(client: Any) -> bool:
-    closed = getattr(client, "_closed", None)
-    return bool(closed is not None and closed.is_set())
+    return bool(getattr(client, "closed", False))
 
 
 _shared: Connection | None = None

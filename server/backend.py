@@ -168,7 +168,8 @@ class Backend:
         timings = {"queue_ms": queue_ms, "generate_ms": round(gen.generate_ms, 3), "total_ms": _ms(t0)}
         self._store_interaction(
             iid, kind="completion", client=client, prompt=gen.prompt, response=gen.text,
-            finish_reason=gen.finish_reason, context={"uri": uri, "language": language}, timings=timings,
+            finish_reason=gen.finish_reason, timings=timings,
+            context={"uri": uri, "language": language, "before_cursor": prefix[-400:]},
             adapter_version=version,
         )
         timings["total_ms"] = _ms(t0)

@@ -225,6 +225,11 @@ class Client:
     def on_notification(self, method: str, callback: Callable[[Any], None]) -> None:
         self._handlers.setdefault(method, []).append(callback)
 
+    @property
+    def closed(self) -> bool:
+        """True once the connection to the daemon is gone."""
+        return self._closed.is_set()
+
     def close(self) -> None:
         if not self._closed.is_set():
             try:

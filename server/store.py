@@ -251,6 +251,7 @@ class Store:
         total = self._read(f"SELECT count(*) {base}", params)[0][0]
         rows = self._read_dicts(
             f"SELECT i.id AS interaction_id, i.kind, i.ts, i.prompt, i.response, i.model, i.adapter_version, "
+            f"CAST(i.context AS VARCHAR) AS context, "
             f"e.thumbs, e.stars, e.comment, e.id AS rating_id {base} ORDER BY i.ts DESC, i.id LIMIT ? OFFSET ?",
             [*params, limit, offset],
         )
@@ -263,6 +264,10 @@ class Store:
                 r.pop(k)
             r["ts"] = _iso(r["ts"])
             r["rating"] = rating
+            # `prompt` is what the user asked or typed; `model_prompt` is the exact text the model saw.
+            context = _json_or_none(r.pop("context")) or {}
+            r["model_prompt"] = r["prompt"]
+            r["prompt"] = _display_prompt(context, r["prompt"])
             items.append(r)
         return items, total
 
@@ -421,6 +426,17 @@ class Store:
     def active_adapter(self) -> dict[str, Any] | None:
         rows = [a for a in self.list_adapters() if a["status"] == "active"]
         return rows[0] if rows else None
+
+
+def _display_prompt(context: dict[str, Any], model_prompt: str) -> str:
+    messages = context.get("messages") if isinstance(context, dict) else None
+    if isinstance(messages, list):
+        users = [m.get("content", "") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        if users:
+            return users[-1]
+    if isinstance(context, dict) and isinstance(context.get("before_cursor"), str):
+        return context["before_cursor"]
+    return model_prompt
 
 
 def _sql_path(path: Path) -> str:
