@@ -88,6 +88,7 @@ class ServerConfig:
     allow_remote: bool = False
     max_field_bytes: int = 256 * 1024
     max_message_bytes: int = 4 * 1024 * 1024
+    auth_timeout_s: float = 10.0  # a connection that shows no token by then is closed
     history_limit_max: int = 500
     redact_secrets: bool = True
     log_level: str = "INFO"
@@ -220,6 +221,8 @@ def _validate(cfg: Config) -> None:
             f"server.host = {s.host!r} is not a loopback address; reinf serves only this machine. "
             "Set server.allow_remote = true to bind it anyway (not recommended)."
         )
+    if s.auth_timeout_s <= 0:
+        raise ConfigError(f"server.auth_timeout_s must be positive, got {s.auth_timeout_s}")
     if s.max_field_bytes <= 0:
         raise ConfigError(f"server.max_field_bytes must be positive, got {s.max_field_bytes}")
     t = cfg.training

@@ -142,17 +142,24 @@ class Daemon:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        ls = build_server(self.backend)
-        protocol = ls.protocol
-        protocol.set_writer(_Writer(writer))
-        notifier = _Notifier(protocol)
-        authenticated = False
+        # Nothing is built for a connection until it has shown the token (a language server costs tens of
+        # milliseconds of the event loop), and it has server.auth_timeout_s to do so.
+        protocol: Any = None
+        notifier: _Notifier | None = None
         try:
             while not writer.is_closing():
-                length = await self._read_headers(reader, writer)
-                if length is None:
+                if protocol is None:
+                    timeout = self.cfg.server.auth_timeout_s
+                    try:
+                        body = await asyncio.wait_for(self._read_body(reader, writer), timeout)
+                    except asyncio.TimeoutError:
+                        writer.write(_error(None, UNAUTHORIZED,
+                                            f"Unauthorized: no initialize with the token within {timeout} s"))
+                        break
+                else:
+                    body = await self._read_body(reader, writer)
+                if body is None:
                     break
-                body = await reader.readexactly(length)
                 try:
                     data = json.loads(body)
                 except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
@@ -162,24 +169,31 @@ class Daemon:
                     msg_id = data.get("id") if isinstance(data, dict) else None
                     writer.write(_error(msg_id, -32600, "Invalid request: expected a JSON-RPC 2.0 object"))
                     continue
-                if not authenticated:
+                if protocol is None:
                     if not self._check_token(data):
                         writer.write(_error(data.get("id"), UNAUTHORIZED,
                                             "Unauthorized: the first request must be initialize with "
                                             "initializationOptions.token from daemon.json"))
                         await writer.drain()
                         break
-                    authenticated = True
+                    protocol = build_server(self.backend).protocol
+                    protocol.set_writer(_Writer(writer))
+                    notifier = _Notifier(protocol)
                     self.backend.attach(notifier)
                 self._dispatch(protocol, data, writer)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, ValueError):
             pass
         finally:
-            self.backend.detach(notifier)
+            if notifier is not None:
+                self.backend.detach(notifier)
             for future in list(getattr(protocol, "_request_futures", {}).values()):
                 future.cancel()  # a vanished client stops its generations
             writer.close()
+
+    async def _read_body(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes | None:
+        length = await self._read_headers(reader, writer)
+        return None if length is None else await reader.readexactly(length)
 
     async def _read_headers(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int | None:
         """Read one header block; returns the content length, or None to close the connection."""
