@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import threading
@@ -89,6 +90,7 @@ class Store:
                 os.chmod(p, 0o600)
         with self._lock:
             migrate(self._con)
+            self._load_explicit_ids()
 
     def _open(self, encryption_key: str) -> duckdb.DuckDBPyConnection:
         try:
@@ -120,16 +122,9 @@ class Store:
             self._con.close()
 
     def _write(self, sql: str, params: list[Any] | None = None) -> list[tuple]:
-        """Run one write in its own transaction; returns only after COMMIT."""
+        """Run one write statement; DuckDB autocommits it, so it is durable when this returns."""
         with self._lock:
-            self._con.execute("BEGIN TRANSACTION")
-            try:
-                rows = self._con.execute(sql, params or []).fetchall()
-                self._con.execute("COMMIT")
-            except BaseException:
-                self._con.execute("ROLLBACK")
-                raise
-            return rows
+            return self._con.execute(sql, params or []).fetchall()
 
     def _read(self, sql: str, params: list[Any] | None = None) -> list[tuple]:
         with self._lock:
@@ -204,24 +199,36 @@ class Store:
     ) -> int:
         """Append a rating (explicit) or an implicit event; committed before it returns."""
         with self._lock:
-            if not self._read("SELECT 1 FROM interactions WHERE id = ?", [interaction_id]):
-                raise UnknownInteraction(f"unknown interaction_id {interaction_id!r}")
-            rows = self._write(
+            # One autocommitted statement: checks the interaction and appends, atomically.
+            rows = self._con.execute(
                 "INSERT INTO ratings (interaction_id, ts, thumbs, stars, comment, source, event) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                [interaction_id, _now(), thumbs, stars, comment, source, event],
-            )
-        return int(rows[0][0])
+                "SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM interactions WHERE id = ?) RETURNING id",
+                [interaction_id, _now(), thumbs, stars, comment, source, event, interaction_id],
+            ).fetchall()
+            if not rows:
+                raise UnknownInteraction(f"unknown interaction_id {interaction_id!r}")
+            rating_id = int(rows[0][0])
+            if source == "explicit":
+                self._explicit_ids.append(rating_id)
+        return rating_id
+
+    def _load_explicit_ids(self) -> None:
+        # Explicit rating ids, ascending: counts for status and the training threshold without a query.
+        rows = self._con.execute("SELECT id FROM ratings WHERE source = 'explicit' ORDER BY id").fetchall()
+        self._explicit_ids = [int(r[0]) for r in rows]
 
     def ratings_total(self) -> int:
         """How many explicit ratings have been given (every one, re-ratings included)."""
-        return self._read("SELECT count(*) FROM ratings WHERE source = 'explicit'")[0][0]
+        with self._lock:
+            return len(self._explicit_ids)
 
     def max_rating_id(self) -> int:
-        return self._read("SELECT coalesce(max(id), 0) FROM ratings WHERE source = 'explicit'")[0][0]
+        with self._lock:
+            return self._explicit_ids[-1] if self._explicit_ids else 0
 
     def ratings_since(self, watermark: int) -> int:
-        return self._read("SELECT count(*) FROM ratings WHERE source = 'explicit' AND id > ?", [watermark])[0][0]
+        with self._lock:
+            return len(self._explicit_ids) - bisect.bisect_right(self._explicit_ids, watermark)
 
     def ratings_timeline(self) -> list[dict[str, Any]]:
         rows = self._read_dicts(
@@ -320,6 +327,7 @@ class Store:
                 self._con.execute("ROLLBACK")
                 raise
             self._compact()
+            self._load_explicit_ids()
         return len(n)
 
     def _compact(self) -> None:
