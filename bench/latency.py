@@ -102,10 +102,14 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'measure':<28}{'n':>6}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'target':>16}")
-    print(f"{'server overhead':<28}{o['n']:>6}{o['p50_ms']:>10.3f}{o['p95_ms']:>10.3f}{o['p99_ms']:>10.3f}"
-          f"{'p50 <= 2 ms':>16}")
-    print(f"{'rating acknowledgement':<28}{r['n']:>6}{r['p50_ms']:>10.3f}{r['p95_ms']:>10.3f}{r['p99_ms']:>10.3f}"
-          f"{'p99 <= 10 ms':>16}")
+    print(
+        f"{'server overhead':<28}{o['n']:>6}{o['p50_ms']:>10.3f}{o['p95_ms']:>10.3f}{o['p99_ms']:>10.3f}"
+        f"{'p50 <= 2 ms':>16}"
+    )
+    print(
+        f"{'rating acknowledgement':<28}{r['n']:>6}{r['p50_ms']:>10.3f}{r['p95_ms']:>10.3f}{r['p99_ms']:>10.3f}"
+        f"{'p99 <= 10 ms':>16}"
+    )
     print(f"wrote {out}")
     return 0
 

@@ -111,8 +111,12 @@ class Backend:
     ) -> dict[str, Any]:
         """reinf/chat: generate, stream deltas, store the interaction, answer."""
         t0 = time.perf_counter()
-        p = Params(params, "reinf/chat", self.cfg.server.max_field_bytes,
-                   {"messages", "kind", "context", "max_tokens", "temperature"})
+        p = Params(
+            params,
+            "reinf/chat",
+            self.cfg.server.max_field_bytes,
+            {"messages", "kind", "context", "max_tokens", "temperature"},
+        )
         messages = p.messages()
         kind = p.str("kind", choices=("chat", "ask")) or "chat"
         context = p.context()
@@ -137,8 +141,15 @@ class Backend:
         timings = {"queue_ms": queue_ms, "generate_ms": round(gen.generate_ms, 3)}
         timings["total_ms"] = _ms(t0)
         self._store_interaction(
-            iid, kind=kind, client=client, prompt=gen.prompt, response=gen.text, finish_reason=gen.finish_reason,
-            context={**context, "messages": messages}, timings=timings, adapter_version=version,
+            iid,
+            kind=kind,
+            client=client,
+            prompt=gen.prompt,
+            response=gen.text,
+            finish_reason=gen.finish_reason,
+            context={**context, "messages": messages},
+            timings=timings,
+            adapter_version=version,
         )
         timings["total_ms"] = _ms(t0)
         return {
@@ -151,7 +162,14 @@ class Backend:
         }
 
     async def complete(
-        self, prefix: str, suffix: str, *, client: str, uri: str, language: str | None, max_tokens: int | None = None
+        self,
+        prefix: str,
+        suffix: str,
+        *,
+        client: str,
+        uri: str,
+        language: str | None,
+        max_tokens: int | None = None,
     ) -> dict[str, Any] | None:
         """An inline completion at the cursor; stored and returned with its interaction id (None if empty)."""
         t0 = time.perf_counter()
@@ -167,33 +185,56 @@ class Backend:
         version = self.engine.adapter_version
         timings = {"queue_ms": queue_ms, "generate_ms": round(gen.generate_ms, 3), "total_ms": _ms(t0)}
         self._store_interaction(
-            iid, kind="completion", client=client, prompt=gen.prompt, response=gen.text,
-            finish_reason=gen.finish_reason, timings=timings,
+            iid,
+            kind="completion",
+            client=client,
+            prompt=gen.prompt,
+            response=gen.text,
+            finish_reason=gen.finish_reason,
+            timings=timings,
             context={"uri": uri, "language": language, "before_cursor": prefix[-400:]},
             adapter_version=version,
         )
         timings["total_ms"] = _ms(t0)
         return {"interaction_id": iid, "text": gen.text, "adapter_version": version, "timings": timings}
 
-    def _store_interaction(self, iid: str, *, kind: str, client: str, prompt: str, response: str,
-                           finish_reason: str, context: dict[str, Any], timings: dict[str, float],
-                           adapter_version: int) -> None:
+    def _store_interaction(
+        self,
+        iid: str,
+        *,
+        kind: str,
+        client: str,
+        prompt: str,
+        response: str,
+        finish_reason: str,
+        context: dict[str, Any],
+        timings: dict[str, float],
+        adapter_version: int,
+    ) -> None:
         redacting = self.cfg.server.redact_secrets
         self.store.add_interaction(
-            interaction_id=iid, kind=kind, client=client, model=self.engine.model_name,
+            interaction_id=iid,
+            kind=kind,
+            client=client,
+            model=self.engine.model_name,
             adapter_version=adapter_version,
             prompt=redact(prompt) if redacting else prompt,
             context=redact_obj(context) if redacting else context,
             response=redact(response) if redacting else response,
-            finish_reason=finish_reason, timings=timings,
+            finish_reason=finish_reason,
+            timings=timings,
         )
 
     # -- ratings ----------------------------------------------------------------------------------
 
     def rate(self, params: Any) -> dict[str, Any]:
         """reinf/rate: append an explicit rating; answered only after it is committed."""
-        p = Params(params, "reinf/rate", self.cfg.server.max_field_bytes,
-                   {"interaction_id", "thumbs", "stars", "comment"})
+        p = Params(
+            params,
+            "reinf/rate",
+            self.cfg.server.max_field_bytes,
+            {"interaction_id", "thumbs", "stars", "comment"},
+        )
         iid = p.str("interaction_id", required=True)
         thumbs = p.str("thumbs", choices=("up", "down"))
         stars = p.int("stars", 1, 5)
@@ -215,13 +256,19 @@ class Backend:
 
     def feedback(self, params: Any) -> int:
         """reinf/feedback: an implicit signal (accepted, dismissed, partially accepted)."""
-        p = Params(params, "reinf/feedback", self.cfg.server.max_field_bytes,
-                   {"interaction_id", "event", "accepted_chars", "shown_ms"})
+        p = Params(
+            params,
+            "reinf/feedback",
+            self.cfg.server.max_field_bytes,
+            {"interaction_id", "event", "accepted_chars", "shown_ms"},
+        )
         iid = p.str("interaction_id", required=True)
         event = p.str("event", required=True, choices=("accepted", "dismissed", "partially_accepted"))
         accepted_chars = p.int("accepted_chars", 0, 10_000_000)
         shown_ms = p.int("shown_ms", 0, 86_400_000)
-        detail = {k: v for k, v in (("accepted_chars", accepted_chars), ("shown_ms", shown_ms)) if v is not None}
+        detail = {
+            k: v for k, v in (("accepted_chars", accepted_chars), ("shown_ms", shown_ms)) if v is not None
+        }
         try:
             return self.store.add_rating(
                 iid, source="implicit", event=event, comment=_json_detail(detail) if detail else None
@@ -244,8 +291,12 @@ class Backend:
         }
 
     def history(self, params: Any) -> dict[str, Any]:
-        p = Params(params, "reinf/history", self.cfg.server.max_field_bytes,
-                   {"limit", "offset", "unrated_only", "kind"})
+        p = Params(
+            params,
+            "reinf/history",
+            self.cfg.server.max_field_bytes,
+            {"limit", "offset", "unrated_only", "kind"},
+        )
         items, total = self.store.history(
             limit=p.int("limit", 1, self.cfg.server.history_limit_max, default=20),
             offset=p.int("offset", 0, 2**31, default=0),
@@ -287,7 +338,9 @@ class Backend:
         fmt = p.str("format", choices=("parquet", "jsonl")) or "parquet"
         raw = p.str("path", required=True)
         if "\x00" in raw or "'" in raw:  # neither can reach DuckDB's COPY TO
-            raise InvalidParams(f"reinf/export: path must not contain a NUL byte or a single quote, got {raw!r}")
+            raise InvalidParams(
+                f"reinf/export: path must not contain a NUL byte or a single quote, got {raw!r}"
+            )
         path = Path(raw)
         if not path.is_absolute():
             raise InvalidParams(f"reinf/export: path must be absolute, got {str(path)!r}")
@@ -332,7 +385,9 @@ def _with_context(messages: list[dict[str, str]], context: dict[str, Any]) -> li
     """Put the editor or notebook context in front of the last user message."""
     parts = []
     if context.get("selection"):
-        parts.append(f"Selected code ({context.get('language') or 'text'}):\n```\n{context['selection']}\n```")
+        parts.append(
+            f"Selected code ({context.get('language') or 'text'}):\n```\n{context['selection']}\n```"
+        )
     if context.get("file"):
         parts.append(f"Current file {context.get('uri', '')}:\n```\n{context['file']}\n```")
     if context.get("cells"):

@@ -110,8 +110,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"model            {s['model']} on {s['device']}")
     print(f"adapter          v{s['adapter_version']}" + (" (base)" if s["adapter_version"] == 0 else ""))
     print(f"ratings          {s['ratings_total']} ({s['until_next_training']} until the next training)")
-    print(f"training         {t.get('state')}" + (f", run {t['run_id']} {t.get('phase')} "
-                                                 f"{100 * (t.get('progress') or 0):.0f}%" if t.get("run_id") else ""))
+    print(
+        f"training         {t.get('state')}"
+        + (
+            f", run {t['run_id']} {t.get('phase')} {100 * (t.get('progress') or 0):.0f}%"
+            if t.get("run_id")
+            else ""
+        )
+    )
     if s.get("last_run"):
         r = s["last_run"]
         print(f"last run         #{r['run_id']} {r['state']}" + (f": {r['error']}" if r.get("error") else ""))
@@ -120,15 +126,24 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        h = c.request("reinf/history", {"limit": args.n, "unrated_only": args.unrated,
-                                        **({"kind": args.kind} if args.kind else {})})
+        h = c.request(
+            "reinf/history",
+            {"limit": args.n, "unrated_only": args.unrated, **({"kind": args.kind} if args.kind else {})},
+        )
     if args.json:
         _print(h)
         return 0
     for item in h["items"]:
         r = item["rating"]
-        rating = "unrated" if not r else " ".join(
-            x for x in (r.get("thumbs") and f"thumbs {r['thumbs']}", r.get("stars") and f"{r['stars']}★") if x)
+        rating = (
+            "unrated"
+            if not r
+            else " ".join(
+                x
+                for x in (r.get("thumbs") and f"thumbs {r['thumbs']}", r.get("stars") and f"{r['stars']}★")
+                if x
+            )
+        )
         prompt = item["prompt"].strip().replace("\n", " ")[-60:]
         print(f"{item['interaction_id']}  {item['kind']:<10} {item['ts'][:19]}  {rating:<14} …{prompt}")
     print(f"({len(h['items'])} of {h['total']})")
@@ -145,8 +160,10 @@ def cmd_rate(args: argparse.Namespace) -> int:
         params["comment"] = args.comment
     with _client(args) as c:
         r = c.rate(args.interaction_id, **params)
-    print(f"rating {r['rating_id']} stored; {r['ratings_total']} ratings, "
-          f"{r['until_next_training']} until the next training")
+    print(
+        f"rating {r['rating_id']} stored; {r['ratings_total']} ratings, "
+        f"{r['until_next_training']} until the next training"
+    )
     return 0
 
 
@@ -155,16 +172,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     done = threading.Event()
     final: dict[str, Any] = {}
-    with _client(args) as c, Progress(TextColumn("[bold]run {task.fields[run]}"), TextColumn("{task.description}"),
-                                      BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn()) as bar:
+    with (
+        _client(args) as c,
+        Progress(
+            TextColumn("[bold]run {task.fields[run]}"),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+        ) as bar,
+    ):
         task = bar.add_task("starting", total=1.0, run="?")
         run_id: list[int] = []
 
         def on_progress(p: dict[str, Any]) -> None:
             if run_id and p.get("run_id") != run_id[0]:
                 return
-            bar.update(task, completed=float(p.get("progress") or 0.0),
-                       description=f"{p.get('phase', '')}: {p.get('message', '')}"[:70])
+            bar.update(
+                task,
+                completed=float(p.get("progress") or 0.0),
+                description=f"{p.get('phase', '')}: {p.get('message', '')}"[:70],
+            )
             if p.get("state") in ("published", "rejected", "failed", "cancelled"):
                 final.update(p)
                 done.set()
@@ -198,7 +226,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for r in runs:
         version = f"v{r['adapter_version']}" if r.get("adapter_version") else "-"
         why = "; ".join((r.get("metrics") or {}).get("reasons") or []) or (r.get("error") or "")
-        print(f"#{r['run_id']:<4} {r['state']:<10} {r['trigger']:<9} {str(r['started'])[:19]}  {version:<5} {why}")
+        print(
+            f"#{r['run_id']:<4} {r['state']:<10} {r['trigger']:<9} {str(r['started'])[:19]}  {version:<5} {why}"
+        )
     if not runs:
         print("no training runs yet")
     return 0
@@ -245,19 +275,29 @@ def cmd_build_tiny(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="reinf", description="A local coding assistant that learns from your ratings.",
-                                epilog="example: reinf serve   then   reinf status")
+    p = argparse.ArgumentParser(
+        prog="reinf",
+        description="A local coding assistant that learns from your ratings.",
+        epilog="example: reinf serve   then   reinf status",
+    )
     p.add_argument("--home", help="REINF_HOME (default: $REINF_HOME or the platform's user data folder)")
     p.add_argument("--no-start", action="store_true", help="do not start a daemon if none is running")
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name: str, fn: Any, help: str, example: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=help, epilog=f"example: {example}",
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp = sub.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=f"example: {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         sp.set_defaults(fn=fn)
         return sp
 
-    sp = add("serve", cmd_serve, "run the daemon in the foreground", "reinf serve --model Qwen/Qwen2.5-Coder-0.5B")
+    sp = add(
+        "serve", cmd_serve, "run the daemon in the foreground", "reinf serve --model Qwen/Qwen2.5-Coder-0.5B"
+    )
     sp.add_argument("--model", help="model.name: a hub id, a local folder, or reinf-tiny")
     sp.add_argument("--port", type=int, help="server.port (default: a free port)")
     sp.add_argument("--host", help="server.host (default 127.0.0.1)")
@@ -285,12 +325,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("export", cmd_export, "export interactions and ratings", "reinf export --format jsonl out.jsonl")
     sp.add_argument("out")
     sp.add_argument("--format", choices=["parquet", "jsonl"])
-    sp = add("forget", cmd_forget, "delete interactions older than a date", "reinf forget --before 2026-01-01")
+    sp = add(
+        "forget", cmd_forget, "delete interactions older than a date", "reinf forget --before 2026-01-01"
+    )
     sp.add_argument("--before", required=True)
     model = add("model", None, "build models", "reinf model build-tiny --preset test")
     msub = model.add_subparsers(dest="model_command", required=True)
-    sp = msub.add_parser("build-tiny", help="build the tiny offline model",
-                         epilog="example: reinf model build-tiny --preset default")
+    sp = msub.add_parser(
+        "build-tiny",
+        help="build the tiny offline model",
+        epilog="example: reinf model build-tiny --preset default",
+    )
     sp.set_defaults(fn=cmd_build_tiny)
     sp.add_argument("--preset", choices=["test", "default"], default="default")
     sp.add_argument("--out")

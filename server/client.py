@@ -52,7 +52,11 @@ def start_daemon(home: Path, timeout: float = 300.0, env: dict[str, str] | None 
     with os.fdopen(fd, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "reinf", "serve"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=environ, start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=environ,
+            start_new_session=True,
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -61,7 +65,9 @@ def start_daemon(home: Path, timeout: float = 300.0, env: dict[str, str] | None 
             return info
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace")[-2000:]
-            raise DaemonUnavailable(f"reinf serve exited with code {proc.returncode}; log {log_path}:\n{tail}")
+            raise DaemonUnavailable(
+                f"reinf serve exited with code {proc.returncode}; log {log_path}:\n{tail}"
+            )
         time.sleep(0.2)
     raise DaemonUnavailable(f"reinf serve did not answer within {timeout:.0f} s; see {log_path}")
 
@@ -77,7 +83,9 @@ def _answers(info: dict[str, Any]) -> bool:
 class Client:
     """One authenticated connection. Thread-safe: requests may be sent from any thread."""
 
-    def __init__(self, host: str, port: int, token: str, *, client_name: str = "python", timeout: float = 10.0):
+    def __init__(
+        self, host: str, port: int, token: str, *, client_name: str = "python", timeout: float = 10.0
+    ):
         self._sock = socket.create_connection((host, port), timeout=timeout)
         self._sock.settimeout(None)
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -92,16 +100,26 @@ class Client:
         self._reader.start()
         self.server_info = self.request(
             "initialize",
-            {"processId": os.getpid(), "rootUri": None, "capabilities": {},
-             "clientInfo": {"name": client_name}, "initializationOptions": {"token": token, "client": client_name}},
+            {
+                "processId": os.getpid(),
+                "rootUri": None,
+                "capabilities": {},
+                "clientInfo": {"name": client_name},
+                "initializationOptions": {"token": token, "client": client_name},
+            },
             timeout=timeout,
         )
         self.notify("initialized", {})
 
     @classmethod
     def connect(
-        cls, home: Path | str | None = None, *, start: bool = True, timeout: float = 30.0,
-        client_name: str = "python", start_timeout: float = 300.0,
+        cls,
+        home: Path | str | None = None,
+        *,
+        start: bool = True,
+        timeout: float = 30.0,
+        client_name: str = "python",
+        start_timeout: float = 300.0,
     ) -> Client:
         """Connect to the daemon of `home` (default REINF_HOME), starting one if none answers and `start`."""
         home = Path(home) if home is not None else reinf_home()
@@ -113,10 +131,17 @@ class Client:
                 )
             info = start_daemon(home, timeout=start_timeout)
         try:
-            return cls(info.get("host", "127.0.0.1"), int(info["port"]), info["token"],
-                       client_name=client_name, timeout=timeout)
+            return cls(
+                info.get("host", "127.0.0.1"),
+                int(info["port"]),
+                info["token"],
+                client_name=client_name,
+                timeout=timeout,
+            )
         except OSError as exc:
-            raise DaemonUnavailable(f"cannot reach the reinf daemon at port {info.get('port')}: {exc}") from exc
+            raise DaemonUnavailable(
+                f"cannot reach the reinf daemon at port {info.get('port')}: {exc}"
+            ) from exc
 
     # -- wire --------------------------------------------------------------------------------------
 
@@ -179,8 +204,12 @@ class Client:
     # -- API ---------------------------------------------------------------------------------------
 
     def request(
-        self, method: str, params: dict[str, Any] | None = None, *,
-        on_progress: Callable[[Any], None] | None = None, timeout: float | None = None,
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        on_progress: Callable[[Any], None] | None = None,
+        timeout: float | None = None,
     ) -> Any:
         """Send a request and wait for its result; raises RpcError for an error answer."""
         msg_id = next(self._ids)
@@ -252,8 +281,13 @@ class Client:
 
     # -- conveniences --------------------------------------------------------------------------------
 
-    def chat(self, prompt: str | list[dict[str, str]], *, on_delta: Callable[[str], None] | None = None,
-             **params: Any) -> dict[str, Any]:
+    def chat(
+        self,
+        prompt: str | list[dict[str, str]],
+        *,
+        on_delta: Callable[[str], None] | None = None,
+        **params: Any,
+    ) -> dict[str, Any]:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         progress = (lambda v: on_delta(v.get("delta", ""))) if on_delta else None
         return self.request("reinf/chat", {"messages": messages, **params}, on_progress=progress)
@@ -265,11 +299,19 @@ class Client:
         return self.request("reinf/status", {})
 
     def open_document(self, uri: str, text: str, language: str = "python", version: int = 1) -> None:
-        self.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": language,
-                                                              "version": version, "text": text}})
+        self.notify(
+            "textDocument/didOpen",
+            {"textDocument": {"uri": uri, "languageId": language, "version": version, "text": text}},
+        )
 
     def inline_completion(self, uri: str, line: int, character: int, **kw: Any) -> list[dict[str, Any]]:
-        result = self.request("textDocument/inlineCompletion", {
-            "textDocument": {"uri": uri}, "position": {"line": line, "character": character},
-            "context": {"triggerKind": 2}}, **kw)
+        result = self.request(
+            "textDocument/inlineCompletion",
+            {
+                "textDocument": {"uri": uri},
+                "position": {"line": line, "character": character},
+                "context": {"triggerKind": 2},
+            },
+            **kw,
+        )
         return (result or {}).get("items", [])

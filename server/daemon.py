@@ -111,18 +111,29 @@ class Daemon:
         self.backend.loop = asyncio.get_running_loop()
         host = self.cfg.server.host
         if host not in ("127.0.0.1", "localhost", "::1"):
-            log.warning("binding to non-loopback address %s: anyone who can reach it and has the token can use "
-                        "this daemon", host)
+            log.warning(
+                "binding to non-loopback address %s: anyone who can reach it and has the token can use "
+                "this daemon",
+                host,
+            )
         self._server = await asyncio.start_server(
             self._connection, host, self.cfg.server.port, limit=MAX_HEADER_LINE * 4
         )
         self.port = self._server.sockets[0].getsockname()[1]
         private_dir(self.cfg.home)
         write_json(self.info_path, {"port": self.port, "token": self.token, "pid": os.getpid(), "host": host})
-        log.info("reinf daemon serving %s on %s:%s (home %s)", self.backend.engine.model_name, host, self.port,
-                 self.cfg.home)
-        print(f"reinf: serving {self.backend.engine.model_name} on {host}:{self.port}; "
-              f"connection details in {self.info_path}", flush=True)
+        log.info(
+            "reinf daemon serving %s on %s:%s (home %s)",
+            self.backend.engine.model_name,
+            host,
+            self.port,
+            self.cfg.home,
+        )
+        print(
+            f"reinf: serving {self.backend.engine.model_name} on {host}:{self.port}; "
+            f"connection details in {self.info_path}",
+            flush=True,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -153,8 +164,13 @@ class Daemon:
                     try:
                         body = await asyncio.wait_for(self._read_body(reader, writer), timeout)
                     except asyncio.TimeoutError:
-                        writer.write(_error(None, UNAUTHORIZED,
-                                            f"Unauthorized: no initialize with the token within {timeout} s"))
+                        writer.write(
+                            _error(
+                                None,
+                                UNAUTHORIZED,
+                                f"Unauthorized: no initialize with the token within {timeout} s",
+                            )
+                        )
                         break
                 else:
                     body = await self._read_body(reader, writer)
@@ -171,9 +187,14 @@ class Daemon:
                     continue
                 if protocol is None:
                     if not self._check_token(data):
-                        writer.write(_error(data.get("id"), UNAUTHORIZED,
-                                            "Unauthorized: the first request must be initialize with "
-                                            "initializationOptions.token from daemon.json"))
+                        writer.write(
+                            _error(
+                                data.get("id"),
+                                UNAUTHORIZED,
+                                "Unauthorized: the first request must be initialize with "
+                                "initializationOptions.token from daemon.json",
+                            )
+                        )
                         await writer.drain()
                         break
                     protocol = build_server(self.backend).protocol
@@ -221,8 +242,14 @@ class Daemon:
             writer.write(_error(None, -32700, "Parse error: missing Content-Length"))
             return None
         if length > self.cfg.server.max_message_bytes:
-            writer.write(_error(None, -32600, f"Request too large: {length} bytes, over the limit of "
-                                               f"{self.cfg.server.max_message_bytes} (server.max_message_bytes)"))
+            writer.write(
+                _error(
+                    None,
+                    -32600,
+                    f"Request too large: {length} bytes, over the limit of "
+                    f"{self.cfg.server.max_message_bytes} (server.max_message_bytes)",
+                )
+            )
             return None
         return length
 
@@ -246,15 +273,22 @@ class Daemon:
         if getattr(protocol, "_shutdown", False) and method != "exit":
             # pygls drops these silently, which leaves the client waiting for an answer forever.
             if "id" in data and method is not None:
-                writer.write(_error(data["id"], -32600, f"Invalid request: {method} after shutdown; "
-                                                         "only exit is accepted now"))
+                writer.write(
+                    _error(
+                        data["id"],
+                        -32600,
+                        f"Invalid request: {method} after shutdown; only exit is accepted now",
+                    )
+                )
             return
         try:
             if isinstance(method, str) and method.startswith("reinf/"):
                 # pygls turns the params of methods it does not know into lossy namedtuples; keep them JSON.
                 params = data.get("params")
                 if "id" in data:
-                    message = JsonRPCRequestMessage(id=data["id"], method=method, jsonrpc="2.0", params=params)
+                    message = JsonRPCRequestMessage(
+                        id=data["id"], method=method, jsonrpc="2.0", params=params
+                    )
                 else:
                     message = JsonRPCNotification(method=method, jsonrpc="2.0", params=params)
             else:
@@ -286,8 +320,10 @@ def run_daemon(cfg: Config) -> int:
     os.umask(0o077)
     private_dir(cfg.home)
     if (info := daemon_alive(cfg.home)) is not None:
-        raise DaemonError(f"a reinf daemon is already running for {cfg.home} (pid {info.get('pid')}, "
-                          f"port {info.get('port')}); stop it first or use another REINF_HOME")
+        raise DaemonError(
+            f"a reinf daemon is already running for {cfg.home} (pid {info.get('pid')}, "
+            f"port {info.get('port')}); stop it first or use another REINF_HOME"
+        )
     daemon = Daemon(cfg)
     try:
         asyncio.run(daemon.serve())

@@ -89,8 +89,12 @@ def _errors(fn):  # noqa: ANN001, ANN202
 
 def build_server(backend: Backend) -> LanguageServer:
     """A language server for one connection, sharing `backend` with every other connection."""
-    ls = LanguageServer("reinf", __version__, protocol_cls=ReinfProtocol,
-                        text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+    ls = LanguageServer(
+        "reinf",
+        __version__,
+        protocol_cls=ReinfProtocol,
+        text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+    )
 
     @ls.feature(types.INITIALIZE)
     def initialize(params: types.InitializeParams) -> None:

@@ -134,7 +134,7 @@ class Store:
         with self._lock:
             cur = self._con.execute(sql, params or [])
             cols = [d[0] for d in cur.description]
-            return [dict(zip(cols, row)) for row in cur.fetchall()]
+            return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
     # -- interactions ---------------------------------------------------------------------------
 
@@ -321,7 +321,9 @@ class Store:
             try:
                 ids = "SELECT id FROM interactions WHERE ts < ?"
                 self._con.execute(f"DELETE FROM ratings WHERE interaction_id IN ({ids})", [before])
-                n = self._con.execute("DELETE FROM interactions WHERE ts < ? RETURNING id", [before]).fetchall()
+                n = self._con.execute(
+                    "DELETE FROM interactions WHERE ts < ? RETURNING id", [before]
+                ).fetchall()
                 self._con.execute("COMMIT")
             except BaseException:
                 self._con.execute("ROLLBACK")
@@ -377,7 +379,9 @@ class Store:
         rows = self.list_runs(where="r.id = ?", params=[run_id])
         return rows[0] if rows else None
 
-    def list_runs(self, limit: int = 20, where: str = "", params: list[Any] | None = None) -> list[dict[str, Any]]:
+    def list_runs(
+        self, limit: int = 20, where: str = "", params: list[Any] | None = None
+    ) -> list[dict[str, Any]]:
         cond = f"WHERE {where}" if where else ""
         rows = self._read_dicts(
             f"SELECT r.id AS run_id, r.trigger, r.state, r.started, r.finished, r.n_ratings, r.metrics, r.error, "
@@ -396,7 +400,9 @@ class Store:
 
     def last_watermark(self) -> int:
         """The rating watermark of the newest run that trained (or tried to), so new ratings count from there."""
-        rows = self._read("SELECT coalesce(max(rating_watermark), 0) FROM training_runs WHERE state <> 'cancelled'")
+        rows = self._read(
+            "SELECT coalesce(max(rating_watermark), 0) FROM training_runs WHERE state <> 'cancelled'"
+        )
         return int(rows[0][0])
 
     def next_adapter_version(self) -> int:

@@ -61,7 +61,9 @@ class Params:
             raise InvalidParams(f"{self._name(field)} must be one of {', '.join(choices)}, got {value!r}")
         return value
 
-    def int(self, field: str, lo: int | None = None, hi: int | None = None, default: int | None = None) -> int | None:
+    def int(
+        self, field: str, lo: int | None = None, hi: int | None = None, default: int | None = None
+    ) -> int | None:
         value = self.p.get(field)
         if value is None:
             return default
@@ -103,7 +105,9 @@ class Params:
                 raise InvalidParams(f"{self._name(where)}: unknown field(s) {', '.join(sorted(extra))}")
             role = self.text(f"{where}.role", m.get("role"), required=True)
             if role not in ("system", "user", "assistant"):
-                raise InvalidParams(f"{self._name(where + '.role')} must be system, user or assistant, got {role!r}")
+                raise InvalidParams(
+                    f"{self._name(where + '.role')} must be system, user or assistant, got {role!r}"
+                )
             content = self.text(f"{where}.content", m.get("content"), required=True)
             out.append({"role": role, "content": content})
         if out[-1]["role"] != "user":

@@ -33,7 +33,11 @@ class DaemonProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's life
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "reinf", "serve"],
-            env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -78,13 +82,15 @@ class DaemonProcess:
 def daemon_env(home: Path, **config: str) -> dict[str, str]:
     """Environment for a test daemon on the test-preset model; `config` adds REINF_<SECTION>_<KEY> values."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REINF_")}
-    env.update({
-        "REINF_HOME": str(home),
-        "REINF_CACHE": str(CACHE),
-        "REINF_MODEL_NAME": "reinf-tiny-test",
-        "REINF_TRAINING_MIN_NEW_RATINGS": "1000",
-        "OMP_NUM_THREADS": "1",
-    })
+    env.update(
+        {
+            "REINF_HOME": str(home),
+            "REINF_CACHE": str(CACHE),
+            "REINF_MODEL_NAME": "reinf-tiny-test",
+            "REINF_TRAINING_MIN_NEW_RATINGS": "1000",
+            "OMP_NUM_THREADS": "1",
+        }
+    )
     env.update({f"REINF_{k.upper()}": v for k, v in config.items()})
     return env
 

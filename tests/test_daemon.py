@@ -58,8 +58,12 @@ def test_files_are_private(daemon: DaemonProcess) -> None:
 
 def test_wrong_token_and_requests_before_initialize_are_refused(daemon: DaemonProcess) -> None:
     for first in (
-        {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-         "params": {"capabilities": {}, "initializationOptions": {"token": "wrong"}}},
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {"capabilities": {}, "initializationOptions": {"token": "wrong"}},
+        },
         {"jsonrpc": "2.0", "id": 1, "method": "reinf/status", "params": {}},
         {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}},
     ):
@@ -110,7 +114,9 @@ def test_rate_validates_every_field_and_writes_nothing_on_error(daemon: DaemonPr
         assert c.status()["ratings_total"] == before
         ok = c.rate(iid, thumbs="up", stars=4, comment="nice")
         assert ok["ratings_total"] == before + 1 and ok["rating_id"] > 0
-        item = next(i for i in c.request("reinf/history", {"limit": 50})["items"] if i["interaction_id"] == iid)
+        item = next(
+            i for i in c.request("reinf/history", {"limit": 50})["items"] if i["interaction_id"] == iid
+        )
         assert item["rating"] == {"thumbs": "up", "stars": 4, "comment": "nice"}
 
 
@@ -138,40 +144,61 @@ def test_secrets_are_redacted_before_they_are_stored(daemon: DaemonProcess) -> N
     with daemon.client() as c:
         r = c.chat(f"aws_key = '{key}'\nprint(aws_key)", max_tokens=4)
         c.rate(r["interaction_id"], stars=2, comment=f"leaked {key}")
-        item = next(i for i in c.request("reinf/history", {"limit": 50})["items"]
-                    if i["interaction_id"] == r["interaction_id"])
+        item = next(
+            i
+            for i in c.request("reinf/history", {"limit": 50})["items"]
+            if i["interaction_id"] == r["interaction_id"]
+        )
     assert key not in item["prompt"] and "[REDACTED" in item["prompt"]
     assert key not in item["rating"]["comment"]
 
 
 async def _lsp_session(client: LanguageClient, token: str | None) -> None:
     opts = {"client": "pygls-test"} | ({"token": token} if token else {})
-    result = await client.initialize_async(types.InitializeParams(
-        capabilities=types.ClientCapabilities(), initialization_options=opts))
+    result = await client.initialize_async(
+        types.InitializeParams(capabilities=types.ClientCapabilities(), initialization_options=opts)
+    )
     assert result.capabilities.inline_completion_provider is not None
     client.initialized(types.InitializedParams())
     uri = "file:///tmp/example.py"
     text = "import os\n\n\ndef read_config(path):\n    "
-    client.text_document_did_open(types.DidOpenTextDocumentParams(
-        text_document=types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)))
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(
+            text_document=types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)
+        )
+    )
     pos = types.Position(line=4, character=4)
-    inline = await client.text_document_inline_completion_async(types.InlineCompletionParams(
-        text_document=types.TextDocumentIdentifier(uri=uri), position=pos,
-        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked)))
+    inline = await client.text_document_inline_completion_async(
+        types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri),
+            position=pos,
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
+        )
+    )
     items = inline.items if isinstance(inline, types.InlineCompletionList) else inline
     assert items, "the tiny model produced no inline completion"
     cmd = items[0].command
     assert cmd.command == "reinf.accepted" and cmd.arguments[0]["interaction_id"]
-    completion = await client.text_document_completion_async(types.CompletionParams(
-        text_document=types.TextDocumentIdentifier(uri=uri), position=pos))
+    completion = await client.text_document_completion_async(
+        types.CompletionParams(text_document=types.TextDocumentIdentifier(uri=uri), position=pos)
+    )
     assert completion.items and completion.items[0].command.command == "reinf.accepted"
-    client.protocol.notify("reinf/feedback", {"interaction_id": cmd.arguments[0]["interaction_id"],
-                                              "event": "accepted", "accepted_chars": 5, "shown_ms": 900})
+    client.protocol.notify(
+        "reinf/feedback",
+        {
+            "interaction_id": cmd.arguments[0]["interaction_id"],
+            "event": "accepted",
+            "accepted_chars": 5,
+            "shown_ms": 900,
+        },
+    )
     await client.shutdown_async(None)
     client.exit(None)
 
 
-def test_real_lsp_client_over_tcp_completes_and_feedback_is_stored(daemon: DaemonProcess, tmp_path: Path) -> None:
+def test_real_lsp_client_over_tcp_completes_and_feedback_is_stored(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
     async def main() -> None:
         client = LanguageClient("pygls-test", "1")
         await client.start_tcp("127.0.0.1", daemon.info["port"])
@@ -193,8 +220,14 @@ def test_real_lsp_client_over_tcp_completes_and_feedback_is_stored(daemon: Daemo
 def test_real_lsp_client_over_stdio(daemon: DaemonProcess) -> None:
     async def main() -> None:
         client = LanguageClient("pygls-test", "1")
-        await client.start_io(sys.executable, "-m", "reinf", "lsp", "--stdio",
-                              env={**daemon.env, "REINF_HOME": str(daemon.home)})
+        await client.start_io(
+            sys.executable,
+            "-m",
+            "reinf",
+            "lsp",
+            "--stdio",
+            env={**daemon.env, "REINF_HOME": str(daemon.home)},
+        )
         await _lsp_session(client, None)  # the stdio bridge adds the token itself
         await client.stop()
 
@@ -224,8 +257,14 @@ def test_several_clients_at_once(daemon: DaemonProcess) -> None:
 
 def test_cancel_stops_generation_early(daemon: DaemonProcess) -> None:
     with daemon.client() as c:
-        msg_id, done = c.request_async("reinf/chat", {
-            "messages": [{"role": "user", "content": "write a long module"}], "max_tokens": 4000, "temperature": 1.0})
+        msg_id, done = c.request_async(
+            "reinf/chat",
+            {
+                "messages": [{"role": "user", "content": "write a long module"}],
+                "max_tokens": 4000,
+                "temperature": 1.0,
+            },
+        )
         time.sleep(0.3)
         t0 = time.monotonic()
         c.notify("$/cancelRequest", {"id": msg_id})
@@ -239,8 +278,13 @@ def test_cancel_stops_generation_early(daemon: DaemonProcess) -> None:
 
 def test_garbage_and_vanishing_clients_do_not_take_the_daemon_down(daemon: DaemonProcess) -> None:
     port = daemon.info["port"]
-    junk = [b"\x00\xff" * 100, b"Content-Length: abc\r\n\r\n{}", b"Content-Length: 99999999999\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"Content-Length: 5\r\n\r\n{{{{{"]
+    junk = [
+        b"\x00\xff" * 100,
+        b"Content-Length: abc\r\n\r\n{}",
+        b"Content-Length: 99999999999\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"Content-Length: 5\r\n\r\n{{{{{",
+    ]
     for payload in junk:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             s.sendall(payload)
@@ -289,8 +333,9 @@ def test_cli_status_history_rate_and_export(daemon: DaemonProcess, tmp_path: Pat
     env = {**daemon.env, "REINF_HOME": str(daemon.home)}
 
     def reinf(*args: str) -> str:
-        out = subprocess.run([sys.executable, "-m", "reinf", *args], env=env, capture_output=True, text=True,
-                             timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-m", "reinf", *args], env=env, capture_output=True, text=True, timeout=120
+        )
         assert out.returncode == 0, out.stderr
         return out.stdout
 
@@ -306,8 +351,13 @@ def test_cli_status_history_rate_and_export(daemon: DaemonProcess, tmp_path: Pat
 
     rows = pq.read_table(out).to_pylist()
     assert any(r["interaction_id"] == iid and r["ratings"][-1]["stars"] == 5 for r in rows)
-    bad = subprocess.run([sys.executable, "-m", "reinf", "rate", iid, "--stars", "9"], env=env,
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "reinf", "rate", iid, "--stars", "9"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode != 0 and "stars must be between 1 and 5" in bad.stderr
 
 
@@ -319,7 +369,12 @@ def test_connect_without_a_daemon_says_so(tmp_path: Path) -> None:
 def test_second_daemon_on_the_same_home_is_refused(daemon: DaemonProcess) -> None:
     import subprocess
 
-    out = subprocess.run([sys.executable, "-m", "reinf", "serve"], env={**daemon.env}, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "reinf", "serve"],
+        env={**daemon.env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0 and "already running" in out.stderr
     assert daemon.proc.poll() is None and os.path.exists(daemon.home / "daemon.json")

@@ -14,10 +14,20 @@ from reinf.migrations import MIGRATIONS
 from reinf.store import Store, StoreError, UnknownInteraction
 
 
-def _interaction(store: Store, prompt: str = "def f():", response: str = "    return 1", kind: str = "chat") -> str:
-    return store.add_interaction(kind=kind, client="test", model="m", adapter_version=0, prompt=prompt,
-                                 context={"uri": "file:///a.py"}, response=response, finish_reason="stop",
-                                 timings={"queue_ms": 0.1, "generate_ms": 1.0, "total_ms": 1.2})
+def _interaction(
+    store: Store, prompt: str = "def f():", response: str = "    return 1", kind: str = "chat"
+) -> str:
+    return store.add_interaction(
+        kind=kind,
+        client="test",
+        model="m",
+        adapter_version=0,
+        prompt=prompt,
+        context={"uri": "file:///a.py"},
+        response=response,
+        finish_reason="stop",
+        timings={"queue_ms": 0.1, "generate_ms": 1.0, "total_ms": 1.2},
+    )
 
 
 def test_migrations_run_once_and_are_recorded(tmp_path: Path) -> None:
