@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from reinf.client import read_daemon_info
 
 from ..daemon_proc import DaemonProcess, daemon_env
@@ -187,30 +188,38 @@ def test_chat_rate_retrain_and_inline_completion(
     runs = client.request("reinf/runs", {"limit": 5})["runs"]
     assert any(r["trigger"] == "manual" for r in runs), runs
 
-    # An inline completion at the end of main.py, accepted with Tab.
+    # An inline completion at the end of main.py: seen, then dismissed with Escape; asked for again, accepted with Tab.
     editor = page.locator(".monaco-editor .view-lines").first
     editor.click()
     page.keyboard.press("Control+End")
     page.keyboard.type(TYPED)  # typing asks for an inline completion
     ghost = page.locator(".monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text").first
     expect(ghost).to_be_visible(timeout=60_000)
+    page.wait_for_timeout(400)  # on screen long enough to count: the extension ignores flickers under 250 ms
+    page.keyboard.press("Escape")
+    expect(ghost).to_be_hidden()
+    _run_command(page, "Trigger Inline Suggestion")
+    expect(ghost).to_be_visible(timeout=60_000)
     page.keyboard.press("Tab")
 
-    def accepted_events() -> list[dict[str, Any]]:
+    def feedback(event: str) -> list[dict[str, Any]]:
         out = tmp_path / "export.jsonl"
         client.request("reinf/export", {"format": "jsonl", "path": str(out)})
         rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
         return [
-            {"response": row["response"], **r}
+            {"interaction_id": row["interaction_id"], "response": row["response"], **json.loads(r["comment"])}
             for row in rows
             if row["kind"] == "completion"
             for r in row.get("ratings") or []
-            if r["source"] == "implicit" and r["event"] == "accepted"
+            if r["source"] == "implicit" and r["event"] == event
         ]
 
-    _wait_for(accepted_events, 20, "the accepted feedback to be stored")
-    accepted = accepted_events()
-    assert len(accepted) == 1, accepted
+    _wait_for(lambda: feedback("accepted"), 20, "the accepted feedback to be stored")
+    accepted, dismissed = feedback("accepted"), feedback("dismissed")
+    assert len(accepted) == 1 and len(dismissed) == 1, (accepted, dismissed)
+    assert dismissed[0]["shown_ms"] >= 250
+    assert accepted[0]["interaction_id"] != dismissed[0]["interaction_id"]
+    assert accepted[0]["accepted_chars"] == len(accepted[0]["response"])
     # What Tab inserted is in the editor, after the text that was there. (The next suggestion may already
     # show as ghost text; it is not part of the document.)
     inserted_line = (SOURCE + TYPED + accepted[0]["response"]).splitlines()[1]
