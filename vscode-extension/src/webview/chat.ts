@@ -21,6 +21,14 @@ function answerOf(turn: number): HTMLElement | null {
   return log.querySelector<HTMLElement>(`.turn[data-turn="${turn}"] .answer`);
 }
 
+/** The turn's answer stopped streaming, as `state`; the panel takes questions again. */
+function finish(turn: number, state: 'done' | 'failed'): HTMLElement | null {
+  setBusy(false);
+  const answer = answerOf(turn);
+  answer?.classList.replace('streaming', state);
+  return answer;
+}
+
 form.addEventListener('submit', (e) => {
   e.preventDefault();
   const text = prompt.value.trim();
@@ -91,28 +99,18 @@ window.addEventListener('message', (event: MessageEvent<ToChat>) => {
       return;
     }
     case 'done': {
-      const answer = answerOf(m.turn);
+      const answer = finish(m.turn, 'done');
       if (answer) {
-        answer.classList.remove('streaming');
-        answer.classList.add('done');
         answer.setAttribute('data-interaction', m.interactionId);
         answer.querySelector('.md')!.innerHTML = m.html;
         answer.append(el('div', { class: 'meta' }, m.meta), ratingWidget(m.interactionId));
         answer.scrollIntoView({ block: 'end' });
       }
-      setBusy(false);
       return;
     }
-    case 'error': {
-      const answer = answerOf(m.turn);
-      if (answer) {
-        answer.classList.remove('streaming');
-        answer.classList.add('failed');
-        answer.append(el('div', { class: 'error', role: 'alert' }, m.message));
-      }
-      setBusy(false);
+    case 'error':
+      finish(m.turn, 'failed')?.append(el('div', { class: 'error', role: 'alert' }, m.message));
       return;
-    }
     case 'rated':
     case 'rateError':
       showRatingReply(m);
