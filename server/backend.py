@@ -362,7 +362,15 @@ class Backend:
                 before = before.astimezone()
             except (ValueError, OverflowError) as exc:  # 0001-01-01 in a zone east of UTC is year 0
                 raise InvalidParams(f"reinf/forget: before is out of range: {text!r}") from exc
-        return {"deleted": self.store.forget(before)}
+        deleted = self.store.forget(before)
+        # Each run's Parquet snapshot is a copy of the rated text. A run still going trains on text that is
+        # now forgotten, so it is cancelled; the snapshots of runs that ended are no longer needed.
+        cancelled = self.scheduler.cancel()
+        if cancelled:
+            log.warning("reinf/forget: cancelled the training run in progress, whose data was forgotten")
+        for snapshot in (self.cfg.home / "runs").glob("*/data.parquet"):
+            snapshot.unlink(missing_ok=True)
+        return {"deleted": deleted, "training_cancelled": cancelled}
 
     def close(self) -> None:
         self.scheduler.close()
