@@ -102,7 +102,7 @@ export class ChatView implements vscode.WebviewViewProvider {
       this.post({
         type: 'done',
         turn,
-        html: renderMarkdown(r.text),
+        html: r.text.trim() ? renderMarkdown(r.text) : '<p class="muted">(The model answered with blank text.)</p>',
         interactionId: r.interaction_id,
         meta: `${path.basename(r.model)} · ${adapter} · ${r.finish_reason}${total}`,
       });
