@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from reinf.training.ppo import (
     adaptive_kl_coef,
     clipped_policy_loss,

@@ -13,16 +13,25 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from reinf.config import Config
 from reinf.paths import write_json
 from reinf.store import Store
 from reinf.training import reward
 from reinf.training.data import Example
 from reinf.training.run import Progress, read_run_config, train_run
-
 from tests.trainer_fixtures import FAST_TRAINING, fill_home, tiny_model
 
 LORA = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # As the trainer runs (training.threads = 1): on a busy 2-core machine, more threads are far slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # -- PPO itself ------------------------------------------------------------------------------------------
@@ -246,3 +255,23 @@ def test_kill_9_of_the_trainer_leaves_no_adapter(tmp_path, model_dir):
     assert not (run_dir / "adapter").exists() and not (run_dir / "metrics.json").exists()
     assert "PPO step" in (run_dir / "train.log").read_text()  # it logged there, as the daemon will read it
     store.close()
+
+
+def test_sampling_with_the_adapter_merged_matches_it_and_restores_the_base():
+    from reinf.training.lm import merged_adapter, pad_left, sample
+
+    model = _toy_policy()
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    q, qm = pad_left([[5, 6, 7], [8, 9, 10, 11, 12]], 0)
+    kw = dict(max_new_tokens=12, temperature=0.0, stop_ids=[1], pad_id=0)
+    plain = sample(model, q, qm, **kw)
+    with model.disable_adapter():
+        base = sample(model, q, qm, **kw)
+    with merged_adapter(model):
+        merged = sample(model, q, qm, **kw)
+    assert torch.equal(plain[0], merged[0]) and not torch.equal(plain[0], base[0])
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # bit for bit
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {n for n in before if "lora_" in n}

@@ -63,8 +63,9 @@ def fill_home(
     generator instead: ratings that no judge can predict.
     """
     import torch
-    from reinf.training.lm import decode_responses, pad_left, sample, stop_token_ids
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reinf.training.lm import decode_responses, pad_left, sample, stop_token_ids
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)

@@ -80,11 +80,116 @@ def use_adapter(model: nn.Module, name: str | None, trainable: str | None = None
         set_trainable(model, trainable if trainable is not None else before)
 
 
+@contextmanager
+def merged_adapter(model: nn.Module) -> Iterator[None]:
+    """Fold the active LoRA adapter into the base weights for the block, with the adapter layers off.
+
+    Sampling then costs what the base costs (no extra LoRA kernels per token). Afterwards the base weights
+    are restored from a copy, exactly: undoing the merge by subtraction would leave bf16 rounding behind in
+    the frozen base, which is also the KL reference.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    name = model.active_adapter
+    saved = []
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, LoraLayer) and name in m.lora_A:
+                w = m.get_base_layer().weight
+                saved.append((w, w.detach().clone()))
+                w += m.get_delta_weight(name).to(w.dtype)
+    model.base_model.disable_adapter_layers()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for w, orig in saved:
+                w.copy_(orig)
+        model.base_model.enable_adapter_layers()
+        set_trainable(model, name)
+
+
 def set_trainable(model: nn.Module, adapter: str | None) -> None:
     """Make exactly the LoRA weights of `adapter` trainable (None: none of them)."""
     for n, p in model.named_parameters():
         if "lora_" in n:
             p.requires_grad_(adapter is not None and f".{adapter}." in n)
+
+
+class CompiledDecoder:
+    """One decode step over a static KV cache, compiled (CUDA graphs on a GPU) for one batch and length.
+
+    Eager decoding of a small model is bound by kernel launches, not arithmetic; replaying a captured graph
+    removes that. The first steps are checked against the eager step, and any failure or mismatch switches
+    this decoder back to eager for good (`note` says why): a compiler problem costs speed, never correctness.
+    """
+
+    def __init__(self, model: nn.Module, max_len: int) -> None:
+        self.trunk, self.head = decoder(model), lm_head(model)
+        self.cache_kw = _cache_kwarg(self.trunk)
+        self.checks_left = 3  # CUDA graphs are recorded on a later call than the first: check past that
+        self.note = "compiled"
+        self.compiled = None
+        try:
+            from transformers import StaticCache
+
+            self.cache = StaticCache(config=causal_lm(model).config, max_cache_len=max_len)
+            mode = "reduce-overhead" if next(model.parameters()).device.type == "cuda" else "default"
+            self.compiled = torch.compile(self.step, mode=mode, dynamic=False)
+        except Exception as exc:  # noqa: BLE001 - an older transformers or torch: decode eagerly
+            self.give_up(f"no static cache: {type(exc).__name__}: {exc}")
+
+    def give_up(self, why: str) -> None:
+        self.compiled, self.note = None, f"eager ({why})"[:300]
+
+    def step(
+        self, ids: torch.Tensor, pos: torch.Tensor, cache_pos: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        out = self.trunk(input_ids=ids, attention_mask=mask, position_ids=pos, cache_position=cache_pos,
+                         use_cache=True, **{self.cache_kw: self.cache})  # fmt: skip
+        return self.head(out.last_hidden_state[:, -1]).float()
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        self.cache.reset()
+        width = ids.shape[1]
+        out = self.trunk(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask[:, :width]),
+                         cache_position=torch.arange(width, device=ids.device), use_cache=True,
+                         **{self.cache_kw: self.cache})  # fmt: skip
+        return self.head(out.last_hidden_state[:, -1]).float()
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        if self.compiled is None:
+            return self.step(*args)
+        if self.checks_left > 0:
+            self.checks_left -= 1
+            # The eager step writes the slot the compiled step then writes again; put back the position
+            # counters (newer transformers keep them in the cache) so that both write the same place.
+            counters = [c for c in (getattr(x, "cumulative_length", None) for x in getattr(self.cache, "layers", []))
+                        if isinstance(c, torch.Tensor)]  # fmt: skip
+            saved = [c.clone() for c in counters]
+            eager = self.step(*args)
+            for c, v in zip(counters, saved, strict=True):
+                c.copy_(v)
+            try:
+                torch.compiler.cudagraph_mark_step_begin()
+                got = self.compiled(*args).clone()
+            except Exception as exc:  # noqa: BLE001 - fall back to eager, and say so
+                self.give_up(f"compiling failed: {type(exc).__name__}: {exc}")
+                return eager
+            err = float((got - eager).abs().mean() / eager.abs().mean().clamp(min=1e-6))
+            if not err < 2e-2:
+                self.give_up(f"the compiled step differed from the eager one by {err:.3g}")
+                return eager
+            return got
+        torch.compiler.cudagraph_mark_step_begin()
+        return self.compiled(*args).clone()
+
+
+def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    if temperature > 0:
+        probs = torch.softmax(logits / temperature, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    return logits.argmax(-1)
 
 
 @torch.no_grad()
@@ -98,45 +203,59 @@ def sample(
     stop_ids: Sequence[int],
     pad_id: int,
     generator: torch.Generator | None = None,
+    compiled: CompiledDecoder | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample continuations of left-padded prompts with a KV cache.
 
     Returns right-padded `(response_ids, response_mask)` `[B, R]`; the mask covers every sampled token up to
     and including the first stop token. A plain loop rather than `generate()`: fewer launches per token, and
     the same positions and temperature as the training forward, so the sampling log-probabilities match it.
+    With `compiled` (made for this batch size and prompt width + max_new_tokens), steps use its static cache.
     """
-    trunk, head = decoder(model), lm_head(model)
-    cache_kw = _cache_kwarg(trunk)
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
     device = prompt_ids.device
-    batch = prompt_ids.shape[0]
+    batch, width = prompt_ids.shape
     stops = torch.tensor(sorted(set(stop_ids)), device=device, dtype=torch.long)
-    mask = prompt_mask
-    pos = position_ids(mask)
-    step_ids = prompt_ids
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens, alive = [], []
-    for _ in range(max_new_tokens):
-        out = trunk(
-            input_ids=step_ids, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_kw: cache}
-        )
+    last_pos = position_ids(prompt_mask)[:, -1:]
+    if compiled is not None and compiled.compiled is not None:
+        mask = torch.zeros((batch, width + max_new_tokens), dtype=prompt_mask.dtype, device=device)
+        mask[:, :width] = prompt_mask
+        try:
+            logits = compiled.prefill(prompt_ids, mask)
+        except Exception as exc:  # noqa: BLE001 - this transformers cannot prefill a static cache: go eager
+            compiled.give_up(f"static-cache prefill failed: {type(exc).__name__}: {exc}")
+    if compiled is None or compiled.compiled is None:
+        compiled = None
+        trunk, head = decoder(model), lm_head(model)
+        cache_kw = _cache_kwarg(trunk)
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        mask = prompt_mask
+        out = trunk(input_ids=prompt_ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True,
+                    **{cache_kw: cache})  # fmt: skip
         logits = head(out.last_hidden_state[:, -1]).float()
-        if temperature > 0:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        else:
-            nxt = logits.argmax(-1)
-        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+    for t in range(max_new_tokens):
+        nxt = torch.where(
+            done, torch.full_like(done, pad_id, dtype=torch.long), _pick(logits, temperature, generator)
+        )
         tokens.append(nxt)
         alive.append(~done)
         done = done | torch.isin(nxt, stops)
-        if bool(done.all()):
+        if t + 1 == max_new_tokens or (
+            len(tokens) % 8 == 0 and bool(done.all())
+        ):  # a check waits for the GPU
             break
-        step_ids = nxt[:, None]
-        mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
-        pos = pos[:, -1:] + 1
+        last_pos = last_pos + 1
+        if compiled is not None:
+            mask[:, width + t] = 1
+            logits = compiled(nxt[:, None], last_pos, torch.full((1,), width + t, device=device), mask)
+        else:
+            mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
+            out = trunk(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos, use_cache=True,
+                        **{cache_kw: cache})  # fmt: skip
+            logits = head(out.last_hidden_state[:, -1]).float()
     return torch.stack(tokens, 1), torch.stack(alive, 1).long()
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .lm import hidden_states, lm_head, pad_left, sample, use_adapter
+from .lm import CompiledDecoder, hidden_states, lm_head, merged_adapter, pad_left, sample, use_adapter
 
 
 @dataclass
@@ -46,6 +46,7 @@ class PPOArgs:
     lam: float = 0.95
     max_grad_norm: float = 1.0
     seed: int = 0
+    compile_sampling: bool = False  # static KV cache + torch.compile for rollouts (worth it on a GPU)
 
 
 # -- the maths: pure functions, checked in tests/test_ppo_math.py against hand-worked numbers ------------
@@ -235,6 +236,7 @@ def train(
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, eps=1e-5, weight_decay=0.0)
     beta = args.init_kl_coef
     history = []
+    decoders: dict[tuple[int, int], CompiledDecoder] = {}
     model.eval()  # dropout off: the old and new log-probabilities must come from the same function
 
     for step in range(args.ppo_steps):
@@ -243,16 +245,22 @@ def train(
         # 1. Rollout: y ~ π_θ(· | x) for a batch of prompts.
         index = next(prompt_batches)
         q_ids, q_mask = pad_left([prompts[i] for i in index], pad_id, device)
-        r_ids, r_mask = sample(
-            model,
-            q_ids,
-            q_mask,
-            max_new_tokens=args.max_response_tokens,
-            temperature=args.temperature,
-            stop_ids=stop_ids,
-            pad_id=pad_id,
-            generator=generator,
-        )
+        if args.compile_sampling:  # one compiled decoder per (batch, prompt width); each costs a compile
+            shape = (len(index), q_ids.shape[1] + args.max_response_tokens)
+            if shape not in decoders:
+                decoders[shape] = CompiledDecoder(model, shape[1])
+        with merged_adapter(model):
+            r_ids, r_mask = sample(
+                model,
+                q_ids,
+                q_mask,
+                max_new_tokens=args.max_response_tokens,
+                temperature=args.temperature,
+                stop_ids=stop_ids,
+                pad_id=pad_id,
+                generator=generator,
+                compiled=decoders.get(shape) if args.compile_sampling else None,
+            )
         ro = Rollout(
             index, torch.cat([q_ids, r_ids], 1), torch.cat([q_mask, r_mask], 1), q_ids.shape[1], r_ids, r_mask
         )
@@ -331,6 +339,8 @@ def train(
             "sample_s": t_sample - t0,
             "score_s": t_score - t_sample,
         }
+        if args.compile_sampling:
+            stats["decode"] = decoders[shape].note
         if not all(math.isfinite(v) for v in stats.values() if isinstance(v, float)):
             raise FloatingPointError(f"PPO step {step} produced a non-finite statistic: {stats}")
         history.append(stats)

@@ -272,27 +272,20 @@ def ppo_args(cfg: Config):  # noqa: ANN201
     )  # fmt: skip
 
 
-def pick_device(name: str):  # noqa: ANN201
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def load_policy(cfg: Config, extras: dict[str, Any]):  # noqa: ANN201
     """The base on the device (bf16 on CUDA) with the policy adapter, and the active adapter for the gate."""
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reinf.engine import load_causal_lm, load_tokenizer, pick_device
 
     path = extras.get("base_model_path") or cfg.model.name
     device = pick_device(cfg.model.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     trust = cfg.model.trust_remote_code
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer or path, trust_remote_code=trust)
-    base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust).to(device)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or path, trust_remote_code=trust)
+    base = load_causal_lm(path, device, cfg.model.dtype, trust_remote_code=trust)
     base.config.use_cache = False
+    device = torch.device(device)
     active = extras.get("active_adapter")
     if active:
         model = PeftModel.from_pretrained(base, active["path"], adapter_name=POLICY, is_trainable=True)

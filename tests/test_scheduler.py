@@ -1,0 +1,277 @@
+"""The scheduler with a fake trainer: triggers, one run at a time, publishing, rejection, failure, rollback, crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from reinf.config import Config
+from reinf.scheduler import Scheduler, SchedulerBusy, SchedulerError, UnknownVersion
+from reinf.store import Store
+
+FAKE_TRAINER = r"""
+import json, os, sys, time
+from pathlib import Path
+
+run = Path(sys.argv[1])
+mode = os.environ.get("FAKE_MODE", "publish")
+
+def progress(phase, p, msg):
+    with open(run / "progress.jsonl", "a") as fh:
+        fh.write(json.dumps({"ts": time.time(), "phase": phase, "progress": p, "message": msg}) + "\n")
+
+json.loads((run / "config.json").read_text())
+assert (run / "data.parquet").exists()
+progress("reward_model", 0.2, "judging")
+if mode == "sleep":
+    time.sleep(60)
+if mode == "crash":
+    print("ValueError: the fake trainer broke", file=sys.stderr)
+    sys.exit(1)
+progress("ppo", 0.6, "PPO step 1/1")
+if mode == "reject":
+    metrics = {"decision": "reject", "reasons": ["reward-model score did not improve"]}
+else:
+    a = run / ".adapter.tmp"
+    a.mkdir()
+    (a / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    header = json.dumps({"__metadata__": {"fake": "yes"}}).encode()
+    body = b"xx" if mode == "corrupt" else len(header).to_bytes(8, "little") + header
+    (a / "adapter_model.safetensors").write_bytes(body)
+    os.rename(a, run / "adapter")
+    metrics = {"decision": "publish", "reasons": [], "gate": {"passed": True}}
+(run / "metrics.json").write_text(json.dumps(metrics))
+progress("done", 1.0, "done")
+"""
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, **training) -> None:
+        self.cfg = Config(home=tmp_path / "home")
+        self.cfg.model.name = str(tmp_path / "model")  # a folder name: nothing to build
+        self.cfg.training.min_new_ratings = 3
+        for k, v in training.items():
+            setattr(self.cfg.training, k, v)
+        self.cfg.home.mkdir(mode=0o700)
+        self.store = Store(self.cfg.home / "reinf.duckdb")
+        self.events: list[tuple[str, dict]] = []
+        self.swaps: list[tuple[int, Path | None]] = []
+        self.swap_error: Exception | None = None
+        self.lock = threading.Lock()
+        self.fake = tmp_path / "fake_trainer.py"
+        self.fake.write_text(FAKE_TRAINER)
+        self.sched = self.new_scheduler()
+
+    def new_scheduler(self) -> Scheduler:
+        s = Scheduler(self.cfg, self.store, broadcast=self.broadcast, swap_adapter=self.swap)
+        s.trainer_command = [sys.executable, str(self.fake)]
+        return s
+
+    def broadcast(self, method: str, params: dict) -> None:
+        with self.lock:
+            self.events.append((method, params))
+
+    def swap(self, version: int, path: Path | None) -> None:
+        if self.swap_error is not None:
+            raise self.swap_error
+        self.swaps.append((version, path))
+
+    def rate(self, n: int = 1) -> None:
+        for _ in range(n):
+            iid = self.store.add_interaction(kind="chat", client="t", model="m", adapter_version=0, prompt="p",
+                                             context={}, response="r", finish_reason="stop", timings={})  # fmt: skip
+            self.store.add_rating(iid, stars=4)
+            self.sched.note_rating()
+
+    def wait(self, run_id: int, timeout: float = 30.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.store.get_run(run_id)
+            if run["state"] not in ("queued", "running") and self.sched.status()["state"] == "idle":
+                return run
+            time.sleep(0.05)
+        raise AssertionError(f"run {run_id} did not finish: {self.store.get_run(run_id)}")
+
+    def notes(self, method: str) -> list[dict]:
+        with self.lock:
+            return [p for m, p in self.events if m == method]
+
+
+@pytest.fixture
+def h(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "publish")
+    harness = Harness(tmp_path)
+    assert harness.sched.start() == (0, None)
+    yield harness
+    harness.sched.close()
+    harness.store.close()
+
+
+def test_the_threshold_starts_a_run_that_publishes_and_swaps(h):
+    h.rate(2)
+    assert h.store.list_runs() == [] and h.sched.until_next_training() == 1
+    h.rate(1)
+    run = h.wait(h.store.list_runs()[0]["run_id"])
+    assert run["state"] == "published" and run["trigger"] == "threshold" and run["adapter_version"] == 1
+    adapter = h.cfg.home / "adapters" / "v1"
+    assert (adapter / "adapter_config.json").exists() and not list((h.cfg.home / "adapters").glob(".tmp-*"))
+    assert h.swaps == [(1, adapter)] and h.store.active_adapter()["version"] == 1
+    assert h.notes("reinf/adapterChanged") == [
+        {"adapter_version": 1, "reason": f"published by run {run['run_id']}"}
+    ]
+    progress = h.notes("reinf/trainingProgress")
+    assert {"reward_model", "ppo"} <= {p["phase"] for p in progress if p["state"] == "running"}
+    assert progress[-1]["state"] == "published" and progress[-1]["run_id"] == run["run_id"]
+    config = json.loads((h.cfg.home / "runs" / str(run["run_id"]) / "config.json").read_text())
+    assert config["run_id"] == run["run_id"] and config["active_adapter"] is None
+    assert config["training"]["min_new_ratings"] == 3 and config["base_model_path"] == h.cfg.model.name
+    # The count starts again from this run.
+    assert h.sched.until_next_training() == 3
+    assert h.sched.last_run()["run_id"] == run["run_id"]
+    # The next run is told which adapter serves now.
+    run2 = h.wait(h.sched.retrain())
+    config2 = json.loads((h.cfg.home / "runs" / str(run2["run_id"]) / "config.json").read_text())
+    assert config2["active_adapter"] == {"version": 1, "path": str(adapter)}
+    assert run2["adapter_version"] == 2 and h.store.active_adapter()["version"] == 2
+
+
+def test_one_run_at_a_time_and_cancel(h, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "sleep")
+    h.rate(2)
+    run_id = h.sched.retrain()
+    with pytest.raises(SchedulerBusy, match=f"run {run_id} is already going"):
+        h.sched.retrain()
+    status = h.sched.status()
+    assert status["state"] == "running" and status["run_id"] == run_id
+    assert h.sched.cancel() is True
+    run = h.wait(run_id)
+    assert run["state"] == "cancelled" and "cancelled" in run["error"]
+    assert h.sched.status() == {"state": "idle"} and h.sched.cancel() is False
+    assert h.notes("reinf/trainingProgress")[-1]["state"] == "cancelled"
+    # The cancelled run's ratings count as seen, so the next rating does not start it all over again.
+    assert h.sched.until_next_training() == 3
+    # Ratings that arrive while a run is going count towards the next one; they start none meanwhile.
+    run_id = h.sched.retrain()
+    h.rate(5)
+    assert len(h.store.list_runs()) == 2 and h.sched.until_next_training() == 0
+    h.sched.cancel()
+    h.wait(run_id)
+
+
+def test_a_rejected_run_keeps_the_active_adapter_and_says_why(h, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "reject")
+    run = h.wait(h.sched.retrain())
+    assert run["state"] == "rejected" and run["metrics"]["reasons"] == ["reward-model score did not improve"]
+    assert h.swaps == [] and h.store.active_adapter() is None
+    last = h.notes("reinf/trainingProgress")[-1]
+    assert last["state"] == "rejected" and "did not improve" in last["message"]
+
+
+def test_a_crashed_trainer_is_a_failed_run_with_its_error(h, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "crash")
+    run = h.wait(h.sched.retrain())
+    assert run["state"] == "failed"
+    assert "exited with code 1" in run["error"] and "the fake trainer broke" in run["error"]
+    # Retried only at the next trigger: the failed run's ratings count as seen.
+    assert h.sched.until_next_training() == 3
+
+
+def test_a_corrupt_adapter_is_never_published(h, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "corrupt")
+    run = h.wait(h.sched.retrain())
+    assert run["state"] == "failed" and "publishing failed" in run["error"] and "truncated" in run["error"]
+    assert not (h.cfg.home / "adapters" / "v1").exists() and h.swaps == []
+
+
+def test_an_adapter_the_engine_refuses_is_marked_rejected(h):
+    h.swap_error = RuntimeError("no such layers")
+    run = h.wait(h.sched.retrain())
+    assert run["state"] == "failed" and "could not load adapter v1" in run["error"]
+    assert h.store.list_adapters()[0]["status"] == "rejected" and h.store.active_adapter() is None
+
+
+def test_a_run_past_its_time_limit_is_stopped(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "sleep")
+    h = Harness(tmp_path, timeout_s=1)
+    h.sched.start()
+    run = h.wait(h.sched.retrain())
+    assert run["state"] == "failed" and "training.timeout_s = 1" in run["error"]
+    h.store.close()
+
+
+def test_rollback(h):
+    for _ in range(3):
+        h.wait(h.sched.retrain())
+    assert h.store.active_adapter()["version"] == 3
+    assert h.sched.rollback() == 2 and h.swaps[-1] == (2, h.cfg.home / "adapters" / "v2")
+    assert h.sched.rollback(3) == 3
+    assert h.sched.rollback(0) == 0 and h.swaps[-1] == (0, None) and h.store.active_adapter() is None
+    assert h.notes("reinf/adapterChanged")[-1] == {"adapter_version": 0, "reason": "rollback"}
+    with pytest.raises(SchedulerError, match="already serving"):
+        h.sched.rollback()
+    with pytest.raises(UnknownVersion, match="no good adapter version 7; known: 0 \\(the base\\), 1, 2, 3"):
+        h.sched.rollback(7)
+    assert h.sched.rollback(1) == 1
+
+
+def test_close_stops_a_running_trainer(h, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "sleep")
+    run_id = h.sched.retrain()
+    h.sched.close()
+    run = h.store.get_run(run_id)
+    assert run["state"] == "cancelled" and "shut down" in run["error"]
+    with pytest.raises(SchedulerError, match="shutting down"):
+        h.sched.retrain()
+
+
+def _orphan(run_dir: Path) -> subprocess.Popen:
+    # Looks like a trainer of run_dir in /proc/<pid>/cmdline: python -c … -m reinf.training RUN_DIR
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", "reinf.training", str(run_dir)],
+                            start_new_session=True)  # fmt: skip
+
+
+def test_start_after_a_daemon_crash(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "publish")
+    h = Harness(tmp_path)
+    h.sched.start()
+    for _ in range(2):
+        h.wait(h.sched.retrain())
+    # The daemon dies (kill -9) with a run going: its row says running, its trainer lives on.
+    orphan_id = h.store.create_run("manual", 0, h.store.max_rating_id())
+    orphan = _orphan(h.cfg.home / "runs" / str(orphan_id))
+    h.store.update_run(orphan_id, state="running", pid=orphan.pid)
+    # Another stale run whose pid now belongs to an unrelated process: that process must survive.
+    bystander = subprocess.Popen(["sleep", "60"])
+    stale_id = h.store.create_run("manual", 0, h.store.max_rating_id())
+    h.store.update_run(stale_id, state="running", pid=bystander.pid)
+    # And the active adapter's folder went missing.
+    (h.cfg.home / "adapters" / "v2" / "adapter_model.safetensors").unlink()
+    (h.cfg.home / "adapters" / ".tmp-v3").mkdir()
+    try:
+        version, path = h.new_scheduler().start()
+        assert orphan.wait(5) == -signal.SIGKILL
+        assert bystander.poll() is None
+        assert h.store.get_run(orphan_id)["state"] == "failed"
+        assert "still running and has been stopped" in h.store.get_run(orphan_id)["error"]
+        assert h.store.get_run(stale_id)["state"] == "failed"
+        assert (version, path) == (1, h.cfg.home / "adapters" / "v1")
+        assert h.store.active_adapter()["version"] == 1
+        assert {a["version"]: a["status"] for a in h.store.list_adapters()} == {1: "active", 2: "rejected"}
+        assert not (h.cfg.home / "adapters" / ".tmp-v3").exists()
+        # With v1 gone too, the base model serves.
+        (h.cfg.home / "adapters" / "v1" / "adapter_config.json").unlink()
+        assert h.new_scheduler().start() == (0, None) and h.store.active_adapter() is None
+    finally:
+        for p in (orphan, bystander):
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGKILL)
+                p.wait()
+        h.store.close()
