@@ -7,6 +7,8 @@ import json
 import os
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -123,8 +125,19 @@ class Store:
 
     def _write(self, sql: str, params: list[Any] | None = None) -> list[tuple]:
         """Run one write statement; DuckDB autocommits it, so it is durable when this returns."""
-        with self._lock:
+        with self._lock, self._commit_errors():
             return self._con.execute(sql, params or []).fetchall()
+
+    @contextmanager
+    def _commit_errors(self) -> Iterator[None]:
+        """A commit that cannot be written (a full disk, a read-only file system) becomes a clear StoreError."""
+        try:
+            yield
+        except (duckdb.IOException, duckdb.TransactionException) as exc:
+            detail = str(exc).split("Failed to commit: ")[-1]
+            raise StoreError(
+                f"could not write to the store {self.path}: {detail}; nothing was stored"
+            ) from exc
 
     def _read(self, sql: str, params: list[Any] | None = None) -> list[tuple]:
         with self._lock:
@@ -200,11 +213,12 @@ class Store:
         """Append a rating (explicit) or an implicit event; committed before it returns."""
         with self._lock:
             # One autocommitted statement: checks the interaction and appends, atomically.
-            rows = self._con.execute(
-                "INSERT INTO ratings (interaction_id, ts, thumbs, stars, comment, source, event) "
-                "SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM interactions WHERE id = ?) RETURNING id",
-                [interaction_id, _now(), thumbs, stars, comment, source, event, interaction_id],
-            ).fetchall()
+            with self._commit_errors():
+                rows = self._con.execute(
+                    "INSERT INTO ratings (interaction_id, ts, thumbs, stars, comment, source, event) "
+                    "SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM interactions WHERE id = ?) RETURNING id",
+                    [interaction_id, _now(), thumbs, stars, comment, source, event, interaction_id],
+                ).fetchall()
             if not rows:
                 raise UnknownInteraction(f"unknown interaction_id {interaction_id!r}")
             rating_id = int(rows[0][0])
