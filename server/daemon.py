@@ -8,6 +8,7 @@ and hands well-formed messages to that connection's pygls protocol.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import json
 import logging
@@ -24,7 +25,7 @@ from pygls.protocol.json_rpc import JsonRPCNotification, JsonRPCRequestMessage
 from .backend import Backend
 from .config import Config
 from .features import build_server
-from .paths import private_dir, write_json
+from .paths import private_dir, write_json, write_private
 
 log = logging.getLogger("reinf.daemon")
 
@@ -120,8 +121,13 @@ class Daemon:
             self._connection, host, self.cfg.server.port, limit=MAX_HEADER_LINE * 4
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        private_dir(self.cfg.home)
-        write_json(self.info_path, {"port": self.port, "token": self.token, "pid": os.getpid(), "host": host})
+        try:
+            private_dir(self.cfg.home)
+            write_json(
+                self.info_path, {"port": self.port, "token": self.token, "pid": os.getpid(), "host": host}
+            )
+        except OSError as exc:
+            raise DaemonError(home_problem(self.cfg.home, exc)) from exc
         log.info(
             "reinf daemon serving %s on %s:%s (home %s)",
             self.backend.engine.model_name,
@@ -315,10 +321,40 @@ def daemon_alive(home: Path) -> dict[str, Any] | None:
         return None
 
 
+def home_problem(home: Path, exc: OSError) -> str:
+    """What to tell the user when REINF_HOME cannot be written."""
+    reason = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is used up",
+        errno.EROFS: "it is on a read-only file system",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+    }.get(exc.errno, exc.strerror or str(exc))
+    return (
+        f"cannot write to REINF_HOME {home}: {reason} ({exc.filename or home}). reinf keeps its database "
+        "and daemon.json there: free some space, or point REINF_HOME at a writable folder."
+    )
+
+
+def _check_home_writable(home: Path) -> None:
+    """Fail at once, before the model loads, when REINF_HOME cannot be written."""
+    probe = home / f".write-test-{os.getpid()}"
+    try:
+        private_dir(home)
+        write_private(probe, b"reinf")
+    except OSError as exc:
+        raise DaemonError(home_problem(home, exc)) from exc
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+
+
 def run_daemon(cfg: Config) -> int:
     """Start the daemon in the foreground until SIGTERM or SIGINT."""
     os.umask(0o077)
-    private_dir(cfg.home)
+    _check_home_writable(cfg.home)
     if (info := daemon_alive(cfg.home)) is not None:
         raise DaemonError(
             f"a reinf daemon is already running for {cfg.home} (pid {info.get('pid')}, "
