@@ -55,9 +55,37 @@ class Backend:
         from .scheduler import Scheduler
 
         self.scheduler = Scheduler(cfg, self.store, broadcast=self.broadcast, swap_adapter=self.swap_adapter)
-        version, path = self.scheduler.start()
-        if version:
-            self.engine.set_adapter(version, path)
+        self._load_start_adapter(*self.scheduler.start())
+
+    def _load_start_adapter(self, version: int, path: Path | None) -> None:
+        """Serve the active adapter. One that will not load is rejected, and the newest good earlier one, or
+        the base, serves instead: a broken adapter must not keep the daemon from starting. (The scheduler has
+        already passed over folders that are missing or whose files are unreadable.)"""
+        from .scheduler import adapter_problem
+
+        failed = False
+        while version:
+            try:
+                self.engine.set_adapter(version, path)
+                return
+            except Exception as exc:
+                log.warning("adapter v%s cannot be loaded (%s); marking it rejected", version, exc)
+                self.store.set_adapter_status(version, "rejected")
+                failed = True
+            earlier = [
+                a
+                for a in self.store.list_adapters()  # newest first
+                if a["status"] == "retired"
+                and a["version"] < version
+                and adapter_problem(Path(a["path"])) is None
+            ]
+            version, path = (earlier[0]["version"], Path(earlier[0]["path"])) if earlier else (0, None)
+            if version:
+                log.warning("falling back to adapter v%s, the newest good one", version)
+                self.store.activate_adapter(version)
+        if failed:
+            log.warning("no earlier adapter can be loaded; serving the base model (version 0)")
+            self.store.activate_adapter(0)
 
     # -- clients and notifications -----------------------------------------------------------------
 
