@@ -1,6 +1,7 @@
 """The evaluation gate: a candidate adapter is published only if it passes all three checks.
 
 1. On held-out prompts, its reward-model score beats the active adapter's (the base when none is active).
+   Both sample at `training.temperature`, the distribution PPO optimised, with the same seeds.
 2. Its KL to the base model, summed over a response and averaged, stays under `training.max_kl`.
 3. Its loss on general held-out code is at most `training.max_general_loss_increase` above the base's. The
    base, not the active adapter, is the yardstick, so small losses cannot compound from version to version.
@@ -97,7 +98,7 @@ def run_gate(
     max_general_loss_increase: float,
     general_max_tokens: int,
     seed: int,
-    samples: int = 2,
+    samples: int = 4,
 ) -> dict[str, Any]:
     """Compare the candidate adapter with the active one (None: the base); returns the checks and reasons."""
     texts = [t for t in prompt_texts for _ in range(samples)]

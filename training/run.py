@@ -236,7 +236,7 @@ def train_run(cfg: Config, extras: dict[str, Any], run_dir: Path, progress: Prog
         prompt_ids=[_encode_prompt(tokenizer, p, tc.max_prompt_tokens) for p in gate_prompts],
         candidate=POLICY, active=ACTIVE if active else None, active_version=(active or {}).get("version", 0),
         general=data.general_texts(), general_max_tokens=2 * tc.max_prompt_tokens,
-        max_new_tokens=tc.max_response_tokens, temperature=cfg.model.temperature, stop_ids=stop_ids,
+        max_new_tokens=tc.max_response_tokens, temperature=tc.temperature, stop_ids=stop_ids,
         max_kl=tc.max_kl, max_general_loss_increase=tc.max_general_loss_increase, seed=tc.seed + 1,
     )  # fmt: skip
     metrics["gate"] = result
