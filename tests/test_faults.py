@@ -346,64 +346,67 @@ def assert_adapters_consistent(home: Path, client: Any) -> None:
     )
 
 
-def test_kill_9_of_the_trainer_at_any_phase_never_half_publishes(tmp_path: Path) -> None:
-    home = prefilled_home(tmp_path / "home", 32)
+@pytest.fixture(scope="module")
+def training_daemon(tmp_path_factory: pytest.TempPathFactory):
+    """A daemon with fast training settings over 32 rated chats, shared by the two tests below, in order."""
+    home = prefilled_home(tmp_path_factory.mktemp("trainer-faults") / "home", 32)
     d = DaemonProcess(home, fast_training_env(home)).start()
+    yield d
+    d.stop()
+
+
+def test_kill_9_of_the_trainer_at_any_phase_never_half_publishes(training_daemon: DaemonProcess) -> None:
+    d, home = training_daemon, training_daemon.home
     rng = random.Random()
     phases = PHASES if LONG else [rng.choice(PHASES[2:])]
-    try:
-        with d.client() as c:
-            for phase in phases:
-                run_id = c.request("reinf/retrain", {})["run_id"]
-                progress = home / "runs" / str(run_id) / "progress.jsonl"
-                deadline = time.monotonic() + 300
-                while f'"phase": "{phase}"' not in (progress.read_text() if progress.exists() else ""):
-                    if c.status()["training"]["state"] == "idle" or time.monotonic() > deadline:
-                        break  # the run ended (rejected early) before reaching this phase
-                    time.sleep(0.05)
-                time.sleep(rng.uniform(0.0, 0.5))
-                pid = next(r for r in c.request("reinf/runs", {})["runs"] if r["run_id"] == run_id)["pid"]
-                try:
-                    os.killpg(pid, 9)
-                except (ProcessLookupError, TypeError):
-                    pass  # it had already finished
-                run = wait_for_run(c, run_id)
-                assert run["state"] in ("failed", "rejected", "published"), run
-                if run["state"] == "failed":
-                    assert "killed by signal 9" in (run["error"] or ""), run
-                assert_adapters_consistent(home, c)
-            if LONG:  # and one run left alone: whatever it decides, the same holds
-                run = wait_for_run(c, c.request("reinf/retrain", {})["run_id"])
-                assert_adapters_consistent(home, c)
-        print(f"\nkilled the trainer in {phases}; no half-published adapter")
-    finally:
-        d.stop()
-
-
-def test_kill_9_of_the_daemon_during_a_run_leaves_no_trainer_and_no_half_adapter(tmp_path: Path) -> None:
-    home = prefilled_home(tmp_path / "home", 32)
-    d = DaemonProcess(home, fast_training_env(home)).start()
-    try:
-        with d.client() as c:
+    with d.client() as c:
+        for phase in phases:
             run_id = c.request("reinf/retrain", {})["run_id"]
-            deadline = time.monotonic() + 120
-            while (
-                pid := next(r for r in c.request("reinf/runs", {})["runs"] if r["run_id"] == run_id)["pid"]
-            ) is None:
-                assert time.monotonic() < deadline
+            progress = home / "runs" / str(run_id) / "progress.jsonl"
+            deadline = time.monotonic() + 300
+            while f'"phase": "{phase}"' not in (progress.read_text() if progress.exists() else ""):
+                if c.status()["training"]["state"] == "idle" or time.monotonic() > deadline:
+                    break  # the run ended (rejected early) before reaching this phase
                 time.sleep(0.05)
-            time.sleep(random.uniform(0.5, 3.0))
-        d.kill9()
-        d.start()
-        with d.client() as c:
-            run = next(r for r in c.request("reinf/runs", {})["runs"] if r["run_id"] == run_id)
-            assert run["state"] in ("failed", "published", "rejected"), run
+            time.sleep(rng.uniform(0.0, 0.5))
+            pid = next(r for r in c.request("reinf/runs", {})["runs"] if r["run_id"] == run_id)["pid"]
+            try:
+                os.killpg(pid, 9)
+            except (ProcessLookupError, TypeError):
+                pass  # it had already finished
+            run = wait_for_run(c, run_id)
+            assert run["state"] in ("failed", "rejected", "published"), run
             if run["state"] == "failed":
-                assert "daemon stopped" in run["error"], run
+                assert "killed by signal 9" in (run["error"] or ""), run
             assert_adapters_consistent(home, c)
-        cmdline = Path(f"/proc/{pid}/cmdline")
-        assert not cmdline.exists() or b"reinf.training" not in cmdline.read_bytes(), (
-            "the orphaned trainer runs on"
-        )
-    finally:
-        d.stop()
+        if LONG:  # and one run left alone: whatever it decides, the same holds
+            wait_for_run(c, c.request("reinf/retrain", {})["run_id"])
+            assert_adapters_consistent(home, c)
+    print(f"\nkilled the trainer in {phases}; no half-published adapter")
+
+
+def test_kill_9_of_the_daemon_during_a_run_leaves_no_trainer_and_no_half_adapter(
+    training_daemon: DaemonProcess,
+) -> None:
+    d, home = training_daemon, training_daemon.home
+    with d.client() as c:
+        run_id = c.request("reinf/retrain", {})["run_id"]
+        deadline = time.monotonic() + 120
+        while (
+            pid := next(r for r in c.request("reinf/runs", {})["runs"] if r["run_id"] == run_id)["pid"]
+        ) is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(random.uniform(0.5, 3.0))
+    d.kill9()
+    d.start()
+    with d.client() as c:
+        run = next(r for r in c.request("reinf/runs", {})["runs"] if r["run_id"] == run_id)
+        assert run["state"] in ("failed", "published", "rejected"), run
+        if run["state"] == "failed":
+            assert "daemon stopped" in run["error"], run
+        assert_adapters_consistent(home, c)
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    assert not cmdline.exists() or b"reinf.training" not in cmdline.read_bytes(), (
+        "the orphaned trainer runs on"
+    )

@@ -23,10 +23,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pygls.exceptions import JsonRpcException
+
 from reinf.config import Config
 
 LONG = bool(os.environ.get("REINF_LONG"))
-EXAMPLES = 1000 if LONG else 100
+EXAMPLES = 1000 if LONG else 50
 LIMIT = 64  # server.max_field_bytes for these tests, small so that hypothesis reaches it
 TOKENS = ("partialResultToken", "workDoneToken")
 
