@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .config import Config
-from .paths import private_dir
+from .paths import private_dir, write_json
 from .redact import redact, redact_obj
 from .store import Store, UnknownInteraction
 from .validate import InvalidParams, Params
@@ -398,6 +398,8 @@ class Backend:
             log.warning("reinf/forget: cancelled the training run in progress, whose data was forgotten")
         for snapshot in (self.cfg.home / "runs").glob("*/data.parquet"):
             snapshot.unlink(missing_ok=True)
+        for path in (self.cfg.home / "runs").glob("*/metrics.json"):
+            _drop_gate_example(path)
         return {"deleted": deleted, "training_cancelled": cancelled}
 
     def close(self) -> None:
@@ -411,6 +413,16 @@ def _safe_notify(client: Notifier, method: str, params: Any) -> None:
         client.notify(method, params)
     except Exception:  # a vanished client must not stop the others from hearing
         log.debug("notification %s to a closed client dropped", method, exc_info=True)
+
+
+def _drop_gate_example(path: Path) -> None:
+    """A run's metrics.json keeps the gate's example (a held-out prompt and its answers); forget removes it."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(metrics.get("gate"), dict) and metrics["gate"].pop("example", None) is not None:
+        write_json(path, metrics)
 
 
 def _json_detail(detail: dict[str, Any]) -> str:

@@ -338,6 +338,12 @@ class Store:
                 n = self._con.execute(
                     "DELETE FROM interactions WHERE ts < ? RETURNING id", [before]
                 ).fetchall()
+                # A run's metrics keep the gate's example: a held-out prompt and the answers to it.
+                self._con.execute(
+                    "UPDATE training_runs SET metrics = json_merge_patch(metrics, ?) "
+                    "WHERE json_extract(metrics, '$.gate.example') IS NOT NULL",
+                    [json.dumps({"gate": {"example": None}})],
+                )
                 self._con.execute("COMMIT")
             except BaseException:
                 self._con.execute("ROLLBACK")
