@@ -400,6 +400,25 @@ def test_a_model_that_ships_code_is_refused_and_its_code_never_runs(tmp_path: Pa
 # -- export and forget ---------------------------------------------------------------------------------
 
 
+def test_forget_scrubs_the_examples_that_run_metrics_keep_in_the_store(tmp_path: Path) -> None:
+    """The gate's example (a held-out prompt and the answers to it) is stored with the run's metrics."""
+    path = tmp_path / "r.duckdb"
+    marker = f"held-out-prompt-{secrets.token_hex(8)}"
+    s = Store(path)
+    s.add_interaction(kind="chat", client="t", model="m", adapter_version=0, prompt=marker, context={},
+                      response="r", finish_reason="stop", timings={})  # fmt: skip
+    run = s.create_run("manual", 1, 1)
+    s.update_run(run, state="rejected", finished=True,
+                 metrics={"decision": "reject", "gate": {"kl_to_base": 0.5, "example": {"prompt": marker}}})  # fmt: skip
+    s.close()
+    assert holding(tmp_path, marker.encode()), "the control: the text is in the file before"
+    s = Store(path)
+    assert s.forget(datetime.now(timezone.utc) + timedelta(minutes=1)) == 1
+    assert s.list_runs()[0]["metrics"] == {"decision": "reject", "gate": {"kl_to_base": 0.5}}
+    s.close()
+    assert not holding(tmp_path, marker.encode())
+
+
 # -- encryption at rest -----------------------------------------------------------------------------
 
 
@@ -525,6 +544,13 @@ def test_forget_leaves_no_copy_of_the_text_anywhere_in_home(daemon: DaemonProces
         c.request("reinf/retrain", {})
         c.request("reinf/cancelTraining", {})
         _wait_idle(c)
+        # A run that reaches the gate keeps an example (a held-out prompt, the answers) in its metrics.json.
+        finished = home / "runs" / "9999"
+        finished.mkdir(mode=0o700)
+        example = {"prompt": f"# {prompt}\n", "candidate": "x", "active": "y"}
+        (finished / "metrics.json").write_text(
+            json.dumps({"decision": "reject", "gate": {"example": example}})
+        )
         for needle in (prompt, comment):  # the control: the text is there to be found before
             assert holding(home, needle.encode()), needle
         before = (datetime.now(timezone.utc) + timedelta(minutes=1)).isoformat()
@@ -535,6 +561,7 @@ def test_forget_leaves_no_copy_of_the_text_anywhere_in_home(daemon: DaemonProces
             assert not holding(home, needle.encode()), (
                 f"{needle} is still in {holding(home, needle.encode())}"
             )
+    assert json.loads((finished / "metrics.json").read_text()) == {"decision": "reject", "gate": {}}
     daemon.stop()
     for needle in (prompt, comment):  # and after the daemon has checkpointed and closed
         assert not holding(home, needle.encode()), f"{needle} is still in {holding(home, needle.encode())}"
