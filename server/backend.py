@@ -61,8 +61,6 @@ class Backend:
         """Serve the active adapter. One that will not load is rejected, and the newest good earlier one, or
         the base, serves instead: a broken adapter must not keep the daemon from starting. (The scheduler has
         already passed over folders that are missing or whose files are unreadable.)"""
-        from .scheduler import adapter_problem
-
         failed = False
         while version:
             try:
@@ -72,6 +70,8 @@ class Backend:
                 log.warning("adapter v%s cannot be loaded (%s); marking it rejected", version, exc)
                 self.store.set_adapter_status(version, "rejected")
                 failed = True
+            from .scheduler import adapter_problem
+
             earlier = [
                 a
                 for a in self.store.list_adapters()  # newest first
