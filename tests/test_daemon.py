@@ -153,6 +153,24 @@ def test_secrets_are_redacted_before_they_are_stored(daemon: DaemonProcess) -> N
     assert key not in item["rating"]["comment"]
 
 
+def _run_async(coro_fn) -> None:  # noqa: ANN001
+    """asyncio.run in a thread of its own: a browser test in the same session may own this thread's loop."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(coro_fn())
+        except BaseException as exc:  # re-raised in the test's thread
+            errors.append(exc)
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join(300)
+    assert not t.is_alive(), "the LSP session did not finish"
+    if errors:
+        raise errors[0]
+
+
 async def _lsp_session(client: LanguageClient, token: str | None) -> None:
     opts = {"client": "pygls-test"} | ({"token": token} if token else {})
     result = await client.initialize_async(
@@ -205,7 +223,7 @@ def test_real_lsp_client_over_tcp_completes_and_feedback_is_stored(
         await _lsp_session(client, daemon.info["token"])
         await client.stop()
 
-    asyncio.run(main())
+    _run_async(main)
     with daemon.client() as c:
         out = tmp_path / "export.jsonl"
         c.request("reinf/export", {"format": "jsonl", "path": str(out)})
@@ -231,7 +249,7 @@ def test_real_lsp_client_over_stdio(daemon: DaemonProcess) -> None:
         await _lsp_session(client, None)  # the stdio bridge adds the token itself
         await client.stop()
 
-    asyncio.run(main())
+    _run_async(main)
 
 
 def test_several_clients_at_once(daemon: DaemonProcess) -> None:
