@@ -1,7 +1,7 @@
 """The reward model: a scalar judge r(x, y) of a prompt and a response, trained on the user's ratings.
 
 Default (`reward_model.name = "policy"`): the policy's own frozen base with a separate LoRA adapter, named
-"reward", and a linear score head on the last token's hidden state. One copy of the base then serves policy,
+"reward", and a linear score head on the mean hidden state of the response. One copy of the base serves policy,
 reference, value and reward, and the judge reads code with the policy's tokenizer. Any other name loads that
 `AutoModelForSequenceClassification` (hub id or folder) and trains a LoRA on it.
 
@@ -39,7 +39,7 @@ POLICY_KIND = "policy"
 
 
 class PolicyRewardModel:
-    """LoRA adapter "reward" on the shared base, plus a score head on the last token."""
+    """LoRA adapter "reward" on the shared base, plus a score head on the mean state of the response."""
 
     kind = POLICY_KIND
 
@@ -49,7 +49,7 @@ class PolicyRewardModel:
         self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
         device = next(model.parameters()).device
         if head is None:
-            head = nn.Linear(2 * causal_lm(model).config.hidden_size, 1)
+            head = nn.Linear(causal_lm(model).config.hidden_size, 1)
             nn.init.normal_(head.weight, std=head.in_features**-0.5)
             nn.init.zeros_(head.bias)
         self.head = head.to(device=device, dtype=torch.float32)
@@ -69,12 +69,12 @@ class PolicyRewardModel:
         return ids, mask, response
 
     def features(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        """The last token's state (left padding puts it in the last column) and the mean state of the
-        response's tokens, which carries what the response contains."""
+        """The mean last-layer state over the response's tokens. Each of those states has read the prompt,
+        and their mean carries what the response contains; the last token's state alone judged worse on
+        held-out ratings (it is dominated by where the text happens to stop)."""
         ids, mask, response = self._encode(prompts, responses)
         h = hidden_states(self.model, ids, mask).float()
-        mean = (h * response[..., None]).sum(1) / response.sum(1, keepdim=True).clamp(min=1)
-        return torch.cat([h[:, -1], mean], -1)
+        return (h * response[..., None]).sum(1) / response.sum(1, keepdim=True).clamp(min=1)
 
     def forward(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         return self.head(self.features(prompts, responses)).squeeze(-1)
