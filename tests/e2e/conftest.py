@@ -86,9 +86,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa
     return report
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():  # noqa: ANN201
-    """Debian's Chromium driven by Playwright (never a downloaded browser)."""
+    """Debian's Chromium driven by Playwright (never a downloaded browser). Module-scoped: Playwright's sync
+    API holds an event loop in the main thread, which would break asyncio.run in later tests."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: run 'bash tests/e2e/vscode_setup.sh' (make test does)")
     try:
