@@ -152,7 +152,7 @@ def main() -> int:
             torch.cuda.synchronize()
         marks.append(time.perf_counter())
         print(f"step {step}: {stats['time_s']:.3f} s (sample {stats['sample_s']:.3f}, score+ref {stats['score_s']:.3f}), "
-              f"{stats['response_tokens']:.0f} response tokens", flush=True)  # fmt: skip
+              f"{stats['response_tokens']:.0f} response tokens, decode {stats.get('decode', 'eager')}", flush=True)  # fmt: skip
 
     t0 = time.perf_counter()
     history = ppo.train(

@@ -275,3 +275,16 @@ def test_sampling_with_the_adapter_merged_matches_it_and_restores_the_base():
     assert torch.equal(plain[0], merged[0]) and not torch.equal(plain[0], base[0])
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # bit for bit
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {n for n in before if "lora_" in n}
+
+
+def test_a_sequence_classifier_can_be_the_judge(tmp_path, model_dir):
+    # reward_model.name names any AutoModelForSequenceClassification; the test model's folder loads as one.
+    cfg, store = _home(tmp_path, model_dir, n=40, overrides={"reward_model": {"name": str(model_dir)}})
+    run_dir = _prepare_run(cfg, store, model_dir)
+    metrics = _train(run_dir)
+    assert metrics["reward_model"]["retrained"] and metrics["reward_model"]["n_heldout"] >= 4
+    assert metrics["decision"] in ("publish", "reject") and ("ppo" in metrics or metrics["reasons"])
+    saved = cfg.home / "reward_model"
+    assert (saved / "reward" / "adapter_config.json").exists()
+    assert json.loads((saved / "meta.json").read_text())["identity"]["name"] == str(model_dir)
+    store.close()
