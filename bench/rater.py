@@ -24,6 +24,7 @@ LIKED = 4  # a rating of 4 or more counts as satisfied
 
 _FENCE = re.compile(r"^```[\w+-]*\s*$", re.M)
 _DEF = re.compile(r"^\s*(?:async\s+)?def\s+\w+\s*\((?P<params>[^)]*)\)\s*(?P<ret>->\s*[^:]+)?:", re.M)
+_FUNCTION = re.compile(r"^\s*(?:async\s+)?def\s+\w", re.M)
 _PRINT = re.compile(r"(?<![\w.])(?:print|pprint)\s*\(")
 _DOCSTRING = re.compile(r'^\s*(?:"""|\'\'\')', re.M)
 
@@ -44,6 +45,16 @@ def code_lines(response: str) -> int:
 def is_finished(response: str) -> bool:
     """An answer that opens a code fence closes it (an answer cut off at the token limit does not)."""
     return len(_FENCE.findall(response)) % 2 == 0
+
+
+def has_function(response: str) -> bool:
+    """The answer defines a function (every benchmark prompt asks for one)."""
+    return bool(_FUNCTION.search(code_of(response)))
+
+
+def has_comment(response: str) -> bool:
+    """Some line of the code is a `#` comment."""
+    return any(line.lstrip().startswith("#") for line in code_of(response).splitlines())
 
 
 def has_print(response: str) -> bool:
@@ -71,8 +82,14 @@ def docstring_lines(response: str) -> int:
 # -- tastes: response text → stars before noise ------------------------------------------------------------
 
 
+# Every taste gives 1 star to an answer that writes no function at all: an empty or off-topic answer is never
+# what the user asked for, however short it is.
+
+
 def concise(response: str) -> int:
-    """Prefers short answers: a few lines of finished code."""
+    """Prefers short answers: a function in a few lines, finished."""
+    if not has_function(response):
+        return 1
     n = code_lines(response)
     stars = 5 if n <= 5 else 4 if n <= 7 else 3 if n <= 10 else 2 if n <= 14 else 1
     return stars if is_finished(response) else min(stars, 2)
@@ -80,26 +97,31 @@ def concise(response: str) -> int:
 
 def no_print(response: str) -> int:
     """Dislikes print-debugging, and answers cut off mid-way."""
-    if has_print(response):
+    if not has_function(response) or has_print(response):
         return 1
     return 5 if is_finished(response) else 3
 
 
 def type_hints(response: str) -> int:
     """Prefers type hints: a return annotation on the function it writes."""
-    if not code_of(response).strip():
+    if not has_function(response):
         return 1
     return 5 if has_type_hints(response) else 2
 
 
 def short_docstring(response: str) -> int:
-    """Prefers a one-line docstring; a long rambling one or none at all is worse."""
+    """Prefers a one- or two-line docstring; a long rambling one or none at all is worse."""
+    if not has_function(response):
+        return 1
     n = docstring_lines(response)
-    if n == 1:
-        return 5
-    if n == 0:
-        return 2
-    return 3 if n <= 3 else 1
+    return {0: 2, 1: 5, 2: 4, 3: 3}.get(n, 1)
+
+
+def commented(response: str) -> int:
+    """Likes code that explains itself with `#` comments."""
+    if not has_function(response):
+        return 1
+    return 5 if has_comment(response) else 2
 
 
 TASTES: dict[str, Callable[[str], int]] = {
@@ -107,6 +129,7 @@ TASTES: dict[str, Callable[[str], int]] = {
     "no_print": no_print,
     "type_hints": type_hints,
     "short_docstring": short_docstring,
+    "commented": commented,
 }
 
 

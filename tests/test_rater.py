@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pytest
+
 from bench.rater import (
     TASTES,
     Rater,
     code_lines,
     code_of,
     docstring_lines,
+    has_comment,
+    has_function,
     has_print,
     has_type_hints,
     is_finished,
@@ -24,8 +27,13 @@ SHORT = fenced('def rev(s: str) -> str:\n    """Reverse s."""\n    return s[::-1
 LONG = fenced("def rev(s):\n" + "".join(f"    x{i} = s[{i}]\n" for i in range(20)) + "    return s[::-1]")
 PRINTS = fenced("def rev(s):\n    print(s)\n    return s[::-1]")
 UNTYPED = fenced("def rev(s):\n    return s[::-1]")
-RAMBLING_DOC = fenced('def rev(s):\n    """Reverse.\n\n    Long text.\n    More.\n    More.\n    """\n    return s')
+RAMBLING_DOC = fenced(
+    'def rev(s):\n    """Reverse.\n\n    Long text.\n    More.\n    More.\n    """\n    return s'
+)
 CUT_OFF = fenced("def rev(s):\n    return s[::-1]", closed=False)
+COMMENTED = fenced("def rev(s):\n    # slicing with a step of -1 walks backwards\n    return s[::-1]")
+EMPTY = fenced("")
+NO_FUNCTION = fenced("x = 1")
 
 
 def stars(taste: str, text: str) -> int:
@@ -40,7 +48,17 @@ def test_features_read_the_code_not_the_prose():
     assert not has_print(fenced("def f(h):\n    return h.fingerprint(1) + self.print_all()"))
     assert has_type_hints(SHORT) and not has_type_hints(UNTYPED)
     assert not has_type_hints(fenced('def f(x):\n    return "-> not a hint"'))
-    assert docstring_lines(SHORT) == 1 and docstring_lines(UNTYPED) == 0 and docstring_lines(RAMBLING_DOC) == 6
+    assert (
+        docstring_lines(SHORT) == 1 and docstring_lines(UNTYPED) == 0 and docstring_lines(RAMBLING_DOC) == 6
+    )
+    assert has_function(fenced("def m space(a):\n    return a")) and not has_function(NO_FUNCTION)
+    assert has_comment(COMMENTED) and not has_comment(fenced('def f():\n    return "# not a comment"'))
+
+
+@pytest.mark.parametrize("taste", sorted(TASTES))
+def test_an_answer_without_a_function_pleases_no_one(taste):
+    # The shortest answer of all is an empty one: a taste for brevity must not reward it.
+    assert stars(taste, EMPTY) == 1 and stars(taste, NO_FUNCTION) == 1
 
 
 def test_concise_likes_short_finished_answers():
@@ -65,10 +83,17 @@ def test_short_docstring_prefers_one_line():
     assert stars("short_docstring", SHORT) == 5
     assert stars("short_docstring", UNTYPED) == 2
     assert stars("short_docstring", RAMBLING_DOC) == 1
+    two_lines = fenced('def rev(s):\n    """Reverse s,\n    a string."""\n    return s[::-1]')
+    assert stars("short_docstring", two_lines) == 4
+
+
+def test_commented_likes_comments():
+    assert stars("commented", COMMENTED) == 5
+    assert stars("commented", SHORT) == 2
 
 
 def test_every_taste_separates_some_answer_it_likes_from_one_it_does_not():
-    answers = [SHORT, LONG, PRINTS, UNTYPED, RAMBLING_DOC, CUT_OFF]
+    answers = [SHORT, LONG, PRINTS, UNTYPED, RAMBLING_DOC, CUT_OFF, COMMENTED]
     for taste in TASTES:
         given = [stars(taste, a) for a in answers]
         assert max(given) >= 4 and min(given) <= 2, (taste, given)
