@@ -158,6 +158,8 @@ class Engine:
             self.base.config, "n_positions", None
         )
         self.context_tokens = min(cfg.max_context_tokens, positions or cfg.max_context_tokens)
+        # CUDA only: a static KV cache and a CUDA-graph decode step for the base model (see static_decode.py).
+        self._fast = self._make_fast_decoder() if self.device.startswith("cuda") else None
 
     # -- generation ----------------------------------------------------------------------------------
 
@@ -213,6 +215,7 @@ class Engine:
             stop_ids = self._eos_ids | self._token_ids(stops)
             stream = _Stream(self.tokenizer, stops, ids[-1:], on_delta)
             finish, n_new = "length", 0
+            fast = self._fast_decoder()
             with torch.inference_mode():
                 inputs = torch.tensor([ids], dtype=torch.long, device=self.device)
                 past = None
@@ -220,11 +223,16 @@ class Engine:
                     if cancel is not None and cancel.is_set():
                         finish = "cancelled"
                         break
-                    out = self.model(
-                        input_ids=inputs, use_cache=True, **{self._cache_kw: past}, **self._extra
-                    )
-                    past = getattr(out, self._cache_kw)
-                    next_id = _pick(out.logits[0, -1], temperature)
+                    if fast is not None:
+                        logits = fast.step(inputs) if past is not None else fast.prefill(inputs)
+                        past = fast.cache
+                    else:
+                        out = self.model(
+                            input_ids=inputs, use_cache=True, **{self._cache_kw: past}, **self._extra
+                        )
+                        past = getattr(out, self._cache_kw)
+                        logits = out.logits[0, -1]
+                    next_id = _pick(logits, temperature)
                     if next_id in stop_ids:
                         finish = "stop"
                         break
@@ -243,6 +251,35 @@ class Engine:
                 generate_ms=(time.perf_counter() - t0) * 1000.0,
                 adapter_version=self.adapter_version,
             )
+
+    # -- the CUDA fast path (static_decode.py) ---------------------------------------------------------
+
+    def _make_fast_decoder(self):  # noqa: ANN202
+        try:
+            from .static_decode import StaticDecoder
+
+            return StaticDecoder(self.base, self.context_tokens)
+        except Exception as exc:  # noqa: BLE001 - an older transformers or torch: decode eagerly
+            log.warning("fast decoding is off on %s: %s: %s", self.device, type(exc).__name__, exc)
+            return None
+
+    def _fast_decoder(self):  # noqa: ANN202
+        """The checked static decoder when it can serve now (the base model, no adapter active), else None."""
+        fast = self._fast
+        if fast is None or self.model is not fast.model:
+            return None
+        if not fast.ready and fast.note == "not checked yet":
+            fast.check(self._encode("def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n", special=False))
+            log.info("fast decoding on %s: %s", self.device, fast.note)
+        return fast if fast.ready else None
+
+    def warm_up(self) -> str:
+        """Compile and check the fast decode path now rather than on the first request; says which path serves."""
+        with self._lock:
+            fast = self._fast_decoder()
+            if fast is not None:
+                return fast.note
+            return self._fast.note if self._fast is not None else f"eager decoding on {self.device}"
 
     # -- prompts -------------------------------------------------------------------------------------
 
