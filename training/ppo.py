@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from .lm import CompiledDecoder, hidden_states, lm_head, merged_adapter, pad_left, sample, use_adapter
@@ -168,6 +169,18 @@ class ValueHead(nn.Module):
         return self.linear(h.float()).squeeze(-1)
 
 
+LOGIT_CHUNK = 2**25  # logits held at once (128 MiB in float32): a 151,936-word vocabulary needs chunks
+
+
+def _head_logprobs(
+    head: nn.Module, h: torch.Tensor, tokens: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    logits = head(h).float()
+    if temperature != 1.0:
+        logits = logits / max(temperature, 1e-6)
+    return logprobs_from_logits(logits, tokens)
+
+
 def response_logprobs(
     model: nn.Module,
     ids: torch.Tensor,
@@ -175,14 +188,28 @@ def response_logprobs(
     context: int,
     temperature: float,
     value_head: ValueHead | None = None,
+    chunk: int = LOGIT_CHUNK,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(y_t | ·) for the response tokens `ids[:, context:]`, and V(s_t) if a value head is given.
 
-    The LM head runs on response positions only, so the prompt never costs a vocabulary-sized logit.
+    The LM head runs on response positions only, so the prompt never costs a vocabulary-sized logit, and
+    over a few positions at a time, recomputed in the backward pass, so a large vocabulary never holds more
+    than `chunk` logits (and their gradients) in memory at once.
     """
     h = hidden_states(model, ids, mask)[:, context - 1 : -1]  # the state that emits each response token
-    logits = lm_head(model)(h).float() / max(temperature, 1e-6)
-    logprobs = logprobs_from_logits(logits, ids[:, context:])
+    tokens, head = ids[:, context:], lm_head(model)
+    step = max(1, chunk // (h.shape[0] * head.out_features))
+    if step >= h.shape[1]:
+        logprobs = _head_logprobs(head, h, tokens, temperature)
+    else:
+        parts = []
+        for i in range(0, h.shape[1], step):
+            args = (head, h[:, i : i + step], tokens[:, i : i + step], temperature)
+            if torch.is_grad_enabled():
+                parts.append(torch.utils.checkpoint.checkpoint(_head_logprobs, *args, use_reentrant=False))
+            else:
+                parts.append(_head_logprobs(*args))
+        logprobs = torch.cat(parts, 1)
     return logprobs, (value_head(h) if value_head is not None else None)
 
 
