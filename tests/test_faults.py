@@ -28,6 +28,7 @@ from reinf.client import DaemonUnavailable, RpcError
 from reinf.store import Store
 
 from .daemon_proc import CACHE, DaemonProcess, daemon_env
+from .trainer_fixtures import FAST_TRAINING
 
 LONG = bool(os.environ.get("REINF_LONG"))
 KILL_ROUNDS = 10 if LONG else 1
@@ -291,8 +292,6 @@ PHASES = ["snapshot", "load", "reward_model", "ppo", "eval", "save"]
 
 
 def fast_training_env(home: Path) -> dict[str, str]:
-    from .trainer_fixtures import FAST_TRAINING
-
     config = {
         f"{section}_{key}": str(value)
         for section, values in FAST_TRAINING.items()
@@ -348,8 +347,9 @@ def assert_adapters_consistent(home: Path, client: Any) -> None:
 
 @pytest.fixture(scope="module")
 def training_daemon(tmp_path_factory: pytest.TempPathFactory):
-    """A daemon with fast training settings over 32 rated chats, shared by the two tests below, in order."""
-    home = prefilled_home(tmp_path_factory.mktemp("trainer-faults") / "home", 32)
+    """A daemon with fast training settings over 64 chats rated by a scripted user who likes airy answers.
+    The tests below share it, in order: kills of the trainer and the daemon, then the training-safety tests."""
+    home = prefilled_home(tmp_path_factory.mktemp("training") / "home", 64)
     d = DaemonProcess(home, fast_training_env(home)).start()
     yield d
     d.stop()
@@ -379,9 +379,6 @@ def test_kill_9_of_the_trainer_at_any_phase_never_half_publishes(training_daemon
             if run["state"] == "failed":
                 assert "killed by signal 9" in (run["error"] or ""), run
             assert_adapters_consistent(home, c)
-        if LONG:  # and one run left alone: whatever it decides, the same holds
-            wait_for_run(c, c.request("reinf/retrain", {})["run_id"])
-            assert_adapters_consistent(home, c)
     print(f"\nkilled the trainer in {phases}; no half-published adapter")
 
 
@@ -410,3 +407,86 @@ def test_kill_9_of_the_daemon_during_a_run_leaves_no_trainer_and_no_half_adapter
     assert not cmdline.exists() or b"reinf.training" not in cmdline.read_bytes(), (
         "the orphaned trainer runs on"
     )
+
+
+# -- training safety: poisoned ratings and reward hacking, on the same daemon, after the kills above ------
+
+
+def _train_now(client: Any) -> dict[str, Any]:
+    return wait_for_run(client, client.request("reinf/retrain", {})["run_id"])
+
+
+@pytest.mark.skipif(
+    not LONG, reason="a whole PPO run: make test-long runs it (test_trainer.py checks a publish)"
+)
+def test_reward_hacking_shows_in_the_metrics_and_is_bounded(training_daemon: DaemonProcess) -> None:
+    """Every PPO step reports its KL to the base and its response length, so drift is visible; a published
+    adapter is within the KL bound and the general-loss margin, and the length cannot pass the cap."""
+    with training_daemon.client() as c:
+        before = c.status()["adapter_version"]
+        run = _train_now(c)
+        version = c.status()["adapter_version"]
+        assert_adapters_consistent(training_daemon.home, c)
+    metrics = run["metrics"]
+    assert run["state"] in ("published", "rejected"), run
+    assert "ppo" in metrics, f"the honest run stopped before PPO: {metrics.get('reasons')}"
+    history = metrics["ppo"]["history"]
+    assert history and all({"kl", "response_tokens", "score", "beta"} <= set(step) for step in history)
+    cap = FAST_TRAINING["training"]["max_response_tokens"]
+    assert all(0 < step["response_tokens"] <= cap for step in history), history  # length drift is capped
+    gate = metrics["gate"]
+    assert {"kl_to_base", "max_kl", "general_loss_increase", "max_general_loss_increase"} <= set(gate)
+    if run["state"] == "published":
+        assert gate["passed"] and gate["kl_to_base"] <= gate["max_kl"]
+        assert gate["general_loss_increase"] <= gate["max_general_loss_increase"]
+        assert version == run["adapter_version"]
+    else:
+        assert not gate["passed"] and gate["reasons"] and version == before
+    print(
+        f"\nhonest run: {run['state']}, KL per step {[round(s['kl'], 3) for s in history]}, response tokens "
+        f"{[round(s['response_tokens'], 1) for s in history]}, gate KL {gate['kl_to_base']:.3f}"
+    )
+
+
+def test_a_poisoned_stream_publishes_nothing_outside_the_bounds(training_daemon: DaemonProcess) -> None:
+    """As many new answers again, rated against the user's taste (inverted). The ratings contradict the
+    history; most often the judge is then no better than chance and the run is rejected. When noise lets it
+    through (3 runs in 5 here, measured), what is published still passed the gate's hard bounds, and
+    `reinf rollback` brings back the adapter that served before."""
+    from .trainer_fixtures import QUESTIONS, whitespace_stars
+
+    with training_daemon.client() as c:
+        before = c.status()["adapter_version"]
+        for q in QUESTIONS[:64]:
+            r = c.chat(q, max_tokens=24, temperature=1.0)
+            c.rate(r["interaction_id"], stars=6 - whitespace_stars(r["text"]))
+        run = _train_now(c)
+        metrics, rm = run["metrics"], run["metrics"]["reward_model"]
+        assert rm["retrained"] and run["state"] in ("rejected", "published"), run
+        if run["state"] == "rejected":
+            assert c.status()["adapter_version"] == before
+        else:
+            gate = metrics["gate"]
+            assert gate["passed"] and gate["kl_to_base"] <= gate["max_kl"]
+            assert gate["general_loss_increase"] <= gate["max_general_loss_increase"]
+            assert c.status()["adapter_version"] == run["adapter_version"] != before
+            assert_adapters_consistent(training_daemon.home, c)
+            assert c.request("reinf/rollback", {})["adapter_version"] == before
+            assert c.status()["adapter_version"] == before
+    print(
+        f"\npoisoned stream: {run['state']} (judge: correlation {rm['correlation']:.3f}, pairwise accuracy "
+        f"{rm['pairwise_accuracy']:.3f} on {rm['n_heldout']} held-out ratings)"
+    )
+
+
+def test_constant_ratings_do_not_publish(training_daemon: DaemonProcess) -> None:
+    """Every answer re-rated 3 stars: nothing to learn from, so the run stops before PPO."""
+    with training_daemon.client() as c:
+        before = c.status()["adapter_version"]
+        items = c.request("reinf/history", {"limit": 500})["items"]
+        for item in items:
+            c.rate(item["interaction_id"], stars=3)
+        run = _train_now(c)
+        assert run["state"] == "rejected" and "no better than chance" in run["metrics"]["reasons"][0], run
+        assert "ppo" not in run["metrics"]
+        assert c.status()["adapter_version"] == before

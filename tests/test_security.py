@@ -34,9 +34,6 @@ from reinf.store import Store
 from .daemon_proc import REPO, DaemonProcess, daemon_env
 from .test_redact import CASES as SECRETS
 from .test_wire_fuzz import Wire, frame
-from .trainer_fixtures import FAST_TRAINING
-
-LONG = bool(os.environ.get("REINF_LONG"))
 
 
 @pytest.fixture(scope="module")
@@ -565,83 +562,3 @@ def test_forget_leaves_no_copy_of_the_text_anywhere_in_home(daemon: DaemonProces
     daemon.stop()
     for needle in (prompt, comment):  # and after the daemon has checkpointed and closed
         assert not holding(home, needle.encode()), f"{needle} is still in {holding(home, needle.encode())}"
-
-
-# -- training safety: poisoned ratings and reward hacking ---------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def trainer_daemon(tmp_path_factory: pytest.TempPathFactory):
-    """A daemon with fast training settings over 64 chats rated by a scripted user who likes airy answers.
-    The tests below run in order on it: an honest run, then a poisoned stream, then constant ratings."""
-    from .test_faults import fast_training_env, prefilled_home
-
-    home = prefilled_home(tmp_path_factory.mktemp("training") / "home", 64)
-    d = DaemonProcess(home, fast_training_env(home)).start()
-    yield d
-    d.stop()
-
-
-def _train_now(client: Any) -> dict[str, Any]:
-    from .test_faults import wait_for_run
-
-    return wait_for_run(client, client.request("reinf/retrain", {})["run_id"])
-
-
-@pytest.mark.skipif(
-    not LONG, reason="a whole PPO run; make test-long runs it (test_trainer.py checks a publish)"
-)
-def test_reward_hacking_shows_in_the_metrics_and_is_bounded(trainer_daemon: DaemonProcess) -> None:
-    """Every PPO step reports its KL to the base and its response length, so drift is visible; a published
-    adapter is within the KL bound and the general-loss margin, and the length cannot pass the cap."""
-    with trainer_daemon.client() as c:
-        run = _train_now(c)
-        version = c.status()["adapter_version"]
-    metrics, tc = run["metrics"], Config().training
-    assert run["state"] in ("published", "rejected"), run
-    assert "ppo" in metrics, f"the honest run stopped before PPO: {metrics.get('reasons')}"
-    history = metrics["ppo"]["history"]
-    assert history and all({"kl", "response_tokens", "score", "beta"} <= set(step) for step in history)
-    cap = FAST_TRAINING["training"]["max_response_tokens"]
-    assert all(0 < step["response_tokens"] <= cap for step in history), history  # length drift is capped
-    gate = metrics["gate"]
-    assert {"kl_to_base", "max_kl", "general_loss_increase", "max_general_loss_increase"} <= set(gate)
-    if run["state"] == "published":
-        assert gate["passed"] and gate["kl_to_base"] <= gate["max_kl"] == tc.max_kl
-        assert gate["general_loss_increase"] <= gate["max_general_loss_increase"]
-        assert version == run["adapter_version"]
-    else:
-        assert not gate["passed"] and gate["reasons"] and version == 0
-    print(
-        f"\nhonest run: {run['state']}, KL per step {[round(s['kl'], 3) for s in history]}, response tokens "
-        f"{[round(s['response_tokens'], 1) for s in history]}, gate KL {gate['kl_to_base']:.3f}"
-    )
-
-
-def test_a_poisoned_stream_does_not_publish(trainer_daemon: DaemonProcess) -> None:
-    """As many new answers again, rated against the user's taste (inverted): the ratings contradict the
-    history, the judge cannot tell good from bad, and no adapter is published."""
-    from .trainer_fixtures import QUESTIONS, whitespace_stars
-
-    with trainer_daemon.client() as c:
-        before = c.status()["adapter_version"]
-        for q in QUESTIONS[:64]:
-            r = c.chat(q, max_tokens=24, temperature=1.0)
-            c.rate(r["interaction_id"], stars=6 - whitespace_stars(r["text"]))
-        run = _train_now(c)
-        assert run["state"] == "rejected", run
-        assert c.status()["adapter_version"] == before
-    print(f"\npoisoned stream: rejected: {run['metrics']['reasons']}")
-
-
-def test_constant_ratings_do_not_publish(trainer_daemon: DaemonProcess) -> None:
-    """Every answer re-rated 3 stars: nothing to learn from, so the run stops before PPO."""
-    with trainer_daemon.client() as c:
-        before = c.status()["adapter_version"]
-        items = c.request("reinf/history", {"limit": 500})["items"]
-        for item in items:
-            c.rate(item["interaction_id"], stars=3)
-        run = _train_now(c)
-        assert run["state"] == "rejected" and "no better than chance" in run["metrics"]["reasons"][0], run
-        assert "ppo" not in run["metrics"]
-        assert c.status()["adapter_version"] == before
