@@ -360,7 +360,7 @@ class Scheduler:
             if final.exists():  # left by a crash after the rename but before the store row: not referenced
                 shutil.rmtree(final)
             shutil.copytree(src, tmp)
-            _fsync_tree(tmp)
+            fsync_tree(tmp)
             os.rename(tmp, final)
             _fsync_dir(self.adapters_dir)
             self.store.add_adapter(version, run_id, str(final), "candidate", metrics.get("gate") or {})
@@ -481,7 +481,8 @@ def adapter_problem(path: Path) -> str | None:
     return "no adapter_model.safetensors in it"
 
 
-def _fsync_tree(root: Path) -> None:
+def fsync_tree(root: Path) -> None:
+    """fsync every file and folder under `root`, so that a rename after it publishes whole files."""
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
             fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from reinf.scheduler import fsync_tree
+
 from .data import Example
 from .lm import causal_lm, hidden_states, pad_left, use_adapter
 
@@ -403,6 +405,7 @@ def _save_atomically(rm: RewardModel, folder: Path, meta: dict[str, Any]) -> Non
     tmp.mkdir(parents=True, mode=0o700)
     rm.save(tmp)
     (tmp / "meta.json").write_text(json.dumps(meta))
+    fsync_tree(tmp)
     if folder.exists():
         os.rename(folder, old)
     os.rename(tmp, folder)

@@ -19,6 +19,7 @@ from typing import Any
 
 from reinf.config import Config
 from reinf.paths import write_json
+from reinf.scheduler import fsync_tree
 
 log = logging.getLogger("reinf.training")
 
@@ -311,13 +312,7 @@ def save_adapter(model: Any, dest: Path) -> None:
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), selected_adapters=[POLICY])
-    for dirpath, _dirs, files in os.walk(tmp):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+    fsync_tree(tmp)
     shutil.rmtree(dest, ignore_errors=True)
     os.rename(tmp, dest)
 
