@@ -83,7 +83,8 @@ class Scheduler:
         self._swap = swap_adapter
         self.runs_dir = cfg.home / "runs"
         self.adapters_dir = cfg.home / "adapters"
-        self._lock = threading.RLock()  # guards _run and _closed
+        self._lock = threading.RLock()  # guards _run, _closed and _watermark_cache
+        self._watermark_cache: int | None = None
         self._adapter_lock = threading.Lock()  # one publish or rollback at a time
         self._run: _Run | None = None
         self._closed = False
@@ -135,8 +136,12 @@ class Scheduler:
 
     def _watermark(self) -> int:
         # The newest run's watermark, whatever its state: cancelled and failed runs also reset the count.
-        runs = self.store.list_runs(limit=1)
-        return int(runs[0].get("rating_watermark") or 0) if runs else 0
+        # Read once, then kept as runs start: the rating path asks for it on every rating.
+        with self._lock:
+            if self._watermark_cache is None:
+                runs = self.store.list_runs(limit=1)
+                self._watermark_cache = int(runs[0].get("rating_watermark") or 0) if runs else 0
+            return self._watermark_cache
 
     def until_next_training(self) -> int:
         """How many more explicit ratings start the next run by threshold."""
@@ -166,7 +171,9 @@ class Scheduler:
                     f"training run {r.run_id} is already going ({r.phase}, {100 * r.progress:.0f}%); "
                     "wait for it or cancel it with reinf/cancelTraining"
                 )
-            run_id = self.store.create_run(trigger, self.store.ratings_total(), self.store.max_rating_id())
+            watermark = self.store.max_rating_id()
+            run_id = self.store.create_run(trigger, self.store.ratings_total(), watermark)
+            self._watermark_cache = watermark
             run = self._run = _Run(run_id, private_dir(self.runs_dir / str(run_id)))
         self._notify(run, "running")
         try:

@@ -24,7 +24,8 @@ from .daemon_proc import DaemonProcess, daemon_env
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("daemon") / "home"
-    d = DaemonProcess(home, daemon_env(home)).start()
+    # Greedy decoding: the tiny test model's answers are then the same on every machine.
+    d = DaemonProcess(home, daemon_env(home, model_temperature="0")).start()
     yield d
     d.stop()
 
