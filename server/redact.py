@@ -8,6 +8,10 @@ from typing import Any
 
 _SECRET_NAME = re.compile(r"api[_-]?key|secret|password|passwd|token|access[_-]?key|account[_-]?key", re.I)
 
+# Where a token may start: not right after an ASCII letter or digit. \b would miss a token glued to "_" or to a
+# non-ASCII letter (MY_KEY_AKIA..., a model's answer that runs on), and the end needs no boundary at all.
+_S = r"(?<![A-Za-z0-9])"
+
 # (name, pattern, replacement). A replacement keeps the surrounding text so the code stays readable.
 _PATTERNS: list[tuple[str, re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
     (
@@ -19,19 +23,23 @@ _PATTERNS: list[tuple[str, re.Pattern[str], str | Callable[[re.Match[str]], str]
         ),
         "[REDACTED:private_key]",
     ),
-    ("aws_access_key", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), "[REDACTED:aws_access_key]"),
+    (
+        "aws_access_key",
+        re.compile(_S + r"(?:AKIA|ASIA)[0-9A-Z]{16}(?![A-Z0-9])"),
+        "[REDACTED:aws_access_key]",
+    ),
     (
         "github_token",
-        re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,})\b"),
+        re.compile(_S + r"(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,})"),
         "[REDACTED:github_token]",
     ),
-    ("openai_key", re.compile(r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_\-]{20,}\b"), "[REDACTED:api_key]"),
-    ("slack_token", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b"), "[REDACTED:slack_token]"),
-    ("google_api_key", re.compile(r"\bAIza[0-9A-Za-z_\-]{35}\b"), "[REDACTED:google_api_key]"),
-    ("stripe_key", re.compile(r"\b(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{16,}\b"), "[REDACTED:stripe_key]"),
-    ("hf_token", re.compile(r"\bhf_[A-Za-z0-9]{30,}\b"), "[REDACTED:hf_token]"),
-    ("gitlab_token", re.compile(r"\bglpat-[A-Za-z0-9_\-]{20,}"), "[REDACTED:gitlab_token]"),
-    ("npm_token", re.compile(r"\bnpm_[A-Za-z0-9]{36,}\b"), "[REDACTED:npm_token]"),
+    ("openai_key", re.compile(_S + r"sk-(?:proj-|ant-)?[A-Za-z0-9_\-]{20,}"), "[REDACTED:api_key]"),
+    ("slack_token", re.compile(_S + r"xox[abposr]-[A-Za-z0-9-]{10,}"), "[REDACTED:slack_token]"),
+    ("google_api_key", re.compile(_S + r"AIza[0-9A-Za-z_\-]{35}"), "[REDACTED:google_api_key]"),
+    ("stripe_key", re.compile(_S + r"(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{16,}"), "[REDACTED:stripe_key]"),
+    ("hf_token", re.compile(_S + r"hf_[A-Za-z0-9]{30,}"), "[REDACTED:hf_token]"),
+    ("gitlab_token", re.compile(_S + r"glpat-[A-Za-z0-9_\-]{20,}"), "[REDACTED:gitlab_token]"),
+    ("npm_token", re.compile(_S + r"npm_[A-Za-z0-9]{36,}"), "[REDACTED:npm_token]"),
     (
         "azure_key",
         re.compile(r"(?i)(?P<pre>\b(?:AccountKey|SharedAccessKey)=)(?P<secret>[A-Za-z0-9+/]{20,}={0,2})"),
@@ -39,7 +47,7 @@ _PATTERNS: list[tuple[str, re.Pattern[str], str | Callable[[re.Match[str]], str]
     ),
     (
         "jwt",
-        re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\b"),
+        re.compile(_S + r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
         "[REDACTED:jwt]",
     ),
     (

@@ -32,6 +32,19 @@ def test_known_token_formats(name: str) -> None:
     assert out.startswith("client = Client(key=") and out.endswith("print('done')")
 
 
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("glue", ["MY_KEY_{}", "{}_backup", "é{}é", "x={}_", "{}abc"])
+def test_a_token_glued_to_other_text_is_still_redacted(name: str, glue: str) -> None:
+    """A model's answer or a config may run a token into an identifier; \\b saw no boundary there."""
+    out = redact(glue.format(CASES[name]))
+    assert CASES[name] not in out and "[REDACTED" in out
+
+
+def test_words_that_contain_a_token_prefix_are_left_alone() -> None:
+    text = "task-queue-processing-worker-01 risk-assessment-model-version-2 eyJustAnIdentifier"
+    assert redact(text) == text
+
+
 def test_password_in_url() -> None:
     out = redact("db = connect('postgres://admin:hunter2secret@db.internal:5432/app')")
     assert "hunter2secret" not in out and "postgres://admin:[REDACTED]@db.internal:5432/app" in out
