@@ -245,7 +245,9 @@ def test_the_flag_binds_elsewhere_only_with_a_warning(
 ) -> None:
     """192.0.2.1 is TEST-NET-1, never this machine's address: the bind fails, so nothing is ever exposed,
     but the warning comes first. (`reinf serve --host H --allow-remote` sets these same two keys.)"""
-    cfg = load_config(tmp_path / "home", overrides={"server": {"host": "192.0.2.1", "allow_remote": True}})
+    cfg = load_config(
+        tmp_path / "home", overrides={"server": {"host": "192.0.2.1", "allow_remote": True}}, environ={}
+    )
     d = daemon_module.Daemon(cfg, backend=_FakeBackend())
     with caplog.at_level(logging.WARNING, logger="reinf.daemon"), pytest.raises(OSError):
         asyncio.run(d.serve())
@@ -321,13 +323,25 @@ def test_secrets_are_redacted_in_every_stored_field(daemon: DaemonProcess, tmp_p
     exported = out.read_text()
     assert marker in exported and marker in history
     for name, value in {**SECRETS, "url_password": "hunter2secret"}.items():
-        assert value not in exported and value not in history, name
+        assert value not in exported and value not in history, f"{name} leaked: {where(value, exported)}"
         assert not holding(daemon.home, value.encode()), (
             f"{name} is on disk in {holding(daemon.home, value.encode())}"
         )
     assert holding(daemon.home, marker.encode()), (
         "the control text is not on disk either: the check proves nothing"
     )
+
+
+def where(value: str, exported: str) -> list[str]:
+    """Which row kinds and fields of an export hold `value`, with a little context."""
+    found = []
+    for row in map(json.loads, exported.splitlines()):
+        for field, text in row.items():
+            text = json.dumps(text) if not isinstance(text, str) else text
+            if value in text:
+                i = text.index(value)
+                found.append(f"{row['kind']}.{field}: ...{text[max(0, i - 60) : i + len(value) + 20]!r}")
+    return found
 
 
 # -- no remote code ----------------------------------------------------------------------------------
