@@ -125,6 +125,13 @@ class Config:
         return cfg
 
 
+# REINF_* variables that are not config keys. Without the test switches here, every daemon, kernel and CLI
+# started under `make test-long` stopped with "unknown environment variable REINF_LONG".
+NOT_CONFIG = (
+    "REINF_HOME", "REINF_CACHE", "REINF_DAEMON_PID",  # the trainer's parent
+    "REINF_LONG", "REINF_FUZZ_SEED", "REINF_E2E_DIR", "REINF_E2E_SHOTS",  # tests
+)  # fmt: skip
+
 SECTIONS = ("model", "training", "reward_model", "server", "store")
 
 
@@ -199,7 +206,7 @@ def load_config(
         for section, values in data.items():
             _apply_section(cfg, section, values, source=str(toml_path))
     for name, value in env.items():
-        if not name.startswith("REINF_") or name in ("REINF_HOME", "REINF_CACHE"):
+        if not name.startswith("REINF_") or name in NOT_CONFIG:
             continue
         rest = name[len("REINF_") :].lower()
         for section in sorted(SECTIONS, key=len, reverse=True):
