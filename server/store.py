@@ -85,6 +85,9 @@ class Store:
         old_umask = os.umask(0o077)
         try:
             self._con = self._open(encryption_key)
+            # Small writes and reads gain nothing from DuckDB's worker threads, and the inference thread
+            # needs the other core.
+            self._con.execute("SET threads TO 1")
         finally:
             os.umask(old_umask)
         for p in (self.path, self.path.with_name(self.path.name + ".wal")):
@@ -372,6 +375,7 @@ class Store:
         os.replace(tmp, self.path)
         self.path.with_name(self.path.name + ".wal").unlink(missing_ok=True)
         self._con = duckdb.connect(str(self.path))
+        self._con.execute("SET threads TO 1")
 
     # -- training runs and adapters -------------------------------------------------------------
 
