@@ -52,38 +52,49 @@ def cmd_lsp(args: argparse.Namespace) -> int:
     from .daemon import daemon_alive
 
     home = Path(args.home) if args.home else reinf_home()
-    info = daemon_alive(home) or start_daemon(home)
-    info = info or read_daemon_info(home)
     import socket
 
-    sock = socket.create_connection(("127.0.0.1", int(info["port"])))
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+
+    def read_message() -> bytes | None:
+        length = None
+        while True:
+            line = stdin.readline()
+            if not line:
+                return None
+            if line in (b"\r\n", b"\n"):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())
+        return stdin.read(length or 0)
+
+    # Connect only when the editor speaks: the daemon closes a connection that stays silent before its token.
+    first = read_message()
+    if first is None:
+        return 0
+    info = daemon_alive(home) or start_daemon(home)
+    info = info or read_daemon_info(home)
+    sock = socket.create_connection(("127.0.0.1", int(info["port"])))
+
+    def forward(body: bytes) -> None:
+        try:
+            msg = json.loads(body)
+            if isinstance(msg, dict) and msg.get("method") == "initialize":
+                params = msg.setdefault("params", {})
+                opts = params.get("initializationOptions") or {}
+                params["initializationOptions"] = {**opts, "token": info["token"]}
+                body = json.dumps(msg).encode()
+        except ValueError:
+            pass  # let the daemon answer the parse error
+        sock.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
 
     def upstream() -> None:
         try:
-            while True:
-                headers, length = b"", None
-                while True:
-                    line = stdin.readline()
-                    if not line:
-                        return
-                    headers += line
-                    if line in (b"\r\n", b"\n"):
-                        break
-                    name, _, value = line.decode("latin-1").partition(":")
-                    if name.strip().lower() == "content-length":
-                        length = int(value.strip())
-                body = stdin.read(length or 0)
-                try:
-                    msg = json.loads(body)
-                    if isinstance(msg, dict) and msg.get("method") == "initialize":
-                        params = msg.setdefault("params", {})
-                        opts = params.get("initializationOptions") or {}
-                        params["initializationOptions"] = {**opts, "token": info["token"]}
-                        body = json.dumps(msg).encode()
-                except ValueError:
-                    pass  # let the daemon answer the parse error
-                sock.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            body: bytes | None = first
+            while body is not None:
+                forward(body)
+                body = read_message()
         finally:
             try:
                 sock.shutdown(socket.SHUT_WR)
