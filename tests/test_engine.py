@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+
 from reinf.engine import AdapterError, Engine, _Stream, load_causal_lm, load_tokenizer, pick_device
 from reinf.fim import TEMPLATES, detect_template, get_template
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
+
 from reinf.client import RpcError
 from reinf.jupyter.connection import Connection
 from reinf.jupyter.magics import ReinfMagics

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from reinf.jupyter.handlers import STATIC
 
 from .daemon_proc import DaemonProcess, daemon_env

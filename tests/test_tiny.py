@@ -6,8 +6,9 @@ import json
 import math
 
 import pytest
-from reinf.models import COMMITTED_TINY, TINY, resolve_model_path
 from transformers import AutoTokenizer
+
+from reinf.models import COMMITTED_TINY, TINY, resolve_model_path
 
 CODE = (
     "class Parser:\n"
