@@ -44,6 +44,8 @@ vsix: $(STAMP)
 	bash tests/e2e/vscode_setup.sh --vsix-only
 
 bench: $(STAMP)
+	# The KTO baseline of the learning benchmark needs TRL; torch stays pinned.
+	$(PIP) install -q -e ".[train,bench]" "$(TORCH_SPEC)"
 	$(PY) bench/run_all.py $(if $(QUICK),--quick,)
 
 clean:
