@@ -173,6 +173,7 @@ def train_kto(
             learning_rate=learning_rate, beta=beta, desirable_weight=desirable_weight, undesirable_weight=1.0,
             max_length=256, seed=seed, use_cpu=True, report_to=[], save_strategy="no", logging_steps=5,
             disable_tqdm=True, lr_scheduler_type="constant", warmup_steps=0, gradient_checkpointing=False,
+            precompute_ref_log_probs=True,
         )  # fmt: skip
         peft = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, target_modules=LORA_TARGETS)
         trainer = KTOTrainer(

@@ -3,9 +3,9 @@
     python bench/run_all.py            # latency, interference, ppo_step (--quick: it is a CPU run), learning
     python bench/run_all.py --quick    # a short version of each, about 25 minutes on 2 cores
 
-Each benchmark runs as its own process and writes bench/results/<name>.json; one that fails is reported and
-the rest still run. The GPU benchmarks (gpu_latency.py, ppo_step.py --gpu) are run separately on a GPU machine.
-Writes bench/results/summary.json.
+Each benchmark runs as its own process and writes bench/results/<name>.json (bench/results/quick/<name>.json
+with --quick, so a short run never replaces a full result); one that fails is reported and the rest still run. The GPU benchmarks (gpu_latency.py, ppo_step.py --gpu) are run separately on a GPU machine.
+Writes summary.json beside them.
 """
 
 from __future__ import annotations
@@ -48,11 +48,12 @@ def main() -> int:
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else None
 
+    results = RESULTS / "quick" if args.quick else RESULTS
     summary, failed, t_all = [], [], time.time()
     for name, script, extra, always_quick, _ in BENCHMARKS:
         if only and name not in only:
             continue
-        cmd = [sys.executable, str(REPO / "bench" / script), *extra]
+        cmd = [sys.executable, str(REPO / "bench" / script), *extra, "--out", str(results / f"{name}.json")]
         if args.quick or always_quick:
             cmd.append("--quick")
         print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
@@ -67,7 +68,7 @@ def main() -> int:
     print(f"\n{'benchmark':<14}{'figure':<30}{'value':>10}  target")
     for row in summary:
         spec = next(b for b in BENCHMARKS if b[0] == row["name"])
-        path = RESULTS / f"{row['name']}.json"
+        path = results / f"{row['name']}.json"
         data = json.loads(path.read_text()) if row["rc"] == 0 and path.exists() else {}
         row["figures"] = {}
         for label, key, target in spec[4]:
@@ -78,8 +79,8 @@ def main() -> int:
         print(f"{'':<14}{'(wall time, s)':<30}{row['seconds']:>10.0f}")
     total = time.time() - t_all
     print(f"\nall done in {total / 60:.1f} min" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "summary.json").write_text(
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "summary.json").write_text(
         json.dumps({"quick": args.quick, "seconds": round(total, 1), "benchmarks": summary}, indent=2) + "\n"
     )
     return 1 if failed else 0

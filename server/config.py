@@ -44,6 +44,8 @@ class TrainingConfig:
     ppo_epochs: int = 4
     ppo_steps: int = 8
     learning_rate: float = 1e-4
+    imitation_epochs: int = 1  # before PPO: passes of next-token loss over the liked answers (0: none)
+    imitation_learning_rate: float = 1e-4
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
@@ -52,6 +54,7 @@ class TrainingConfig:
     temperature: float = 1.0
     replay_ratio: float = 0.25
     init_kl_coef: float = 0.05
+    kl_reference: str = "start"  # PPO's KL penalty is to "start" (the policy as PPO begins) or to "base"
     target_kl: float = 6.0
     clip_range: float = 0.2
     clip_range_value: float = 0.2
@@ -77,6 +80,9 @@ class RewardModelConfig:
     min_new_ratings: int = 16
     holdout_fraction: float = 0.2
     min_holdout_correlation: float = 0.0
+    # New ratings that the judge trained on the earlier ones scores with a significantly negative correlation
+    # (one-sided permutation p-value under this) contradict the history: the run stops. 0 turns it off.
+    contradiction_p: float = 0.01
     max_length: int = 256
     implicit_weight: float = 0.2
 
@@ -235,6 +241,10 @@ def _validate(cfg: Config) -> None:
     t = cfg.training
     if t.min_new_ratings < 1:
         raise ConfigError(f"training.min_new_ratings must be at least 1, got {t.min_new_ratings}")
+    if t.kl_reference not in ("start", "base"):
+        raise ConfigError(f"training.kl_reference must be start or base, got {t.kl_reference!r}")
+    if t.imitation_epochs < 0:
+        raise ConfigError(f"training.imitation_epochs must be 0 or more, got {t.imitation_epochs}")
     if not 0.0 <= t.replay_ratio < 1.0:
         raise ConfigError(f"training.replay_ratio must be in [0, 1), got {t.replay_ratio}")
     if cfg.model.device not in ("auto", "cpu", "cuda") and not cfg.model.device.startswith("cuda:"):

@@ -448,34 +448,34 @@ def test_reward_hacking_shows_in_the_metrics_and_is_bounded(training_daemon: Dae
     )
 
 
-def test_a_poisoned_stream_publishes_nothing_outside_the_bounds(training_daemon: DaemonProcess) -> None:
-    """As many new answers again, rated against the user's taste (inverted). The ratings contradict the
-    history; most often the judge is then no better than chance and the run is rejected. When noise lets it
-    through (3 runs in 5 here, measured), what is published still passed the gate's hard bounds, and
-    `reinf rollback` brings back the adapter that served before."""
+def test_a_poisoned_stream_is_rejected(training_daemon: DaemonProcess) -> None:
+    """As many new answers again, rated against the user's taste (inverted). The judge trained on the earlier
+    ratings scores them the other way round, so the run stops: nothing is trained on them, the adapter that
+    serves stays, and the saved judge is still the one the honest ratings trained."""
     from .trainer_fixtures import QUESTIONS, whitespace_stars
 
+    home = training_daemon.home
     with training_daemon.client() as c:
+        if not (
+            home / "reward_model" / "meta.json"
+        ).exists():  # the kills above may have stopped every run early
+            _train_now(c)
+        judge = json.loads((home / "reward_model" / "meta.json").read_text())
         before = c.status()["adapter_version"]
         for q in QUESTIONS[:64]:
             r = c.chat(q, max_tokens=24, temperature=1.0)
             c.rate(r["interaction_id"], stars=6 - whitespace_stars(r["text"]))
         run = _train_now(c)
         metrics, rm = run["metrics"], run["metrics"]["reward_model"]
-        assert rm["retrained"] and run["state"] in ("rejected", "published"), run
-        if run["state"] == "rejected":
-            assert c.status()["adapter_version"] == before
-        else:
-            gate = metrics["gate"]
-            assert gate["passed"] and gate["kl_to_base"] <= gate["max_kl"]
-            assert gate["general_loss_increase"] <= gate["max_general_loss_increase"]
-            assert c.status()["adapter_version"] == run["adapter_version"] != before
-            assert_adapters_consistent(training_daemon.home, c)
-            assert c.request("reinf/rollback", {})["adapter_version"] == before
-            assert c.status()["adapter_version"] == before
+        assert run["state"] == "rejected", run
+        assert rm["contradicted"] and "contradict the earlier ones" in metrics["reasons"][0], metrics
+        assert "ppo" not in metrics and c.status()["adapter_version"] == before
+        assert json.loads((home / "reward_model" / "meta.json").read_text()) == judge
+        assert_adapters_consistent(home, c)
+    check = rm["consistency"]
     print(
-        f"\npoisoned stream: {run['state']} (judge: correlation {rm['correlation']:.3f}, pairwise accuracy "
-        f"{rm['pairwise_accuracy']:.3f} on {rm['n_heldout']} held-out ratings)"
+        f"\npoisoned stream: rejected; the earlier judge scores the {check['n_new']} new ratings with correlation "
+        f"{check['correlation']:.3f} (p = {check['p_contradiction']:.3g})"
     )
 
 

@@ -227,6 +227,72 @@ def test_the_reward_model_is_retrained_only_after_enough_new_ratings(tmp_path):
         reward.fit, reward.evaluate, _ = orig
 
 
+def test_the_permutation_p_value_is_small_only_for_a_real_negative_correlation():
+    x = [float(i) for i in range(20)]
+    assert reward.permutation_p(x, [-v for v in x]) == pytest.approx(1 / 2001)  # no shuffle is as low
+    assert reward.permutation_p(x, x) == 1.0
+    rng = random.Random(3)
+    noise = [rng.random() for _ in x]
+    assert 0.05 < reward.permutation_p(x, noise) < 0.95
+    assert reward.permutation_p([1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0]) == 1.0  # a constant judge
+    assert reward.permutation_p([1.0, 2.0], [2.0, 1.0]) == 1.0  # too few to tell
+
+
+def test_new_ratings_that_contradict_the_earlier_ones_train_nothing(tmp_path, monkeypatch):
+    """The judge saved from the earlier ratings scores the new ones; inverted new ratings stop the run before
+    anything is trained or saved, while ratings that agree retrain it as usual."""
+
+    class Judge:
+        def __init__(self, tag):
+            self.tag, self.closed = tag, False
+
+        def save(self, folder):
+            (folder / "saved").write_text(self.tag)
+
+        def close(self):
+            self.closed = True
+
+    def ex(i, response, target):
+        return Example(str(i), f"prompt {i}", response, target, 1.0, True, i + 1, 0)
+
+    def history(start, n, invert=False):  # the user likes "good" answers, or says the opposite
+        sign = -1.0 if invert else 1.0
+        return [
+            ex(i, "good" if i % 2 else "bad", sign * (1.0 if i % 2 else -1.0))
+            for i in range(start, start + n)
+        ]
+
+    fitted = []
+    monkeypatch.setattr(reward, "fit", lambda rm, ex, on_progress=None, **kw: fitted.append(len(ex)) or {})
+    monkeypatch.setattr(reward, "evaluate", lambda rm, held: {"n_heldout": len(held), "correlation": 0.9,
+                                                               "pairwise_accuracy": 0.9})  # fmt: skip
+    monkeypatch.setattr(
+        reward, "score", lambda rm, p, r: torch.tensor([1.0 if x == "good" else -1.0 for x in r])
+    )
+    loaded = []
+
+    def run(examples):
+        return reward.load_or_train(
+            folder=tmp_path / "rm", identity={"name": "policy"}, min_new_ratings=5, train=examples[:-4],
+            heldout=examples[-4:], make=lambda: Judge("new"), load=lambda f: loaded.append(Judge("old")) or loaded[-1],
+            fit_kwargs={}, contradiction_p=0.01,
+        )  # fmt: skip
+
+    _, m = run(history(0, 20))
+    assert m["retrained"] and "consistency" not in m  # no earlier judge: nothing to contradict
+    _, m = run(history(0, 20) + history(20, 20, invert=True))
+    assert m["contradicted"] and not m["retrained"] and fitted == [16], m
+    assert m["consistency"]["n_new"] == 20 and m["consistency"]["correlation"] == pytest.approx(-1.0)
+    assert (tmp_path / "rm" / "saved").read_text() == "new" and json_watermark(tmp_path / "rm") == 20
+    _, m = run(history(0, 20) + history(20, 20))
+    assert m["retrained"] and m["contradicted"] is False and m["consistency"]["correlation"] > 0.9
+    assert loaded[-1].closed, "the earlier judge must leave the shared base before a new one is made"
+
+
+def json_watermark(folder: Path) -> int:
+    return json.loads((folder / "meta.json").read_text())["watermark"]
+
+
 def test_kill_9_of_the_trainer_leaves_no_adapter(tmp_path, model_dir):
     cfg, store = _home(tmp_path, model_dir, overrides={"training": {"ppo_steps": 200}})
     run_dir = _prepare_run(cfg, store, model_dir)

@@ -29,6 +29,8 @@ daemon's job, so a trainer killed at any moment never leaves a half-written adap
 
 The reward model lives in `$REINF_HOME/reward_model/` (its LoRA adapter, score head and `meta.json` with the
 rating watermark it was trained at) and is retrained only after `reward_model.min_new_ratings` new ratings.
+Before retraining, that saved judge scores the newer ratings; if they contradict it (`reward_model.
+contradiction_p`), the run is rejected and the saved judge stays as it was.
 
 Off-policy ratings
 ------------------

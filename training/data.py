@@ -32,6 +32,7 @@ class Example:
     explicit: bool
     rating_id: int  # 0 when only implicit events rated it
     adapter_version: int
+    finished: bool = True  # the answer ended on a stop token, not at the length cap
 
 
 def load_snapshot(path: Path) -> list[dict[str, Any]]:
@@ -75,6 +76,7 @@ def examples(rows: Sequence[dict[str, Any]], implicit_weight: float) -> list[Exa
                 explicit=weight == 1.0 and row.get("rating_id") is not None,
                 rating_id=int(row.get("rating_id") or 0),
                 adapter_version=int(row.get("adapter_version") or 0),
+                finished=row.get("finish_reason") in (None, "stop"),
             )
         )
     return out

@@ -109,6 +109,20 @@ def merged_adapter(model: nn.Module) -> Iterator[None]:
         set_trainable(model, name)
 
 
+def freeze_copy(model: nn.Module, src: str, dst: str) -> None:
+    """Add adapter `dst` as a frozen copy of adapter `src`; `src` stays active and trainable."""
+    import copy
+
+    model.add_adapter(dst, copy.deepcopy(model.peft_config[src]))
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for n, p in params.items():
+            if f".{src}." in n:
+                params[n.replace(f".{src}.", f".{dst}.")].copy_(p)
+    model.set_adapter(src)
+    set_trainable(model, src)
+
+
 def set_trainable(model: nn.Module, adapter: str | None) -> None:
     """Make exactly the LoRA weights of `adapter` trainable (None: none of them)."""
     for n, p in model.named_parameters():

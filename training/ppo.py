@@ -251,11 +251,13 @@ def train(
     pad_id: int,
     stop_ids: Sequence[int],
     on_step: Callable[[int, dict], None] | None = None,
+    reference: str | None = None,
 ) -> list[dict]:
     """Run `args.ppo_steps` rounds of rollout → score → GAE → clipped updates on the active LoRA adapter.
 
     `model` is a PEFT model whose active adapter is the policy; `reward_fn(rollout)` returns r(x, y) per
-    response. Returns one dict of statistics per step.
+    response. π_ref is the adapter named `reference`, or the plain base when None. Returns one dict of
+    statistics per step.
     """
     device = next(value_head.parameters()).device
     generator = torch.Generator(device=device).manual_seed(args.seed)
@@ -302,7 +304,7 @@ def train(
             ]
             ro.logprobs = torch.cat([lp for lp, _ in old])
             ro.values = torch.cat([v for _, v in old])
-            with use_adapter(model, None):
+            with use_adapter(model, reference):
                 ro.ref_logprobs = torch.cat(
                     [
                         response_logprobs(model, ro.ids[s], ro.mask[s], ro.context, args.temperature)[0]

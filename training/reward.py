@@ -104,6 +104,10 @@ class PolicyRewardModel:
         with use_adapter(self.model, ADAPTER):
             yield
 
+    def close(self) -> None:
+        """Take the reward adapter off the shared base, so that another judge can be made on it."""
+        self.model.delete_adapter(ADAPTER)
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.model.named_parameters() if f".{ADAPTER}." in n] + list(
             self.head.parameters()
@@ -157,6 +161,9 @@ class ClassifierRewardModel:
             return_tensors="pt",
         ).to(next(self.model.parameters()).device)
         return self.model(**enc).logits[:, 0].float()
+
+    def close(self) -> None:
+        """Nothing shared to release: the classifier is its own model."""
 
     def active(self):  # noqa: ANN201 - nothing to switch: the classifier has one adapter
         return nullcontext()
@@ -323,6 +330,40 @@ def pairwise_accuracy(pred: Sequence[float], target: Sequence[float], tie: float
     return right / total if total else 0.5
 
 
+def permutation_p(x: Sequence[float], y: Sequence[float], *, rounds: int = 2000, seed: int = 0) -> float:
+    """One-sided p-value that the correlation of x and y is this low by chance: the share of random pairings
+    (y shuffled) whose correlation is at most the observed one. No assumption about the distributions."""
+    n = len(x)
+    if n < 3:
+        return 1.0
+    xs = torch.tensor(x, dtype=torch.float64)
+    ys = torch.tensor(y, dtype=torch.float64)
+    xs, ys = xs - xs.mean(), ys - ys.mean()
+    norm = float(xs.norm() * ys.norm())
+    if norm <= 1e-12:
+        return 1.0
+    observed = float(xs @ ys) / norm
+    gen = torch.Generator().manual_seed(seed)
+    perms = torch.argsort(torch.rand(rounds, n, generator=gen), dim=1)
+    shuffled = (ys[perms] @ xs) / norm
+    return (int((shuffled <= observed + 1e-12).sum()) + 1) / (rounds + 1)
+
+
+def consistency(rm: RewardModel, new: Sequence[Example]) -> dict[str, Any]:
+    """How the judge trained on the earlier ratings scores the new ones: their correlation, and the p-value
+    that it is this negative by chance. A small p-value means the new ratings contradict the earlier ones."""
+    new = [e for e in new if e.explicit]
+    if len(new) < 3:
+        return {"n_new": len(new), "correlation": 0.0, "p_contradiction": 1.0}
+    pred = score(rm, [e.prompt for e in new], [e.response for e in new]).tolist()
+    target = [e.target for e in new]
+    return {
+        "n_new": len(new),
+        "correlation": pearson(pred, target),
+        "p_contradiction": permutation_p(pred, target),
+    }
+
+
 def evaluate(rm: RewardModel, heldout: Sequence[Example]) -> dict[str, Any]:
     """Held-out correlation and pairwise accuracy of the judge's scores with the user's ratings."""
     if not heldout:
@@ -354,11 +395,14 @@ def load_or_train(
     load: Callable[[Path], RewardModel],
     fit_kwargs: dict[str, Any],
     on_progress: Callable[[float, str], None] | None = None,
+    contradiction_p: float = 0.0,
 ) -> tuple[RewardModel, dict[str, Any]]:
     """Reuse the saved reward model while fewer than `min_new_ratings` ratings are newer than it; else retrain.
 
     `identity` (kind, model name, base, size) must match the saved one. Returns the model and its metrics,
-    measured on held-out ratings it never trained on.
+    measured on held-out ratings it never trained on. Before retraining, the saved judge scores the new ratings
+    (`metrics["consistency"]`); when they contradict it with a p-value under `contradiction_p`, nothing is
+    retrained or saved, and `metrics["contradicted"]` is true: the caller must not train the policy on them.
     """
     watermark = max((e.rating_id for e in [*train, *heldout]), default=0)
     meta: dict[str, Any] = {}
@@ -379,9 +423,26 @@ def load_or_train(
         except Exception as exc:  # noqa: BLE001 - a broken saved judge is retrained, not fatal
             reuse_note = f"the saved reward model could not be loaded ({exc}); retrained"
             log.warning(reuse_note)
+    check = None
+    if (
+        meta
+        and _meta_matches(meta.get("identity", {}), identity)
+        and contradiction_p > 0
+        and reuse_note is None
+    ):
+        check = _check_consistency(load, folder, meta, [*train, *heldout], contradiction_p)
+        if check is not None and check["contradicted"]:
+            return check.pop("rm"), {"retrained": False, "watermark": meta["watermark"], "consistency": check,
+                                     "contradicted": True, "n_heldout": 0, "correlation": 0.0,
+                                     "pairwise_accuracy": 0.5}  # fmt: skip
+        if check is not None:
+            check["rm"].close()
     rm = make()
     fit_metrics = fit(rm, train, on_progress=on_progress, **fit_kwargs)
     metrics = {**fit_metrics, **evaluate(rm, heldout), "retrained": True, "watermark": watermark}
+    if check is not None:
+        check.pop("rm", None)
+        metrics.update(consistency=check, contradicted=False)
     metrics["reason"] = reuse_note or (
         "no saved reward model for this base"
         if not meta
@@ -395,6 +456,27 @@ def load_or_train(
     }
     _save_atomically(rm, folder, new_meta)
     return rm, metrics
+
+
+def _check_consistency(
+    load: Callable[[Path], RewardModel],
+    folder: Path,
+    meta: dict[str, Any],
+    examples: Sequence[Example],
+    max_p: float,
+) -> dict[str, Any] | None:
+    """The saved judge's verdict on the ratings newer than it (None if it cannot be loaded)."""
+    new = [e for e in examples if e.explicit and e.rating_id > int(meta.get("watermark", -1))]
+    try:
+        old = load(folder)
+    except Exception as exc:  # noqa: BLE001 - no earlier judge to compare with; the new one is trained as usual
+        log.warning("the saved reward model could not be loaded to check the new ratings (%s)", exc)
+        return None
+    check = consistency(old, new)
+    check["contradicted"] = check["correlation"] < 0 and check["p_contradiction"] < max_p
+    check["max_p"] = max_p
+    check["rm"] = old
+    return check
 
 
 def _save_atomically(rm: RewardModel, folder: Path, meta: dict[str, Any]) -> None:

@@ -1,6 +1,7 @@
 """One training run, from the run folder in to `metrics.json` and `adapter/` out (see __init__ for the contract).
 
-snapshot → reward model (lazily retrained) → chance check → PPO → gate → adapter written via a temp folder.
+snapshot → reward model (lazily retrained) → chance check → imitation of the liked answers → PPO → gate →
+adapter written via a temp folder.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ PHASES = {
 }
 POLICY = "default"  # PEFT saves the adapter of this name at the folder's top level: plain PEFT format
 ACTIVE = "active"
+REFERENCE = "reference"
 MIN_RATINGS = 8
 
 
@@ -136,8 +138,8 @@ def train_run(cfg: Config, extras: dict[str, Any], run_dir: Path, progress: Prog
     """Everything between the snapshot and the verdict. Returns the metrics (decision and reasons included)."""
     import torch
 
-    from . import data, gate, ppo, reward
-    from .lm import decode_responses, stop_token_ids
+    from . import data, gate, imitate, ppo, reward
+    from .lm import decode_responses, freeze_copy, stop_token_ids
 
     t_start = time.time()
     tc, rc = cfg.training, cfg.reward_model
@@ -189,9 +191,18 @@ def train_run(cfg: Config, extras: dict[str, Any], run_dir: Path, progress: Prog
             epochs=rc.epochs, batch_size=rc.batch_size, learning_rate=rc.learning_rate, seed=tc.seed
         ),
         on_progress=rm_progress,
+        contradiction_p=rc.contradiction_p,
     )
     metrics["reward_model"] = rm_metrics
     metrics["timings"]["reward_model_s"] = time.time() - t0
+    if rm_metrics.get("contradicted"):
+        c = rm_metrics["consistency"]
+        return reject(
+            f"the {c['n_new']} new ratings contradict the earlier ones: the reward model trained on those scores "
+            f"them with correlation {c['correlation']:.3f} (p = {c['p_contradiction']:.3g}); neither the reward "
+            "model nor the policy was trained on them. If your taste has changed, set "
+            "reward_model.contradiction_p = 0 and train again"
+        )
     corr, acc = rm_metrics["correlation"], rm_metrics["pairwise_accuracy"]
     progress("reward_model", 1.0, f"held-out correlation {corr:.3f}, pairwise accuracy {acc:.3f}")
     if rm_metrics["n_heldout"] < 2 or corr <= rc.min_holdout_correlation or acc <= 0.5:
@@ -200,7 +211,18 @@ def train_run(cfg: Config, extras: dict[str, Any], run_dir: Path, progress: Prog
             f"pairwise accuracy {acc:.3f} on {rm_metrics['n_heldout']} ratings); PPO was not run"
         )
 
-    # 4. PPO on fresh rollouts from the user's prompts, mixed with general replay prompts.
+    # 4. Warm start: imitate the liked answers of the training split, then PPO explores from there.
+    t0 = time.time()
+    progress("ppo", 0.0, f"imitating the liked answers ({tc.imitation_epochs} epochs)")
+    metrics["imitation"] = imitate.imitate(
+        model, tokenizer, train_ex, epochs=tc.imitation_epochs, learning_rate=tc.imitation_learning_rate,
+        batch_size=tc.minibatch_size, max_prompt_tokens=tc.max_prompt_tokens,
+        max_response_tokens=tc.max_response_tokens, stop_id=stop_ids[0] if stop_ids else None,
+        pad_id=_pad_id(tokenizer), seed=tc.seed,
+    )  # fmt: skip
+    metrics["timings"]["imitation_s"] = time.time() - t0
+
+    # 5. PPO on fresh rollouts from the user's prompts, mixed with general replay prompts.
     t0 = time.time()
     train_prompts, held_prompts = data.user_prompts(rows, {e.interaction_id for e in held_ex})
     replay = data.replay_prompts(tokenizer)
@@ -215,18 +237,24 @@ def train_run(cfg: Config, extras: dict[str, Any], run_dir: Path, progress: Prog
         progress("ppo", (step + 1) / tc.ppo_steps,
                  f"PPO step {step + 1}/{tc.ppo_steps}: score {stats['score']:.3f}, KL {stats['kl']:.3f}")  # fmt: skip
 
+    # π_ref for the KL penalty: the policy as this run starts PPO (InstructGPT's SFT model), so that the penalty
+    # does not pull back what imitation and earlier runs learnt; the gate bounds the KL to the base.
+    reference = None
+    if tc.kl_reference == "start":
+        reference = REFERENCE
+        freeze_copy(model, POLICY, REFERENCE)
     value_head = ppo.ValueHead(_hidden_size(model)).to(device)
     args = ppo_args(cfg)
     progress("ppo", 0.0, f"PPO on {len(train_prompts)} user prompts and {len(replay)} replay prompts")
     history = ppo.train(
         model, value_head, prompt_ids,
         data.prompt_batches(len(train_prompts), len(replay), tc.batch_size, tc.replay_ratio, tc.seed),
-        reward_fn, args, pad_id=_pad_id(tokenizer), stop_ids=stop_ids, on_step=on_step,
+        reward_fn, args, pad_id=_pad_id(tokenizer), stop_ids=stop_ids, on_step=on_step, reference=reference,
     )  # fmt: skip
     metrics["ppo"] = _ppo_summary(history)
     metrics["timings"]["ppo_s"] = time.time() - t0
 
-    # 5. Gate: held-out prompts (topped up with replay prompts), KL to the base, general loss.
+    # 6. Gate: held-out prompts (topped up with replay prompts), KL to the base, general loss.
     t0 = time.time()
     progress("eval", 0.0, "comparing the candidate with the active adapter")
     gate_prompts = (held_prompts + [p for p in replay if p not in held_prompts])[: max(tc.eval_prompts, 1)]
@@ -250,7 +278,7 @@ def train_run(cfg: Config, extras: dict[str, Any], run_dir: Path, progress: Prog
         metrics["timings"]["total_s"] = time.time() - t_start
         return metrics
 
-    # 6. The candidate adapter, in PEFT format, via a temporary folder and a rename.
+    # 7. The candidate adapter, in PEFT format, via a temporary folder and a rename.
     progress("save", 0.0, "writing the adapter")
     save_adapter(model, run_dir / "adapter")
     metrics.update(decision="publish", reasons=[])

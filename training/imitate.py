@@ -1,0 +1,95 @@
+"""Warm start before PPO: a few steps of next-token loss on the answers the user liked.
+
+A liked answer is a demonstration of what the user wants, and imitating it moves the policy towards it at once;
+PPO then explores from there with the reward model (InstructGPT's order: demonstrations first, then RL). The
+liked answers come from the reward model's training split, so the held-out ratings stay unseen. Only the
+policy adapter learns, and the prompt tokens are not scored.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import Example
+from .lm import pad_left
+from .ppo import masked_mean, response_logprobs
+
+LIKED_TARGET = 0.5  # 4 stars or more, or a thumbs up (data.rating_target)
+
+
+def liked(examples: Sequence[Example]) -> list[Example]:
+    """The explicitly rated answers the user liked."""
+    return [e for e in examples if e.explicit and e.target >= LIKED_TARGET]
+
+
+def encode(
+    tokenizer: Any, ex: Example, max_prompt_tokens: int, max_response_tokens: int, stop_id: int | None
+) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) as the policy saw and wrote them; a finished answer ends with the stop token."""
+    prompt = tokenizer(ex.prompt, add_special_tokens=False)["input_ids"][-max_prompt_tokens:]
+    answer = tokenizer(ex.response, add_special_tokens=False)["input_ids"]
+    if ex.finished and stop_id is not None:
+        answer = answer + [stop_id]
+    return prompt, answer[:max_response_tokens]
+
+
+def imitate(
+    model: nn.Module,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    *,
+    epochs: int,
+    learning_rate: float,
+    batch_size: int,
+    max_prompt_tokens: int,
+    max_response_tokens: int,
+    stop_id: int | None,
+    pad_id: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Fit the active (policy) adapter to the liked answers; returns the loss before and after, in nats/token."""
+    data = [encode(tokenizer, e, max_prompt_tokens, max_response_tokens, stop_id) for e in liked(examples)]
+    data = [(p, a) for p, a in data if p and a]
+    if not data or epochs <= 0:
+        return {"n_liked": len(data), "steps": 0}
+    t0 = time.time()
+    device = next(p for p in model.parameters() if p.requires_grad).device
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    rng = random.Random(seed)
+    losses = []
+    model.eval()  # no dropout, as in PPO
+    for _ in range(epochs):
+        rng.shuffle(data)
+        for i in range(0, len(data), batch_size):
+            batch = data[i : i + batch_size]
+            q_ids, q_mask = pad_left([p for p, _ in batch], pad_id, device)
+            width = max(len(a) for _, a in batch)
+            r_ids = torch.full((len(batch), width), pad_id, dtype=torch.long, device=device)
+            r_mask = torch.zeros((len(batch), width), dtype=torch.long, device=device)
+            for j, (_, a) in enumerate(batch):
+                r_ids[j, : len(a)] = torch.tensor(a, device=device)
+                r_mask[j, : len(a)] = 1
+            logprobs, _ = response_logprobs(
+                model, torch.cat([q_ids, r_ids], 1), torch.cat([q_mask, r_mask], 1), q_ids.shape[1], 1.0
+            )
+            loss = -masked_mean(logprobs, r_mask.float())  # −log π(y | x), per answer token
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            losses.append(loss.item())
+    k = max(1, len(losses) // max(epochs, 1))
+    return {
+        "n_liked": len(data),
+        "steps": len(losses),
+        "loss_first_epoch": sum(losses[:k]) / k,
+        "loss_last_epoch": sum(losses[-k:]) / k,
+        "time_s": time.time() - t0,
+    }
