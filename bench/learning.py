@@ -54,6 +54,7 @@ TRAINING = {
     "training_max_prompt_tokens": "64",
     "training_learning_rate": "0.002",
     "training_init_kl_coef": "0.2",
+    "training_start_from": "active",
     "training_imitation_epochs": "2",
     "training_imitation_learning_rate": "0.0005",
     "training_max_kl": "30",

@@ -9,7 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,6 +49,11 @@ class Backend:
         self.engine = engine
         # One inference thread: requests queue here; the queue time is reported as queue_ms.
         self._gen = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reinf-generate")
+        # Inline completions are written behind the answer, on this thread, so that the committed DuckDB insert
+        # (about 2 ms) is not in the typing path. Every read and every rating waits for them first (`flush`).
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reinf-store")
+        self._unwritten: set[Future] = set()
+        self._lost: dict[str, str] = {}  # interaction id → why its write failed (the newest few)
         self._clients: set[Notifier] = set()
         self._clients_lock = threading.Lock()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -168,7 +173,9 @@ class Backend:
         version = self.engine.adapter_version
         timings = {"queue_ms": queue_ms, "generate_ms": round(gen.generate_ms, 3)}
         timings["total_ms"] = _ms(t0)
-        self._store_interaction(
+        # Answered only once committed, so that a full disk is an error here; redaction and the write run on
+        # the store thread, off the event loop.
+        await asyncio.get_running_loop().run_in_executor(self._writer, lambda: self._store_interaction(
             iid,
             kind=kind,
             client=client,
@@ -178,7 +185,7 @@ class Backend:
             context={**context, "messages": messages},
             timings=timings,
             adapter_version=version,
-        )
+        ))  # fmt: skip
         timings["total_ms"] = _ms(t0)
         return {
             "interaction_id": iid,
@@ -212,7 +219,7 @@ class Backend:
         iid = uuid.uuid4().hex
         version = self.engine.adapter_version
         timings = {"queue_ms": queue_ms, "generate_ms": round(gen.generate_ms, 3), "total_ms": _ms(t0)}
-        self._store_interaction(
+        self._store_later(
             iid,
             kind="completion",
             client=client,
@@ -225,6 +232,36 @@ class Backend:
         )
         timings["total_ms"] = _ms(t0)
         return {"interaction_id": iid, "text": gen.text, "adapter_version": version, "timings": timings}
+
+    def _store_later(self, iid: str, **fields: Any) -> None:
+        """Write an interaction on the store thread; a failure is logged and named to a later rating of it."""
+        fut = self._writer.submit(self._store_interaction, iid, **fields)
+        self._unwritten.add(fut)
+
+        def done(f: Future) -> None:
+            self._unwritten.discard(f)
+            exc = f.exception()
+            if exc is not None:
+                log.error("the completion %s could not be stored: %s", iid, exc)
+                self._lost[iid] = str(exc)
+                while len(self._lost) > 100:
+                    self._lost.pop(next(iter(self._lost)))
+
+        fut.add_done_callback(done)
+
+    def flush(self) -> None:
+        """Wait until every interaction answered so far is committed (or has failed, and says why)."""
+        for fut in list(self._unwritten):
+            try:
+                fut.result()
+            except Exception:  # noqa: BLE001 - logged and kept in _lost by the done callback
+                pass
+
+    def _unknown(self, method: str, iid: str, exc: UnknownInteraction) -> InvalidParams:
+        why = self._lost.get(iid)
+        if why is not None:
+            return InvalidParams(f"{method}: interaction_id: that completion could not be stored ({why})")
+        return InvalidParams(f"{method}: interaction_id: {exc}")
 
     def _store_interaction(
         self,
@@ -271,10 +308,11 @@ class Backend:
             raise InvalidParams("reinf/rate: give at least one of thumbs, stars or comment")
         if comment and self.cfg.server.redact_secrets:
             comment = redact(comment)
+        self.flush()
         try:
             rating_id = self.store.add_rating(iid, thumbs=thumbs, stars=stars, comment=comment)
         except UnknownInteraction as exc:
-            raise InvalidParams(f"reinf/rate: interaction_id: {exc}") from exc
+            raise self._unknown("reinf/rate", iid, exc) from exc
         self.scheduler.note_rating()
         return {
             "rating_id": rating_id,
@@ -297,16 +335,18 @@ class Backend:
         detail = {
             k: v for k, v in (("accepted_chars", accepted_chars), ("shown_ms", shown_ms)) if v is not None
         }
+        self.flush()
         try:
             return self.store.add_rating(
                 iid, source="implicit", event=event, comment=_json_detail(detail) if detail else None
             )
         except UnknownInteraction as exc:
-            raise InvalidParams(f"reinf/feedback: interaction_id: {exc}") from exc
+            raise self._unknown("reinf/feedback", iid, exc) from exc
 
     # -- reads ------------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        self.flush()
         return {
             "model": self.engine.model_name,
             "device": self.engine.device,
@@ -325,6 +365,7 @@ class Backend:
             self.cfg.server.max_field_bytes,
             {"limit", "offset", "unrated_only", "kind"},
         )
+        self.flush()
         items, total = self.store.history(
             limit=p.int("limit", 1, self.cfg.server.history_limit_max, default=20),
             offset=p.int("offset", 0, 2**31, default=0),
@@ -349,6 +390,7 @@ class Backend:
 
     def retrain(self, params: Any) -> dict[str, Any]:
         Params(params, "reinf/retrain", self.cfg.server.max_field_bytes, set())
+        self.flush()
         return {"run_id": self.scheduler.retrain("manual")}
 
     def cancel_training(self, params: Any) -> dict[str, Any]:
@@ -376,6 +418,7 @@ class Backend:
             raise InvalidParams(f"reinf/export: path: folder {str(path.parent)!r} does not exist")
         if not path.name or path.is_dir():
             raise InvalidParams(f"reinf/export: path {str(path)!r} is a folder; give the name of a file")
+        self.flush()
         return {"path": str(path), "rows": self.store.export(path, fmt)}
 
     def forget(self, params: Any) -> dict[str, Any]:
@@ -390,6 +433,7 @@ class Backend:
                 before = before.astimezone()
             except (ValueError, OverflowError) as exc:  # 0001-01-01 in a zone east of UTC is year 0
                 raise InvalidParams(f"reinf/forget: before is out of range: {text!r}") from exc
+        self.flush()
         deleted = self.store.forget(before)
         # Each run's Parquet snapshot is a copy of the rated text. A run still going trains on text that is
         # now forgotten, so it is cancelled; the snapshots of runs that ended are no longer needed.
@@ -405,6 +449,9 @@ class Backend:
     def close(self) -> None:
         self.scheduler.close()
         self._gen.shutdown(wait=True, cancel_futures=True)
+        self._writer.shutdown(
+            wait=True
+        )  # the completions already answered are written before the store closes
         self.store.close()
 
 

@@ -44,6 +44,7 @@ class TrainingConfig:
     ppo_epochs: int = 4
     ppo_steps: int = 8
     learning_rate: float = 1e-4
+    start_from: str = "active"  # each run's policy starts as the "active" adapter, or as a fresh one ("base")
     imitation_epochs: int = 1  # before PPO: passes of next-token loss over the liked answers (0: none)
     imitation_learning_rate: float = 1e-4
     lora_r: int = 8
@@ -241,6 +242,8 @@ def _validate(cfg: Config) -> None:
     t = cfg.training
     if t.min_new_ratings < 1:
         raise ConfigError(f"training.min_new_ratings must be at least 1, got {t.min_new_ratings}")
+    if t.start_from not in ("active", "base"):
+        raise ConfigError(f"training.start_from must be active or base, got {t.start_from!r}")
     if t.kl_reference not in ("start", "base"):
         raise ConfigError(f"training.kl_reference must be start or base, got {t.kl_reference!r}")
     if t.imitation_epochs < 0:

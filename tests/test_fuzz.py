@@ -134,6 +134,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 
 
 def counts(backend: Any) -> tuple[int, ...]:
+    backend.flush()  # completions are written behind their answer
     one = backend.store._read
     return (
         one("SELECT count(*) FROM interactions")[0][0],
@@ -645,3 +646,28 @@ def test_forget_at_the_edge_of_the_calendar_is_an_answer_not_a_crash(server: Any
     else:
         assert result["deleted"] == 0
     assert counts(server.backend) == before_counts
+
+
+def test_a_completion_is_written_behind_its_answer_and_a_rating_waits_for_it(server: Any) -> None:
+    from reinf.validate import InvalidParams
+
+    backend = server.backend
+    before = counts(backend)
+    answer = asyncio.run(
+        backend.complete("def f():\n    ", "", client="t", uri="file:///a.py", language="python")
+    )
+    rating = backend.rate(
+        {"interaction_id": answer["interaction_id"], "stars": 4}
+    )  # no wait needed by the caller
+    assert rating["rating_id"] > 0 and counts(backend)[:2] == (before[0] + 1, before[1] + 1)
+
+    # A write that fails is logged, and a later rating of that completion says why it cannot be rated.
+    real = backend.store.add_interaction
+    backend.store.add_interaction = lambda **kw: (_ for _ in ()).throw(OSError(28, "No space left on device"))
+    try:
+        lost = asyncio.run(backend.complete("x = ", "", client="t", uri="file:///a.py", language="python"))
+        with pytest.raises(InvalidParams, match=r"could not be stored \(.*No space left on device\)"):
+            backend.rate({"interaction_id": lost["interaction_id"], "stars": 2})
+    finally:
+        backend.store.add_interaction = real
+    assert counts(backend)[:2] == (before[0] + 1, before[1] + 1)

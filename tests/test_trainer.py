@@ -343,6 +343,33 @@ def test_sampling_with_the_adapter_merged_matches_it_and_restores_the_base():
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {n for n in before if "lora_" in n}
 
 
+class _CharTokenizer:
+    """Characters to ids 3..62 of the toy policy's vocabulary (0 pad, 1 stop)."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [3 + ord(c) % 60 for c in text]}
+
+
+def test_imitation_fits_the_liked_answers_only_and_the_reference_stays_frozen():
+    from reinf.training.imitate import imitate, liked
+    from reinf.training.lm import freeze_copy
+
+    model = _toy_policy()
+    freeze_copy(model, "default", "reference")
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if ".reference." in n}
+    rated = [Example(str(i), f"q{i}", "abcabc" if i % 2 else "zzzz", 1.0 if i % 2 else -1.0, 1.0, True, i + 1, 0)
+             for i in range(12)]  # fmt: skip
+    assert [e.response for e in liked(rated)] == ["abcabc"] * 6  # only what the user liked is imitated
+    kw = dict(epochs=6, learning_rate=0.02, batch_size=4, max_prompt_tokens=8, max_response_tokens=8,
+              stop_id=1, pad_id=0, seed=0)  # fmt: skip
+    out = imitate(model, _CharTokenizer(), rated, **kw)
+    assert out["n_liked"] == 6 and out["steps"] == 12
+    assert out["loss_last_epoch"] < 0.5 * out["loss_first_epoch"], out
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if ".reference." in n)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if ".reference." in n)
+    assert imitate(model, _CharTokenizer(), rated, **{**kw, "epochs": 0})["steps"] == 0
+
+
 def test_a_sequence_classifier_can_be_the_judge(tmp_path, model_dir):
     # reward_model.name names any AutoModelForSequenceClassification; the test model's folder loads as one.
     cfg, store = _home(tmp_path, model_dir, n=40, overrides={"reward_model": {"name": str(model_dir)}})

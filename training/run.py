@@ -316,14 +316,15 @@ def load_policy(cfg: Config, extras: dict[str, Any]):  # noqa: ANN201
     base.config.use_cache = False
     device = torch.device(device)
     active = extras.get("active_adapter")
-    if active:
+    t = cfg.training
+    if active and t.start_from == "active":
         model = PeftModel.from_pretrained(base, active["path"], adapter_name=POLICY, is_trainable=True)
-        model.load_adapter(active["path"], adapter_name=ACTIVE, is_trainable=False)
-    else:
-        t = cfg.training
+    else:  # a fresh adapter: every run learns from all the ratings, so drift does not add up from run to run
         lora = LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
                           target_modules=target_modules(base))  # fmt: skip
         model = get_peft_model(base, lora, adapter_name=POLICY)
+    if active:
+        model.load_adapter(active["path"], adapter_name=ACTIVE, is_trainable=False)
     model.set_adapter(POLICY)
     return model, tokenizer, device
 
