@@ -64,6 +64,9 @@ class TrainingConfig:
     lam: float = 0.95
     max_kl: float = 15.0
     max_general_loss_increase: float = 0.05
+    # The gate rejects a candidate whose median answer is shorter than this quantile of the liked answers'
+    # lengths: shrinking answers are the commonest way to game a reward model. 0 turns the check off.
+    length_floor_quantile: float = 0.1
     eval_prompts: int = 16
     threads: int = 1
     nice: int = 10
@@ -244,6 +247,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"training.min_new_ratings must be at least 1, got {t.min_new_ratings}")
     if t.start_from not in ("active", "base"):
         raise ConfigError(f"training.start_from must be active or base, got {t.start_from!r}")
+    if not 0.0 <= t.length_floor_quantile < 1.0:
+        raise ConfigError(f"training.length_floor_quantile must be in [0, 1), got {t.length_floor_quantile}")
     if t.kl_reference not in ("start", "base"):
         raise ConfigError(f"training.kl_reference must be start or base, got {t.kl_reference!r}")
     if t.imitation_epochs < 0:

@@ -142,6 +142,9 @@ def test_a_run_learns_the_raters_taste_and_publishes(tmp_path, model_dir):
     assert metrics["ppo"]["steps"] == 6
     assert metrics["decision"] == "publish", metrics["reasons"]
     assert gate["candidate_score"] > gate["active_score"] and gate["kl_to_base"] <= cfg.training.max_kl
+    lo, hi = rm["score_range"]  # PPO's reward and the gate's scores are clipped to the judge's range
+    assert lo < hi and lo <= gate["active_score"] <= hi and lo <= gate["candidate_score"] <= hi
+    assert gate["checks"]["length_ok"] and gate["candidate_median_tokens"] >= gate["length_floor_tokens"] > 0
     # The adapter is plain PEFT, and PPO really moved its weights (LoRA B starts at zero).
     adapter = run_dir / "adapter"
     assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "LORA"
@@ -368,6 +371,13 @@ def test_imitation_fits_the_liked_answers_only_and_the_reference_stays_frozen():
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if ".reference." in n)
     assert not any(p.requires_grad for n, p in model.named_parameters() if ".reference." in n)
     assert imitate(model, _CharTokenizer(), rated, **{**kw, "epochs": 0})["steps"] == 0
+
+
+def test_the_length_floor_is_a_low_quantile_of_the_liked_answers():
+    from reinf.training.gate import length_floor
+
+    assert length_floor(list(range(1, 101)), 0.1) == pytest.approx(10.9)
+    assert length_floor([], 0.1) == 0.0 and length_floor([5, 50], 0.0) == 0.0
 
 
 def test_a_sequence_classifier_can_be_the_judge(tmp_path, model_dir):

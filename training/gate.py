@@ -99,8 +99,15 @@ def run_gate(
     general_max_tokens: int,
     seed: int,
     samples: int = 4,
+    score_range: tuple[float, float] | None = None,
+    length_floor: float = 0.0,
 ) -> dict[str, Any]:
-    """Compare the candidate adapter with the active one (None: the base); returns the checks and reasons."""
+    """Compare the candidate adapter with the active one (None: the base); returns the checks and reasons.
+
+    Scores are clipped to `score_range`, the judge's range on the answers it was trained on: beyond it, it
+    extrapolates, and that is where a policy games it. The candidate's median answer must be at least
+    `length_floor` tokens long (see `length_floor` below).
+    """
     texts = [t for t in prompt_texts for _ in range(samples)]
     ids = [p for p in prompt_ids for _ in range(samples)]
     kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, stop_ids=stop_ids, seed=seed)
@@ -112,14 +119,19 @@ def run_gate(
         active_texts, _ = sample_texts(model, tokenizer, ids, **kw)
     with use_adapter(model, None):
         base_general = general_loss(model, tokenizer, general, general_max_tokens)
-    cand_score = float(score(rm, texts, cand_texts).mean())
-    active_score = float(score(rm, texts, active_texts).mean())
+    lo, hi = score_range if score_range is not None else (-float("inf"), float("inf"))
+    cand_score = float(score(rm, texts, cand_texts).clamp(lo, hi).mean())
+    active_score = float(score(rm, texts, active_texts).clamp(lo, hi).mean())
+    cand_length = (
+        float(torch.cat([b[3].sum(1) for b in cand_batches]).float().median()) if cand_batches else 0.0
+    )
     increase = (cand_general - base_general) / base_general if base_general > 0 else 0.0
     against = f"the active adapter v{active_version}" if active else "the base model"
     checks = {
         "reward_improved": cand_score > active_score,
         "kl_within_bound": kl <= max_kl,
         "general_loss_ok": increase <= max_general_loss_increase,
+        "length_ok": cand_length >= length_floor,
     }
     reasons = []
     if not checks["reward_improved"]:
@@ -133,6 +145,12 @@ def run_gate(
             f"loss on general held-out code rose {100 * increase:.1f}% over the base "
             f"({base_general:.4f} → {cand_general:.4f}), over training.max_general_loss_increase = "
             f"{100 * max_general_loss_increase:g}%"
+        )
+    if not checks["length_ok"]:
+        reasons.append(
+            f"the candidate's answers are shorter than nearly all you liked: median {cand_length:.0f} tokens on "
+            f"held-out prompts, under {length_floor:.0f} (training.length_floor_quantile of the liked answers); "
+            "PPO is gaming the reward model with ever shorter answers"
         )
     return {
         "passed": all(checks.values()),
@@ -149,6 +167,9 @@ def run_gate(
         "general_loss_candidate": cand_general,
         "general_loss_increase": increase,
         "max_general_loss_increase": max_general_loss_increase,
+        "score_range": list(score_range) if score_range is not None else None,
+        "candidate_median_tokens": cand_length,
+        "length_floor_tokens": length_floor,
         "example": {
             "prompt": prompt_texts[0][-200:],
             "candidate": cand_texts[0][:200],
@@ -157,3 +178,14 @@ def run_gate(
         if prompt_texts
         else {},
     }
+
+
+def length_floor(lengths: Sequence[int], quantile: float) -> float:
+    """The `quantile` of the liked answers' lengths in tokens (0 when there are none or quantile is 0).
+
+    The commonest reward hack is an answer that shrinks towards nothing, which a judge trained on real answers
+    scores out of its depth. Real answers shorter than nearly all the liked ones are rare, so that is the floor.
+    """
+    if not lengths or quantile <= 0:
+        return 0.0
+    return float(torch.tensor(sorted(lengths), dtype=torch.float32).quantile(quantile))

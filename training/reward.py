@@ -330,6 +330,13 @@ def pairwise_accuracy(pred: Sequence[float], target: Sequence[float], tie: float
     return right / total if total else 0.5
 
 
+def score_range(rm: RewardModel, examples: Sequence[Example]) -> tuple[float, float]:
+    """The lowest and highest score the judge gives the rated answers it was trained on."""
+    rated = [e for e in examples if e.explicit] or list(examples)
+    s = score(rm, [e.prompt for e in rated], [e.response for e in rated])
+    return (float(s.min()), float(s.max())) if len(s) else (-1.0, 1.0)
+
+
 def permutation_p(x: Sequence[float], y: Sequence[float], *, rounds: int = 2000, seed: int = 0) -> float:
     """One-sided p-value that the correlation of x and y is this low by chance: the share of random pairings
     (y shuffled) whose correlation is at most the observed one. No assumption about the distributions."""
