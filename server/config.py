@@ -64,7 +64,7 @@ class TrainingConfig:
     lam: float = 0.95
     max_kl: float = 15.0
     max_general_loss_increase: float = 0.05
-    # The gate rejects a candidate whose median answer is shorter than this quantile of the liked answers'
+    # The gate rejects a candidate whose median answer is shorter than half this quantile of the liked answers'
     # lengths: shrinking answers are the commonest way to game a reward model. 0 turns the check off.
     length_floor_quantile: float = 0.1
     eval_prompts: int = 16

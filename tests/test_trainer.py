@@ -376,7 +376,7 @@ def test_imitation_fits_the_liked_answers_only_and_the_reference_stays_frozen():
 def test_the_length_floor_is_a_low_quantile_of_the_liked_answers():
     from reinf.training.gate import length_floor
 
-    assert length_floor(list(range(1, 101)), 0.1) == pytest.approx(10.9)
+    assert length_floor(list(range(1, 101)), 0.1) == pytest.approx(10.9 / 2)
     assert length_floor([], 0.1) == 0.0 and length_floor([5, 50], 0.0) == 0.0
 
 

@@ -149,7 +149,8 @@ def run_gate(
     if not checks["length_ok"]:
         reasons.append(
             f"the candidate's answers are shorter than nearly all you liked: median {cand_length:.0f} tokens on "
-            f"held-out prompts, under {length_floor:.0f} (training.length_floor_quantile of the liked answers); "
+            f"held-out prompts, under {length_floor:.0f} (half the training.length_floor_quantile of the liked "
+            "answers' lengths); "
             "PPO is gaming the reward model with ever shorter answers"
         )
     return {
@@ -181,11 +182,12 @@ def run_gate(
 
 
 def length_floor(lengths: Sequence[int], quantile: float) -> float:
-    """The `quantile` of the liked answers' lengths in tokens (0 when there are none or quantile is 0).
+    """Half the `quantile` of the liked answers' lengths in tokens (0 when there are none or quantile is 0).
 
-    The commonest reward hack is an answer that shrinks towards nothing, which a judge trained on real answers
-    scores out of its depth. Real answers shorter than nearly all the liked ones are rare, so that is the floor.
+    The commonest reward hack is an answer that shrinks towards nothing (an empty code block), which a judge
+    trained on real answers scores out of its depth. A user who likes short answers makes the policy shorter
+    too, legitimately, so the floor sits at half of what the user's short liked answers are.
     """
     if not lengths or quantile <= 0:
         return 0.0
-    return float(torch.tensor(sorted(lengths), dtype=torch.float32).quantile(quantile))
+    return 0.5 * float(torch.tensor(sorted(lengths), dtype=torch.float32).quantile(quantile))
