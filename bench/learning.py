@@ -3,7 +3,7 @@
 The whole loop, as a user runs it: a real daemon (`reinf serve`) on the default model; a simulated user
 (bench/rater.py, a hidden taste plus noise) asks for code through `reinf/chat` with prompts from a held-in set
 and rates every answer 1–5 through `reinf/rate`. Every `--every` ratings the daemon's threshold starts a
-training run (reward model → PPO → gate) and hot-swaps the adapter it publishes; the loop waits for the run,
+training run (reward model → imitation of liked answers → PPO → gate) and hot-swaps the adapter it publishes; the loop waits for the run,
 then measures. The taste never leaves this folder: the system sees only the stars.
 
 Measured on held-out prompts, never rated: satisfaction = the share of answers the rater scores 4 or more,
@@ -319,7 +319,9 @@ def plot(users: list[dict[str, Any]], summary: dict[str, Any], out: Path, title:
         xs = [int(n) for n in curve]
         ys = [v["mean"] for v in curve.values()]
         sd = [v["std"] for v in curve.values()]
-        ax.errorbar(xs, ys, yerr=sd, color=c, lw=2, capsize=3, marker="o", label=f"PPO ({taste})")
+        ax.errorbar(
+            xs, ys, yerr=sd, color=c, lw=2, capsize=3, marker="o", label=f"reinf: imitation + PPO ({taste})"
+        )
         x_end = xs[-1]
         for name, marker in (("sft_liked", "s"), ("kto", "^")):
             g = summary["per_taste"][taste]["baselines_gain_points"][name]["mean"]
