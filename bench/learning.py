@@ -3,8 +3,8 @@
 The whole loop, as a user runs it: a real daemon (`reinf serve`) on the default model; a simulated user
 (bench/rater.py, a hidden taste plus noise) asks for code through `reinf/chat` with prompts from a held-in set
 and rates every answer 1–5 through `reinf/rate`. Every `--every` ratings the daemon's threshold starts a
-training run (reward model → imitation of liked answers → PPO → gate) and hot-swaps the adapter it publishes; the loop waits for the run,
-then measures. The taste never leaves this folder: the system sees only the stars.
+training run (reward model → imitation of liked answers → PPO → gate) and hot-swaps the adapter it
+publishes; the loop waits for the run, then measures. The taste never leaves this folder: the system sees only the stars.
 
 Measured on held-out prompts, never rated: satisfaction = the share of answers the rater scores 4 or more,
 before any rating and after every run; the loss on general held-out code (bench/baselines.py) of the final
