@@ -221,11 +221,6 @@ def train_run(cfg: Config, extras: dict[str, Any], run_dir: Path, progress: Prog
         pad_id=_pad_id(tokenizer), seed=tc.seed,
     )  # fmt: skip
     metrics["timings"]["imitation_s"] = time.time() - t0
-    stop_id = stop_ids[0] if stop_ids else None
-    liked_lengths = [
-        len(imitate.encode(tokenizer, e, tc.max_prompt_tokens, tc.max_response_tokens, stop_id)[1])
-        for e in imitate.liked(train_ex + held_ex)
-    ]
 
     # 5. PPO on fresh rollouts from the user's prompts, mixed with general replay prompts.
     t0 = time.time()
@@ -237,12 +232,22 @@ def train_run(cfg: Config, extras: dict[str, Any], run_dir: Path, progress: Prog
     # PPO's reward is the judge's score clipped to its range on the rated answers: beyond it the judge
     # extrapolates, and a policy that finds such text (an empty code block scored 4.4 on a −1..1 scale, seen
     # in the learning benchmark) would otherwise be paid for gaming it.
+    # An answer under the gate's length floor gets the lowest score: the judge overrates text that shrinks
+    # towards nothing (PPO found 3-token answers within two steps), and the gate would reject it anyway.
     lo, hi = reward.score_range(rm, train_ex)
-    metrics["reward_model"]["score_range"] = [lo, hi]
+    stop_id = stop_ids[0] if stop_ids else None
+    liked_lengths = [
+        len(imitate.encode(tokenizer, e, tc.max_prompt_tokens, tc.max_response_tokens, stop_id)[1])
+        for e in imitate.liked(train_ex + held_ex)
+    ]
+    floor = gate.length_floor(liked_lengths, tc.length_floor_quantile)
+    metrics["reward_model"].update(score_range=[lo, hi], length_floor_tokens=floor)
 
     def reward_fn(ro: ppo.Rollout) -> torch.Tensor:
         texts = decode_responses(tokenizer, ro.response_ids, ro.response_mask, stop_ids)
-        return reward.score(rm, [prompts[i] for i in ro.prompt_index], texts).clamp(lo, hi)
+        scores = reward.score(rm, [prompts[i] for i in ro.prompt_index], texts).clamp(lo, hi)
+        too_short = ro.response_mask.sum(1).cpu() < floor
+        return torch.where(too_short, torch.full_like(scores, lo), scores)
 
     def on_step(step: int, stats: dict) -> None:
         progress("ppo", (step + 1) / tc.ppo_steps,
@@ -278,7 +283,7 @@ def train_run(cfg: Config, extras: dict[str, Any], run_dir: Path, progress: Prog
         general=data.general_texts(), general_max_tokens=2 * tc.max_prompt_tokens,
         max_new_tokens=tc.max_response_tokens, temperature=tc.temperature, stop_ids=stop_ids,
         max_kl=tc.max_kl, max_general_loss_increase=tc.max_general_loss_increase, seed=tc.seed + 1,
-        score_range=(lo, hi), length_floor=gate.length_floor(liked_lengths, tc.length_floor_quantile),
+        score_range=(lo, hi), length_floor=floor,
     )  # fmt: skip
     metrics["gate"] = result
     metrics["timings"]["eval_s"] = time.time() - t0
