@@ -23,8 +23,8 @@ sys.path.insert(0, str(REPO))
 from bench.latency import percentile, summarise  # noqa: E402
 from bench.learning import machine  # noqa: E402
 from bench.prompts import HELD_IN  # noqa: E402
-from bench.rater import Rater  # noqa: E402
 from tests.daemon_proc import DaemonProcess, daemon_env  # noqa: E402
+from tests.trainer_fixtures import whitespace_stars  # noqa: E402
 
 TARGET_RATIO = 1.5
 TRAINING_PHASES = ("reward_model", "ppo", "eval")
@@ -32,12 +32,12 @@ DOCUMENT = "import json\n\n\ndef load(path):\n    "
 
 
 def fill(client, n: int) -> None:
-    """`n` short chats, rated by a simulated user, so that a run has something to train on."""
-    rater = Rater("concise", seed=0)
+    """`n` short chats, rated by a scripted user whose taste (airy answers) a judge learns from few ratings,
+    so that the run gets past the reward model's chance check and really runs PPO and the gate."""
     for i in range(n):
         prompt = HELD_IN[i % len(HELD_IN)]
-        answer = client.chat(prompt, max_tokens=32, temperature=0.8)
-        client.rate(answer["interaction_id"], stars=rater.stars(prompt, answer["text"]))
+        answer = client.chat(prompt, max_tokens=32, temperature=1.0)
+        client.rate(answer["interaction_id"], stars=whitespace_stars(answer["text"]))
 
 
 def time_completions(client, uri: str, n: int, until=None) -> list[float]:  # noqa: ANN001
@@ -56,7 +56,7 @@ def main() -> int:
     ap.add_argument("--model", default="reinf-tiny")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "interference.json"))
     args = ap.parse_args()
-    n_idle, n_fill, tokens = (100, 24, 16) if args.quick else (300, 48, 16)
+    n_idle, n_fill, tokens = (100, 64, 16) if args.quick else (300, 64, 16)
     # A shorter run when quick; in both, the trainer runs with its default threads and priority.
     run_cfg = {"training_ppo_steps": "3"} if args.quick else {}
 
@@ -80,24 +80,33 @@ def main() -> int:
                 phase["now"] = st.get("phase", "done") if st["state"] == "running" else "done"
                 return phase["now"] == "done"
 
-            busy, t_run = [], time.time()
+            busy, t_run, per_phase = [], time.time(), {}
             while not training_done():
                 if phase["now"] not in TRAINING_PHASES:
                     time.sleep(0.2)
                     continue
-                busy += time_completions(c, uri, 20)
+                now = phase["now"]
+                timed = time_completions(c, uri, 20)
+                busy += timed
+                per_phase[now] = per_phase.get(now, 0) + len(timed)
+            deadline = time.monotonic() + 60  # the run's row is marked a moment after the trainer exits
             run = c.request("reinf/runs", {"limit": 1})["runs"][0]
+            while run["state"] == "running" and time.monotonic() < deadline:
+                time.sleep(0.5)
+                run = c.request("reinf/runs", {"limit": 1})["runs"][0]
             c.close()
         finally:
             daemon.stop()
 
-    if not busy:
-        print(f"run {run_id} ended ({run['state']}) before any completion could be timed during training")
+    if "ppo" not in per_phase:
+        print(f"run {run_id} ended ({run['state']}) before PPO, so training never ran beside the completions: "
+              f"{(run.get('metrics') or {}).get('reasons') or run.get('error')}")  # fmt: skip
         return 1
     i, b = summarise(idle), summarise(busy)
     ratio = percentile(busy, 0.95) / percentile(idle, 0.95)
     result = {
         "p95_ratio": round(ratio, 3),
+        "completions_timed_per_phase": per_phase,
         "idle": i,
         "training": b,
         "run": {

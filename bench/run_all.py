@@ -80,6 +80,9 @@ def main() -> int:
     total = time.time() - t_all
     print(f"\nall done in {total / 60:.1f} min" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     results.mkdir(parents=True, exist_ok=True)
+    if only and (results / "summary.json").exists():  # a rerun of some keeps the others' rows
+        earlier = json.loads((results / "summary.json").read_text())["benchmarks"]
+        summary = [r for r in earlier if r["name"] not in only] + summary
     (results / "summary.json").write_text(
         json.dumps({"quick": args.quick, "seconds": round(total, 1), "benchmarks": summary}, indent=2) + "\n"
     )

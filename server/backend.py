@@ -21,6 +21,7 @@ from .store import Store, UnknownInteraction
 from .validate import InvalidParams, Params
 
 log = logging.getLogger("reinf.backend")
+WRITE_BEHIND_S = 0.003
 
 
 class NotAvailable(RuntimeError):
@@ -235,7 +236,14 @@ class Backend:
 
     def _store_later(self, iid: str, **fields: Any) -> None:
         """Write an interaction on the store thread; a failure is logged and named to a later rating of it."""
-        fut = self._writer.submit(self._store_interaction, iid, **fields)
+
+        def write() -> None:
+            time.sleep(
+                WRITE_BEHIND_S
+            )  # let the event loop put the answer on the wire first (sleep frees the GIL)
+            self._store_interaction(iid, **fields)
+
+        fut = self._writer.submit(write)
         self._unwritten.add(fut)
 
         def done(f: Future) -> None:
