@@ -85,8 +85,9 @@ class RewardModelConfig:
     holdout_fraction: float = 0.2
     min_holdout_correlation: float = 0.0
     # New ratings that the judge trained on the earlier ones scores with a significantly negative correlation
-    # (one-sided permutation p-value under this) contradict the history: the run stops. 0 turns it off.
-    contradiction_p: float = 0.01
+    # (one-sided permutation p-value under this) contradict the history: the run stops. 0 turns it off. An
+    # honest user's new ratings correlate positively with their old judge, so a false alarm is rarer than this.
+    contradiction_p: float = 0.05
     max_length: int = 256
     implicit_weight: float = 0.2
 
