@@ -238,9 +238,9 @@ class Backend:
         """Write an interaction on the store thread; a failure is logged and named to a later rating of it."""
 
         def write() -> None:
-            time.sleep(
-                WRITE_BEHIND_S
-            )  # let the event loop put the answer on the wire first (sleep frees the GIL)
+            # Let the event loop put the answer on the wire first: a write started at once took the GIL
+            # from it (overhead p50 2.65 ms against 0.93 ms), and sleeping frees the GIL.
+            time.sleep(WRITE_BEHIND_S)
             self._store_interaction(iid, **fields)
 
         fut = self._writer.submit(write)
@@ -457,9 +457,8 @@ class Backend:
     def close(self) -> None:
         self.scheduler.close()
         self._gen.shutdown(wait=True, cancel_futures=True)
-        self._writer.shutdown(
-            wait=True
-        )  # the completions already answered are written before the store closes
+        # The completions already answered are written before the store closes.
+        self._writer.shutdown(wait=True)
         self.store.close()
 
 

@@ -150,8 +150,7 @@ def run_gate(
         reasons.append(
             f"the candidate's answers are shorter than nearly all you liked: median {cand_length:.0f} tokens on "
             f"held-out prompts, under {length_floor:.0f} (half the training.length_floor_quantile of the liked "
-            "answers' lengths); "
-            "PPO is gaming the reward model with ever shorter answers"
+            "answers' lengths); PPO is gaming the reward model with ever shorter answers"
         )
     return {
         "passed": all(checks.values()),

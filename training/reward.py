@@ -330,10 +330,13 @@ def pairwise_accuracy(pred: Sequence[float], target: Sequence[float], tie: float
     return right / total if total else 0.5
 
 
+def _scores(rm: RewardModel, examples: Sequence[Example]) -> torch.Tensor:
+    return score(rm, [e.prompt for e in examples], [e.response for e in examples])
+
+
 def score_range(rm: RewardModel, examples: Sequence[Example]) -> tuple[float, float]:
     """The lowest and highest score the judge gives the rated answers it was trained on."""
-    rated = [e for e in examples if e.explicit] or list(examples)
-    s = score(rm, [e.prompt for e in rated], [e.response for e in rated])
+    s = _scores(rm, [e for e in examples if e.explicit] or list(examples))
     return (float(s.min()), float(s.max())) if len(s) else (-1.0, 1.0)
 
 
@@ -362,8 +365,7 @@ def consistency(rm: RewardModel, new: Sequence[Example]) -> dict[str, Any]:
     new = [e for e in new if e.explicit]
     if len(new) < 3:
         return {"n_new": len(new), "correlation": 0.0, "p_contradiction": 1.0}
-    pred = score(rm, [e.prompt for e in new], [e.response for e in new]).tolist()
-    target = [e.target for e in new]
+    pred, target = _scores(rm, new).tolist(), [e.target for e in new]
     return {
         "n_new": len(new),
         "correlation": pearson(pred, target),
@@ -375,8 +377,7 @@ def evaluate(rm: RewardModel, heldout: Sequence[Example]) -> dict[str, Any]:
     """Held-out correlation and pairwise accuracy of the judge's scores with the user's ratings."""
     if not heldout:
         return {"n_heldout": 0, "correlation": 0.0, "pairwise_accuracy": 0.5}
-    pred = score(rm, [e.prompt for e in heldout], [e.response for e in heldout]).tolist()
-    target = [e.target for e in heldout]
+    pred, target = _scores(rm, heldout).tolist(), [e.target for e in heldout]
     return {
         "n_heldout": len(heldout),
         "correlation": pearson(pred, target),
@@ -417,9 +418,11 @@ def load_or_train(
         meta = json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError):
         pass
-    new = sum(1 for e in [*train, *heldout] if e.explicit and e.rating_id > int(meta.get("watermark", -1)))
+    newer = [e for e in [*train, *heldout] if e.explicit and e.rating_id > int(meta.get("watermark", -1))]
+    new = len(newer)
+    same_kind = bool(meta) and _meta_matches(meta.get("identity", {}), identity)
     reuse_note = None
-    if meta and _meta_matches(meta.get("identity", {}), identity) and new < min_new_ratings:
+    if same_kind and new < min_new_ratings:
         try:
             rm = load(folder)
             trained = set(meta.get("trained_ids", []))
@@ -431,17 +434,12 @@ def load_or_train(
             reuse_note = f"the saved reward model could not be loaded ({exc}); retrained"
             log.warning(reuse_note)
     check = None
-    if (
-        meta
-        and _meta_matches(meta.get("identity", {}), identity)
-        and contradiction_p > 0
-        and reuse_note is None
-    ):
-        check = _check_consistency(load, folder, meta, [*train, *heldout], contradiction_p)
+    if same_kind and contradiction_p > 0 and reuse_note is None:
+        check = _check_consistency(load, folder, newer, contradiction_p)
         if check is not None and check["contradicted"]:
-            return check.pop("rm"), {"retrained": False, "watermark": meta["watermark"], "consistency": check,
-                                     "contradicted": True, "n_heldout": 0, "correlation": 0.0,
-                                     "pairwise_accuracy": 0.5}  # fmt: skip
+            old = check.pop("rm")
+            return old, {"retrained": False, "watermark": meta["watermark"], "consistency": check,
+                         "contradicted": True}  # fmt: skip
         if check is not None:
             check["rm"].close()
     rm = make()
@@ -466,14 +464,9 @@ def load_or_train(
 
 
 def _check_consistency(
-    load: Callable[[Path], RewardModel],
-    folder: Path,
-    meta: dict[str, Any],
-    examples: Sequence[Example],
-    max_p: float,
+    load: Callable[[Path], RewardModel], folder: Path, new: Sequence[Example], max_p: float
 ) -> dict[str, Any] | None:
     """The saved judge's verdict on the ratings newer than it (None if it cannot be loaded)."""
-    new = [e for e in examples if e.explicit and e.rating_id > int(meta.get("watermark", -1))]
     try:
         old = load(folder)
     except Exception as exc:  # noqa: BLE001 - no earlier judge to compare with; the new one is trained as usual

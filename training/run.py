@@ -213,11 +213,12 @@ def train_run(cfg: Config, extras: dict[str, Any], run_dir: Path, progress: Prog
 
     # 4. Warm start: imitate the liked answers of the training split, then PPO explores from there.
     t0 = time.time()
+    stop_id = stop_ids[0] if stop_ids else None
     progress("ppo", 0.0, f"imitating the liked answers ({tc.imitation_epochs} epochs)")
     metrics["imitation"] = imitate.imitate(
         model, tokenizer, train_ex, epochs=tc.imitation_epochs, learning_rate=tc.imitation_learning_rate,
         batch_size=tc.minibatch_size, max_prompt_tokens=tc.max_prompt_tokens,
-        max_response_tokens=tc.max_response_tokens, stop_id=stop_ids[0] if stop_ids else None,
+        max_response_tokens=tc.max_response_tokens, stop_id=stop_id,
         pad_id=_pad_id(tokenizer), seed=tc.seed,
     )  # fmt: skip
     metrics["timings"]["imitation_s"] = time.time() - t0
@@ -235,7 +236,6 @@ def train_run(cfg: Config, extras: dict[str, Any], run_dir: Path, progress: Prog
     # An answer under the gate's length floor gets the lowest score: the judge overrates text that shrinks
     # towards nothing (PPO found 3-token answers within two steps), and the gate would reject it anyway.
     lo, hi = reward.score_range(rm, train_ex)
-    stop_id = stop_ids[0] if stop_ids else None
     liked_lengths = [
         len(imitate.encode(tokenizer, e, tc.max_prompt_tokens, tc.max_response_tokens, stop_id)[1])
         for e in imitate.liked(train_ex + held_ex)
