@@ -346,6 +346,70 @@ def machine() -> str:
     )
 
 
+def write_result(users: list[dict[str, Any]], plan: Plan, base_loss: float, command: str, out: Path,
+                 extra: dict[str, Any]) -> tuple[dict[str, Any], Path, Path]:  # fmt: skip
+    """learning.json (headline, spread, per taste, every user's curve) and the PNG beside it."""
+    summary = summarise(users, plan)
+    result = {**summary, "general_loss_base": base_loss, "plan": asdict(plan), "users": users, **extra,
+              "machine": machine(), "command": command}  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    png = out.with_suffix(".png")
+    plot(users, summary, png, f"{command}\n{machine()}")
+    return summary, out, png
+
+
+def combine(paths: list[Path], out: Path) -> tuple[dict[str, Any], Path, Path, float]:
+    """One result from several runs of this script with the same plan (but other tastes or seeds), e.g. runs
+    made side by side on a machine with cores to spare. Refuses results whose settings differ."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    first = parts[0]["plan"]
+    same = ("model", "ratings", "every", "eval_samples", "max_tokens", "temperature", "baselines", "training")
+    for path, part in zip(paths, parts, strict=True):
+        diff = [k for k in same if part["plan"][k] != first[k]]
+        if diff:
+            raise SystemExit(f"{path} was run with other settings ({', '.join(diff)}) than {paths[0]}")
+        if part["general_loss_base"] != parts[0]["general_loss_base"]:
+            raise SystemExit(f"{path} measured the base's general loss differently from {paths[0]}")
+    users = [u for part in parts for u in part["users"]]
+    keys = [(u["taste"], u["seed"]) for u in users]
+    if len(set(keys)) != len(keys):
+        raise SystemExit(f"the same taste and seed appear twice in {', '.join(map(str, paths))}")
+    plan = Plan(**{**first, "tastes": list(dict.fromkeys(u["taste"] for u in users)),
+                   "seeds": sorted({u["seed"] for u in users})})  # fmt: skip
+    command = (
+        "; ".join(p["command"] for p in parts)
+        + f"; python bench/learning.py --combine {' '.join(map(str, paths))}"
+    )
+    extra = {"seconds": sum(p["seconds"] for p in parts), "combined_from": [p["command"] for p in parts],
+             "load_average_at_end": [p.get("load_average_at_end") for p in parts]}  # fmt: skip
+    summary, out, png = write_result(users, plan, parts[0]["general_loss_base"], command, out, extra)
+    return summary, out, png, extra["seconds"]
+
+
+def report(summary: dict[str, Any], out: Path, png: Path, seconds: float) -> None:
+    s = summary["spread"]
+    print(f"\n{'':<28}{'mean':>8}{'std':>8}   target")
+    print(
+        f"{'satisfaction before %':<28}{s['satisfaction_before']['mean']:>8.1f}{s['satisfaction_before']['std']:>8.1f}"
+    )
+    for n, v in s["curve_percent"].items():
+        print(f"{'  after ' + n + ' ratings %':<28}{v['mean']:>8.1f}{v['std']:>8.1f}")
+    print(
+        f"{'gain, PPO (points)':<28}{s['gain_points']['mean']:>8.1f}{s['gain_points']['std']:>8.1f}"
+        f"   >= {TARGET_GAIN_POINTS:.0f}: {'met' if summary['targets']['met_gain'] else 'MISSED'}"
+    )
+    for name in ("sft_liked", "kto"):
+        b = s["baselines_gain_points"][name]
+        print(f"{'gain, ' + name + ' (points)':<28}{b['mean']:>8.1f}{b['std']:>8.1f}")
+    g = s["general_loss_change_pct"]
+    print(
+        f"{'general loss change %':<28}{g['mean']:>8.1f}{g['std']:>8.1f}"
+        f"   <= {TARGET_LOSS_CHANGE_PCT:.0f}: {'met' if summary['targets']['met_general_loss'] else 'MISSED'}"
+    )
+    print(f"wrote {out} and {png} in {seconds / 60:.1f} min")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one taste, one seed, 50 ratings (QUICK=1 too)")
@@ -360,7 +424,13 @@ def main() -> int:
                     help="a trainer setting for the daemon, e.g. training_ppo_steps=16 (repeatable)")  # fmt: skip
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "learning.json"))
     ap.add_argument("--keep", help="keep the daemons' homes in this folder (default: a temporary one)")
+    ap.add_argument("--combine", nargs="+", metavar="RESULT_JSON",
+                    help="merge results of earlier runs (same settings, other tastes or seeds) into --out")  # fmt: skip
     args = ap.parse_args()
+    if args.combine:
+        summary, out, png, seconds = combine([Path(p) for p in args.combine], Path(args.out))
+        report(summary, out, png, seconds)
+        return 0
     if os.environ.get("QUICK") == "1":
         args.quick = True
 
@@ -398,43 +468,11 @@ def main() -> int:
                 work = root / f"{taste}-{seed}"
                 work.mkdir(parents=True, exist_ok=True)
                 users.append(one_user(taste, seed, plan, work, model_path, texts, base_loss))
-    summary = summarise(users, plan)
-    result = {
-        **summary,
-        "general_loss_base": base_loss,
-        "plan": asdict(plan),
-        "users": [{k: v for k, v in u.items() if k not in ("ratings_file", "adapter")} for u in users],
-        "seconds": round(time.time() - t0, 1),
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],  # other work on the machine slows runs
-        "machine": machine(),
-        "command": command.strip(),
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=float) + "\n")
-    png = out.with_suffix(".png")
-    plot(users, summary, png, f"{command.strip()}\n{machine()}")
-
-    s = summary["spread"]
-    print(f"\n{'':<28}{'mean':>8}{'std':>8}   target")
-    print(
-        f"{'satisfaction before %':<28}{s['satisfaction_before']['mean']:>8.1f}{s['satisfaction_before']['std']:>8.1f}"
-    )
-    for n, v in s["curve_percent"].items():
-        print(f"{'  after ' + n + ' ratings %':<28}{v['mean']:>8.1f}{v['std']:>8.1f}")
-    print(
-        f"{'gain, PPO (points)':<28}{s['gain_points']['mean']:>8.1f}{s['gain_points']['std']:>8.1f}"
-        f"   >= {TARGET_GAIN_POINTS:.0f}: {'met' if summary['targets']['met_gain'] else 'MISSED'}"
-    )
-    for name in ("sft_liked", "kto"):
-        b = s["baselines_gain_points"][name]
-        print(f"{'gain, ' + name + ' (points)':<28}{b['mean']:>8.1f}{b['std']:>8.1f}")
-    g = s["general_loss_change_pct"]
-    print(
-        f"{'general loss change %':<28}{g['mean']:>8.1f}{g['std']:>8.1f}"
-        f"   <= {TARGET_LOSS_CHANGE_PCT:.0f}: {'met' if summary['targets']['met_general_loss'] else 'MISSED'}"
-    )
-    print(f"wrote {out} and {png} in {result['seconds'] / 60:.1f} min")
+    extra = {"seconds": round(time.time() - t0, 1),
+             "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}  # other work slows runs  # fmt: skip
+    users = [{k: v for k, v in u.items() if k not in ("ratings_file", "adapter")} for u in users]
+    summary, out, png = write_result(users, plan, base_loss, command.strip(), Path(args.out), extra)
+    report(summary, out, png, time.time() - t0)
     return 0
 
 

@@ -47,6 +47,7 @@ class TrainingConfig:
     start_from: str = "active"  # each run's policy starts as the "active" adapter, or as a fresh one ("base")
     imitation_epochs: int = 1  # before PPO: passes of next-token loss over the liked answers (0: none)
     imitation_learning_rate: float = 1e-4
+    ptx_coef: float = 0.0  # PPO-ptx: weight of the liked answers' next-token loss in PPO updates (0: off)
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
@@ -252,6 +253,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"training.length_floor_quantile must be in [0, 1), got {t.length_floor_quantile}")
     if t.kl_reference not in ("start", "base"):
         raise ConfigError(f"training.kl_reference must be start or base, got {t.kl_reference!r}")
+    if t.ptx_coef < 0:
+        raise ConfigError(f"training.ptx_coef must be 0 or more, got {t.ptx_coef}")
     if t.imitation_epochs < 0:
         raise ConfigError(f"training.imitation_epochs must be 0 or more, got {t.imitation_epochs}")
     if not 0.0 <= t.replay_ratio < 1.0:

@@ -50,10 +50,12 @@ def _toy_policy(vocab: int = 64):
     return get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=8, lora_alpha=16, target_modules=LORA))
 
 
-def _run_toy_ppo(learning_rate: float) -> list[dict]:
+def _run_toy_ppo(
+    learning_rate: float, model=None, ptx=None, ptx_coef: float = 0.0, steps: int = 16
+) -> list[dict]:
     from reinf.training.ppo import PPOArgs, ValueHead, train
 
-    model = _toy_policy()
+    model = model if model is not None else _toy_policy()
     rng = random.Random(0)
     prompts = [[rng.randrange(3, 64) for _ in range(rng.randrange(3, 9))] for _ in range(32)]
 
@@ -66,9 +68,9 @@ def _run_toy_ppo(learning_rate: float) -> list[dict]:
         mask = ro.response_mask.float()
         return ((ro.response_ids < 32).float() * mask).sum(1) / mask.sum(1)
 
-    args = PPOArgs(ppo_steps=16, batch_size=16, minibatch_size=8, ppo_epochs=4, learning_rate=learning_rate,
-                   max_response_tokens=16, init_kl_coef=0.05)  # fmt: skip
-    return train(model, ValueHead(64), prompts, batches(), low_tokens, args, pad_id=0, stop_ids=[1])
+    args = PPOArgs(ppo_steps=steps, batch_size=16, minibatch_size=8, ppo_epochs=4, learning_rate=learning_rate,
+                   max_response_tokens=16, init_kl_coef=0.05, ptx_coef=ptx_coef)  # fmt: skip
+    return train(model, ValueHead(64), prompts, batches(), low_tokens, args, pad_id=0, stop_ids=[1], ptx=ptx)
 
 
 def test_ppo_raises_a_scripted_reward():
@@ -371,6 +373,30 @@ def test_imitation_fits_the_liked_answers_only_and_the_reference_stays_frozen():
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if ".reference." in n)
     assert not any(p.requires_grad for n, p in model.named_parameters() if ".reference." in n)
     assert imitate(model, _CharTokenizer(), rated, **{**kw, "epochs": 0})["steps"] == 0
+
+
+def test_ppo_ptx_keeps_the_liked_answers_likely_while_ppo_chases_its_reward():
+    # The scripted reward (low token ids) pulls away from the liked answer, whose ids are all 32 or more. With
+    # ptx_coef = 1 every PPO minibatch also imitates it, and its loss falls; without, the loss only drifts.
+    from reinf.training.imitate import Demonstrations, demo_loss
+
+    liked = [Example(str(i), f"q{i}", "XYZXYZ", 1.0, 1.0, True, i + 1, 0) for i in range(8)]
+    kw = dict(batch_size=4, max_prompt_tokens=8, max_response_tokens=8, stop_id=1, pad_id=0, seed=0)
+    losses = {}
+    for coef in (0.0, 1.0):
+        model = _toy_policy()
+        demos = Demonstrations(model, _CharTokenizer(), liked, **kw)
+        assert len(demos) == 8
+        with torch.no_grad():
+            before = demo_loss(model, demos.data, 0).item()
+        history = _run_toy_ppo(1e-2, model=model, ptx=demos.loss, ptx_coef=coef, steps=6)
+        with torch.no_grad():
+            losses[coef] = (before, demo_loss(model, demos.data, 0).item())
+        assert ("ptx_loss" in history[-1]) == (coef > 0)
+    (b0, a0), (b1, a1) = losses[0.0], losses[1.0]
+    assert b0 == pytest.approx(b1)  # the same toy policy to start from
+    assert a1 < 0.5 * b1, losses
+    assert a1 < 0.5 * a0, losses
 
 
 def test_the_length_floor_is_a_low_quantile_of_the_liked_answers():

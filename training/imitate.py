@@ -39,6 +39,54 @@ def encode(
     return prompt, answer[:max_response_tokens]
 
 
+def _pairs(tokenizer: Any, examples: Sequence[Example], max_prompt_tokens: int, max_response_tokens: int,
+           stop_id: int | None) -> list[tuple[list[int], list[int]]]:  # fmt: skip
+    data = [encode(tokenizer, e, max_prompt_tokens, max_response_tokens, stop_id) for e in liked(examples)]
+    return [(p, a) for p, a in data if p and a]
+
+
+def demo_loss(model: nn.Module, batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> torch.Tensor:
+    """−log π(y | x) per answer token, averaged over a batch of (prompt ids, answer ids); prompts not scored."""
+    device = next(p for p in model.parameters() if p.requires_grad).device
+    q_ids, q_mask = pad_left([p for p, _ in batch], pad_id, device)
+    width = max(len(a) for _, a in batch)
+    r_ids = torch.full((len(batch), width), pad_id, dtype=torch.long, device=device)
+    r_mask = torch.zeros((len(batch), width), dtype=torch.long, device=device)
+    for j, (_, a) in enumerate(batch):
+        r_ids[j, : len(a)] = torch.tensor(a, device=device)
+        r_mask[j, : len(a)] = 1
+    logprobs, _ = response_logprobs(
+        model, torch.cat([q_ids, r_ids], 1), torch.cat([q_mask, r_mask], 1), q_ids.shape[1], 1.0
+    )
+    return -masked_mean(logprobs, r_mask.float())
+
+
+class Demonstrations:
+    """The liked answers as an endless stream of shuffled minibatches: PPO-ptx's extra loss (`loss()`).
+
+    InstructGPT mixes a pre-training loss into PPO so that RL does not wear away what the model knew; here the
+    mixed-in loss is the imitation of the liked answers, so that PPO on an imperfect judge cannot wander away
+    from the demonstrations the user actually gave.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, examples: Sequence[Example], *, batch_size: int,
+                 max_prompt_tokens: int, max_response_tokens: int, stop_id: int | None, pad_id: int,
+                 seed: int) -> None:  # fmt: skip
+        self.model, self.pad_id, self.batch_size = model, pad_id, batch_size
+        self.data = _pairs(tokenizer, examples, max_prompt_tokens, max_response_tokens, stop_id)
+        self.rng = random.Random(seed)
+        self.order: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def loss(self) -> torch.Tensor:
+        if not self.order:
+            self.order = self.rng.sample(range(len(self.data)), len(self.data))
+        take, self.order = self.order[: self.batch_size], self.order[self.batch_size :]
+        return demo_loss(self.model, [self.data[i] for i in take], self.pad_id)
+
+
 def imitate(
     model: nn.Module,
     tokenizer: Any,
@@ -54,12 +102,10 @@ def imitate(
     seed: int,
 ) -> dict[str, Any]:
     """Fit the active (policy) adapter to the liked answers; returns the loss before and after, in nats/token."""
-    data = [encode(tokenizer, e, max_prompt_tokens, max_response_tokens, stop_id) for e in liked(examples)]
-    data = [(p, a) for p, a in data if p and a]
+    data = _pairs(tokenizer, examples, max_prompt_tokens, max_response_tokens, stop_id)
     if not data or epochs <= 0:
         return {"n_liked": len(data), "steps": 0}
     t0 = time.time()
-    device = next(p for p in model.parameters() if p.requires_grad).device
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
     rng = random.Random(seed)
@@ -68,18 +114,7 @@ def imitate(
     for _ in range(epochs):
         rng.shuffle(data)
         for i in range(0, len(data), batch_size):
-            batch = data[i : i + batch_size]
-            q_ids, q_mask = pad_left([p for p, _ in batch], pad_id, device)
-            width = max(len(a) for _, a in batch)
-            r_ids = torch.full((len(batch), width), pad_id, dtype=torch.long, device=device)
-            r_mask = torch.zeros((len(batch), width), dtype=torch.long, device=device)
-            for j, (_, a) in enumerate(batch):
-                r_ids[j, : len(a)] = torch.tensor(a, device=device)
-                r_mask[j, : len(a)] = 1
-            logprobs, _ = response_logprobs(
-                model, torch.cat([q_ids, r_ids], 1), torch.cat([q_mask, r_mask], 1), q_ids.shape[1], 1.0
-            )
-            loss = -masked_mean(logprobs, r_mask.float())  # −log π(y | x), per answer token
+            loss = demo_loss(model, data[i : i + batch_size], pad_id)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(params, 1.0)

@@ -43,6 +43,7 @@ class PPOArgs:
     clip_range: float = 0.2  # ε
     clip_range_value: float = 0.2
     vf_coef: float = 0.1
+    ptx_coef: float = 0.0  # weight of the extra loss `train(ptx=...)` adds to each minibatch (PPO-ptx)
     gamma: float = 1.0
     lam: float = 0.95
     max_grad_norm: float = 1.0
@@ -252,12 +253,14 @@ def train(
     stop_ids: Sequence[int],
     on_step: Callable[[int, dict], None] | None = None,
     reference: str | None = None,
+    ptx: Callable[[], torch.Tensor] | None = None,
 ) -> list[dict]:
     """Run `args.ppo_steps` rounds of rollout → score → GAE → clipped updates on the active LoRA adapter.
 
     `model` is a PEFT model whose active adapter is the policy; `reward_fn(rollout)` returns r(x, y) per
-    response. π_ref is the adapter named `reference`, or the plain base when None. Returns one dict of
-    statistics per step.
+    response. π_ref is the adapter named `reference`, or the plain base when None. `ptx()`, when given, is a
+    loss on other data (InstructGPT's PPO-ptx) added to every minibatch's loss with weight `args.ptx_coef`.
+    Returns one dict of statistics per step.
     """
     device = next(value_head.parameters()).device
     generator = torch.Generator(device=device).manual_seed(args.seed)
@@ -324,6 +327,8 @@ def train(
 
         # 5. Update: K epochs of clipped surrogate + clipped value loss over shuffled minibatches.
         logs = {"pg_loss": [], "vf_loss": [], "clipfrac": [], "approx_kl": []}
+        if ptx is not None and args.ptx_coef > 0:
+            logs["ptx_loss"] = []
         for _epoch in range(args.ppo_epochs):
             order = torch.randperm(
                 len(index), generator=torch.Generator().manual_seed(args.seed + step * 1000 + _epoch)
@@ -340,6 +345,10 @@ def train(
                     values, ro.values[mb], returns[mb], mask[mb], args.clip_range_value
                 )
                 loss = pg_loss + args.vf_coef * vf_loss
+                if "ptx_loss" in logs:
+                    ptx_loss = ptx()
+                    loss = loss + args.ptx_coef * ptx_loss
+                    logs["ptx_loss"].append(ptx_loss.item())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(params, args.max_grad_norm)

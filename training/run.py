@@ -261,11 +261,16 @@ def train_run(cfg: Config, extras: dict[str, Any], run_dir: Path, progress: Prog
         freeze_copy(model, POLICY, REFERENCE)
     value_head = ppo.ValueHead(_hidden_size(model)).to(device)
     args = ppo_args(cfg)
+    demos = imitate.Demonstrations(
+        model, tokenizer, train_ex, batch_size=tc.minibatch_size, max_prompt_tokens=tc.max_prompt_tokens,
+        max_response_tokens=tc.max_response_tokens, stop_id=stop_id, pad_id=_pad_id(tokenizer), seed=tc.seed,
+    )  # fmt: skip
     progress("ppo", 0.0, f"PPO on {len(train_prompts)} user prompts and {len(replay)} replay prompts")
     history = ppo.train(
         model, value_head, prompt_ids,
         data.prompt_batches(len(train_prompts), len(replay), tc.batch_size, tc.replay_ratio, tc.seed),
         reward_fn, args, pad_id=_pad_id(tokenizer), stop_ids=stop_ids, on_step=on_step, reference=reference,
+        ptx=demos.loss if len(demos) else None,
     )  # fmt: skip
     metrics["ppo"] = _ppo_summary(history)
     metrics["timings"]["ppo_s"] = time.time() - t0
@@ -314,7 +319,8 @@ def ppo_args(cfg: Config):  # noqa: ANN201
         ppo_steps=t.ppo_steps, batch_size=t.batch_size, minibatch_size=t.minibatch_size, ppo_epochs=t.ppo_epochs,
         learning_rate=t.learning_rate, max_response_tokens=t.max_response_tokens, temperature=t.temperature,
         init_kl_coef=t.init_kl_coef, target_kl=t.target_kl, clip_range=t.clip_range,
-        clip_range_value=t.clip_range_value, vf_coef=t.vf_coef, gamma=t.gamma, lam=t.lam, seed=t.seed,
+        clip_range_value=t.clip_range_value, vf_coef=t.vf_coef, ptx_coef=t.ptx_coef, gamma=t.gamma, lam=t.lam,
+        seed=t.seed,
     )  # fmt: skip
 
 
