@@ -47,7 +47,8 @@ class TrainingConfig:
     start_from: str = "active"  # each run's policy starts as the "active" adapter, or as a fresh one ("base")
     imitation_epochs: int = 1  # before PPO: passes of next-token loss over the liked answers (0: none)
     imitation_learning_rate: float = 1e-4
-    ptx_coef: float = 0.0  # PPO-ptx: weight of the liked answers' next-token loss in PPO updates (0: off)
+    ptx_coef: float = 0.0  # PPO-ptx: weight of a next-token loss mixed into every PPO update (0: off)
+    ptx_data: str = "general"  # ... on "general" Python (InstructGPT's choice) or on the "liked" answers
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
@@ -253,6 +254,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"training.length_floor_quantile must be in [0, 1), got {t.length_floor_quantile}")
     if t.kl_reference not in ("start", "base"):
         raise ConfigError(f"training.kl_reference must be start or base, got {t.kl_reference!r}")
+    if t.ptx_data not in ("general", "liked"):
+        raise ConfigError(f"training.ptx_data must be general or liked, got {t.ptx_data!r}")
     if t.ptx_coef < 0:
         raise ConfigError(f"training.ptx_coef must be 0 or more, got {t.ptx_coef}")
     if t.imitation_epochs < 0:

@@ -34,6 +34,8 @@ def test_precedence_toml_then_environment_then_flags(tmp_path: Path) -> None:
         ("", {"REINF_NOSUCH_KEY": "1"}, "REINF_NOSUCH_KEY"),
         ('[server]\nhost = "0.0.0.0"\n', {}, "not a loopback"),
         ("[model\n", {}, "not valid TOML"),
+        ('[training]\nptx_data = "web"\n', {}, "training.ptx_data"),
+        ("", {"REINF_TRAINING_PTX_COEF": "-1"}, "training.ptx_coef"),
     ],
 )
 def test_bad_config_names_the_problem(tmp_path: Path, toml: str, env: dict[str, str], needle: str) -> None:

@@ -385,7 +385,7 @@ def test_ppo_ptx_keeps_the_liked_answers_likely_while_ppo_chases_its_reward():
     losses = {}
     for coef in (0.0, 1.0):
         model = _toy_policy()
-        demos = Demonstrations(model, _CharTokenizer(), liked, **kw)
+        demos = Demonstrations.liked(model, _CharTokenizer(), liked, **kw)
         assert len(demos) == 8
         with torch.no_grad():
             before = demo_loss(model, demos.data, 0).item()
@@ -397,6 +397,18 @@ def test_ppo_ptx_keeps_the_liked_answers_likely_while_ppo_chases_its_reward():
     assert b0 == pytest.approx(b1)  # the same toy policy to start from
     assert a1 < 0.5 * b1, losses
     assert a1 < 0.5 * a0, losses
+
+
+def test_general_text_is_cut_into_windows_for_ppo_ptx():
+    from reinf.training.data import replay_texts
+    from reinf.training.imitate import Demonstrations
+
+    tok = _CharTokenizer()
+    demos = Demonstrations.texts(None, tok, ["abcdefghij", "k"], window=4, batch_size=2, pad_id=0, seed=0)
+    ids = tok("abcdefghij")["input_ids"]
+    assert demos.data == [(ids[0:1], ids[1:4]), (ids[4:5], ids[5:8]), (ids[8:9], ids[9:10])]  # "k": no target
+    texts = replay_texts()
+    assert texts and all(t.strip() for t in texts)
 
 
 def test_the_length_floor_is_a_low_quantile_of_the_liked_answers():

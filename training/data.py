@@ -213,3 +213,26 @@ def general_texts(max_chars: int = 2000) -> list[str]:
         except OSError:
             continue
     return texts or [_FALLBACK_TEXT]
+
+
+def replay_texts(n_files: int = 32, max_chars: int = 2000) -> list[str]:
+    """Ordinary Python for PPO-ptx: the start of standard-library modules in the tiny builder's training split,
+    which neither the gate's general-loss check nor the learning benchmark measures on."""
+    try:
+        from .tokenizer_build import split_of, stdlib_root
+
+        root = stdlib_root()
+        names = [
+            p.name
+            for p in sorted(root.glob("*.py"))
+            if split_of(p.name) == "train" and not p.name.startswith("_")
+        ]
+    except (ImportError, OSError):
+        return []
+    texts = []
+    for name in names[:n_files]:
+        try:
+            texts.append((root / name).read_text(encoding="utf-8")[:max_chars])
+        except (OSError, UnicodeDecodeError):
+            continue
+    return texts

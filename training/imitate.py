@@ -62,20 +62,33 @@ def demo_loss(model: nn.Module, batch: Sequence[tuple[list[int], list[int]]], pa
 
 
 class Demonstrations:
-    """The liked answers as an endless stream of shuffled minibatches: PPO-ptx's extra loss (`loss()`).
+    """Token sequences as an endless stream of shuffled minibatches: PPO-ptx's extra loss (`loss()`).
 
-    InstructGPT mixes a pre-training loss into PPO so that RL does not wear away what the model knew; here the
-    mixed-in loss is the imitation of the liked answers, so that PPO on an imperfect judge cannot wander away
-    from the demonstrations the user actually gave.
+    InstructGPT mixes a pre-training loss into PPO so that RL does not wear away what the model knew
+    (`training.ptx_data = "general"`: ordinary Python, see data.replay_texts). With "liked", the mixed-in loss
+    is the imitation of the liked answers instead.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, examples: Sequence[Example], *, batch_size: int,
-                 max_prompt_tokens: int, max_response_tokens: int, stop_id: int | None, pad_id: int,
-                 seed: int) -> None:  # fmt: skip
-        self.model, self.pad_id, self.batch_size = model, pad_id, batch_size
-        self.data = _pairs(tokenizer, examples, max_prompt_tokens, max_response_tokens, stop_id)
+    def __init__(self, model: nn.Module, data: list[tuple[list[int], list[int]]], *, batch_size: int,
+                 pad_id: int, seed: int) -> None:  # fmt: skip
+        self.model, self.data, self.pad_id, self.batch_size = model, data, pad_id, batch_size
         self.rng = random.Random(seed)
         self.order: list[int] = []
+
+    @classmethod
+    def liked(cls, model: nn.Module, tokenizer: Any, examples: Sequence[Example], *, max_prompt_tokens: int,
+              max_response_tokens: int, stop_id: int | None, **kw: Any) -> Demonstrations:  # fmt: skip
+        return cls(model, _pairs(tokenizer, examples, max_prompt_tokens, max_response_tokens, stop_id), **kw)
+
+    @classmethod
+    def texts(cls, model: nn.Module, tokenizer: Any, texts: Sequence[str], *, window: int,
+              **kw: Any) -> Demonstrations:  # fmt: skip
+        """Windows of `window` tokens cut from `texts`; every token after a window's first is scored."""
+        data = []
+        for text in texts:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            data += [(ids[i : i + 1], ids[i + 1 : i + window]) for i in range(0, len(ids) - 1, window)]
+        return cls(model, [(p, a) for p, a in data if p and a], **kw)
 
     def __len__(self) -> int:
         return len(self.data)

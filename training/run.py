@@ -261,10 +261,15 @@ def train_run(cfg: Config, extras: dict[str, Any], run_dir: Path, progress: Prog
         freeze_copy(model, POLICY, REFERENCE)
     value_head = ppo.ValueHead(_hidden_size(model)).to(device)
     args = ppo_args(cfg)
-    demos = imitate.Demonstrations(
-        model, tokenizer, train_ex, batch_size=tc.minibatch_size, max_prompt_tokens=tc.max_prompt_tokens,
-        max_response_tokens=tc.max_response_tokens, stop_id=stop_id, pad_id=_pad_id(tokenizer), seed=tc.seed,
-    )  # fmt: skip
+    kw = dict(batch_size=tc.minibatch_size, pad_id=_pad_id(tokenizer), seed=tc.seed)
+    if tc.ptx_data == "liked":
+        demos = imitate.Demonstrations.liked(
+            model, tokenizer, train_ex, max_prompt_tokens=tc.max_prompt_tokens,
+            max_response_tokens=tc.max_response_tokens, stop_id=stop_id, **kw,
+        )  # fmt: skip
+    else:
+        window = tc.max_prompt_tokens + tc.max_response_tokens
+        demos = imitate.Demonstrations.texts(model, tokenizer, data.replay_texts(), window=window, **kw)
     progress("ppo", 0.0, f"PPO on {len(train_prompts)} user prompts and {len(replay)} replay prompts")
     history = ppo.train(
         model, value_head, prompt_ids,
