@@ -25,6 +25,7 @@ import random
 import statistics
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -337,7 +338,9 @@ def plot(users: list[dict[str, Any]], summary: dict[str, Any], out: Path, title:
     ax.set_ylabel("satisfaction on held-out prompts (% rated ≥ 4)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize=7)
+    ax.set_title(
+        "\n".join(line for part in title.split("\n") for line in textwrap.wrap(part, 150)), fontsize=6
+    )
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(out)
