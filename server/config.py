@@ -47,7 +47,7 @@ class TrainingConfig:
     start_from: str = "active"  # each run's policy starts as the "active" adapter, or as a fresh one ("base")
     imitation_epochs: int = 1  # before PPO: passes of next-token loss over the liked answers (0: none)
     imitation_learning_rate: float = 1e-4
-    ptx_coef: float = 0.0  # PPO-ptx: weight of a next-token loss mixed into every PPO update (0: off)
+    ptx_coef: float = 0.5  # PPO-ptx: weight of a next-token loss mixed into every PPO update (0: off)
     ptx_data: str = "general"  # ... on "general" Python (InstructGPT's choice) or on the "liked" answers
     lora_r: int = 8
     lora_alpha: int = 16
