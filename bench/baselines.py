@@ -227,20 +227,12 @@ def measure_adapter(
 
 def general_texts(n_files: int = 8, max_chars: int = 4000) -> list[str]:
     """General held-out text: standard-library modules in the tiny builder's test split (never trained on),
-    skipping the first few, which the trainer's gate looks at, so this measure is not the one it selected on."""
-    from reinf.training.tokenizer_build import split_of, stdlib_root
+    after the first few, which the trainer's gate looks at, so this measure is not the one it selected on."""
+    from reinf.training.data import GENERAL_FILES, stdlib_texts
 
-    root = stdlib_root()
-    names = sorted(
-        p.name for p in root.glob("*.py") if split_of(p.name) == "test" and not p.name.startswith("_")
-    )
-    texts = []
-    for name in names[4 : 4 + n_files]:
-        text = (root / name).read_text(encoding="utf-8", errors="replace")[:max_chars]
-        if text.strip():
-            texts.append(text)
+    texts = stdlib_texts("test", GENERAL_FILES, n_files, max_chars)
     if not texts:
-        raise FileNotFoundError(f"no held-out standard-library modules under {root}")
+        raise FileNotFoundError("no held-out standard-library modules (the Python sources are not installed)")
     return texts
 
 

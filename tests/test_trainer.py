@@ -400,7 +400,7 @@ def test_ppo_ptx_keeps_the_liked_answers_likely_while_ppo_chases_its_reward():
 
 
 def test_general_text_is_cut_into_windows_for_ppo_ptx():
-    from reinf.training.data import replay_texts
+    from reinf.training.data import general_texts, replay_texts
     from reinf.training.imitate import Demonstrations
 
     tok = _CharTokenizer()
@@ -409,6 +409,7 @@ def test_general_text_is_cut_into_windows_for_ppo_ptx():
     assert demos.data == [(ids[0:1], ids[1:4]), (ids[4:5], ids[5:8]), (ids[8:9], ids[9:10])]  # "k": no target
     texts = replay_texts()
     assert texts and all(t.strip() for t in texts)
+    assert not set(texts) & set(general_texts())  # PPO-ptx never trains on what the gate measures
 
 
 def test_the_length_floor_is_a_low_quantile_of_the_liked_answers():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import sysconfig
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,44 +194,36 @@ class Stack:
 '''
 
 
-def general_texts(max_chars: int = 2000) -> list[str]:
-    """A few pieces of ordinary Python: the start of each held-out standard-library module."""
-    try:
-        from .tokenizer_build import is_heldout, stdlib_root
+def stdlib_texts(split: str, start: int, count: int, max_chars: int) -> list[str]:
+    """The start of standard-library modules `start` to `start + count` (by name) of one split of the tiny
+    builder ("train", "valid" or "test", see tokenizer_build.split_of). For other models they are simply
+    ordinary Python. Empty when the standard library's sources are not there."""
+    from .tokenizer_build import split_of, stdlib_root
 
-        root = stdlib_root()
-        names = [
-            p.name for p in sorted(root.glob("*.py")) if is_heldout(p.name) and not p.name.startswith("_")
-        ]
-    except (ImportError, OSError):
-        root, names = Path(sysconfig.get_paths()["stdlib"]), ["textwrap.py", "colorsys.py", "shlex.py"]
+    root = stdlib_root()
+    try:
+        names = sorted(
+            p.name for p in root.glob("*.py") if split_of(p.name) == split and not p.name.startswith("_")
+        )
+    except OSError:
+        return []
     texts = []
-    for name in names[:GENERAL_FILES]:
+    for name in names[start : start + count]:
         try:
-            texts.append((root / name).read_text(encoding="utf-8")[:max_chars])
+            text = (root / name).read_text(encoding="utf-8", errors="replace")[:max_chars]
         except OSError:
             continue
-    return texts or [_FALLBACK_TEXT]
+        if text.strip():
+            texts.append(text)
+    return texts
+
+
+def general_texts(max_chars: int = 2000) -> list[str]:
+    """The gate's general held-out text: the first test-split modules, which the tiny model never trained on."""
+    return stdlib_texts("test", 0, GENERAL_FILES, max_chars) or [_FALLBACK_TEXT]
 
 
 def replay_texts(n_files: int = 32, max_chars: int = 2000) -> list[str]:
-    """Ordinary Python for PPO-ptx: the start of standard-library modules in the tiny builder's training split,
-    which neither the gate's general-loss check nor the learning benchmark measures on."""
-    try:
-        from .tokenizer_build import split_of, stdlib_root
-
-        root = stdlib_root()
-        names = [
-            p.name
-            for p in sorted(root.glob("*.py"))
-            if split_of(p.name) == "train" and not p.name.startswith("_")
-        ]
-    except (ImportError, OSError):
-        return []
-    texts = []
-    for name in names[:n_files]:
-        try:
-            texts.append((root / name).read_text(encoding="utf-8")[:max_chars])
-        except (OSError, UnicodeDecodeError):
-            continue
-    return texts
+    """Ordinary Python for PPO-ptx: training-split modules, so never what the gate's general-loss check or the
+    learning benchmark (later test-split modules) measures on."""
+    return stdlib_texts("train", 0, n_files, max_chars)

@@ -261,21 +261,13 @@ def train_run(cfg: Config, extras: dict[str, Any], run_dir: Path, progress: Prog
         freeze_copy(model, POLICY, REFERENCE)
     value_head = ppo.ValueHead(_hidden_size(model)).to(device)
     args = ppo_args(cfg)
-    kw = dict(batch_size=tc.minibatch_size, pad_id=_pad_id(tokenizer), seed=tc.seed)
-    if tc.ptx_data == "liked":
-        demos = imitate.Demonstrations.liked(
-            model, tokenizer, train_ex, max_prompt_tokens=tc.max_prompt_tokens,
-            max_response_tokens=tc.max_response_tokens, stop_id=stop_id, **kw,
-        )  # fmt: skip
-    else:
-        window = tc.max_prompt_tokens + tc.max_response_tokens
-        demos = imitate.Demonstrations.texts(model, tokenizer, data.replay_texts(), window=window, **kw)
+    demos = _ptx_data(cfg, model, tokenizer, train_ex, stop_id) if tc.ptx_coef > 0 else None
     progress("ppo", 0.0, f"PPO on {len(train_prompts)} user prompts and {len(replay)} replay prompts")
     history = ppo.train(
         model, value_head, prompt_ids,
         data.prompt_batches(len(train_prompts), len(replay), tc.batch_size, tc.replay_ratio, tc.seed),
         reward_fn, args, pad_id=_pad_id(tokenizer), stop_ids=stop_ids, on_step=on_step, reference=reference,
-        ptx=demos.loss if len(demos) else None,
+        ptx=demos.loss if demos else None,
     )  # fmt: skip
     metrics["ppo"] = _ppo_summary(history)
     metrics["timings"]["ppo_s"] = time.time() - t0
@@ -327,6 +319,20 @@ def ppo_args(cfg: Config):  # noqa: ANN201
         clip_range_value=t.clip_range_value, vf_coef=t.vf_coef, ptx_coef=t.ptx_coef, gamma=t.gamma, lam=t.lam,
         seed=t.seed,
     )  # fmt: skip
+
+
+def _ptx_data(cfg: Config, model: Any, tokenizer: Any, train_ex: list, stop_id: int | None):  # noqa: ANN202
+    """PPO-ptx's data (`training.ptx_data`): windows of ordinary Python, or the liked answers of the training split."""
+    from .data import replay_texts
+    from .imitate import Demonstrations
+
+    tc = cfg.training
+    kw = dict(batch_size=tc.minibatch_size, pad_id=_pad_id(tokenizer), seed=tc.seed)
+    if tc.ptx_data == "liked":
+        return Demonstrations.liked(model, tokenizer, train_ex, max_prompt_tokens=tc.max_prompt_tokens,
+                                    max_response_tokens=tc.max_response_tokens, stop_id=stop_id, **kw)  # fmt: skip
+    window = tc.max_prompt_tokens + tc.max_response_tokens
+    return Demonstrations.texts(model, tokenizer, replay_texts(), window=window, **kw)
 
 
 def load_policy(cfg: Config, extras: dict[str, Any]):  # noqa: ANN201
