@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from .config import Config
 from .paths import private_dir, write_json
-from .redact import redact, redact_obj
+from .redact import redact, redact_obj, secrets_in
 from .store import Store, UnknownInteraction
 from .validate import InvalidParams, Params
 
@@ -186,6 +186,7 @@ class Backend:
             context={**context, "messages": messages},
             timings=timings,
             adapter_version=version,
+            uncut=[m["content"] for m in full],
         ))  # fmt: skip
         timings["total_ms"] = _ms(t0)
         return {
@@ -230,6 +231,7 @@ class Backend:
             timings=timings,
             context={"uri": uri, "language": language, "before_cursor": prefix[-400:]},
             adapter_version=version,
+            uncut=[prefix, suffix],
         )
         timings["total_ms"] = _ms(t0)
         return {"interaction_id": iid, "text": gen.text, "adapter_version": version, "timings": timings}
@@ -283,17 +285,21 @@ class Backend:
         context: dict[str, Any],
         timings: dict[str, float],
         adapter_version: int,
+        uncut: list[str],
     ) -> None:
+        """`uncut` is the text the prompt and context were cut from: a secret that a cut split in two is
+        recognised there, and its piece is redacted too."""
         redacting = self.cfg.server.redact_secrets
+        found = secrets_in(*uncut) if redacting else set()
         self.store.add_interaction(
             interaction_id=iid,
             kind=kind,
             client=client,
             model=self.engine.model_name,
             adapter_version=adapter_version,
-            prompt=redact(prompt) if redacting else prompt,
-            context=redact_obj(context) if redacting else context,
-            response=redact(response) if redacting else response,
+            prompt=redact(prompt, found) if redacting else prompt,
+            context=redact_obj(context, found) if redacting else context,
+            response=redact(response, found) if redacting else response,
             finish_reason=finish_reason,
             timings=timings,
         )

@@ -100,21 +100,74 @@ def _if_secret_name(m: re.Match[str], replacement: str) -> str:
 PATTERN_NAMES = [name for name, _, _ in _PATTERNS]
 
 
-def redact(text: str) -> str:
-    """Replace every secret found in `text`."""
+MIN_FRAGMENT = 8  # a cut-off piece of a secret shorter than this is left alone: it could be ordinary text
+
+
+def secrets_in(*texts: str) -> set[str]:
+    """The secret values that `redact` would replace in `texts`, for `redact(..., secrets=)`."""
+    found: set[str] = set()
+    for text in texts:
+        if not text:
+            continue
+        for _, pattern, repl in _PATTERNS:
+            for m in pattern.finditer(text):
+                if callable(repl) and repl(m) == m[0]:
+                    continue  # an assignment whose name is not a secret's
+                found.add(m["secret"] if "secret" in pattern.groupindex else m[0])
+    return {s for s in found if len(s) >= MIN_FRAGMENT}
+
+
+def redact(text: str, secrets: set[str] | frozenset[str] = frozenset()) -> str:
+    """Replace every secret found in `text`, and every piece of `secrets` that was cut off at either end.
+
+    A prompt cut to fit the model's context can start in the middle of a secret (`pm_a1B2...` of an npm
+    token), which no pattern recognises any more. Pass the secrets of the uncut text, from `secrets_in`. A
+    piece cut at both ends (a window that lies wholly inside one secret) is not found."""
     if not text:
         return text
     for _, pattern, repl in _PATTERNS:
         text = pattern.sub(repl, text)
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = _scrub_pieces(text, secret)
     return text
 
 
-def redact_obj(value: Any) -> Any:
+def _scrub_pieces(text: str, secret: str) -> str:
+    """Replace each run of `text` that is the head or the tail of `secret`, MIN_FRAGMENT or more long."""
+    spans = []
+    tail = secret[-MIN_FRAGMENT:]
+    i = text.find(tail)
+    while i >= 0:  # grow each tail match leftwards for as long as it follows the secret
+        end, start, j = i + len(tail), i, len(secret) - len(tail)
+        while start > 0 and j > 0 and text[start - 1] == secret[j - 1]:
+            start, j = start - 1, j - 1
+        spans.append((start, end))
+        i = text.find(tail, i + 1)
+    head = secret[:MIN_FRAGMENT]
+    i = text.find(head)
+    while i >= 0:  # and each head match rightwards
+        end, j = i + len(head), len(head)
+        while end < len(text) and j < len(secret) and text[end] == secret[j]:
+            end, j = end + 1, j + 1
+        spans.append((i, end))
+        i = text.find(head, i + 1)
+    merged: list[list[int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    for start, end in reversed(merged):
+        text = text[:start] + "[REDACTED]" + text[end:]
+    return text
+
+
+def redact_obj(value: Any, secrets: set[str] | frozenset[str] = frozenset()) -> Any:
     """Redact every string inside a JSON-like value."""
     if isinstance(value, str):
-        return redact(value)
+        return redact(value, secrets)
     if isinstance(value, list):
-        return [redact_obj(v) for v in value]
+        return [redact_obj(v, secrets) for v in value]
     if isinstance(value, dict):
-        return {k: redact_obj(v) for k, v in value.items()}
+        return {k: redact_obj(v, secrets) for k, v in value.items()}
     return value

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reinf.redact import redact, redact_obj
+from reinf.redact import MIN_FRAGMENT, redact, redact_obj, secrets_in
 
 CASES = {
     "private_key": "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7x\nabc\n-----END RSA PRIVATE KEY-----",
@@ -64,6 +64,40 @@ def test_assignment_of_a_password_or_api_key() -> None:
 def test_ordinary_code_is_left_alone() -> None:
     code = "def token_count(tokens: list[str]) -> int:\n    password_field = form['password']\n    return len(tokens)\n"
     assert redact(code) == code
+
+
+def pieces(secret: str, text: str) -> list[str]:
+    """The runs of `secret`, MIN_FRAGMENT or more long, that `text` still holds."""
+    n = MIN_FRAGMENT
+    return [secret[i : i + n] for i in range(len(secret) - n + 1) if secret[i : i + n] in text]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_secret_cut_in_two_by_a_context_window_is_redacted_from_its_source(name: str) -> None:
+    """A prompt cut to fit the model starts or ends inside a secret (`pm_a1B2...` of an npm token); no
+    pattern knows the piece, but the uncut text names the secret."""
+    secret = CASES[name]
+    uncut = f'before\nkey = "{secret}"\nafter\n'
+    found = secrets_in(uncut)
+    start = uncut.index(secret)
+    for cut in range(start + 1, start + len(secret) - MIN_FRAGMENT):
+        assert not pieces(secret, redact(uncut[cut:], found)), f"left cut at {cut - start}"
+        assert not pieces(secret, redact(uncut[:cut + MIN_FRAGMENT], found)), f"right cut at {cut - start}"
+    # and the text around the piece stays
+    assert redact(uncut[start + 2 :], found).endswith('"\nafter\n')
+    assert redact(uncut[: start + len(secret) - 2], found).startswith('before\nkey = "')
+
+
+def test_without_the_uncut_text_a_cut_secret_would_stay() -> None:
+    """The control for the test above: the patterns alone miss the piece."""
+    secret = CASES["npm_token"]
+    assert secret[1:] in redact(f"x = '{secret}'"[6:])
+
+
+def test_secrets_in_names_only_secrets() -> None:
+    text = f"token = tokens[0]\napi_key = 'k3y-v4lue-123'\ngh = '{CASES['github_token']}'\nmax_tokens = 100000000"
+    assert secrets_in(text) == {"k3y-v4lue-123", CASES["github_token"]}
+    assert redact("token = tokens[0]; n = 100000000", secrets_in(text)) == "token = tokens[0]; n = 100000000"
 
 
 def test_nested_values() -> None:

@@ -332,6 +332,32 @@ def test_secrets_are_redacted_in_every_stored_field(daemon: DaemonProcess, tmp_p
     )
 
 
+def test_a_prompt_cut_inside_a_secret_keeps_no_piece_of_it(daemon: DaemonProcess) -> None:
+    """The model's context holds only the end of a long document, so the cut lands inside a private key:
+    the key's tail and END line reach the model's prompt, where no pattern sees a key any more."""
+    body = "\n".join(secrets.token_urlsafe(48) for _ in range(40))
+    key = f"-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----"
+    marker = f"visible-{secrets.token_hex(8)}"
+    text = f'KEY = """{key}"""\n# {marker}\n'
+    with daemon.client() as c:
+        c.chat(f"Explain this:\n{text}", max_tokens=2)
+        doc = f"file:///tmp/{marker}.py"
+        c.open_document(doc, text + "def f():\n    ")
+        c.inline_completion(doc, text.count("\n") + 1, 4)
+        history = c.request("reinf/history", {"limit": 500})["items"]
+    mine = [item for item in history if marker in json.dumps(item)]
+    prompts = [item["model_prompt"] for item in mine]
+    assert any(item["kind"] == "chat" for item in mine), "the chat was not stored"
+    assert all(marker in p and len(p) < len(key) for p in prompts), "no prompt was cut: this proves nothing"
+    lines = body.splitlines()
+    for item in mine:
+        for field, value in item.items():
+            leaked = [line for line in lines if line in json.dumps(value)]
+            assert not leaked, f"{item['kind']}.{field} holds {len(leaked)} lines of the key: {leaked[-1]}"
+    for line in lines[-3:]:
+        assert not holding(daemon.home, line.encode()), f"a line of the key is on disk: {line}"
+
+
 def where(value: str, exported: str) -> list[str]:
     """Which row kinds and fields of an export hold `value`, with a little context."""
     found = []
