@@ -45,8 +45,12 @@ class TrainingConfig:
     ppo_steps: int = 8
     learning_rate: float = 1e-4
     start_from: str = "active"  # each run's policy starts as the "active" adapter, or as a fresh one ("base")
-    imitation_epochs: int = 1  # before PPO: passes of next-token loss over the liked answers (0: none)
+    # Before PPO, a warm start on the rated answers: "imitate" the liked ones (next-token loss), or "kto" on
+    # liked and disliked ones (KTO's loss, reference: the policy as the run starts), for imitation_epochs.
+    warm_start: str = "imitate"
+    imitation_epochs: int = 1  # passes of the warm start over the training split's answers (0: none)
     imitation_learning_rate: float = 1e-4
+    kto_beta: float = 0.1
     ptx_coef: float = 0.5  # PPO-ptx: weight of a next-token loss mixed into every PPO update (0: off)
     ptx_data: str = "general"  # ... on "general" Python (InstructGPT's choice) or on the "liked" answers
     lora_r: int = 8
@@ -254,6 +258,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"training.length_floor_quantile must be in [0, 1), got {t.length_floor_quantile}")
     if t.kl_reference not in ("start", "base"):
         raise ConfigError(f"training.kl_reference must be start or base, got {t.kl_reference!r}")
+    if t.warm_start not in ("imitate", "kto"):
+        raise ConfigError(f"training.warm_start must be imitate or kto, got {t.warm_start!r}")
+    if t.kto_beta <= 0:
+        raise ConfigError(f"training.kto_beta must be positive, got {t.kto_beta}")
     if t.ptx_data not in ("general", "liked"):
         raise ConfigError(f"training.ptx_data must be general or liked, got {t.ptx_data!r}")
     if t.ptx_coef < 0:

@@ -36,6 +36,8 @@ def test_precedence_toml_then_environment_then_flags(tmp_path: Path) -> None:
         ("[model\n", {}, "not valid TOML"),
         ('[training]\nptx_data = "web"\n', {}, "training.ptx_data"),
         ("", {"REINF_TRAINING_PTX_COEF": "-1"}, "training.ptx_coef"),
+        ('[training]\nwarm_start = "dpo"\n', {}, "training.warm_start"),
+        ("", {"REINF_TRAINING_KTO_BETA": "0"}, "training.kto_beta"),
     ],
 )
 def test_bad_config_names_the_problem(tmp_path: Path, toml: str, env: dict[str, str], needle: str) -> None:

@@ -82,7 +82,7 @@ def test_a_secret_cut_in_two_by_a_context_window_is_redacted_from_its_source(nam
     start = uncut.index(secret)
     for cut in range(start + 1, start + len(secret) - MIN_FRAGMENT):
         assert not pieces(secret, redact(uncut[cut:], found)), f"left cut at {cut - start}"
-        assert not pieces(secret, redact(uncut[:cut + MIN_FRAGMENT], found)), f"right cut at {cut - start}"
+        assert not pieces(secret, redact(uncut[: cut + MIN_FRAGMENT], found)), f"right cut at {cut - start}"
     # and the text around the piece stays
     assert redact(uncut[start + 2 :], found).endswith('"\nafter\n')
     assert redact(uncut[: start + len(secret) - 2], found).startswith('before\nkey = "')

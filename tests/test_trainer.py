@@ -375,6 +375,41 @@ def test_imitation_fits_the_liked_answers_only_and_the_reference_stays_frozen():
     assert imitate(model, _CharTokenizer(), rated, **{**kw, "epochs": 0})["steps"] == 0
 
 
+@pytest.mark.parametrize("reference", ["reference", None])
+def test_kto_raises_the_liked_answers_and_lowers_the_disliked_against_a_frozen_reference(reference):
+    from reinf.training.imitate import answer_logp, encode, kto
+    from reinf.training.lm import freeze_copy, use_adapter
+
+    model = _toy_policy()
+    if reference:  # as a run that continues from the active adapter: π_ref is a frozen copy of it
+        freeze_copy(model, "default", reference)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if ".reference." in n}
+    rated = [Example(str(i), f"q{i}", "abcabc" if i % 3 else "zzzz", 1.0 if i % 3 else -1.0, 1.0, True, i + 1, 0)
+             for i in range(12)]  # fmt: skip
+    kw = dict(max_prompt_tokens=8, max_response_tokens=8, stop_id=1, pad_id=0, seed=0)
+    tok = _CharTokenizer()
+    good = [encode(tok, e, 8, 8, 1) for e in rated if e.target > 0]
+    bad = [encode(tok, e, 8, 8, 1) for e in rated if e.target < 0]
+    with torch.no_grad():
+        before = answer_logp(model, good, 0).mean().item(), answer_logp(model, bad, 0).mean().item()
+    out = kto(
+        model, tok, rated, reference=reference, epochs=6, learning_rate=0.02, beta=0.1, batch_size=4, **kw
+    )
+    assert (out["n_desirable"], out["n_undesirable"], out["steps"]) == (8, 4, 18)
+    assert out["desirable_weight"] == 1.0  # 8 liked against 4 disliked: the disliked weigh 2, the liked 1
+    assert out["loss_last_epoch"] < out["loss_first_epoch"] and out["margin_last_epoch"] > 0, out
+    with torch.no_grad():
+        after = answer_logp(model, good, 0).mean().item(), answer_logp(model, bad, 0).mean().item()
+        with use_adapter(model, reference):  # π_ref did not move
+            assert answer_logp(model, good, 0).mean().item() == pytest.approx(before[0], abs=1e-4)
+    assert after[0] > before[0] + 1 and after[1] < before[1] - 1, (before, after)
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if ".reference." in n)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if ".reference." in n)
+    liked_only = [e for e in rated if e.target > 0]  # KTO needs both kinds; with one it does nothing
+    assert kto(model, tok, liked_only, reference=reference, epochs=2, learning_rate=0.02, beta=0.1,
+               batch_size=4, **kw)["steps"] == 0  # fmt: skip
+
+
 def test_ppo_ptx_keeps_the_liked_answers_likely_while_ppo_chases_its_reward():
     # The scripted reward (low token ids) pulls away from the liked answer, whose ids are all 32 or more. With
     # ptx_coef = 1 every PPO minibatch also imitates it, and its loss falls; without, the loss only drifts.

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .data import Example
-from .lm import pad_left
+from .lm import pad_left, use_adapter
 from .ppo import masked_mean, response_logprobs
 
 LIKED_TARGET = 0.5  # 4 stars or more, or a thumbs up (data.rating_target)
@@ -45,9 +45,11 @@ def _pairs(tokenizer: Any, examples: Sequence[Example], max_prompt_tokens: int, 
     return [(p, a) for p, a in data if p and a]
 
 
-def demo_loss(model: nn.Module, batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> torch.Tensor:
-    """−log π(y | x) per answer token, averaged over a batch of (prompt ids, answer ids); prompts not scored."""
-    device = next(p for p in model.parameters() if p.requires_grad).device
+def _logprobs(
+    model: nn.Module, batch: Sequence[tuple[list[int], list[int]]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π(y_t | x, y_<t) of each answer token, and the answer mask, for a batch of (prompt ids, answer ids)."""
+    device = next(model.parameters()).device
     q_ids, q_mask = pad_left([p for p, _ in batch], pad_id, device)
     width = max(len(a) for _, a in batch)
     r_ids = torch.full((len(batch), width), pad_id, dtype=torch.long, device=device)
@@ -58,7 +60,19 @@ def demo_loss(model: nn.Module, batch: Sequence[tuple[list[int], list[int]]], pa
     logprobs, _ = response_logprobs(
         model, torch.cat([q_ids, r_ids], 1), torch.cat([q_mask, r_mask], 1), q_ids.shape[1], 1.0
     )
-    return -masked_mean(logprobs, r_mask.float())
+    return logprobs, r_mask.float()
+
+
+def demo_loss(model: nn.Module, batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> torch.Tensor:
+    """−log π(y | x) per answer token, averaged over a batch of (prompt ids, answer ids); prompts not scored."""
+    logprobs, mask = _logprobs(model, batch, pad_id)
+    return -masked_mean(logprobs, mask)
+
+
+def answer_logp(model: nn.Module, batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> torch.Tensor:
+    """log π(y | x), summed over each answer's tokens."""
+    logprobs, mask = _logprobs(model, batch, pad_id)
+    return (logprobs * mask).sum(1)
 
 
 class Demonstrations:
@@ -139,5 +153,89 @@ def imitate(
         "steps": len(losses),
         "loss_first_epoch": sum(losses[:k]) / k,
         "loss_last_epoch": sum(losses[-k:]) / k,
+        "time_s": time.time() - t0,
+    }
+
+
+def kto(
+    model: nn.Module,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    *,
+    reference: str | None,
+    epochs: int,
+    learning_rate: float,
+    beta: float,
+    batch_size: int,
+    max_prompt_tokens: int,
+    max_response_tokens: int,
+    stop_id: int | None,
+    pad_id: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Warm start on every rated answer, liked and disliked: the KTO loss (Ethayarajh et al. 2024).
+
+    With r = log π(y|x) − log π_ref(y|x) and z the KL of π to π_ref (estimated on mismatched pairs, prompt i
+    with answer i+1 of the batch, without a gradient and floored at 0), a liked answer costs
+    λ_D·(1 − σ(β(r − z))) and a disliked one λ_U·(1 − σ(β(z − r))). Imitation sees only the liked answers;
+    KTO also learns what the user turned down. The classes are weighted so that λ_D·n_D ≈ λ_U·n_U. π_ref is
+    adapter `reference` (None: the base), normally the policy as the run starts.
+    """
+    explicit = [e for e in examples if e.explicit]
+    rows = []
+    for e in explicit:
+        p, a = encode(tokenizer, e, max_prompt_tokens, max_response_tokens, stop_id)
+        if p and a:
+            rows.append((p, a, e.target >= LIKED_TARGET))
+    n_good = sum(good for _, _, good in rows)
+    n_bad = len(rows) - n_good
+    if epochs <= 0 or n_good == 0 or n_bad == 0 or len(rows) < 2:
+        return {"n_desirable": n_good, "n_undesirable": n_bad, "steps": 0}
+    w_good, w_bad = max(n_bad / n_good, 1.0), max(n_good / n_bad, 1.0)
+    t0 = time.time()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    rng = random.Random(seed)
+    losses, kls, margins = [], [], []
+    model.eval()
+    for _ in range(epochs):
+        rng.shuffle(rows)
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i : i + batch_size]
+            if len(chunk) < 2:  # z needs a mismatched pair
+                chunk = rows[i - 1 : i + 1]
+            pairs = [(p, a) for p, a, _ in chunk]
+            shifted = [(p, pairs[(j + 1) % len(pairs)][1]) for j, (p, _) in enumerate(pairs)]
+            good = torch.tensor([g for _, _, g in chunk])
+            with torch.no_grad():
+                with use_adapter(model, reference):
+                    ref = answer_logp(model, pairs, pad_id)
+                    ref_shifted = answer_logp(model, shifted, pad_id)
+                z = (answer_logp(model, shifted, pad_id) - ref_shifted).mean().clamp(min=0)
+            r = answer_logp(model, pairs, pad_id) - ref
+            per = torch.where(
+                good,
+                w_good * (1 - torch.sigmoid(beta * (r - z))),
+                w_bad * (1 - torch.sigmoid(beta * (z - r))),
+            )
+            loss = per.mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            losses.append(loss.item())
+            kls.append(z.item())
+            if good.any() and (~good).any():
+                margins.append((r[good].mean() - r[~good].mean()).item())
+    k = max(1, len(losses) // epochs)
+    return {
+        "n_desirable": n_good,
+        "n_undesirable": n_bad,
+        "desirable_weight": round(w_good, 3),
+        "steps": len(losses),
+        "loss_first_epoch": sum(losses[:k]) / k,
+        "loss_last_epoch": sum(losses[-k:]) / k,
+        "kl_last_epoch": sum(kls[-k:]) / k,
+        "margin_last_epoch": sum(margins[-k:]) / max(1, len(margins[-k:])) if margins else None,
         "time_s": time.time() - t0,
     }

@@ -211,16 +211,25 @@ def train_run(cfg: Config, extras: dict[str, Any], run_dir: Path, progress: Prog
             f"pairwise accuracy {acc:.3f} on {rm_metrics['n_heldout']} ratings); PPO was not run"
         )
 
-    # 4. Warm start: imitate the liked answers of the training split, then PPO explores from there.
+    # 4. Warm start on the rated answers of the training split, then PPO explores from there.
     t0 = time.time()
     stop_id = stop_ids[0] if stop_ids else None
-    progress("ppo", 0.0, f"imitating the liked answers ({tc.imitation_epochs} epochs)")
-    metrics["imitation"] = imitate.imitate(
-        model, tokenizer, train_ex, epochs=tc.imitation_epochs, learning_rate=tc.imitation_learning_rate,
-        batch_size=tc.minibatch_size, max_prompt_tokens=tc.max_prompt_tokens,
-        max_response_tokens=tc.max_response_tokens, stop_id=stop_id,
+    warm = dict(
+        epochs=tc.imitation_epochs, learning_rate=tc.imitation_learning_rate, batch_size=tc.minibatch_size,
+        max_prompt_tokens=tc.max_prompt_tokens, max_response_tokens=tc.max_response_tokens, stop_id=stop_id,
         pad_id=_pad_id(tokenizer), seed=tc.seed,
     )  # fmt: skip
+    if tc.warm_start == "kto":
+        progress("ppo", 0.0, f"KTO on the liked and disliked answers ({tc.imitation_epochs} epochs)")
+        # π_ref is the policy as the run starts: the active adapter (loaded frozen for the gate), or the base.
+        from_active = extras.get("active_adapter") and tc.start_from == "active"
+        metrics["imitation"] = imitate.kto(
+            model, tokenizer, train_ex, reference=ACTIVE if from_active else None, beta=tc.kto_beta, **warm
+        )
+    else:
+        progress("ppo", 0.0, f"imitating the liked answers ({tc.imitation_epochs} epochs)")
+        metrics["imitation"] = imitate.imitate(model, tokenizer, train_ex, **warm)
+    metrics["imitation"]["method"] = tc.warm_start
     metrics["timings"]["imitation_s"] = time.time() - t0
 
     # 5. PPO on fresh rollouts from the user's prompts, mixed with general replay prompts.
