@@ -147,6 +147,7 @@ def learn(taste: str, seed: int, plan: Plan, work: Path) -> dict[str, Any]:
         model_temperature=str(plan.temperature),
         training_min_new_ratings=str(plan.every),
         training_seed=str(seed),
+        model_seed=str(seed),  # the daemon's sampling: two settings compared on one seed see the same base
         **plan.training,
     )
     rater = Rater(taste, seed)

@@ -34,6 +34,9 @@ class ModelConfig:
     temperature: float = 0.2
     max_context_tokens: int = 1024
     inference_threads: int = 1
+    # Sampling seed: -1 draws fresh randomness; 0 or more makes the daemon's answers reproducible (the same
+    # requests in the same order get the same answers), for tests and benchmarks.
+    seed: int = -1
 
 
 @dataclass
@@ -258,6 +261,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"training.length_floor_quantile must be in [0, 1), got {t.length_floor_quantile}")
     if t.kl_reference not in ("start", "base"):
         raise ConfigError(f"training.kl_reference must be start or base, got {t.kl_reference!r}")
+    if cfg.model.seed < -1:
+        raise ConfigError(f"model.seed must be -1 (unseeded) or 0 or more, got {cfg.model.seed}")
     if t.warm_start not in ("imitate", "kto"):
         raise ConfigError(f"training.warm_start must be imitate or kto, got {t.warm_start!r}")
     if t.kto_beta <= 0:

@@ -147,6 +147,7 @@ class Engine:
         self._adapter_name: str | None = None
         self._loads = 0
         self._lock = threading.Lock()
+        self._rng = None if cfg.seed < 0 else torch.Generator(self.device).manual_seed(cfg.seed)
         vocab = set(self.tokenizer.get_vocab()) | set(self.tokenizer.all_special_tokens)
         self.fim: FimTemplate = get_template(cfg.fim_template, vocab, cfg.name)
         self._eos_ids = self._collect_eos_ids()
@@ -232,7 +233,7 @@ class Engine:
                         )
                         past = getattr(out, self._cache_kw)
                         logits = out.logits[0, -1]
-                    next_id = _pick(logits, temperature)
+                    next_id = _pick(logits, temperature, self._rng)
                     if next_id in stop_ids:
                         finish = "stop"
                         break
@@ -426,9 +427,9 @@ def _check_adapter_folder(path: Path) -> None:
         raise AdapterError(f"{path} has no adapter_model.safetensors")
 
 
-def _pick(logits: torch.Tensor, temperature: float) -> int:
-    """Greedy at temperature 0, else a sample from softmax(logits / temperature)."""
+def _pick(logits: torch.Tensor, temperature: float, rng: torch.Generator | None = None) -> int:
+    """Greedy at temperature 0, else a sample from softmax(logits / temperature), drawn from `rng` if given."""
     if temperature == 0:
         return int(torch.argmax(logits))
     probs = torch.softmax(logits.float() / temperature, dim=-1)
-    return int(torch.multinomial(probs, 1))
+    return int(torch.multinomial(probs, 1, generator=rng))

@@ -37,6 +37,7 @@ def test_precedence_toml_then_environment_then_flags(tmp_path: Path) -> None:
         ('[training]\nptx_data = "web"\n', {}, "training.ptx_data"),
         ("", {"REINF_TRAINING_PTX_COEF": "-1"}, "training.ptx_coef"),
         ('[training]\nwarm_start = "dpo"\n', {}, "training.warm_start"),
+        ("", {"REINF_MODEL_SEED": "-2"}, "model.seed"),
         ("", {"REINF_TRAINING_KTO_BETA": "0"}, "training.kto_beta"),
     ],
 )

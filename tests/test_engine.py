@@ -131,6 +131,23 @@ def test_sampling_varies(tiny_engine):
     assert len(texts) > 1
 
 
+def test_a_seeded_engine_answers_the_same_requests_the_same_way(tiny_model_config):
+    """model.seed: two daemons given the same requests in the same order sample the same answers, and one
+    engine's successive answers still differ (the seed starts a stream; it does not fix each answer)."""
+    from dataclasses import replace
+
+    from reinf.engine import Engine
+
+    def answers(seed: int) -> list[str]:
+        engine = Engine(replace(tiny_model_config, seed=seed))
+        torch.seed()  # a fresh global generator: a seeded engine does not draw from it
+        return [engine.complete(PREFIX, "", max_tokens=8, temperature=1.5).text for _ in range(4)]
+
+    first = answers(7)
+    assert answers(7) == first and len(set(first)) > 1
+    assert answers(8) != first
+
+
 def test_cancel_stops_generation_early(tiny_engine):
     full = tiny_engine.complete(PREFIX, SUFFIX, max_tokens=40, temperature=0)
     assert full.n_new_tokens == 40  # precondition: without cancel it runs to the limit

@@ -1,8 +1,8 @@
 """Training end to end through a real daemon on the test-preset model: rate, train, hot-swap, roll back, crash.
 
 A scripted user rates chat answers (it likes whitespace). At the threshold the daemon starts a run; the run
-ends published (retried with more ratings if the gate happens to reject it, since the daemon samples at
-random); new answers carry the new adapter version; a rollback returns to the base. Then a trainer killed
+ends published (retried with more ratings if the gate rejects it; the daemon's sampling is seeded, so the
+same code takes the same path every time); new answers carry the new adapter version; a rollback returns to the base. Then a trainer killed
 with SIGKILL mid-run leaves a failed run and a daemon that still serves, and a daemon killed with SIGKILL
 mid-run finds the orphaned run on restart and marks it failed, with no trainer left running.
 """
@@ -31,6 +31,7 @@ def _env(home: Path) -> dict[str, str]:
         f"{section}_{key}": str(v) for section, values in FAST_TRAINING.items() for key, v in values.items()
     }
     config["training_min_new_ratings"] = str(THRESHOLD)
+    config["model_seed"] = "0"  # the same answers, ratings and runs every time: a rejection is no accident
     return daemon_env(home, **config)
 
 
