@@ -50,7 +50,7 @@ class TrainingConfig:
     start_from: str = "active"  # each run's policy starts as the "active" adapter, or as a fresh one ("base")
     # Before PPO, a warm start on the rated answers: "imitate" the liked ones (next-token loss), or "kto" on
     # liked and disliked ones (KTO's loss, reference: the policy as the run starts), for imitation_epochs.
-    warm_start: str = "imitate"
+    warm_start: str = "kto"
     imitation_epochs: int = 1  # passes of the warm start over the training split's answers (0: none)
     imitation_learning_rate: float = 1e-4
     kto_beta: float = 0.1
@@ -95,8 +95,9 @@ class RewardModelConfig:
     min_holdout_correlation: float = 0.0
     # New ratings that the judge trained on the earlier ones scores with a significantly negative correlation
     # (one-sided permutation p-value under this) contradict the history: the run stops. 0 turns it off. An
-    # honest user's new ratings correlate positively with their old judge, so a false alarm is rarer than this.
-    contradiction_p: float = 0.05
+    # honest user's new ratings correlate positively with their old judge. At 0.05 the learning benchmark saw one
+    # false alarm (p = 0.028) on an honest user at 95% satisfaction, where the stars left vary by noise.
+    contradiction_p: float = 0.01
     max_length: int = 256
     implicit_weight: float = 0.2
 

@@ -219,7 +219,8 @@ def train_run(cfg: Config, extras: dict[str, Any], run_dir: Path, progress: Prog
         max_prompt_tokens=tc.max_prompt_tokens, max_response_tokens=tc.max_response_tokens, stop_id=stop_id,
         pad_id=_pad_id(tokenizer), seed=tc.seed,
     )  # fmt: skip
-    if tc.warm_start == "kto":
+    kinds = {imitate.liked([e]) != [] for e in train_ex if e.explicit}
+    if tc.warm_start == "kto" and kinds == {True, False}:  # KTO needs both; with one kind, imitation
         progress("ppo", 0.0, f"KTO on the liked and disliked answers ({tc.imitation_epochs} epochs)")
         # π_ref is the policy as the run starts: the active adapter (loaded frozen for the gate), or the base.
         from_active = extras.get("active_adapter") and tc.start_from == "active"
@@ -229,7 +230,7 @@ def train_run(cfg: Config, extras: dict[str, Any], run_dir: Path, progress: Prog
     else:
         progress("ppo", 0.0, f"imitating the liked answers ({tc.imitation_epochs} epochs)")
         metrics["imitation"] = imitate.imitate(model, tokenizer, train_ex, **warm)
-    metrics["imitation"]["method"] = tc.warm_start
+    metrics["imitation"]["method"] = "kto" if "n_undesirable" in metrics["imitation"] else "imitate"
     metrics["timings"]["imitation_s"] = time.time() - t0
 
     # 5. PPO on fresh rollouts from the user's prompts, mixed with general replay prompts.
