@@ -133,33 +133,46 @@ def redact(text: str, secrets: set[str] | frozenset[str] = frozenset()) -> str:
 
 
 def _scrub_pieces(text: str, secret: str) -> str:
-    """Replace each run of `text` that is the head or the tail of `secret`, MIN_FRAGMENT or more long."""
+    """Replace each run of `text` that is the head or the tail of `secret`, MIN_FRAGMENT or more long.
+
+    Linear in len(text) + len(secret), by the Z-algorithm: a search that grew each match character by
+    character would cost the square of a 256 KiB field for a secret of one repeated letter."""
+    head, tail = secret[:MIN_FRAGMENT], secret[-MIN_FRAGMENT:]
+    if head not in text and tail not in text:
+        return text
     spans = []
-    tail = secret[-MIN_FRAGMENT:]
-    i = text.find(tail)
-    while i >= 0:  # grow each tail match leftwards for as long as it follows the secret
-        end, start, j = i + len(tail), i, len(secret) - len(tail)
-        while start > 0 and j > 0 and text[start - 1] == secret[j - 1]:
-            start, j = start - 1, j - 1
-        spans.append((start, end))
-        i = text.find(tail, i + 1)
-    head = secret[:MIN_FRAGMENT]
-    i = text.find(head)
-    while i >= 0:  # and each head match rightwards
-        end, j = i + len(head), len(head)
-        while end < len(text) and j < len(secret) and text[end] == secret[j]:
-            end, j = end + 1, j + 1
-        spans.append((i, end))
-        i = text.find(head, i + 1)
+    n = len(secret) + 1
+    # z[n + i]: how many characters of the secret's head start at text[i]
+    z = _z_array(secret + "\0" + text)
+    spans += [(i, i + z[n + i]) for i in range(len(text)) if z[n + i] >= MIN_FRAGMENT]
+    # on the reversed strings: how many characters of the secret's tail end just before text[e]
+    z = _z_array(secret[::-1] + "\0" + text[::-1])
+    spans += [(len(text) - k - z[n + k], len(text) - k) for k in range(len(text)) if z[n + k] >= MIN_FRAGMENT]
     merged: list[list[int]] = []
     for start, end in sorted(spans):
         if merged and start <= merged[-1][1]:
             merged[-1][1] = max(merged[-1][1], end)
         else:
             merged.append([start, end])
-    for start, end in reversed(merged):
-        text = text[:start] + "[REDACTED]" + text[end:]
-    return text
+    out, last = [], 0
+    for start, end in merged:
+        out += [text[last:start], "[REDACTED]"]
+        last = end
+    return "".join(out) + text[last:]
+
+
+def _z_array(s: str) -> list[int]:
+    """z[i] = the length of the longest common prefix of s and s[i:] (z[0] = 0)."""
+    z = [0] * len(s)
+    left = right = 0
+    for i in range(1, len(s)):
+        if i < right:
+            z[i] = min(right - i, z[i - left])
+        while i + z[i] < len(s) and s[z[i]] == s[i + z[i]]:
+            z[i] += 1
+        if i + z[i] > right:
+            left, right = i, i + z[i]
+    return z
 
 
 def redact_obj(value: Any, secrets: set[str] | frozenset[str] = frozenset()) -> Any:

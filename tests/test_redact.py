@@ -94,6 +94,15 @@ def test_without_the_uncut_text_a_cut_secret_would_stay() -> None:
     assert secret[1:] in redact(f"x = '{secret}'"[6:])
 
 
+@pytest.mark.timeout(120)
+def test_pieces_of_a_secret_are_found_in_linear_time() -> None:
+    """A 256 KiB secret of one letter, cut, in a 256 KiB field: every position starts and ends a piece."""
+    secret = "a" * (256 * 1024)
+    found = secrets_in(f"password = '{secret}'")
+    assert found == {secret}
+    assert redact(secret[5:] + "b" + secret[:-5], found) == "[REDACTED]b[REDACTED]"
+
+
 def test_secrets_in_names_only_secrets() -> None:
     text = f"token = tokens[0]\napi_key = 'k3y-v4lue-123'\ngh = '{CASES['github_token']}'\nmax_tokens = 100000000"
     assert secrets_in(text) == {"k3y-v4lue-123", CASES["github_token"]}
