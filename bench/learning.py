@@ -74,6 +74,9 @@ TRAINING = {
     "training_minibatch_size": "8",
     "training_ppo_epochs": "2",
     "training_eval_prompts": "8",
+    # The simulated users are honest, so a contradiction is always a false alarm here; at the trainer's 0.05
+    # one stopped an honest user's run (p = 0.028 at 95% satisfaction).
+    "reward_model_contradiction_p": "0.01",
 }
 
 

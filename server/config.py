@@ -96,8 +96,9 @@ class RewardModelConfig:
     # New ratings that the judge trained on the earlier ones scores with a significantly negative correlation
     # (one-sided permutation p-value under this) contradict the history: the run stops. 0 turns it off. An
     # honest user's new ratings correlate positively with their old judge. At 0.05 the learning benchmark saw one
-    # false alarm (p = 0.028) on an honest user at 95% satisfaction, where the stars left vary by noise.
-    contradiction_p: float = 0.01
+    # false alarm (p = 0.028) on an honest user at 95% satisfaction, where the stars left vary by noise; at 0.01
+    # tests/test_faults.py's 64 inverted ratings got through once (the benchmark, whose users are honest, uses 0.01).
+    contradiction_p: float = 0.05
     max_length: int = 256
     implicit_weight: float = 0.2
 
