@@ -88,6 +88,15 @@ def test_a_secret_cut_in_two_by_a_context_window_is_redacted_from_its_source(nam
     assert redact(uncut[: start + len(secret) - 2], found).startswith('before\nkey = "')
 
 
+def test_a_line_secret_behind_a_template_token_is_found_in_the_uncut_text() -> None:
+    """An unquoted `API_KEY=...` on a document's first line is a line only in the document: in the FIM prompt
+    it follows <|fim_prefix|>, so the line pattern misses it there, and the document's secrets catch it."""
+    doc = "API_KEY=abc123def456ghi789\nimport os\n"
+    prompt = f"<|fim_prefix|>{doc}<|fim_suffix|><|fim_middle|>"
+    assert "abc123def456ghi789" in redact(prompt)  # the control
+    assert "abc123def456ghi789" not in redact(prompt, secrets_in(doc))
+
+
 def test_without_the_uncut_text_a_cut_secret_would_stay() -> None:
     """The control for the test above: the patterns alone miss the piece."""
     secret = CASES["npm_token"]

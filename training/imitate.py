@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -39,10 +39,17 @@ def encode(
     return prompt, answer[:max_response_tokens]
 
 
+def _encoded(tokenizer: Any, examples: Sequence[Example], max_prompt_tokens: int, max_response_tokens: int,
+             stop_id: int | None) -> list[tuple[list[int], list[int], Example]]:  # fmt: skip
+    """(prompt ids, answer ids, example) of each example with a prompt and an answer left after the cuts."""
+    data = [(*encode(tokenizer, e, max_prompt_tokens, max_response_tokens, stop_id), e) for e in examples]
+    return [(p, a, e) for p, a, e in data if p and a]
+
+
 def _pairs(tokenizer: Any, examples: Sequence[Example], max_prompt_tokens: int, max_response_tokens: int,
            stop_id: int | None) -> list[tuple[list[int], list[int]]]:  # fmt: skip
-    data = [encode(tokenizer, e, max_prompt_tokens, max_response_tokens, stop_id) for e in liked(examples)]
-    return [(p, a) for p, a in data if p and a]
+    return [(p, a) for p, a, _ in _encoded(tokenizer, liked(examples), max_prompt_tokens, max_response_tokens,
+                                           stop_id)]  # fmt: skip
 
 
 def _logprobs(
@@ -114,6 +121,35 @@ class Demonstrations:
         return demo_loss(self.model, [self.data[i] for i in take], self.pad_id)
 
 
+def _fit(model: nn.Module, data: list, loss_fn: Callable[[list], torch.Tensor], *, epochs: int,
+         learning_rate: float, batch_size: int, seed: int, min_batch: int = 1) -> list[float]:  # fmt: skip
+    """AdamW on the trainable (policy) adapter over shuffled minibatches of `data`, `epochs` times; a last
+    minibatch under `min_batch` items is topped up from the end of the epoch. Returns each step's loss."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    rng = random.Random(seed)
+    losses = []
+    model.eval()  # no dropout, as in PPO
+    for _ in range(epochs):
+        rng.shuffle(data)
+        for i in range(0, len(data), batch_size):
+            chunk = data[i : i + batch_size]
+            if len(chunk) < min_batch:
+                chunk = data[-min_batch:]
+            loss = loss_fn(chunk)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            losses.append(loss.item())
+    return losses
+
+
+def _first_and_last_epoch(values: list[float], epochs: int) -> tuple[float, float]:
+    k = max(1, len(values) // max(epochs, 1))
+    return sum(values[:k]) / k, sum(values[-k:]) / len(values[-k:])
+
+
 def imitate(
     model: nn.Module,
     tokenizer: Any,
@@ -133,26 +169,14 @@ def imitate(
     if not data or epochs <= 0:
         return {"n_liked": len(data), "steps": 0}
     t0 = time.time()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
-    rng = random.Random(seed)
-    losses = []
-    model.eval()  # no dropout, as in PPO
-    for _ in range(epochs):
-        rng.shuffle(data)
-        for i in range(0, len(data), batch_size):
-            loss = demo_loss(model, data[i : i + batch_size], pad_id)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            losses.append(loss.item())
-    k = max(1, len(losses) // max(epochs, 1))
+    losses = _fit(model, data, lambda batch: demo_loss(model, batch, pad_id), epochs=epochs,
+                  learning_rate=learning_rate, batch_size=batch_size, seed=seed)  # fmt: skip
+    first, last = _first_and_last_epoch(losses, epochs)
     return {
         "n_liked": len(data),
         "steps": len(losses),
-        "loss_first_epoch": sum(losses[:k]) / k,
-        "loss_last_epoch": sum(losses[-k:]) / k,
+        "loss_first_epoch": first,
+        "loss_last_epoch": last,
         "time_s": time.time() - t0,
     }
 
@@ -181,61 +205,49 @@ def kto(
     KTO also learns what the user turned down. The classes are weighted so that λ_D·n_D ≈ λ_U·n_U. π_ref is
     adapter `reference` (None: the base), normally the policy as the run starts.
     """
-    explicit = [e for e in examples if e.explicit]
-    rows = []
-    for e in explicit:
-        p, a = encode(tokenizer, e, max_prompt_tokens, max_response_tokens, stop_id)
-        if p and a:
-            rows.append((p, a, e.target >= LIKED_TARGET))
+    rows = [(p, a, e.target >= LIKED_TARGET) for p, a, e in _encoded(
+        tokenizer, [e for e in examples if e.explicit], max_prompt_tokens, max_response_tokens, stop_id)]  # fmt: skip
     n_good = sum(good for _, _, good in rows)
     n_bad = len(rows) - n_good
     if epochs <= 0 or n_good == 0 or n_bad == 0 or len(rows) < 2:
         return {"n_desirable": n_good, "n_undesirable": n_bad, "steps": 0}
     w_good, w_bad = max(n_bad / n_good, 1.0), max(n_good / n_bad, 1.0)
     t0 = time.time()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
-    rng = random.Random(seed)
-    losses, kls, margins = [], [], []
-    model.eval()
-    for _ in range(epochs):
-        rng.shuffle(rows)
-        for i in range(0, len(rows), batch_size):
-            chunk = rows[i : i + batch_size]
-            if len(chunk) < 2:  # z needs a mismatched pair
-                chunk = rows[i - 1 : i + 1]
-            pairs = [(p, a) for p, a, _ in chunk]
-            shifted = [(p, pairs[(j + 1) % len(pairs)][1]) for j, (p, _) in enumerate(pairs)]
-            good = torch.tensor([g for _, _, g in chunk])
-            with torch.no_grad():
-                with use_adapter(model, reference):
-                    ref = answer_logp(model, pairs, pad_id)
-                    ref_shifted = answer_logp(model, shifted, pad_id)
-                z = (answer_logp(model, shifted, pad_id) - ref_shifted).mean().clamp(min=0)
-            r = answer_logp(model, pairs, pad_id) - ref
-            per = torch.where(
-                good,
-                w_good * (1 - torch.sigmoid(beta * (r - z))),
-                w_bad * (1 - torch.sigmoid(beta * (z - r))),
-            )
-            loss = per.mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            losses.append(loss.item())
-            kls.append(z.item())
-            if good.any() and (~good).any():
-                margins.append((r[good].mean() - r[~good].mean()).item())
+    kls, margins = [], []
+
+    def loss_fn(chunk: list) -> torch.Tensor:
+        pairs = [(p, a) for p, a, _ in chunk]
+        shifted = [(p, pairs[(j + 1) % len(pairs)][1]) for j, (p, _) in enumerate(pairs)]
+        good = torch.tensor([g for _, _, g in chunk])
+        with torch.no_grad():
+            with use_adapter(model, reference):
+                ref = answer_logp(model, pairs, pad_id)
+                ref_shifted = answer_logp(model, shifted, pad_id)
+            z = (answer_logp(model, shifted, pad_id) - ref_shifted).mean().clamp(min=0)
+        r = answer_logp(model, pairs, pad_id) - ref
+        per = torch.where(
+            good,
+            w_good * (1 - torch.sigmoid(beta * (r - z))),
+            w_bad * (1 - torch.sigmoid(beta * (z - r))),
+        )
+        kls.append(z.item())
+        if good.any() and (~good).any():
+            margins.append((r[good].mean() - r[~good].mean()).item())
+        return per.mean()
+
+    # min_batch 2: z needs a mismatched pair
+    losses = _fit(model, rows, loss_fn, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+                  seed=seed, min_batch=2)  # fmt: skip
+    first, last = _first_and_last_epoch(losses, epochs)
     k = max(1, len(losses) // epochs)
     return {
         "n_desirable": n_good,
         "n_undesirable": n_bad,
         "desirable_weight": round(w_good, 3),
         "steps": len(losses),
-        "loss_first_epoch": sum(losses[:k]) / k,
-        "loss_last_epoch": sum(losses[-k:]) / k,
-        "kl_last_epoch": sum(kls[-k:]) / k,
-        "margin_last_epoch": sum(margins[-k:]) / max(1, len(margins[-k:])) if margins else None,
+        "loss_first_epoch": first,
+        "loss_last_epoch": last,
+        "kl_last_epoch": _first_and_last_epoch(kls, epochs)[1],
+        "margin_last_epoch": sum(margins[-k:]) / len(margins[-k:]) if margins else None,
         "time_s": time.time() - t0,
     }

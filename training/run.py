@@ -219,8 +219,9 @@ def train_run(cfg: Config, extras: dict[str, Any], run_dir: Path, progress: Prog
         max_prompt_tokens=tc.max_prompt_tokens, max_response_tokens=tc.max_response_tokens, stop_id=stop_id,
         pad_id=_pad_id(tokenizer), seed=tc.seed,
     )  # fmt: skip
-    kinds = {imitate.liked([e]) != [] for e in train_ex if e.explicit}
-    if tc.warm_start == "kto" and kinds == {True, False}:  # KTO needs both; with one kind, imitation
+    n_liked, n_rated = len(imitate.liked(train_ex)), sum(e.explicit for e in train_ex)
+    method = "kto" if tc.warm_start == "kto" and 0 < n_liked < n_rated else "imitate"  # KTO needs both kinds
+    if method == "kto":
         progress("ppo", 0.0, f"KTO on the liked and disliked answers ({tc.imitation_epochs} epochs)")
         # π_ref is the policy as the run starts: the active adapter (loaded frozen for the gate), or the base.
         from_active = extras.get("active_adapter") and tc.start_from == "active"
@@ -230,7 +231,7 @@ def train_run(cfg: Config, extras: dict[str, Any], run_dir: Path, progress: Prog
     else:
         progress("ppo", 0.0, f"imitating the liked answers ({tc.imitation_epochs} epochs)")
         metrics["imitation"] = imitate.imitate(model, tokenizer, train_ex, **warm)
-    metrics["imitation"]["method"] = "kto" if "n_undesirable" in metrics["imitation"] else "imitate"
+    metrics["imitation"]["method"] = method
     metrics["timings"]["imitation_s"] = time.time() - t0
 
     # 5. PPO on fresh rollouts from the user's prompts, mixed with general replay prompts.
