@@ -7,7 +7,10 @@ through `reinf.engine.Engine` on CUDA, and in the same process timed three ways,
 
 - HF `generate` on the engine's own model object (the reference: 501 ms p50 on an H100),
 - the engine's eager decode loop (its dynamic-cache path, the fast path switched off),
-- the engine as it serves: the static KV cache + CUDA-graph step of server/static_decode.py.
+- the engine as it serves: the static KV cache + CUDA-graph step of server/static_decode.py,
+- the engine as it serves once training has published: a LoRA adapter of the trainer's layout (r 8 on the
+  attention projections) through the same fast path, then a second adapter hot-swapped into the same tensors
+  (timed: the swap, whether it recompiled, and the completions after it).
 
 Random weights would end a completion early at random; the embedding rows of the special tokens are zeroed,
 so that greedy decoding never picks one and every request makes exactly 32 tokens. Target: <= 100 ms p50.
@@ -81,6 +84,106 @@ def build_model(dest: Path, shape: dict, device: str) -> None:
     model.save_pretrained(dest)
 
 
+def make_adapter(model_dir: Path, dest: Path, seed: int) -> Path:
+    """A LoRA adapter of the trainer's default layout with random B matrices, so that it changes the answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
+    model = get_peft_model(
+        base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    )
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    model.save_pretrained(dest)
+    return dest
+
+
+def decode_breakdown(fast, ids, n_new: int, runs: int, sync, block: int = 8) -> dict:  # noqa: ANN001
+    """Where a served completion's time goes, on its recorded graph (`fast`, graphs == "capture"):
+
+    - `replay_only_ms`: n_new replays back to back, one sync at the end: the GPU's own time for the steps;
+    - `replay_and_pick_ms`: each replay followed by the host's greedy pick (argmax, read back), as the engine does;
+    - `blocks_of_{block}_ms`: an experiment, not the engine's path: `block` steps recorded in one graph with the
+      greedy pick on the GPU feeding the next step, so the host waits once a block, not once a token.
+    Each after a prefill of the same prompt, which is not counted."""
+    import torch
+
+    if fast is None or fast._graph is None:
+        return {"skipped": "no recorded graph"}
+
+    def prefill() -> int:
+        fast.prefill(ids)
+        sync()
+        return int(ids[0, -1])
+
+    def measure(body) -> float:  # noqa: ANN001
+        out = []
+        for _ in range(runs):
+            last = prefill()
+            t0 = time.perf_counter()
+            body(last)
+            sync()
+            out.append((time.perf_counter() - t0) * 1000.0)
+        return round(percentile(out, 0.5), 2)
+
+    def replay_only(last: int) -> None:
+        fast._ids.fill_(last)
+        for k in range(n_new):
+            fast._at.fill_(fast._pos + k)
+            fast._graph.replay()
+
+    def replay_and_pick(last: int) -> None:
+        for _ in range(n_new):
+            last = int(torch.argmax(fast.step(last)))
+
+    with torch.inference_mode():
+        result = {"replay_only_ms": measure(replay_only), "replay_and_pick_ms": measure(replay_and_pick)}
+        # The experiment: `block` steps in one graph, recorded after a prefill (its writes are undone by the next).
+        prefill()
+        fast._ids.fill_(int(ids[0, -1]))
+        fast._at.fill_(fast._pos)
+
+        def steps() -> torch.Tensor:
+            picks = []
+            for _ in range(block):
+                nxt = fast._step(fast._ids, fast._at).argmax(-1).view(1, 1)
+                fast._ids.copy_(nxt)
+                fast._at.add_(1)
+                picks.append(nxt)
+            return torch.cat(picks, dim=1)
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            steps()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            picked = steps()
+
+        def blocks(last: int) -> None:
+            fast._ids.fill_(last)
+            fast._at.fill_(fast._pos)
+            for _ in range(n_new // block):
+                graph.replay()
+                picked.tolist()  # the host reads each block, as it would to stream and check for stops
+
+        result[f"blocks_of_{block}_ms"] = measure(blocks)
+    result["per_token_gpu_ms"] = round(result["replay_only_ms"] / n_new, 3)
+    return result
+
+
+def unique_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def prefix_of(engine, n_tokens: int, budget: int) -> str:  # noqa: ANN001
     """Python source whose FIM prompt is exactly `n_tokens` tokens (or as close as the tokenizer allows)."""
     text = "".join(p.read_text() for p in sorted((REPO / "server").glob("*.py")))
@@ -148,11 +251,9 @@ def main() -> int:
             ModelConfig(name=str(folder), device=device, dtype="bfloat16", max_context_tokens=1024)
         )
         load_s = time.time() - t0
-        if smoke:  # the engine makes its static decoder on CUDA only; on the CPU, give it one, uncompiled
-            from reinf.static_decode import StaticDecoder
-
-            engine._fast = StaticDecoder(engine.base, engine.context_tokens, compile=False)
-        fast = engine._fast
+        if smoke:  # the engine takes the fast path by default on CUDA only; on the CPU it runs uncompiled
+            engine.fast_decode = True
+        adapters = [make_adapter(folder, Path(tmp) / f"adapter{k}", k) for k in (1, 2)]
         prefix = prefix_of(engine, args.prompt, engine.context_tokens - args.new)
         prompt_ids = engine._fim_prompt(prefix, "", engine.context_tokens - args.new)[1]
         n_params = sum(p.numel() for p in engine.base.parameters())
@@ -170,17 +271,57 @@ def main() -> int:
         hf_tokens = hf_out.shape[1] - ids.shape[1]
 
         # 2. The engine's eager loop (fast path off).
-        engine._fast = None
+        engine.fast_decode = False
         timed(complete, 3, sync)
         eager_ms, eager_gen = timed(complete, args.runs, sync)
 
         # 3. The engine as it serves: compile and check the fast path, then time it.
-        engine._fast = fast
+        engine.fast_decode = True
         t0 = time.time()
         note = engine.warm_up()
         warm_s = time.time() - t0
         timed(complete, 3, sync)
         fast_ms, fast_gen = timed(complete, args.runs, sync)
+        fast_used = engine._fast is not None and engine._fast.ready
+        graphs_used = engine._fast.graphs if fast_used else "none"
+        with torch.inference_mode():  # the part of a completion that is not the decode steps
+            prefill_ms, _ = (
+                timed(lambda: engine._fast.prefill(ids), args.runs, sync) if fast_used else ([0.0], 0)
+            )
+
+        try:
+            breakdown = decode_breakdown(engine._fast if fast_used else None, ids, args.new, args.runs, sync)
+        except Exception as exc:  # noqa: BLE001 - a diagnostic: its failure must not lose the measurements
+            breakdown = {"failed": f"{type(exc).__name__}: {exc}"[:300]}
+
+        # 3b. The same, with torch.compile's own CUDA graphs ("reduce-overhead") instead of ours.
+        engine._make_fast_decoder(graphs="compiler")
+        note_compiler = engine.warm_up()
+        timed(complete, 3, sync)
+        compiler_ms, compiler_gen = timed(complete, args.runs, sync)
+        engine._make_fast_decoder()  # back to the engine's default for the adapters
+
+        # 4. With the first adapter: set_adapter loads it, compiles the new layout and checks it.
+        t0 = time.time()
+        engine.set_adapter(1, adapters[0])
+        load1_s = time.time() - t0
+        note1 = engine.warm_up()
+        timed(complete, 3, sync)
+        a1_ms, a1_gen = timed(complete, args.runs, sync)
+        decoder1 = engine._fast
+
+        # 5. A second adapter hot-swapped into the same tensors: no new graphs, only a check.
+        graphs = unique_graphs()
+        t0 = time.perf_counter()
+        engine.set_adapter(2, adapters[1])
+        swap_ms = (time.perf_counter() - t0) * 1000.0
+        new_graphs = unique_graphs() - graphs
+        note2 = engine.warm_up()
+        a2_ms, a2_gen = timed(complete, args.runs, sync)
+        swapped = engine._fast is decoder1
+        engine.fast_decode = False
+        a2_eager_ms, a2_eager_gen = timed(complete, max(3, args.runs // 4), sync)
+        engine.fast_decode = True
 
     served = stats(fast_ms)
     result = {
@@ -190,17 +331,44 @@ def main() -> int:
         "speedup_vs_hf_generate": round(stats(hf_ms)["p50_ms"] / served["p50_ms"], 2),
         "target_ms": TARGET_MS,
         "met": served["p50_ms"] <= TARGET_MS,
+        "engine_with_adapter_p50_ms": stats(a2_ms)["p50_ms"],
         "fast_path": note,
-        "fast_path_used": bool(fast is not None and fast.ready),
+        "fast_path_used": bool(fast_used),
+        "graphs": graphs_used,
+        "prefill_p50_ms": stats(prefill_ms)["p50_ms"],
+        "per_new_token_ms": round(
+            (served["p50_ms"] - stats(prefill_ms)["p50_ms"]) / max(1, fast_gen.n_new_tokens), 2
+        ),
+        "decode_breakdown": breakdown,
+        "engine_torch_compile_graphs": {
+            **stats(compiler_ms),
+            "fast_path": note_compiler,
+            "same_text_as_eager": compiler_gen.text == eager_gen.text,
+        },
         "same_text_as_eager": fast_gen.text == eager_gen.text,
         "hf_generate": stats(hf_ms),
         "engine_eager": stats(eager_ms),
         "engine": served,
+        "adapter": {
+            "first": stats(a1_ms),
+            "first_fast_path": note1,
+            "first_load_compile_and_check_s": round(load1_s, 1),
+            "after_swap": stats(a2_ms),
+            "after_swap_fast_path": note2,
+            "swap_ms": round(swap_ms, 1),
+            "swapped_in_place": swapped,
+            "graphs_compiled_by_swap": new_graphs,
+            "eager_after_swap": stats(a2_eager_ms),
+            "same_text_as_eager": a2_gen.text == a2_eager_gen.text,
+            "adapters_change_the_text": len({fast_gen.text, a1_gen.text, a2_gen.text}) == 3,
+            "layout": "LoRA r 8, alpha 16, q/k/v/o projections (training defaults), random B",
+        },
         "prompt_tokens": len(prompt_ids),
         "new_tokens": {
             "hf_generate": int(hf_tokens),
             "engine_eager": eager_gen.n_new_tokens,
             "engine": fast_gen.n_new_tokens,
+            "engine_with_adapter": a2_gen.n_new_tokens,
         },  # fmt: skip
         "model": {
             "shape": SMOKE if smoke else QWEN_05B,
@@ -228,11 +396,22 @@ def main() -> int:
         ("HF generate (same model)", result["hf_generate"], hf_tokens),
         ("engine, eager loop", result["engine_eager"], eager_gen.n_new_tokens),
         ("engine, as served", served, fast_gen.n_new_tokens),
+        ("engine, torch.compile's graphs", result["engine_torch_compile_graphs"], compiler_gen.n_new_tokens),
+        ("engine + adapter v1, as served", result["adapter"]["first"], a1_gen.n_new_tokens),
+        ("engine + adapter v2 (swapped in)", result["adapter"]["after_swap"], a2_gen.n_new_tokens),
+        ("engine + adapter v2, eager loop", result["adapter"]["eager_after_swap"], a2_eager_gen.n_new_tokens),
     ):
         print(f"{name:<34}{s['p50_ms']:>10.1f}{s['p95_ms']:>10.1f}{n:>8}")
     print(
         f"fast path: {note} (compile + check {warm_s:.0f} s); same text as eager: {result['same_text_as_eager']}"
     )
+    print(f"as served: prefill {result['prefill_p50_ms']:.1f} ms, then {result['per_new_token_ms']:.2f} ms a token; "
+          f"torch.compile's graphs: {note_compiler}")  # fmt: skip
+    print(f"breakdown of the {args.new} steps (prefill not counted): {breakdown}")
+    ad = result["adapter"]
+    print(f"adapter: first load + compile {ad['first_load_compile_and_check_s']:.0f} s ({note1}); swap "
+          f"{ad['swap_ms']:.0f} ms, in place: {swapped}, graphs compiled by it: {new_graphs} ({note2}); "
+          f"same text as eager: {ad['same_text_as_eager']}")  # fmt: skip
     print(f"target p50 <= {TARGET_MS:.0f} ms: {'met' if result['met'] else 'MISSED'}; wrote {out}")
     return 0
 

@@ -133,7 +133,7 @@ class _Stream:
 class Engine:
     """Base model + active adapter; `complete`, `chat` and `set_adapter` are serialized by one lock."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, *, fast_decode: bool | None = None):
         self.cfg = cfg
         self.model_name = cfg.name
         self.device = pick_device(cfg.device)
@@ -159,8 +159,15 @@ class Engine:
             self.base.config, "n_positions", None
         )
         self.context_tokens = min(cfg.max_context_tokens, positions or cfg.max_context_tokens)
-        # CUDA only: a static KV cache and a CUDA-graph decode step for the base model (see static_decode.py).
-        self._fast = self._make_fast_decoder() if self.device.startswith("cuda") else None
+        # The fast path (static_decode.py): a static KV cache and, on CUDA, a decode step replayed as a CUDA graph.
+        # On by default on CUDA only; `fast_decode=True` elsewhere runs it uncompiled (how the tests check it).
+        self.fast_decode = self.device.startswith("cuda") if fast_decode is None else fast_decode
+        self._fast = None
+        self._layout = (
+            0  # bumped when the model's modules change: an adapter added or removed, not swapped in place
+        )
+        self._fast_layout = -1  # the layout self._fast was made for
+        self._fast_error = ""
 
     # -- generation ----------------------------------------------------------------------------------
 
@@ -219,13 +226,13 @@ class Engine:
             fast = self._fast_decoder()
             with torch.inference_mode():
                 inputs = torch.tensor([ids], dtype=torch.long, device=self.device)
-                past = None
+                past, next_id = None, -1
                 while n_new < max_tokens:
                     if cancel is not None and cancel.is_set():
                         finish = "cancelled"
                         break
                     if fast is not None:
-                        logits = fast.step(inputs) if past is not None else fast.prefill(inputs)
+                        logits = fast.step(next_id) if past is not None else fast.prefill(inputs)
                         past = fast.cache
                     else:
                         out = self.model(
@@ -241,7 +248,8 @@ class Engine:
                     if stream.push(next_id):
                         finish = "stop"
                         break
-                    inputs = torch.tensor([[next_id]], dtype=torch.long, device=self.device)
+                    if fast is None:  # the fast path takes the token id itself, into its own buffer
+                        inputs = torch.tensor([[next_id]], dtype=torch.long, device=self.device)
             text = stream.finish()
             return Generation(
                 text=text,
@@ -253,26 +261,53 @@ class Engine:
                 adapter_version=self.adapter_version,
             )
 
-    # -- the CUDA fast path (static_decode.py) ---------------------------------------------------------
+    # -- the fast path (static_decode.py) --------------------------------------------------------------
 
-    def _make_fast_decoder(self):  # noqa: ANN202
+    def _make_fast_decoder(self, graphs: str = "capture") -> None:
+        from .static_decode import StaticDecoder
+
+        self._fast, self._fast_layout, self._fast_error = None, self._layout, ""
+        compiled = self.device.startswith("cuda")
         try:
-            from .static_decode import StaticDecoder
-
-            return StaticDecoder(self.base, self.context_tokens)
+            if (
+                compiled
+            ):  # the old decoder's graphs go, and a new layout does not count against dynamo's limit
+                torch._dynamo.reset()
+            self._fast = StaticDecoder(self.model, self.context_tokens, compile=compiled, graphs=graphs)
         except Exception as exc:  # noqa: BLE001 - an older transformers or torch: decode eagerly
-            log.warning("fast decoding is off on %s: %s: %s", self.device, type(exc).__name__, exc)
-            return None
+            self._fast_error = f"fast decoding is off: {type(exc).__name__}: {exc}"[:400]
+            log.warning("%s", self._fast_error)
 
     def _fast_decoder(self):  # noqa: ANN202
-        """The checked static decoder when it can serve now (the base model, no adapter active), else None."""
+        """The checked static decoder for the model as it is now (base or adapter), else None: decode eagerly.
+
+        A new layout (an adapter added or removed) gets a new decoder, compiled and checked here, once; an adapter
+        swapped in place keeps the decoder and its graphs, and is checked again."""
+        if not self.fast_decode:
+            return None
+        if self._fast_layout != self._layout:
+            self._make_fast_decoder()
         fast = self._fast
-        if fast is None or self.model is not fast.model:
+        if fast is None:
             return None
         if not fast.ready and fast.note == "not checked yet":
-            fast.check(self._encode("def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n", special=False))
-            log.info("fast decoding on %s: %s", self.device, fast.note)
+            t0 = time.perf_counter()
+            fast.check(self._check_ids())
+            if (
+                not fast.ready and fast.graphs == "capture"
+            ):  # recording our own graph failed: try torch.compile's
+                first = fast.note
+                self._make_fast_decoder(graphs="compiler")
+                fast = self._fast
+                if fast is None:
+                    return None
+                fast.check(self._check_ids())
+                fast.note = f"{fast.note} (recording one CUDA graph: {first})"[:800]
+            log.info("fast decoding on %s: %s (%.1f s)", self.device, fast.note, time.perf_counter() - t0)
         return fast if fast.ready else None
+
+    def _check_ids(self) -> list[int]:
+        return self._encode("def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n", special=False)
 
     def warm_up(self) -> str:
         """Compile and check the fast decode path now rather than on the first request; says which path serves."""
@@ -280,7 +315,9 @@ class Engine:
             fast = self._fast_decoder()
             if fast is not None:
                 return fast.note
-            return self._fast.note if self._fast is not None else f"eager decoding on {self.device}"
+            if self._fast is not None:
+                return self._fast.note
+            return self._fast_error or f"eager decoding on {self.device}"
 
     # -- prompts -------------------------------------------------------------------------------------
 
@@ -369,23 +406,66 @@ class Engine:
             if version == 0 or path is None:
                 self._unload_all()
                 self.adapter_version = 0
+                self._fast_decoder()
                 return
             path = Path(path)
             _check_adapter_folder(path)
             self._loads += 1
             name = f"v{version}_{self._loads}"
             try:
-                self._load(name, path)
+                swapped = self._adapter_name is not None and self._swap(path)
+                if not swapped:
+                    self._load(name, path)
             except Exception as exc:
                 raise AdapterError(
                     f"could not load adapter v{version} from {path}: {exc}; "
                     f"still serving {'the base model' if self.adapter_version == 0 else f'v{self.adapter_version}'}"
                 ) from exc
-            old, self._adapter_name, self.adapter_version = self._adapter_name, name, version
-            if old is not None:
-                self.model.delete_adapter(old)
+            self.adapter_version = version
+            if swapped:  # same modules, new weights: the fast path keeps its graphs, and checks them again
+                if self._fast is not None and self._fast.ready:
+                    self._fast.ready, self._fast.note = False, "not checked yet"
+            else:
+                old, self._adapter_name = self._adapter_name, name
+                if old is not None:
+                    self.model.delete_adapter(old)
+                self._layout += 1
             self.model.eval()
-            log.info("adapter v%d from %s is active", version, path)
+            self._fast_decoder()  # compile (a new layout) or check (a swap) now, not in the next request
+            log.info(
+                "adapter v%d from %s is active (%s)",
+                version,
+                path,
+                "swapped in place" if swapped else "loaded",
+            )
+
+    def _swap(self, path: Path) -> bool:
+        """Copy the adapter at `path` into the loaded adapter's own tensors when both have the same layout (LoRA
+        settings, target modules, tensor shapes): no module changes, so a compiled decode step stays valid.
+        False when the layouts differ; a file that cannot be read raises before anything is copied."""
+        from peft import PeftConfig
+        from peft.utils import load_peft_weights
+
+        name = self._adapter_name
+        if _lora_layout(PeftConfig.from_pretrained(str(path))) != _lora_layout(self.model.peft_config[name]):
+            return False
+        weights = load_peft_weights(str(path), device="cpu")
+        mine = {k: p for k, p in self.model.named_parameters() if "lora_" in k and f".{name}." in k}
+        pairs = []
+        for key, value in weights.items():
+            head, _, tail = key.rpartition(
+                "."
+            )  # "….q_proj.lora_A.weight" is "….q_proj.lora_A.<name>.weight" here
+            target = mine.get(f"{head}.{name}.{tail}")
+            if target is None or target.shape != value.shape:
+                return False
+            pairs.append((target, value))
+        if len(pairs) != len(mine):
+            return False
+        with torch.no_grad():
+            for target, value in pairs:
+                target.copy_(value)
+        return True
 
     def _load(self, name: str, path: Path) -> None:
         from peft import PeftConfig, PeftModel
@@ -416,6 +496,18 @@ class Engine:
             self.base = self.model.unload()
             self.model = self.base
             self._adapter_name = None
+            self._layout += 1
+
+
+_LAYOUT_FREE = {"base_model_name_or_path", "revision", "inference_mode", "lora_dropout", "peft_version"}
+
+
+def _lora_layout(config: Any) -> dict:
+    """What must match for one LoRA adapter's weights to be copied over another's: everything but provenance."""
+    out = {k: v for k, v in config.to_dict().items() if k not in _LAYOUT_FREE}
+    if isinstance(out.get("target_modules"), list | set | tuple):
+        out["target_modules"] = sorted(out["target_modules"])
+    return out
 
 
 def _check_adapter_folder(path: Path) -> None:

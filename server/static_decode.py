@@ -1,14 +1,19 @@
 """The engine's fast decode path on CUDA: a static KV cache and a compiled one-token step.
 
 Eager decoding of a small model on a GPU is bound by kernel launches and Python, not by arithmetic: a
-Qwen2.5-0.5B-shaped model spends about 10 ms a token that way. With the KV cache in fixed buffers the one-token
-step has fixed shapes and addresses, so `torch.compile(mode="reduce-overhead")` records it once as a CUDA graph
-and then replays it. The prompt is prefilled eagerly into the same cache.
+Qwen2.5-0.5B-shaped model spends about 20 ms a token that way on an H100's host. With the KV cache in fixed
+buffers the one-token step has fixed shapes and addresses, so it can be compiled (inductor) and recorded once as
+one CUDA graph, whose replay is a single call. `graphs="capture"` (the default) records that graph itself, with
+the token and position in fixed input buffers; `graphs="compiler"` leaves it to torch.compile's
+"reduce-overhead" mode, whose per-call bookkeeping cost about 4 ms a token on the same machine
+(bench/gpu_latency.py measures both). The prompt is prefilled eagerly into the same cache.
 
-The engine takes this path only on CUDA, only for the base model (with a LoRA adapter active it decodes
-eagerly), and only after `check()` has shown that the static path gives the eager path's logits. Any failure
-there switches it off for good, with the reason in `note`: a compiler problem costs speed, never correctness.
-On the CPU it can run uncompiled (`compile=False`), which is how the tests check its bookkeeping.
+The engine takes this path on CUDA, for the base model and for the base with its LoRA adapter (a PEFT model: the
+step runs the LoRA layers too), and only after `check()` has shown that the static path gives the eager path's
+logits. A new adapter of the same layout is copied into the same tensors (Engine._swap), so the recorded graph
+stays valid and is only checked again. Any failure switches the path off, with the reason in `note`: a compiler
+problem costs speed, never correctness. On the CPU it can run uncompiled (`compile=False`), which is how the
+tests check its bookkeeping.
 """
 
 from __future__ import annotations
@@ -21,35 +26,47 @@ import torch
 
 log = logging.getLogger(__name__)
 
+GRAPHS = (
+    "capture",
+    "compiler",
+)  # our own CUDA graph of the compiled step, or torch.compile's reduce-overhead
 CHECK_STEPS = 6  # teacher-forced steps compared with eager decoding (graphs are recorded on the 2nd or 3rd)
 CHECK_TOLERANCE = 2e-2  # mean |Δlogit| / mean |logit|, loose enough for bf16 kernels that sum differently
 
 
 class StaticDecoder:
-    """Prefill + one-token steps of `model` (a transformers causal LM) over a static cache of `max_len` tokens."""
+    """Prefill + one-token steps of `model` (a transformers causal LM, or a PEFT model around one) over a static
+    cache of `max_len` tokens."""
 
-    def __init__(self, model: Any, max_len: int, *, compile: bool = True) -> None:
+    def __init__(self, model: Any, max_len: int, *, compile: bool = True, graphs: str = "capture") -> None:
         from transformers import StaticCache
 
+        if graphs not in GRAPHS:
+            raise ValueError(f"graphs must be one of {', '.join(GRAPHS)}, got {graphs!r}")
         self.model = model
+        # A PEFT model's own forward only passes its arguments on (through a context manager, which would split
+        # the compiled graph); the LoRA layers are in the inner model's modules, so the step calls that directly.
+        self._inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.max_len = max_len
         self.device = next(model.parameters()).device
-        params = inspect.signature(model.forward).parameters
+        params = inspect.signature(self._inner.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-        self.cache = StaticCache(config=model.config, max_cache_len=max_len)
-        self._graphs = compile and self.device.type == "cuda"
-        self._step = (
-            torch.compile(self._forward, mode="reduce-overhead" if self._graphs else "default", dynamic=False)
-            if compile
-            else self._forward
-        )
+        self.cache = StaticCache(config=self._inner.config, max_cache_len=max_len)
+        self.graphs = graphs if compile and self.device.type == "cuda" else "none"
+        mode = "reduce-overhead" if self.graphs == "compiler" else "default"
+        self._step = torch.compile(self._forward, mode=mode, dynamic=False) if compile else self._forward
+        # The step's inputs live in fixed buffers, so that a recorded graph reads each step's token and position.
+        self._ids = torch.zeros((1, 1), dtype=torch.long, device=self.device)
+        self._at = torch.zeros((1, 1), dtype=torch.long, device=self.device)
+        self._graph: Any = None  # torch.cuda.CUDAGraph, recorded on the first step (graphs == "capture")
+        self._out: torch.Tensor | None = None
         self._pos = 0
         self.ready = False  # set by a passing check()
         self.note = "not checked yet"
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        out = self.model(
+        out = self._inner(
             input_ids=ids, position_ids=pos, use_cache=True, **{self._cache_kw: self.cache}, **self._extra
         )
         return out.logits[:, -1]
@@ -60,20 +77,48 @@ class StaticDecoder:
             raise ValueError(
                 f"prefill takes one prompt shorter than {self.max_len} tokens, got {tuple(ids.shape)}"
             )
+        if self.graphs == "capture" and self._graph is None:
+            self._record()
         self.cache.reset()
         self._pos = ids.shape[1]
         pos = torch.arange(self._pos, device=ids.device)[None]
         return self._forward(ids, pos)[0]
 
-    def step(self, ids: torch.Tensor) -> torch.Tensor:
-        """Feed one token `[1, 1]`; the next token's logits `[V]`."""
+    def step(self, token_id: int) -> torch.Tensor:
+        """Feed one token; the next token's logits `[V]`."""
         if self._pos >= self.max_len:
             raise ValueError(f"the static cache holds {self.max_len} tokens and is full")
-        pos = torch.tensor([[self._pos]], device=ids.device)
+        self._ids.fill_(token_id)
+        self._at.fill_(self._pos)
         self._pos += 1
-        if self._graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        return self._step(ids, pos)[0].clone()  # a replayed graph overwrites its output on the next step
+        if self._graph is not None:
+            self._graph.replay()
+            out = self._out
+        else:
+            if self.graphs == "compiler":
+                torch.compiler.cudagraph_mark_step_begin()
+            out = self._step(self._ids, self._at)
+        return out[0].clone()  # a replayed graph overwrites its output on the next step
+
+    def _record(self) -> None:
+        """Record the compiled step as one CUDA graph: replaying it costs one call, whatever the model's size.
+
+        Every run of the step writes the cache, so this runs on a throwaway sequence that prefill() then empties:
+        one token prefilled, two steps to compile and warm up (on a side stream, as capture wants), the capture."""
+        self.cache.reset()
+        self._ids.zero_()
+        self._forward(self._ids, torch.zeros_like(self._at))  # allocates the cache's tensors
+        self._at.fill_(1)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._step(self._ids, self._at)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._out = self._step(self._ids, self._at)
+        self._graph = graph
 
     @torch.inference_mode()
     def check(self, prompt_ids: list[int]) -> bool:
@@ -87,7 +132,7 @@ class StaticDecoder:
             worst = _relative_error(got, want)
             for _ in range(CHECK_STEPS):
                 nxt = want.argmax().view(1, 1)
-                got = self.step(nxt)
+                got = self.step(int(nxt))
                 out = self.model(input_ids=nxt, use_cache=True, **{self._cache_kw: past}, **self._extra)
                 past, want = getattr(out, self._cache_kw), out.logits[0, -1]
                 worst = max(worst, _relative_error(got, want))
@@ -96,9 +141,8 @@ class StaticDecoder:
         if not worst < CHECK_TOLERANCE:
             return self._off(f"static decoding differs from eager decoding by {worst:.3g} (relative)")
         self.ready = True
-        self.note = (
-            f"{'CUDA graphs' if self._graphs else 'static cache'}, checked (relative error {worst:.2g})"
-        )
+        how = {"capture": "one CUDA graph", "compiler": "CUDA graphs (torch.compile)", "none": "static cache"}
+        self.note = f"{how[self.graphs]}, checked (relative error {worst:.2g})"
         return True
 
     def _off(self, why: str) -> bool:

@@ -200,13 +200,13 @@ def test_chat_drops_old_turns_when_too_long(tiny_engine):
 # -- LoRA adapters -------------------------------------------------------------------------------
 
 
-def _make_adapter(model_path, out, seed: int):
+def _make_adapter(model_path, out, seed: int, r: int = 4):
     """A LoRA adapter on the test model whose B matrices are random, so it changes what the model says."""
     from peft import LoraConfig, get_peft_model
 
     base = load_causal_lm(str(model_path), "cpu")
     peft_model = get_peft_model(
-        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"])
+        base, LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"])
     )
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

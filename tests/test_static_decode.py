@@ -1,21 +1,24 @@
-"""The engine's CUDA fast path (server/static_decode.py), run uncompiled on the CPU: same tokens as the eager path.
+"""The engine's fast path (server/static_decode.py), run uncompiled on the CPU: same tokens as the eager path.
 
 The CUDA graphs themselves need a GPU (bench/gpu_latency.py measures them); these tests check what the CPU can:
-the static cache's bookkeeping, the engine's switch between the paths, and the self-check that turns it off.
+the static cache's bookkeeping, the engine's switch between the paths, the self-check that turns it off, and the
+adapter swap in place that lets a recorded decode step serve every new adapter of the same layout.
 """
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from reinf.engine import Engine
 from reinf.static_decode import StaticDecoder
 from tests.test_engine import PREFIX, SUFFIX, _make_adapter
 
 
-def _static(engine) -> StaticDecoder:  # noqa: ANN001
-    """Give an engine the static decoder that CUDA would give it, uncompiled."""
-    engine._fast = StaticDecoder(engine.base, engine.context_tokens, compile=False)
-    return engine._fast
+@pytest.fixture
+def fast_engine(tiny_model_config) -> Engine:
+    """An engine that takes the fast path on the CPU (uncompiled), as a CUDA engine does by default."""
+    return Engine(tiny_model_config, fast_decode=True)
 
 
 def _answers(engine) -> list[str]:  # noqa: ANN001
@@ -27,51 +30,94 @@ def _answers(engine) -> list[str]:  # noqa: ANN001
     return [greedy, chat, sampled]
 
 
-def test_static_decoding_gives_the_eager_paths_tokens(tiny_engine):
+def _greedy(engine) -> str:  # noqa: ANN001
+    return engine.complete(PREFIX, SUFFIX, max_tokens=16, temperature=0).text
+
+
+def test_static_decoding_gives_the_eager_paths_tokens(tiny_engine, fast_engine):
     eager = _answers(tiny_engine)
-    assert all(eager)
-    fast = _static(tiny_engine)
-    assert _answers(tiny_engine) == eager
+    assert all(eager) and tiny_engine._fast is None
+    assert _answers(fast_engine) == eager
+    fast = fast_engine._fast
     assert fast.ready and fast.note.startswith("static cache, checked")
     assert fast._pos > 0  # it really decoded, several requests in one cache
 
 
-def test_the_check_compares_logits_and_a_mismatch_switches_the_path_off(tiny_engine):
-    fast = _static(tiny_engine)
+def test_the_check_compares_logits_and_a_mismatch_switches_the_path_off(fast_engine):
+    fast_engine._make_fast_decoder()
+    fast = fast_engine._fast
     real = fast._forward
     fast._forward = lambda ids, pos: real(ids, pos) + 1.0  # a "compiler" that gets the numbers wrong
     fast._step = fast._forward
-    eager = tiny_engine.complete(PREFIX, SUFFIX, max_tokens=12, temperature=0).text
+    eager = fast_engine.complete(PREFIX, SUFFIX, max_tokens=12, temperature=0).text
     assert not fast.ready and "differs from eager decoding" in fast.note
     fast._forward = real
     after_check = fast._pos
-    assert tiny_engine.complete(PREFIX, SUFFIX, max_tokens=12, temperature=0).text == eager
+    assert fast_engine.complete(PREFIX, SUFFIX, max_tokens=12, temperature=0).text == eager
     assert fast._pos == after_check  # once off, it stays off: no request goes through it
 
 
-def test_a_failing_static_path_leaves_the_engine_answering(tiny_engine):
-    fast = _static(tiny_engine)
+def test_a_failing_static_path_leaves_the_engine_answering(fast_engine):
+    fast_engine._make_fast_decoder()
+    fast = fast_engine._fast
 
     def broken(ids, pos):  # noqa: ANN001, ANN202
         raise RuntimeError("no CUDA graphs today")
 
     fast._forward = fast._step = broken
-    assert tiny_engine.complete(PREFIX, SUFFIX, max_tokens=8, temperature=0).n_new_tokens > 0
-    assert not fast.ready and "RuntimeError: no CUDA graphs today" in tiny_engine.warm_up()
+    assert fast_engine.complete(PREFIX, SUFFIX, max_tokens=8, temperature=0).n_new_tokens > 0
+    assert not fast.ready and "RuntimeError: no CUDA graphs today" in fast_engine.warm_up()
 
 
-def test_an_active_adapter_decodes_eagerly_and_the_base_goes_back_to_the_fast_path(
-    tiny_engine, tiny_model_path, tmp_path
+def test_an_adapter_decodes_on_the_fast_path_and_a_new_one_is_swapped_into_the_same_tensors(
+    tiny_engine, fast_engine, tiny_model_path, tmp_path
 ):
-    eager_base = tiny_engine.complete(PREFIX, SUFFIX, max_tokens=16, temperature=0).text
-    fast = _static(tiny_engine)
-    tiny_engine.set_adapter(1, _make_adapter(tiny_model_path, tmp_path / "v1", 1))
-    adapted = tiny_engine.complete(PREFIX, SUFFIX, max_tokens=16, temperature=0).text
-    assert fast.note == "not checked yet"  # the adapter's request did not use (or check) the static path
-    assert adapted != eager_base
-    tiny_engine.set_adapter(0, None)
-    assert tiny_engine.complete(PREFIX, SUFFIX, max_tokens=16, temperature=0).text == eager_base
-    assert fast.ready
+    v1, v2 = (_make_adapter(tiny_model_path, tmp_path / f"v{k}", k) for k in (1, 2))
+    v3 = _make_adapter(tiny_model_path, tmp_path / "v3", 3, r=8)  # another rank: another layout
+    eager = {0: _greedy(tiny_engine)}
+    for version, path in ((1, v1), (2, v2), (3, v3)):
+        tiny_engine.set_adapter(version, path)
+        eager[version] = _greedy(tiny_engine)
+    assert len(set(eager.values())) == 4  # each adapter changes what the model says
+
+    fast_engine.set_adapter(1, v1)
+    fast = fast_engine._fast
+    assert (
+        fast.ready and fast.model is fast_engine.model
+    )  # compiled and checked for the adapter, in set_adapter
+    lora = {k: p.data_ptr() for k, p in fast_engine.model.named_parameters() if "lora_" in k}
+    at = fast._pos
+    assert (
+        _greedy(fast_engine) == eager[1] and fast._pos > at
+    )  # the adapter's request went through the fast path
+
+    fast_engine.set_adapter(2, v2)
+    assert fast_engine._fast is fast and fast.ready  # same decoder (its graphs stay valid), checked again
+    assert {k: p.data_ptr() for k, p in fast_engine.model.named_parameters() if "lora_" in k} == lora
+    at = fast._pos
+    assert _greedy(fast_engine) == eager[2] and fast._pos > at
+    assert fast_engine.adapter_version == 2 and len(fast_engine.model.peft_config) == 1
+
+    fast_engine.set_adapter(3, v3)  # a rank of 8 cannot be copied over a rank of 4: loaded, a new decoder
+    assert fast_engine._fast is not fast and fast_engine._fast.ready
+    assert _greedy(fast_engine) == eager[3] and len(fast_engine.model.peft_config) == 1
+
+    fast_engine.set_adapter(2, v2)  # and back, by another full load
+    assert _greedy(fast_engine) == eager[2]
+    fast_engine.set_adapter(0, None)
+    assert fast_engine._fast.model is fast_engine.base and _greedy(fast_engine) == eager[0]
+
+
+def test_a_bad_adapter_leaves_the_swapped_tensors_alone(fast_engine, tiny_model_path, tmp_path):
+    from reinf.engine import AdapterError
+
+    v1, v2 = (_make_adapter(tiny_model_path, tmp_path / f"v{k}", k) for k in (1, 2))
+    fast_engine.set_adapter(1, v1)
+    v1_text = _greedy(fast_engine)
+    (v2 / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(AdapterError, match="could not load adapter v2"):
+        fast_engine.set_adapter(2, v2)
+    assert fast_engine.adapter_version == 1 and _greedy(fast_engine) == v1_text and fast_engine._fast.ready
 
 
 def test_a_prompt_that_fills_the_cache_is_refused(tiny_engine):
@@ -82,3 +128,13 @@ def test_a_prompt_that_fills_the_cache_is_refused(tiny_engine):
         assert "shorter than 8 tokens" in str(exc)
     else:
         raise AssertionError("a prompt as long as the cache was accepted")
+
+
+def test_when_recording_the_graph_fails_the_compilers_graphs_take_over(tiny_engine, fast_engine):
+    eager = _greedy(tiny_engine)
+    fast_engine._make_fast_decoder()
+    fast_engine._fast.graphs = "capture"  # as on CUDA: prefill records the graph first; here that cannot work
+    assert _greedy(fast_engine) == eager
+    fallback = fast_engine._fast
+    assert fallback.ready and fallback.graphs != "capture" and fallback._pos > 0
+    assert "recording one CUDA graph: static decoding failed" in fast_engine.warm_up()
