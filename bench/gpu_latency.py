@@ -385,7 +385,7 @@ def main() -> int:
         "reference": {"hf_generate_h100_p50_ms": REFERENCE_HF_MS},
         "device": torch.cuda.get_device_name() if device == "cuda" else f"CPU ({platform.machine()})",
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-        "command": "python bench/gpu_latency.py" + (" --cpu-smoke" if smoke else ""),
+        "command": " ".join(["python", "bench/gpu_latency.py", *sys.argv[1:]]),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

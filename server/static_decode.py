@@ -1,12 +1,12 @@
 """The engine's fast decode path on CUDA: a static KV cache and a compiled one-token step.
 
 Eager decoding of a small model on a GPU is bound by kernel launches and Python, not by arithmetic: a
-Qwen2.5-0.5B-shaped model spends about 20 ms a token that way on an H100's host. With the KV cache in fixed
+Qwen2.5-0.5B-shaped model spends about 17 ms a token that way on an H100 machine. With the KV cache in fixed
 buffers the one-token step has fixed shapes and addresses, so it can be compiled (inductor) and recorded once as
-one CUDA graph, whose replay is a single call. `graphs="capture"` (the default) records that graph itself, with
-the token and position in fixed input buffers; `graphs="compiler"` leaves it to torch.compile's
-"reduce-overhead" mode, whose per-call bookkeeping cost about 4 ms a token on the same machine
-(bench/gpu_latency.py measures both). The prompt is prefilled eagerly into the same cache.
+one CUDA graph, whose replay is a single call: 1.6 ms a token there. `graphs="capture"` (the default) records
+that graph itself, with the token and position in fixed input buffers; `graphs="compiler"` leaves it to
+torch.compile's "reduce-overhead" mode, which measured about 0.5 ms a token slower (bench/gpu_latency.py times
+both). The prompt is prefilled eagerly into the same cache.
 
 The engine takes this path on CUDA, for the base model and for the base with its LoRA adapter (a PEFT model: the
 step runs the LoRA layers too), and only after `check()` has shown that the static path gives the eager path's
