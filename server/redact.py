@@ -99,6 +99,35 @@ def _if_secret_name(m: re.Match[str], replacement: str) -> str:
 
 PATTERN_NAMES = [name for name, _, _ in _PATTERNS]
 
+# Text that every match of a pattern contains, case-folded: a pattern whose text is absent from the case-folded
+# input cannot match and is not run. Running all of them cost about 3 ms per 8 KB of code, on every completion's
+# document; most code holds none of these, so most patterns are skipped after a substring search.
+_NEEDS: dict[str, tuple[str, ...]] = {
+    "private_key": ("private key",),
+    "aws_access_key": ("akia", "asia"),
+    "github_token": ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+    "openai_key": ("sk-",),
+    "slack_token": ("xox",),
+    "google_api_key": ("aiza",),
+    "stripe_key": ("_live_", "_test_"),
+    "hf_token": ("hf_",),
+    "gitlab_token": ("glpat-",),
+    "npm_token": ("npm_",),
+    "azure_key": ("accountkey=", "sharedaccesskey="),
+    "jwt": ("eyj",),
+    "url_password": ("://",),
+    "bearer": ("bearer",),
+    "basic_auth": ("authorization",),
+}
+_NAMED = ("assignment", "env_assignment")  # these redact only under a secret's name (_SECRET_NAME)
+
+
+def _patterns_for(text: str) -> list[tuple[str, re.Pattern[str], str | Callable[[re.Match[str]], str]]]:
+    """The patterns that could match somewhere in `text` (the others are skipped, see _NEEDS)."""
+    folded = text.casefold()
+    named = _SECRET_NAME.search(text) is not None
+    return [p for p in _PATTERNS if (named if p[0] in _NAMED else any(n in folded for n in _NEEDS[p[0]]))]
+
 
 MIN_FRAGMENT = 8  # a cut-off piece of a secret shorter than this is left alone: it could be ordinary text
 
@@ -109,7 +138,7 @@ def secrets_in(*texts: str) -> set[str]:
     for text in texts:
         if not text:
             continue
-        for _, pattern, repl in _PATTERNS:
+        for _, pattern, repl in _patterns_for(text):
             for m in pattern.finditer(text):
                 if callable(repl) and repl(m) == m[0]:
                     continue  # an assignment whose name is not a secret's
@@ -125,7 +154,7 @@ def redact(text: str, secrets: set[str] | frozenset[str] = frozenset()) -> str:
     piece cut at both ends (a window that lies wholly inside one secret) is not found."""
     if not text:
         return text
-    for _, pattern, repl in _PATTERNS:
+    for _, pattern, repl in _patterns_for(text):
         text = pattern.sub(repl, text)
     for secret in sorted(secrets, key=len, reverse=True):
         text = _scrub_pieces(text, secret)

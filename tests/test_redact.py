@@ -168,3 +168,27 @@ def test_a_field_at_the_size_limit_is_redacted_in_linear_time(unit: str) -> None
     a blocked daemon. Now each pass is linear; the timeout only catches a hang."""
     text = unit * (256 * 1024 // len(unit))
     assert isinstance(redact(text), str)  # the property is that it returns at all
+
+
+def test_skipping_patterns_by_their_text_never_skips_one_that_matches() -> None:
+    """redact and secrets_in run only the patterns whose fixed text the input holds (_NEEDS); for every sample
+    here, in any case, each pattern that matches (under a secret's name, for the named ones) is still run."""
+    from reinf.redact import _NAMED, _PATTERNS, _SECRET_NAME, _patterns_for
+
+    samples = [f"x = {v!r}" for v in CASES.values()] + [
+        "export AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        'h = {"AUTHORIZATION": "BASIC dXNlcjpodW50ZXIy"}',
+        "SharedAccessKey=abcdefghijklmnopqrstuvwxyz012345+/ab==",
+        "curl -H 'BEARER abcdefghijklmnopqrstu' https://user:hunter2hunter2@example.com/x",
+        "cfg = {\"client_secret\": \"GOCSPX-abcdefgh1234\"}",
+    ]
+    checked = set()
+    for text in [t for s in samples for t in (s, s.upper(), s.lower())]:
+        run = {name for name, _, _ in _patterns_for(text)}
+        for name, pattern, _ in _PATTERNS:
+            hits = [m for m in pattern.finditer(text) if name not in _NAMED or _SECRET_NAME.search(m["name"])]
+            if hits:
+                assert name in run, f"{name} matches {text!r} but was skipped"
+                checked.add(name)
+    assert checked == {name for name, _, _ in _PATTERNS}  # every pattern was seen matching at least once
+    assert _patterns_for("def add(a, b):\n    return a + b\n") == []  # ordinary code runs none
