@@ -220,6 +220,7 @@ def main() -> int:
         "--cpu-smoke", action="store_true", help="tiny shape on the CPU: checks the plumbing only"
     )
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--quick", action="store_true", help="5 timed requests per path instead of --runs")
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--out", default=None)
@@ -231,6 +232,8 @@ def main() -> int:
     from reinf.config import ModelConfig
     from reinf.engine import Engine
 
+    if args.quick:
+        args.runs = 5
     smoke = args.cpu_smoke
     if not smoke and not torch.cuda.is_available():
         print("bench/gpu_latency.py needs a CUDA GPU (use --cpu-smoke to check the script on a CPU)")

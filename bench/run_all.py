@@ -4,7 +4,8 @@
     python bench/run_all.py --quick    # a short version of each, about 25 minutes on 2 cores
 
 Each benchmark runs as its own process and writes bench/results/<name>.json (bench/results/quick/<name>.json
-with --quick, so a short run never replaces a full result); one that fails is reported and the rest still run. The GPU benchmarks (gpu_latency.py, ppo_step.py --gpu) are run separately on a GPU machine.
+with --quick, so a short run never replaces a full result); one that fails is reported and the rest still run.
+Where PyTorch sees a CUDA GPU, gpu_latency.py runs too; ppo_step.py --gpu is run by hand on a GPU machine.
 Writes summary.json beside them.
 """
 
@@ -31,6 +32,18 @@ BENCHMARKS = [
       ("general loss change %", "general_loss_change_pct", "<= 5"),
       ("SFT-on-liked gain, points", "baselines.sft_liked", "< PPO"), ("KTO gain, points", "baselines.kto", "< PPO")]),
 ]  # fmt: skip
+GPU_BENCHMARKS = [
+    ("gpu_latency", "gpu_latency.py", [], False,
+     [("GPU completion p50 ms", "engine_p50_ms", "<= 100"), ("with an adapter, p50 ms", "engine_with_adapter_p50_ms", "")]),
+]  # fmt: skip
+
+
+def has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
 
 
 def lookup(data: dict, dotted: str):  # noqa: ANN201
@@ -50,7 +63,8 @@ def main() -> int:
 
     results = RESULTS / "quick" if args.quick else RESULTS
     summary, failed, t_all = [], [], time.time()
-    for name, script, extra, always_quick, _ in BENCHMARKS:
+    benchmarks = BENCHMARKS + (GPU_BENCHMARKS if has_cuda() else [])
+    for name, script, extra, always_quick, _ in benchmarks:
         if only and name not in only:
             continue
         cmd = [sys.executable, str(REPO / "bench" / script), *extra, "--out", str(results / f"{name}.json")]
@@ -67,7 +81,7 @@ def main() -> int:
 
     print(f"\n{'benchmark':<14}{'figure':<30}{'value':>10}  target")
     for row in summary:
-        spec = next(b for b in BENCHMARKS if b[0] == row["name"])
+        spec = next(b for b in benchmarks if b[0] == row["name"])
         path = results / f"{row['name']}.json"
         data = json.loads(path.read_text()) if row["rc"] == 0 and path.exists() else {}
         row["figures"] = {}

@@ -138,3 +138,26 @@ def test_when_recording_the_graph_fails_the_compilers_graphs_take_over(tiny_engi
     fallback = fast_engine._fast
     assert fallback.ready and fallback.graphs != "capture" and fallback._pos > 0
     assert "recording one CUDA graph: static decoding failed" in fast_engine.warm_up()
+
+
+def test_the_gpu_latency_benchmark_runs_its_steps_on_the_cpu(tmp_path):
+    """bench/gpu_latency.py runs only where a GPU is lent; its --cpu-smoke runs the same steps (a Qwen2 with the
+    151936-entry tokenizer, both adapters, the swap) on a tiny shape, so that the script does not rot here."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.daemon_proc import REPO
+
+    out = tmp_path / "smoke.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "gpu_latency.py"), "--cpu-smoke", "--runs", "1", "--new", "8",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["fast_path_used"] and result["same_text_as_eager"]
+    assert result["new_tokens"] == {"hf_generate": 8, "engine_eager": 8, "engine": 8, "engine_with_adapter": 8}
+    adapter = result["adapter"]
+    assert adapter["swapped_in_place"] and adapter["adapters_change_the_text"] and adapter["same_text_as_eager"]
