@@ -180,7 +180,7 @@ def test_skipping_patterns_by_their_text_never_skips_one_that_matches() -> None:
         'h = {"AUTHORIZATION": "BASIC dXNlcjpodW50ZXIy"}',
         "SharedAccessKey=abcdefghijklmnopqrstuvwxyz012345+/ab==",
         "curl -H 'BEARER abcdefghijklmnopqrstu' https://user:hunter2hunter2@example.com/x",
-        "cfg = {\"client_secret\": \"GOCSPX-abcdefgh1234\"}",
+        'cfg = {"client_secret": "GOCSPX-abcdefgh1234"}',
     ]
     checked = set()
     for text in [t for s in samples for t in (s, s.upper(), s.lower())]:

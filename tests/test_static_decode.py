@@ -158,6 +158,13 @@ def test_the_gpu_latency_benchmark_runs_its_steps_on_the_cpu(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["fast_path_used"] and result["same_text_as_eager"]
-    assert result["new_tokens"] == {"hf_generate": 8, "engine_eager": 8, "engine": 8, "engine_with_adapter": 8}
+    assert result["new_tokens"] == {
+        "hf_generate": 8,
+        "engine_eager": 8,
+        "engine": 8,
+        "engine_with_adapter": 8,
+    }
     adapter = result["adapter"]
-    assert adapter["swapped_in_place"] and adapter["adapters_change_the_text"] and adapter["same_text_as_eager"]
+    assert (
+        adapter["swapped_in_place"] and adapter["adapters_change_the_text"] and adapter["same_text_as_eager"]
+    )
