@@ -76,6 +76,10 @@ class TrainingConfig:
     # The gate rejects a candidate whose median answer is shorter than half this quantile of the liked answers'
     # lengths: shrinking answers are the commonest way to game a reward model. 0 turns the check off.
     length_floor_quantile: float = 0.1
+    # The judge's check passes a candidate whose mean score on the held-out prompts is at most this many standard
+    # errors (of the per-prompt differences) below the active adapter's: a noisy judge rejects a candidate that is
+    # as good about half the time otherwise. 0: the candidate must score at least as high.
+    gate_tolerance_se: float = 1.0
     eval_prompts: int = 16
     threads: int = 1
     nice: int = 10
@@ -273,6 +277,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"training.ptx_data must be general or liked, got {t.ptx_data!r}")
     if t.ptx_coef < 0:
         raise ConfigError(f"training.ptx_coef must be 0 or more, got {t.ptx_coef}")
+    if t.gate_tolerance_se < 0:
+        raise ConfigError(f"training.gate_tolerance_se must be 0 or more, got {t.gate_tolerance_se}")
     if t.imitation_epochs < 0:
         raise ConfigError(f"training.imitation_epochs must be 0 or more, got {t.imitation_epochs}")
     if not 0.0 <= t.replay_ratio < 1.0:

@@ -454,6 +454,23 @@ def test_the_length_floor_is_a_low_quantile_of_the_liked_answers():
     assert length_floor([], 0.1) == 0.0 and length_floor([5, 50], 0.0) == 0.0
 
 
+def test_the_judges_check_tolerates_noise_but_not_a_real_drop():
+    from reinf.training.gate import not_worse
+
+    gen = torch.Generator().manual_seed(0)
+    prompts, samples = 8, 4
+    active = torch.randn(prompts * samples, generator=gen)
+    noisy = active + 0.3 * torch.randn(prompts * samples, generator=gen)  # as good, another draw
+    diff = noisy.view(prompts, -1).mean(1) - active.view(prompts, -1).mean(1)
+    ok, se = not_worse(noisy - diff.std() / prompts**0.5 * 0.5 - diff.mean(), active, prompts, 1.0)
+    assert ok and se == pytest.approx(
+        float(diff.std() / prompts**0.5), rel=1e-5
+    )  # half an error below: passes
+    assert not not_worse(noisy - se * 2 - diff.mean(), active, prompts, 1.0)[0]  # two errors below: rejected
+    assert not not_worse(active - 0.01, active, prompts, 0.0)[0]  # tolerance 0: no drop at all
+    assert not_worse(active, active, prompts, 0.0)[0] and not_worse(active + 0.5, active, prompts, 1.0)[0]
+
+
 def test_a_sequence_classifier_can_be_the_judge(tmp_path, model_dir):
     # reward_model.name names any AutoModelForSequenceClassification; the test model's folder loads as one.
     cfg, store = _home(tmp_path, model_dir, n=40, overrides={"reward_model": {"name": str(model_dir)}})

@@ -80,6 +80,17 @@ def general_loss(model: nn.Module, tokenizer: Any, texts: Sequence[str], max_tok
     return float(torch.stack(losses).mean()) if losses else 0.0
 
 
+def not_worse(
+    cand: torch.Tensor, active: torch.Tensor, n_prompts: int, tolerance_se: float
+) -> tuple[bool, float]:
+    """Whether the candidate's mean score is at most `tolerance_se` standard errors below the active one's, and
+    that standard error. Scores come `samples` per prompt, prompt after prompt; the error is that of the mean of
+    the per-prompt differences (paired: some prompts are harder for both)."""
+    diff = cand.float().view(n_prompts, -1).mean(1) - active.float().view(n_prompts, -1).mean(1)
+    se = float(diff.std() / n_prompts**0.5) if n_prompts > 1 else 0.0
+    return float(diff.mean()) >= -tolerance_se * se, se
+
+
 def run_gate(
     model: nn.Module,
     tokenizer: Any,
@@ -101,12 +112,14 @@ def run_gate(
     samples: int = 4,
     score_range: tuple[float, float] | None = None,
     length_floor: float = 0.0,
+    tolerance_se: float = 0.0,
 ) -> dict[str, Any]:
     """Compare the candidate adapter with the active one (None: the base); returns the checks and reasons.
 
     Scores are clipped to `score_range`, the judge's range on the answers it was trained on: beyond it, it
-    extrapolates, and that is where a policy games it. The candidate's median answer must be at least
-    `length_floor` tokens long (see `length_floor` below).
+    extrapolates, and that is where a policy games it. The candidate passes the judge's check unless it scores
+    more than `tolerance_se` standard errors below the active adapter (`not_worse`). The candidate's median answer
+    must be at least `length_floor` tokens long (see `length_floor` below).
     """
     texts = [t for t in prompt_texts for _ in range(samples)]
     ids = [p for p in prompt_ids for _ in range(samples)]
@@ -120,23 +133,26 @@ def run_gate(
     with use_adapter(model, None):
         base_general = general_loss(model, tokenizer, general, general_max_tokens)
     lo, hi = score_range if score_range is not None else (-float("inf"), float("inf"))
-    cand_score = float(score(rm, texts, cand_texts).clamp(lo, hi).mean())
-    active_score = float(score(rm, texts, active_texts).clamp(lo, hi).mean())
+    cand_scores = score(rm, texts, cand_texts).clamp(lo, hi)
+    active_scores = score(rm, texts, active_texts).clamp(lo, hi)
+    cand_score, active_score = float(cand_scores.mean()), float(active_scores.mean())
+    passes, se = not_worse(cand_scores, active_scores, len(prompt_texts), tolerance_se)
     cand_length = (
         float(torch.cat([b[3].sum(1) for b in cand_batches]).float().median()) if cand_batches else 0.0
     )
     increase = (cand_general - base_general) / base_general if base_general > 0 else 0.0
     against = f"the active adapter v{active_version}" if active else "the base model"
     checks = {
-        "reward_improved": cand_score > active_score,
+        "reward_not_worse": passes,
         "kl_within_bound": kl <= max_kl,
         "general_loss_ok": increase <= max_general_loss_increase,
         "length_ok": cand_length >= length_floor,
     }
     reasons = []
-    if not checks["reward_improved"]:
+    if not checks["reward_not_worse"]:
         reasons.append(
-            f"reward-model score did not improve on held-out prompts: {cand_score:.4f} vs {active_score:.4f} for {against}"
+            f"reward-model score fell on held-out prompts: {cand_score:.4f} vs {active_score:.4f} for {against}, "
+            f"more than training.gate_tolerance_se = {tolerance_se:g} standard errors ({se:.4f} each)"
         )
     if not checks["kl_within_bound"]:
         reasons.append(f"KL to the base is {kl:.3f} nats per response, over training.max_kl = {max_kl:g}")
@@ -160,6 +176,8 @@ def run_gate(
         "samples_per_prompt": samples,
         "candidate_score": cand_score,
         "active_score": active_score,
+        "score_difference_se": se,
+        "tolerance_se": tolerance_se,
         "compared_with": active_version,
         "kl_to_base": kl,
         "max_kl": max_kl,

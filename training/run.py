@@ -296,7 +296,7 @@ def train_run(cfg: Config, extras: dict[str, Any], run_dir: Path, progress: Prog
         general=data.general_texts(), general_max_tokens=2 * tc.max_prompt_tokens,
         max_new_tokens=tc.max_response_tokens, temperature=tc.temperature, stop_ids=stop_ids,
         max_kl=tc.max_kl, max_general_loss_increase=tc.max_general_loss_increase, seed=tc.seed + 1,
-        score_range=(lo, hi), length_floor=floor,
+        score_range=(lo, hi), length_floor=floor, tolerance_se=tc.gate_tolerance_se,
     )  # fmt: skip
     metrics["gate"] = result
     metrics["timings"]["eval_s"] = time.time() - t0
