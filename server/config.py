@@ -47,15 +47,11 @@ class TrainingConfig:
     ppo_epochs: int = 4
     ppo_steps: int = 8
     learning_rate: float = 1e-4
-    # Each run's policy starts as a fresh adapter on the "base" and learns from all the ratings, or continues the
-    # "active" adapter. Continuing let KTO's pushes add up from run to run: in the learning benchmark (commented,
-    # seed 1) every candidate from the second run on answered in 2 tokens and none was published; from the base,
-    # the same user gained 70 points.
-    start_from: str = "base"
+    start_from: str = "active"  # each run's policy starts as the "active" adapter, or as a fresh one ("base")
     # Before PPO, a warm start on the rated answers: "imitate" the liked ones (next-token loss), or "kto" on
     # liked and disliked ones (KTO's loss, reference: the policy as the run starts), for imitation_epochs.
     warm_start: str = "kto"
-    imitation_epochs: int = 3  # passes of the warm start over the training split's answers (0: none)
+    imitation_epochs: int = 1  # passes of the warm start over the training split's answers (0: none)
     imitation_learning_rate: float = 1e-4
     kto_beta: float = 0.1
     ptx_coef: float = 0.5  # PPO-ptx: weight of a next-token loss mixed into every PPO update (0: off)
