@@ -146,6 +146,7 @@ def test_a_run_learns_the_raters_taste_and_publishes(tmp_path, model_dir):
     assert gate["candidate_score"] > gate["active_score"] and gate["kl_to_base"] <= cfg.training.max_kl
     lo, hi = rm["score_range"]  # PPO's reward and the gate's scores are clipped to the judge's range
     assert lo < hi and lo <= gate["active_score"] <= hi and lo <= gate["candidate_score"] <= hi
+    assert rm["short_score"] == pytest.approx(lo - (hi - lo))  # under the length floor: worse than any answer
     assert gate["checks"]["length_ok"] and gate["candidate_median_tokens"] >= gate["length_floor_tokens"] > 0
     # The adapter is plain PEFT, and PPO really moved its weights (LoRA B starts at zero).
     adapter = run_dir / "adapter"
