@@ -164,9 +164,8 @@ class Engine:
         # On by default on CUDA only; `fast_decode=True` elsewhere runs it uncompiled (how the tests check it).
         self.fast_decode = self.device.startswith("cuda") if fast_decode is None else fast_decode
         self._fast = None
-        self._layout = (
-            0  # bumped when the model's modules change: an adapter added or removed, not swapped in place
-        )
+        # Bumped when the model's modules change: an adapter added or removed, not one swapped in place.
+        self._layout = 0
         self._fast_layout = -1  # the layout self._fast was made for
         self._fast_error = ""
 
@@ -270,9 +269,8 @@ class Engine:
         self._fast, self._fast_layout, self._fast_error = None, self._layout, ""
         compiled = self.device.startswith("cuda")
         try:
-            if (
-                compiled
-            ):  # the old decoder's graphs go, and a new layout does not count against dynamo's limit
+            # The old decoder's graphs go, and a new layout does not count against dynamo's recompile limit.
+            if compiled:
                 torch._dynamo.reset()
             self._fast = StaticDecoder(self.model, self.context_tokens, compile=compiled, graphs=graphs)
         except Exception as exc:  # noqa: BLE001 - an older transformers or torch: decode eagerly
@@ -294,9 +292,7 @@ class Engine:
         if not fast.ready and fast.note == "not checked yet":
             t0 = time.perf_counter()
             fast.check(self._check_ids())
-            if (
-                not fast.ready and fast.graphs == "capture"
-            ):  # recording our own graph failed: try torch.compile's
+            if not fast.ready and fast.graphs == "capture":  # recording our graph failed: try torch.compile's
                 first = fast.note
                 self._make_fast_decoder(graphs="compiler")
                 fast = self._fast
@@ -415,11 +411,11 @@ class Engine:
                 return
             path = Path(path)
             _check_adapter_folder(path)
-            self._loads += 1
-            name = f"v{version}_{self._loads}"
             try:
                 swapped = self._adapter_name is not None and self._swap(path)
                 if not swapped:
+                    self._loads += 1
+                    name = f"v{version}_{self._loads}"
                     self._load(name, path)
             except Exception as exc:
                 raise AdapterError(
@@ -428,8 +424,8 @@ class Engine:
                 ) from exc
             self.adapter_version = version
             if swapped:  # same modules, new weights: the fast path keeps its graphs, and checks them again
-                if self._fast is not None and self._fast.ready:
-                    self._fast.ready, self._fast.note = False, "not checked yet"
+                if self._fast is not None:
+                    self._fast.weights_changed()
             else:
                 old, self._adapter_name = self._adapter_name, name
                 if old is not None:
@@ -458,9 +454,8 @@ class Engine:
         mine = {k: p for k, p in self.model.named_parameters() if "lora_" in k and f".{name}." in k}
         pairs = []
         for key, value in weights.items():
-            head, _, tail = key.rpartition(
-                "."
-            )  # "….q_proj.lora_A.weight" is "….q_proj.lora_A.<name>.weight" here
+            # "….q_proj.lora_A.weight" in the file is "….q_proj.lora_A.<name>.weight" in the model.
+            head, _, tail = key.rpartition(".")
             target = mine.get(f"{head}.{name}.{tail}")
             if target is None or target.shape != value.shape:
                 return False

@@ -26,10 +26,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-GRAPHS = (
-    "capture",
-    "compiler",
-)  # our own CUDA graph of the compiled step, or torch.compile's reduce-overhead
+# Our own CUDA graph of the compiled step, or torch.compile's "reduce-overhead" graphs.
+GRAPHS = ("capture", "compiler")
 CHECK_STEPS = 6  # teacher-forced steps compared with eager decoding (graphs are recorded on the 2nd or 3rd)
 CHECK_TOLERANCE = 2e-2  # mean |Δlogit| / mean |logit|, loose enough for bf16 kernels that sum differently
 
@@ -144,6 +142,12 @@ class StaticDecoder:
         how = {"capture": "one CUDA graph", "compiler": "CUDA graphs (torch.compile)", "none": "static cache"}
         self.note = f"{how[self.graphs]}, checked (relative error {worst:.2g})"
         return True
+
+    def weights_changed(self) -> None:
+        """The model's weights were overwritten in place (an adapter swap): check again before serving. A decoder
+        that had failed its check stays off."""
+        if self.ready:
+            self.ready, self.note = False, "not checked yet"
 
     def _off(self, why: str) -> bool:
         self.ready, self.note = False, why[:400]

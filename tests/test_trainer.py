@@ -455,6 +455,17 @@ def test_the_length_floor_is_a_low_quantile_of_the_liked_answers():
     assert length_floor([], 0.1) == 0.0 and length_floor([5, 50], 0.0) == 0.0
 
 
+def test_an_answer_under_the_length_floor_scores_lower_the_shorter_it_is():
+    from reinf.training.gate import under_floor_scores
+
+    scores = torch.tensor([0.5, -1.0, -1.0, -1.0, 0.2])
+    lengths = torch.tensor([40, 20, 10, 0, 25])
+    got = under_floor_scores(scores, lengths, 20.0, (-1.0, 1.0))
+    assert got.tolist() == pytest.approx([0.5, -1.0, -2.0, -3.0, 0.2])  # at the floor and above: the judge's
+    assert got[1] > got[2] > got[3]  # under it: each token shorter is worse, even when all are short
+    assert under_floor_scores(scores, lengths, 0.0, (-1.0, 1.0)).tolist() == pytest.approx(scores.tolist())
+
+
 def test_the_judges_check_tolerates_noise_but_not_a_real_drop():
     from reinf.training.gate import not_worse
 

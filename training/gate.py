@@ -208,3 +208,25 @@ def length_floor(lengths: Sequence[int], quantile: float) -> float:
     if not lengths or quantile <= 0:
         return 0.0
     return 0.5 * float(torch.tensor(sorted(lengths), dtype=torch.float32).quantile(quantile))
+
+
+def under_floor_scores(
+    scores: torch.Tensor, lengths: torch.Tensor, floor: float, score_range: tuple[float, float]
+) -> torch.Tensor:
+    """PPO's reward: `scores`, except that an answer under the length `floor` scores below the judge's lowest,
+    in proportion to how far under it is (a full range below at length 0).
+
+    Scoring it only as low as the worst real answer was not enough where the user dislikes most answers
+    (commented, seed 1, in the learning benchmark): the judge scored those near its floor too, the summed
+    per-token KL penalty is smaller for a shorter answer, and PPO went from 58 to 8 tokens in one run. Graded,
+    PPO still sees which answer is longer when every sample is short (after a warm start that shortened them).
+    """
+    lo, bottom = score_range[0], score_at_length_zero(score_range)
+    lengths = lengths.to(scores.dtype)
+    return torch.where(lengths < floor, lo - (lo - bottom) * (1 - lengths / max(floor, 1e-6)), scores)
+
+
+def score_at_length_zero(score_range: tuple[float, float]) -> float:
+    """What an empty answer scores in PPO: a full range of the judge's scores below its lowest."""
+    lo, hi = score_range
+    return lo - max(hi - lo, 1e-3)

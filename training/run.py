@@ -244,29 +244,23 @@ def train_run(cfg: Config, extras: dict[str, Any], run_dir: Path, progress: Prog
     # PPO's reward is the judge's score clipped to its range on the rated answers: beyond it the judge
     # extrapolates, and a policy that finds such text (an empty code block scored 4.4 on a −1..1 scale, seen
     # in the learning benchmark) would otherwise be paid for gaming it.
-    # An answer under the gate's length floor scores below the lowest real answer, by up to a full range at
-    # length 0, in proportion to how far under the floor it is (so PPO still sees which is longer when every
-    # sample is short, as after a warm start that shortened the answers): the judge
-    # overrates text that shrinks towards nothing (PPO found 3-token answers within two steps), and the gate
-    # would reject it anyway. Scoring it only as low as the worst real answer was not enough where the user
-    # dislikes most answers (commented, seed 1, in the learning benchmark): the judge scored those near its
-    # floor too, the summed per-token KL penalty is smaller for a shorter answer, and PPO went from 58 to 8
-    # tokens in one run.
+    # An answer under the gate's length floor scores below the lowest real answer (gate.under_floor_scores): the
+    # judge overrates text that shrinks towards nothing (PPO found 3-token answers within two steps), and the
+    # gate would reject it anyway.
     lo, hi = reward.score_range(rm, train_ex)
     liked_lengths = [
         len(imitate.encode(tokenizer, e, tc.max_prompt_tokens, tc.max_response_tokens, stop_id)[1])
         for e in imitate.liked(train_ex + held_ex)
     ]
     floor = gate.length_floor(liked_lengths, tc.length_floor_quantile)
-    span = max(hi - lo, 1e-3)
-    metrics["reward_model"].update(score_range=[lo, hi], length_floor_tokens=floor, short_score=lo - span)
+    metrics["reward_model"].update(
+        score_range=[lo, hi], length_floor_tokens=floor, short_score=gate.score_at_length_zero((lo, hi))
+    )
 
     def reward_fn(ro: ppo.Rollout) -> torch.Tensor:
         texts = decode_responses(tokenizer, ro.response_ids, ro.response_mask, stop_ids)
         scores = reward.score(rm, [prompts[i] for i in ro.prompt_index], texts).clamp(lo, hi)
-        lengths = ro.response_mask.sum(1).cpu().to(scores.dtype)
-        short = lo - span * (1 - lengths / max(floor, 1e-6))
-        return torch.where(lengths < floor, short, scores)
+        return gate.under_floor_scores(scores, ro.response_mask.sum(1).cpu(), floor, (lo, hi))
 
     def on_step(step: int, stats: dict) -> None:
         progress("ppo", (step + 1) / tc.ppo_steps,
