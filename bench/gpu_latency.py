@@ -9,8 +9,8 @@ through `reinf.engine.Engine` on CUDA, and in the same process timed three ways,
 - the engine's eager decode loop (its dynamic-cache path, the fast path switched off),
 - the engine as it serves: the static KV cache + CUDA-graph step of server/static_decode.py,
 - the engine as it serves once training has published: a LoRA adapter of the trainer's layout (r 8 on the
-  attention projections) through the same fast path, then a second adapter hot-swapped into the same tensors
-  (timed: the swap, whether it recompiled, and the completions after it).
+  attention projections) merged into the base's weights (server/lora.py), then a second adapter merged in its
+  place (timed: the swap, whether it recompiled, and the completions after it).
 
 Random weights would end a completion early at random; the embedding rows of the special tokens are zeroed,
 so that greedy decoding never picks one and every request makes exactly 32 tokens. Target: <= 100 ms p50.
@@ -259,7 +259,7 @@ def main() -> int:
         adapters = [make_adapter(folder, Path(tmp) / f"adapter{k}", k) for k in (1, 2)]
         prefix = prefix_of(engine, args.prompt, engine.context_tokens - args.new)
         prompt_ids = engine._fim_prompt(prefix, "", engine.context_tokens - args.new)[1]
-        n_params = sum(p.numel() for p in engine.base.parameters())
+        n_params = sum(p.numel() for p in engine.model.parameters())
 
         def complete():  # noqa: ANN202
             return engine.complete(prefix, "", max_tokens=args.new, temperature=0)
@@ -269,8 +269,8 @@ def main() -> int:
         kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=args.new, min_new_tokens=args.new,
                   do_sample=False, pad_token_id=engine.tokenizer.pad_token_id)  # fmt: skip
         with torch.inference_mode():
-            timed(lambda: engine.base.generate(ids, **kw), 3, sync)
-            hf_ms, hf_out = timed(lambda: engine.base.generate(ids, **kw), args.runs, sync)
+            timed(lambda: engine.model.generate(ids, **kw), 3, sync)
+            hf_ms, hf_out = timed(lambda: engine.model.generate(ids, **kw), args.runs, sync)
         hf_tokens = hf_out.shape[1] - ids.shape[1]
 
         # 2. The engine's eager loop (fast path off).
@@ -304,7 +304,7 @@ def main() -> int:
         compiler_ms, compiler_gen = timed(complete, args.runs, sync)
         engine._make_fast_decoder()  # back to the engine's default for the adapters
 
-        # 4. With the first adapter: set_adapter loads it, compiles the new layout and checks it.
+        # 4. With the first adapter: set_adapter merges it into the weights and checks the fast path again.
         t0 = time.time()
         engine.set_adapter(1, adapters[0])
         load1_s = time.time() - t0
@@ -313,7 +313,7 @@ def main() -> int:
         a1_ms, a1_gen = timed(complete, args.runs, sync)
         decoder1 = engine._fast
 
-        # 5. A second adapter hot-swapped into the same tensors: no new graphs, only a check.
+        # 5. A second adapter merged in its place, into the same tensors: no new graphs, only a check.
         graphs = unique_graphs()
         t0 = time.perf_counter()
         engine.set_adapter(2, adapters[1])
@@ -355,7 +355,7 @@ def main() -> int:
         "adapter": {
             "first": stats(a1_ms),
             "first_fast_path": note1,
-            "first_load_compile_and_check_s": round(load1_s, 1),
+            "first_merge_and_check_s": round(load1_s, 1),
             "after_swap": stats(a2_ms),
             "after_swap_fast_path": note2,
             "swap_ms": round(swap_ms, 1),
@@ -412,7 +412,7 @@ def main() -> int:
           f"torch.compile's graphs: {note_compiler}")  # fmt: skip
     print(f"breakdown of the {args.new} steps (prefill not counted): {breakdown}")
     ad = result["adapter"]
-    print(f"adapter: first load + compile {ad['first_load_compile_and_check_s']:.0f} s ({note1}); swap "
+    print(f"adapter: first merge + check {ad['first_merge_and_check_s']:.0f} s ({note1}); swap "
           f"{ad['swap_ms']:.0f} ms, in place: {swapped}, graphs compiled by it: {new_graphs} ({note2}); "
           f"same text as eager: {ad['same_text_as_eager']}")  # fmt: skip
     print(f"target p50 <= {TARGET_MS:.0f} ms: {'met' if result['met'] else 'MISSED'}; wrote {out}")

@@ -1,6 +1,6 @@
 """`make bench`: the CPU benchmarks in sequence, then one table of their headline figures.
 
-    python bench/run_all.py            # latency, interference, ppo_step (--quick: it is a CPU run), learning
+    python bench/run_all.py            # latency, interference, adapter_cost, ppo_step (--quick: a CPU run), learning
     python bench/run_all.py --quick    # a short version of each, about 25 minutes on 2 cores
 
 Each benchmark runs as its own process and writes bench/results/<name>.json (bench/results/quick/<name>.json
@@ -26,6 +26,9 @@ BENCHMARKS = [
     ("latency", "latency.py", [], False,
      [("server overhead p50 ms", "overhead_p50_ms", "<= 2"), ("rating ack p99 ms", "rate_ack_p99_ms", "<= 10")]),
     ("interference", "interference.py", [], False, [("p95 while training / idle", "p95_ratio", "<= 1.5")]),
+    ("adapter_cost", "adapter_cost.py", [], False,
+     [("adapter cost per token, x base", "ratio_to_base.merged", "~1"),
+      ("PEFT layers' cost, x base", "ratio_to_base.peft_layers", "")]),
     ("ppo_step", "ppo_step.py", [], True, [("PPO step s", "s_per_step", ""), ("peak GiB", "peak_gib", "")]),
     ("learning", "learning.py", [], False,
      [("satisfaction gain, points", "gain_points", ">= 40"),
@@ -57,7 +60,10 @@ def lookup(data: dict, dotted: str):  # noqa: ANN201
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a short version of every benchmark")
-    ap.add_argument("--only", help="comma-separated names to run (latency, interference, ppo_step, learning)")
+    ap.add_argument(
+        "--only",
+        help="comma-separated names to run (latency, interference, adapter_cost, ppo_step, learning)",
+    )
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else None
 

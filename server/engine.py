@@ -15,6 +15,7 @@ import torch
 
 from .config import ModelConfig
 from .fim import FimTemplate, get_template
+from .lora import LoraLayer, MergedAdapters, read_adapter
 from .models import resolve_model_path
 
 log = logging.getLogger(__name__)
@@ -141,11 +142,11 @@ class Engine:
             torch.set_num_threads(max(1, cfg.inference_threads))
         self.path = resolve_model_path(cfg.name)
         self.tokenizer = load_tokenizer(cfg.tokenizer or self.path, cfg.trust_remote_code)
-        self.base = load_causal_lm(self.path, self.device, cfg.dtype, cfg.trust_remote_code)
-        self.model = self.base
+        self.model = load_causal_lm(self.path, self.device, cfg.dtype, cfg.trust_remote_code)
+        # The active adapter is merged into the base's weights (lora.py): the model's modules never change.
         self.adapter_version = 0
-        self._adapter_name: str | None = None
-        self._loads = 0
+        self._merged = MergedAdapters(self.model)
+        self._layers: list[LoraLayer] = []
         self._lock = threading.Lock()
         self._rng = None if cfg.seed < 0 else torch.Generator(self.device).manual_seed(cfg.seed)
         vocab = set(self.tokenizer.get_vocab()) | set(self.tokenizer.all_special_tokens)
@@ -153,20 +154,18 @@ class Engine:
         self._eos_ids = self._collect_eos_ids()
         self._stop_ids: dict[tuple[str, ...], set[int]] = {}
         # transformers 5.2x renamed `past_key_values` to `cache`; older ones and remote code use the old name.
-        params = inspect.signature(self.base.forward).parameters
+        params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-        positions = getattr(self.base.config, "max_position_embeddings", None) or getattr(
-            self.base.config, "n_positions", None
+        positions = getattr(self.model.config, "max_position_embeddings", None) or getattr(
+            self.model.config, "n_positions", None
         )
         self.context_tokens = min(cfg.max_context_tokens, positions or cfg.max_context_tokens)
         # The fast path (static_decode.py): a static KV cache and, on CUDA, a decode step replayed as a CUDA graph.
         # On by default on CUDA only; `fast_decode=True` elsewhere runs it uncompiled (how the tests check it).
         self.fast_decode = self.device.startswith("cuda") if fast_decode is None else fast_decode
         self._fast = None
-        # Bumped when the model's modules change: an adapter added or removed, not one swapped in place.
-        self._layout = 0
-        self._fast_layout = -1  # the layout self._fast was made for
+        self._fast_made = False
         self._fast_error = ""
 
     # -- generation ----------------------------------------------------------------------------------
@@ -266,10 +265,10 @@ class Engine:
     def _make_fast_decoder(self, graphs: str = "capture") -> None:
         from .static_decode import StaticDecoder
 
-        self._fast, self._fast_layout, self._fast_error = None, self._layout, ""
+        self._fast, self._fast_made, self._fast_error = None, True, ""
         compiled = self.device.startswith("cuda")
         try:
-            # The old decoder's graphs go, and a new layout does not count against dynamo's recompile limit.
+            # The old decoder's graphs go (bench/gpu_latency.py makes one of each kind).
             if compiled:
                 torch._dynamo.reset()
             self._fast = StaticDecoder(self.model, self.context_tokens, compile=compiled, graphs=graphs)
@@ -278,13 +277,13 @@ class Engine:
             log.warning("%s", self._fast_error)
 
     def _fast_decoder(self):  # noqa: ANN202
-        """The checked static decoder for the model as it is now (base or adapter), else None: decode eagerly.
+        """The checked static decoder for the model as it is now, else None: decode eagerly.
 
-        A new layout (an adapter added or removed) gets a new decoder, compiled and checked here, once; an adapter
-        swapped in place keeps the decoder and its graphs, and is checked again."""
+        Made and compiled once: an adapter is written into the same weights, so the decoder keeps its graphs and
+        only checks them again."""
         if not self.fast_decode:
             return None
-        if self._fast_layout != self._layout:
+        if not self._fast_made:
             self._make_fast_decoder()
         fast = self._fast
         if fast is None:
@@ -376,10 +375,10 @@ class Engine:
 
     def _collect_eos_ids(self) -> set[int]:
         found: set[int] = set()
-        gen = getattr(self.base, "generation_config", None)
+        gen = getattr(self.model, "generation_config", None)
         for value in (
             getattr(gen, "eos_token_id", None),
-            self.base.config.eos_token_id,
+            self.model.config.eos_token_id,
             self.tokenizer.eos_token_id,
         ):
             if isinstance(value, int):
@@ -405,109 +404,31 @@ class Engine:
         Waits for the generation in progress. On failure raises AdapterError and keeps the current adapter."""
         with self._lock:
             if version == 0 or path is None:
-                self._unload_all()
-                self.adapter_version = 0
-                self._fast_decoder()
-                return
-            path = Path(path)
-            _check_adapter_folder(path)
-            try:
-                swapped = self._adapter_name is not None and self._swap(path)
-                if not swapped:
-                    self._loads += 1
-                    name = f"v{version}_{self._loads}"
-                    self._load(name, path)
-            except Exception as exc:
-                raise AdapterError(
-                    f"could not load adapter v{version} from {path}: {exc}; "
-                    f"still serving {'the base model' if self.adapter_version == 0 else f'v{self.adapter_version}'}"
-                ) from exc
-            self.adapter_version = version
-            if swapped:  # same modules, new weights: the fast path keeps its graphs, and checks them again
-                if self._fast is not None:
-                    self._fast.weights_changed()
+                layers: list[LoraLayer] = []
             else:
-                old, self._adapter_name = self._adapter_name, name
-                if old is not None:
-                    self.model.delete_adapter(old)
-                self._layout += 1
-            self.model.eval()
-            self._fast_decoder()  # compile (a new layout) or check (a swap) now, not in the next request
-            log.info(
-                "adapter v%d from %s is active (%s)",
-                version,
-                path,
-                "swapped in place" if swapped else "loaded",
-            )
+                path = Path(path)
+                _check_adapter_folder(path)
+                try:
+                    layers = read_adapter(path, self.model)
+                except Exception as exc:  # a bad file is named before any weight is written
+                    raise self._refused(version, path, exc) from exc
+            try:
+                self._merged.merge(layers)
+            except Exception as exc:  # out of memory half way, say: put the current adapter back whole
+                self._merged.merge(self._layers)
+                raise self._refused(version, path, exc) from exc
+            self._layers, self.adapter_version = layers, version if layers else 0
+            if self._fast is not None:
+                self._fast.weights_changed()
+            self._fast_decoder()  # check the fast path on the new weights now, not in the next request
+            if layers:
+                log.info("adapter v%d from %s is active (%d layers merged)", version, path, len(layers))
+            else:
+                log.info("serving the base model")
 
-    def _swap(self, path: Path) -> bool:
-        """Copy the adapter at `path` into the loaded adapter's own tensors when both have the same layout (LoRA
-        settings, target modules, tensor shapes): no module changes, so a compiled decode step stays valid.
-        False when the layouts differ; a file that cannot be read raises before anything is copied."""
-        from peft import PeftConfig
-        from peft.utils import load_peft_weights
-
-        name = self._adapter_name
-        if _lora_layout(PeftConfig.from_pretrained(str(path))) != _lora_layout(self.model.peft_config[name]):
-            return False
-        weights = load_peft_weights(str(path), device="cpu")
-        mine = {k: p for k, p in self.model.named_parameters() if "lora_" in k and f".{name}." in k}
-        pairs = []
-        for key, value in weights.items():
-            # "….q_proj.lora_A.weight" in the file is "….q_proj.lora_A.<name>.weight" in the model.
-            head, _, tail = key.rpartition(".")
-            target = mine.get(f"{head}.{name}.{tail}")
-            if target is None or target.shape != value.shape:
-                return False
-            pairs.append((target, value))
-        if len(pairs) != len(mine):
-            return False
-        with torch.no_grad():
-            for target, value in pairs:
-                target.copy_(value)
-        return True
-
-    def _load(self, name: str, path: Path) -> None:
-        from peft import PeftConfig, PeftModel
-
-        config = PeftConfig.from_pretrained(str(path))
-        first = self._adapter_name is None
-        if first:
-            self.model = PeftModel(self.base, config, adapter_name=name)
-        try:
-            result = self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
-            unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
-            if unexpected:
-                raise ValueError(
-                    f"{len(unexpected)} weights match no layer of the base, e.g. {unexpected[0]}"
-                )
-            self.model.set_adapter(name)
-        except BaseException:
-            if first:
-                self.model = self.model.unload()  # takes the LoRA layers out of the base again
-                self.base = self.model
-            elif name in self.model.peft_config:
-                self.model.set_adapter(self._adapter_name)
-                self.model.delete_adapter(name)
-            raise
-
-    def _unload_all(self) -> None:
-        if self._adapter_name is not None:
-            self.base = self.model.unload()
-            self.model = self.base
-            self._adapter_name = None
-            self._layout += 1
-
-
-_LAYOUT_FREE = {"base_model_name_or_path", "revision", "inference_mode", "lora_dropout", "peft_version"}
-
-
-def _lora_layout(config: Any) -> dict:
-    """What must match for one LoRA adapter's weights to be copied over another's: everything but provenance."""
-    out = {k: v for k, v in config.to_dict().items() if k not in _LAYOUT_FREE}
-    if isinstance(out.get("target_modules"), list | set | tuple):
-        out["target_modules"] = sorted(out["target_modules"])
-    return out
+    def _refused(self, version: int, path: Path | None, exc: Exception) -> AdapterError:
+        current = "the base model" if self.adapter_version == 0 else f"v{self.adapter_version}"
+        return AdapterError(f"could not load adapter v{version} from {path}: {exc}; still serving {current}")
 
 
 def _check_adapter_folder(path: Path) -> None:

@@ -8,12 +8,12 @@ that graph itself, with the token and position in fixed input buffers; `graphs="
 torch.compile's "reduce-overhead" mode, which measured about 0.5 ms a token slower (bench/gpu_latency.py times
 both). The prompt is prefilled eagerly into the same cache.
 
-The engine takes this path on CUDA, for the base model and for the base with its LoRA adapter (a PEFT model: the
-step runs the LoRA layers too), and only after `check()` has shown that the static path gives the eager path's
-logits. A new adapter of the same layout is copied into the same tensors (Engine._swap), so the recorded graph
-stays valid and is only checked again. Any failure switches the path off, with the reason in `note`: a compiler
-problem costs speed, never correctness. On the CPU it can run uncompiled (`compile=False`), which is how the
-tests check its bookkeeping.
+The engine takes this path on CUDA, for the base model and for the base with its LoRA adapter merged into its
+weights (lora.py), only after `check()` has shown that the static path gives the eager path's logits. An
+adapter is written into the same weight tensors, so the recorded graph stays valid for every adapter and is only
+checked again. Any failure switches the path off, with the reason in `note`: a compiler problem costs speed,
+never correctness. On the CPU it can run uncompiled (`compile=False`), which is how the tests check its
+bookkeeping.
 """
 
 from __future__ import annotations
@@ -33,8 +33,7 @@ CHECK_TOLERANCE = 2e-2  # mean |Δlogit| / mean |logit|, loose enough for bf16 k
 
 
 class StaticDecoder:
-    """Prefill + one-token steps of `model` (a transformers causal LM, or a PEFT model around one) over a static
-    cache of `max_len` tokens."""
+    """Prefill + one-token steps of `model` (a transformers causal LM) over a static cache of `max_len` tokens."""
 
     def __init__(self, model: Any, max_len: int, *, compile: bool = True, graphs: str = "capture") -> None:
         from transformers import StaticCache
@@ -42,15 +41,12 @@ class StaticDecoder:
         if graphs not in GRAPHS:
             raise ValueError(f"graphs must be one of {', '.join(GRAPHS)}, got {graphs!r}")
         self.model = model
-        # A PEFT model's own forward only passes its arguments on (through a context manager, which would split
-        # the compiled graph); the LoRA layers are in the inner model's modules, so the step calls that directly.
-        self._inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.max_len = max_len
         self.device = next(model.parameters()).device
-        params = inspect.signature(self._inner.forward).parameters
+        params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-        self.cache = StaticCache(config=self._inner.config, max_cache_len=max_len)
+        self.cache = StaticCache(config=self.model.config, max_cache_len=max_len)
         self.graphs = graphs if compile and self.device.type == "cuda" else "none"
         mode = "reduce-overhead" if self.graphs == "compiler" else "default"
         self._step = torch.compile(self._forward, mode=mode, dynamic=False) if compile else self._forward
@@ -64,7 +60,7 @@ class StaticDecoder:
         self.note = "not checked yet"
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        out = self._inner(
+        out = self.model(
             input_ids=ids, position_ids=pos, use_cache=True, **{self._cache_kw: self.cache}, **self._extra
         )
         return out.logits[:, -1]
@@ -144,7 +140,7 @@ class StaticDecoder:
         return True
 
     def weights_changed(self) -> None:
-        """The model's weights were overwritten in place (an adapter swap): check again before serving. A decoder
+        """The model's weights were overwritten in place (an adapter merged or taken out): check again before serving. A decoder
         that had failed its check stays off."""
         if self.ready:
             self.ready, self.note = False, "not checked yet"

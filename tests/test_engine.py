@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -200,13 +201,14 @@ def test_chat_drops_old_turns_when_too_long(tiny_engine):
 # -- LoRA adapters -------------------------------------------------------------------------------
 
 
-def _make_adapter(model_path, out, seed: int, r: int = 4):
+def _make_adapter(model_path, out, seed: int, r: int = 4, use_rslora: bool = False):
     """A LoRA adapter on the test model whose B matrices are random, so it changes what the model says."""
     from peft import LoraConfig, get_peft_model
 
     base = load_causal_lm(str(model_path), "cpu")
+    targets = ["q_proj", "v_proj", "up_proj", "down_proj"]
     peft_model = get_peft_model(
-        base, LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"])
+        base, LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, use_rslora=use_rslora)
     )
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -227,22 +229,103 @@ def _greedy(engine: Engine) -> str:
     return engine.complete(PREFIX, SUFFIX, max_tokens=16, temperature=0).text
 
 
+def _weights(engine: Engine) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in engine.model.state_dict().items()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_adapter_changes_output_and_reverting_restores_it(tiny_engine, adapters):
     v1, v2 = adapters
-    base_text = _greedy(tiny_engine)
+    base_text, base_weights = _greedy(tiny_engine), _weights(tiny_engine)
     tiny_engine.set_adapter(1, v1)
     assert tiny_engine.adapter_version == 1
     g1 = tiny_engine.complete(PREFIX, SUFFIX, max_tokens=16, temperature=0)
     assert g1.text != base_text and g1.adapter_version == 1
+    assert not _same(_weights(tiny_engine), base_weights)  # merged into the base's own weights
     tiny_engine.set_adapter(2, v2)
     v2_text = _greedy(tiny_engine)
     assert v2_text != g1.text
-    assert len(tiny_engine.model.peft_config) == 1  # the previous adapter was unloaded
+    assert not any("lora_" in k for k in tiny_engine.model.state_dict())  # no LoRA layers: nothing per token
     tiny_engine.set_adapter(1, v1)  # back to v1 gives v1's output again
     assert _greedy(tiny_engine) == g1.text
     tiny_engine.set_adapter(0, None)
-    assert tiny_engine.adapter_version == 0 and tiny_engine.model is tiny_engine.base
+    assert tiny_engine.adapter_version == 0 and _same(_weights(tiny_engine), base_weights)  # bit for bit
     assert _greedy(tiny_engine) == base_text
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_a_merged_adapter_computes_what_peft_computes(tiny_engine, tiny_model_path, tmp_path, rslora):
+    """The merge (W + α/r·BA) against PEFT's own LoRA layers, on the logits of a whole prompt."""
+    from peft import PeftModel
+
+    path = _make_adapter(tiny_model_path, tmp_path / "v", 5, r=8, use_rslora=rslora)
+    ids = torch.tensor([load_tokenizer(str(tiny_model_path)).encode(PREFIX)])
+    with torch.no_grad():
+        base = tiny_engine.model(input_ids=ids).logits
+        want = PeftModel.from_pretrained(load_causal_lm(str(tiny_model_path), "cpu"), str(path))(
+            input_ids=ids
+        )
+        tiny_engine.set_adapter(1, path)
+        got = tiny_engine.model(input_ids=ids).logits
+    assert (want.logits - base).abs().max() > 0.1  # the adapter matters
+    torch.testing.assert_close(got, want.logits, rtol=1e-4, atol=1e-4)
+
+
+def test_an_adapter_that_cannot_be_merged_is_refused_by_name(
+    tiny_engine, tiny_model_path, adapters, tmp_path
+):
+    import json
+
+    v1, _ = adapters
+    base_weights = _weights(tiny_engine)
+
+    def variant(name: str, **config) -> Path:  # noqa: ANN003
+        folder = shutil.copytree(v1, tmp_path / name)
+        (folder / "adapter_config.json").write_text(
+            json.dumps(json.loads((v1 / "adapter_config.json").read_text()) | config)
+        )
+        return folder
+
+    with pytest.raises(AdapterError, match="DoRA are not supported"):
+        tiny_engine.set_adapter(2, variant("dora", use_dora=True))
+    with pytest.raises(AdapterError, match="only LoRA adapters can be served; this one is IA3"):
+        tiny_engine.set_adapter(2, variant("ia3", peft_type="IA3"))
+    other = tmp_path / "other"
+    _make_adapter(tiny_model_path, other, 1)
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(other / "adapter_model.safetensors")
+    key = next(k for k in weights if "lora_A" in k)
+    save_file({**weights, key: torch.zeros(4, 7)}, other / "adapter_model.safetensors")
+    with pytest.raises(AdapterError, match=r"does not fit the base's weight .*another model"):
+        tiny_engine.set_adapter(2, other)
+    renamed = {k.replace("layers.0.", "layers.9."): v for k, v in weights.items()}
+    save_file(renamed, other / "adapter_model.safetensors")
+    with pytest.raises(AdapterError, match="layers.9.* matches no linear layer of the base"):
+        tiny_engine.set_adapter(2, other)
+    assert tiny_engine.adapter_version == 0 and _same(_weights(tiny_engine), base_weights)
+
+
+def test_the_adapter_cost_benchmark_compares_merged_with_peft_layers(tmp_path):
+    """bench/adapter_cost.py, a few short requests: the merged adapter says what PEFT's layers say."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.daemon_proc import REPO
+
+    out = tmp_path / "adapter_cost.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "adapter_cost.py"), "--runs", "2", "--tokens", "8", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["same_text_merged_and_layers"] and set(result["paths"]) == {"base", "merged", "peft_layers"}
+    assert all(p["n"] == 2 for p in result["paths"].values())
 
 
 def test_a_corrupt_or_missing_adapter_raises_and_keeps_the_current_one(tiny_engine, adapters, tmp_path):
@@ -260,7 +343,6 @@ def test_a_corrupt_or_missing_adapter_raises_and_keeps_the_current_one(tiny_engi
     with pytest.raises(AdapterError, match="does not exist"):
         tiny_engine.set_adapter(4, tmp_path / "nowhere")
     assert tiny_engine.adapter_version == 1 and _greedy(tiny_engine) == v1_text
-    assert len(tiny_engine.model.peft_config) == 1
 
 
 def test_adapter_swap_waits_for_the_generation_in_progress(tiny_engine, adapters):
