@@ -347,6 +347,12 @@ class Store:
                     "WHERE json_extract(metrics, '$.gate.example') IS NOT NULL",
                     [json.dumps({"gate": {"example": None}})],
                 )
+                # A published adapter's evaluation is that gate's, example included.
+                self._con.execute(
+                    "UPDATE adapters SET eval = json_merge_patch(eval, ?) "
+                    "WHERE json_extract(eval, '$.example') IS NOT NULL",
+                    [json.dumps({"example": None})],
+                )
                 self._con.execute("COMMIT")
             except BaseException:
                 self._con.execute("ROLLBACK")

@@ -438,7 +438,8 @@ def test_a_model_that_ships_code_is_refused_and_its_code_never_runs(tmp_path: Pa
 
 
 def test_forget_scrubs_the_examples_that_run_metrics_keep_in_the_store(tmp_path: Path) -> None:
-    """The gate's example (a held-out prompt and the answers to it) is stored with the run's metrics."""
+    """The gate's example (a held-out prompt and the answers to it) is stored with the run's metrics, and with the
+    published adapter's evaluation."""
     path = tmp_path / "r.duckdb"
     marker = f"held-out-prompt-{secrets.token_hex(8)}"
     s = Store(path)
@@ -447,11 +448,13 @@ def test_forget_scrubs_the_examples_that_run_metrics_keep_in_the_store(tmp_path:
     run = s.create_run("manual", 1, 1)
     s.update_run(run, state="rejected", finished=True,
                  metrics={"decision": "reject", "gate": {"kl_to_base": 0.5, "example": {"prompt": marker}}})  # fmt: skip
+    s.add_adapter(1, run, str(tmp_path / "v1"), "active", {"kl_to_base": 0.5, "example": {"active": marker}})
     s.close()
     assert holding(tmp_path, marker.encode()), "the control: the text is in the file before"
     s = Store(path)
     assert s.forget(datetime.now(timezone.utc) + timedelta(minutes=1)) == 1
     assert s.list_runs()[0]["metrics"] == {"decision": "reject", "gate": {"kl_to_base": 0.5}}
+    assert s.list_adapters()[0]["eval"] == {"kl_to_base": 0.5}
     s.close()
     assert not holding(tmp_path, marker.encode())
 
