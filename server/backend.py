@@ -436,8 +436,9 @@ class Backend:
         return {"path": str(path), "rows": self.store.export(path, fmt)}
 
     def forget(self, params: Any) -> dict[str, Any]:
-        p = Params(params, "reinf/forget", self.cfg.server.max_field_bytes, {"before"})
+        p = Params(params, "reinf/forget", self.cfg.server.max_field_bytes, {"before", "keep_adapters"})
         text = p.str("before", required=True)
+        keep_adapters = p.bool("keep_adapters", default=False)
         try:
             before = datetime.fromisoformat(text)
         except ValueError as exc:
@@ -448,6 +449,7 @@ class Backend:
             except (ValueError, OverflowError) as exc:  # 0001-01-01 in a zone east of UTC is year 0
                 raise InvalidParams(f"reinf/forget: before is out of range: {text!r}") from exc
         self.flush()
+        first = self.store.first_rating_before(before)
         deleted = self.store.forget(before)
         # Each run's Parquet snapshot is a copy of the rated text. A run still going trains on text that is
         # now forgotten, so it is cancelled; the snapshots of runs that ended are no longer needed.
@@ -458,7 +460,17 @@ class Backend:
             snapshot.unlink(missing_ok=True)
         for path in (self.cfg.home / "runs").glob("*/metrics.json"):
             _drop_gate_example(path)
-        return {"deleted": deleted, "training_cancelled": cancelled}
+        # What the model learnt from the forgotten ratings goes too, unless the user asked to keep it.
+        untrained = {"adapters_forgotten": [], "reward_model_deleted": False}
+        if first is not None and not keep_adapters:
+            untrained = self.scheduler.untrain(first)
+        return {
+            "deleted": deleted,
+            "training_cancelled": cancelled,
+            **untrained,
+            "adapter_version": self.engine.adapter_version,
+            "ratings_kept": self.store.ratings_total(),
+        }
 
     def close(self) -> None:
         self.scheduler.close()

@@ -269,8 +269,18 @@ def cmd_forget(args: argparse.Namespace) -> int:
         print(f"reinf forget: --before must be a date like 2026-01-31, got {args.before!r}", file=sys.stderr)
         return 2
     with _client(args) as c:
-        r = c.request("reinf/forget", {"before": args.before})
+        r = c.request("reinf/forget", {"before": args.before, "keep_adapters": args.keep_adapters})
     print(f"forgot {r['deleted']} interactions older than {args.before}")
+    if r["adapters_forgotten"]:
+        print(
+            f"deleted adapters {', '.join(f'v{v}' for v in r['adapters_forgotten'])}, trained on those ratings"
+        )
+    if r["reward_model_deleted"]:
+        print("deleted the reward model trained on them")
+    version = r["adapter_version"]
+    print(f"serving {'the base model' if version == 0 else f'adapter v{version}'}")
+    if r["adapters_forgotten"] and r["ratings_kept"]:
+        print(f"{r['ratings_kept']} ratings are kept: `reinf train` trains a new adapter on them now")
     return 0
 
 
@@ -340,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
         "forget", cmd_forget, "delete interactions older than a date", "reinf forget --before 2026-01-01"
     )
     sp.add_argument("--before", required=True)
+    sp.add_argument(
+        "--keep-adapters",
+        action="store_true",
+        help="keep the adapters and the reward model trained on the forgotten ratings (by default they are "
+        "deleted, and the newest adapter trained without them serves, or the base)",
+    )
     model = add("model", None, "build models", "reinf model build-tiny --preset test")
     msub = model.add_subparsers(dest="model_command", required=True)
     sp = msub.add_parser(

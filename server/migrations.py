@@ -65,7 +65,29 @@ def m002_rating_watermark(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE training_runs ADD COLUMN pid INTEGER")
 
 
-MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_rating_watermark]
+def m003_forgotten_adapters(con: duckdb.DuckDBPyConnection) -> None:
+    # `forget` deletes the adapters trained on forgotten ratings. Their rows stay, as 'forgotten', so that no
+    # version number is used twice. DuckDB cannot change a CHECK constraint in place: the table is rebuilt.
+    con.execute("""
+        CREATE TABLE adapters_new (
+            version INTEGER PRIMARY KEY,
+            run_id BIGINT,
+            created TIMESTAMPTZ NOT NULL,
+            path VARCHAR NOT NULL,
+            status VARCHAR NOT NULL
+                CHECK (status IN ('candidate', 'active', 'rejected', 'retired', 'forgotten')),
+            eval JSON
+        )""")
+    con.execute("INSERT INTO adapters_new SELECT version, run_id, created, path, status, eval FROM adapters")
+    con.execute("DROP TABLE adapters")
+    con.execute("ALTER TABLE adapters_new RENAME TO adapters")
+
+
+MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
+    m001_initial,
+    m002_rating_watermark,
+    m003_forgotten_adapters,
+]
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -317,7 +317,7 @@ class Scheduler:
             self._end(run, "rejected", metrics=metrics, message="; ".join(map(str, reasons)))
             return
         try:
-            version = self._publish(run.run_id, run.run_dir / "adapter", metrics)
+            version = self._publish(run, run.run_dir / "adapter", metrics)
         except Exception as exc:  # noqa: BLE001
             self._end(run, "failed", metrics=metrics, error=f"publishing failed: {exc}")
             return
@@ -356,11 +356,14 @@ class Scheduler:
 
     # -- publishing and rollback ------------------------------------------------------------------
 
-    def _publish(self, run_id: int, src: Path, metrics: dict) -> int:
+    def _publish(self, run: _Run, src: Path, metrics: dict) -> int:
+        run_id = run.run_id
         problem = adapter_problem(src)
         if problem:
             raise AdapterError(f"the candidate adapter in {src} is not loadable: {problem}")
         with self._adapter_lock:
+            if run.cancel_requested:  # by `forget`, say, whose data this run trained on
+                raise AdapterError("the run was cancelled before its adapter was published")
             version = self.store.next_adapter_version()
             tmp, final = self.adapters_dir / f".tmp-v{version}", self.adapters_dir / f"v{version}"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -399,7 +402,7 @@ class Scheduler:
             path = None
             if version != 0:
                 a = adapters.get(version)
-                if a is None or a["status"] in ("rejected", "candidate"):
+                if a is None or a["status"] not in ("active", "retired"):
                     good = sorted(v for v, x in adapters.items() if x["status"] in ("active", "retired"))
                     raise UnknownVersion(
                         f"there is no good adapter version {version}; known: 0 (the base)"
@@ -413,6 +416,53 @@ class Scheduler:
             self.store.activate_adapter(version)
         self._broadcast("reinf/adapterChanged", {"adapter_version": version, "reason": "rollback"})
         return version
+
+    def untrain(self, first_rating_id: int) -> dict[str, Any]:
+        """After `forget`: delete every adapter, and the saved reward model, that a run trained on ratings from
+        `first_rating_id` on; serve the newest adapter that no such run made (or the base).
+
+        Each run trains on every rating up to its watermark and starts from the active adapter, so an adapter
+        whose run saw a forgotten rating holds what it learnt from it. Their rows stay, as 'forgotten', so that
+        no version number is used twice."""
+        with self._adapter_lock:
+            runs = self.store.runs_trained_on(first_rating_id)
+            adapters = self.store.list_adapters()  # newest first
+            tainted = [a for a in adapters if a["run_id"] in runs and a["status"] != "forgotten"]
+            active = self.store.active_adapter()
+            serving = active["version"] if active else 0
+            if active is not None and active in tainted:
+                clean = [
+                    a for a in adapters
+                    if a not in tainted and a["status"] == "retired" and adapter_problem(Path(a["path"])) is None
+                ]  # fmt: skip
+                serving = clean[0]["version"] if clean else 0
+                self._swap(serving, Path(clean[0]["path"]) if clean else None)
+                self.store.activate_adapter(serving)
+            for a in tainted:
+                self.store.set_adapter_status(a["version"], "forgotten")
+                shutil.rmtree(a["path"], ignore_errors=True)
+            reward_model = self.cfg.home / "reward_model"
+            rm_deleted = bool(runs) and reward_model.exists()
+            if rm_deleted:
+                shutil.rmtree(reward_model)
+        versions = [a["version"] for a in tainted]
+        if active is not None and active in tainted:
+            self._broadcast(
+                "reinf/adapterChanged",
+                {
+                    "adapter_version": serving,
+                    "reason": f"forget: v{active['version']} was trained on forgotten ratings",
+                },
+            )
+        if versions or rm_deleted:
+            log.warning("forget: deleted adapters %s and %s, trained on forgotten ratings; serving %s",
+                        versions, "the reward model" if rm_deleted else "no reward model",
+                        f"v{serving}" if serving else "the base")  # fmt: skip
+        return {
+            "adapters_forgotten": versions,
+            "reward_model_deleted": rm_deleted,
+            "adapter_version": serving,
+        }
 
     # -- control and reads ------------------------------------------------------------------------
 

@@ -361,6 +361,23 @@ class Store:
             self._load_explicit_ids()
         return len(n)
 
+    def first_rating_before(self, before: datetime) -> int | None:
+        """The lowest id of the ratings that `forget(before)` deletes; None when it deletes none."""
+        rows = self._read(
+            "SELECT min(r.id) FROM ratings r JOIN interactions i ON r.interaction_id = i.id WHERE i.ts < ?",
+            [before],
+        )
+        return None if rows[0][0] is None else int(rows[0][0])
+
+    def runs_trained_on(self, rating_id: int) -> set[int]:
+        """The runs whose data included rating `rating_id` or a later one (each exports every rating so far).
+        A run from before watermarks were recorded (0) counts too: what it saw is unknown."""
+        rows = self._read(
+            "SELECT id FROM training_runs WHERE coalesce(rating_watermark, 0) = 0 OR rating_watermark >= ?",
+            [rating_id],
+        )
+        return {int(r[0]) for r in rows}
+
     def _compact(self) -> None:
         """Rewrite the database file so deleted text does not linger in freed blocks."""
         tmp = self.path.with_name(f".{self.path.name}.compact")

@@ -134,6 +134,11 @@ def test_other_methods_refuse_bad_params(daemon: DaemonProcess) -> None:
             ("reinf/export", {"format": "csv", "path": "/tmp/x"}, "format"),
             ("reinf/export", {"format": "jsonl", "path": "relative.jsonl"}, "absolute"),
             ("reinf/forget", {"before": "yesterday"}, "ISO date"),
+            (
+                "reinf/forget",
+                {"before": "2026-01-01", "keep_adapters": "yes"},
+                "keep_adapters must be true or false",
+            ),
         ]:
             with pytest.raises(RpcError) as err:
                 c.request(method, params)

@@ -222,6 +222,37 @@ def test_rollback(h):
     assert h.sched.rollback(1) == 1
 
 
+def test_untrain_deletes_what_runs_learnt_from_a_forgotten_rating_and_serves_the_newest_clean_adapter(h):
+    h.rate(3)  # ratings 1-3: run 1, v1
+    h.wait(h.store.list_runs()[0]["run_id"])
+    h.rate(3)  # ratings 4-6: run 2, v2
+    h.wait(h.store.list_runs()[0]["run_id"])
+    adapters = h.cfg.home / "adapters"
+    assert h.store.active_adapter()["version"] == 2 and (adapters / "v2").is_dir()
+    (h.cfg.home / "reward_model").mkdir()
+
+    # Rating 5 is forgotten (a late rating of an old answer, say): run 2 saw it, run 1 did not.
+    assert h.sched.untrain(5) == {
+        "adapters_forgotten": [2],
+        "reward_model_deleted": True,
+        "adapter_version": 1,
+    }
+    assert h.swaps[-1] == (1, adapters / "v1") and h.store.active_adapter()["version"] == 1
+    assert not (adapters / "v2").exists() and (adapters / "v1").is_dir()
+    assert not (h.cfg.home / "reward_model").exists()
+    assert {a["version"]: a["status"] for a in h.store.list_adapters()} == {2: "forgotten", 1: "active"}
+    assert h.notes("reinf/adapterChanged")[-1] == {
+        "adapter_version": 1, "reason": "forget: v2 was trained on forgotten ratings"
+    }  # fmt: skip
+    with pytest.raises(UnknownVersion, match="no good adapter version 2; known: 0 \\(the base\\), 1$"):
+        h.sched.rollback(2)
+
+    assert h.sched.untrain(1)["adapters_forgotten"] == [1]  # rating 1: every run saw it
+    assert h.swaps[-1] == (0, None) and h.store.active_adapter() is None and not list(adapters.iterdir())
+    h.wait(h.sched.retrain())  # a new adapter never takes a forgotten one's number
+    assert h.store.active_adapter()["version"] == 3
+
+
 def test_close_stops_a_running_trainer(h, monkeypatch):
     monkeypatch.setenv("FAKE_MODE", "sleep")
     run_id = h.sched.retrain()

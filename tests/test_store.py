@@ -39,6 +39,29 @@ def test_migrations_run_once_and_are_recorded(tmp_path: Path) -> None:
     assert names == [fn.__name__ for fn in MIGRATIONS]
 
 
+def test_a_database_from_before_forgotten_adapters_is_upgraded_with_its_adapters(tmp_path: Path) -> None:
+    from reinf.migrations import m001_initial, m002_rating_watermark
+
+    path = tmp_path / "r.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE migrations (name VARCHAR PRIMARY KEY, applied TIMESTAMPTZ DEFAULT now())")
+    for fn in (m001_initial, m002_rating_watermark):
+        fn(con)
+        con.execute("INSERT INTO migrations (name) VALUES (?)", [fn.__name__])
+    con.execute("INSERT INTO adapters VALUES (1, 1, now(), '/a/v1', 'active', '{\"kl_to_base\": 2.0}')")
+    with pytest.raises(duckdb.Error):
+        con.execute("UPDATE adapters SET status = 'forgotten'")
+    con.close()
+    s = Store(path)
+    assert [(a["version"], a["status"], a["eval"]) for a in s.list_adapters()] == [
+        (1, "active", {"kl_to_base": 2.0})
+    ]
+    s.set_adapter_status(1, "forgotten")
+    with pytest.raises(duckdb.Error):
+        s.set_adapter_status(1, "lost")
+    assert s.list_adapters()[0]["status"] == "forgotten"
+
+
 def test_ratings_are_append_only_and_the_newest_value_of_each_field_counts(tmp_path: Path) -> None:
     s = Store(tmp_path / "r.duckdb")
     iid = _interaction(s)

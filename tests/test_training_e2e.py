@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
+from reinf.client import RpcError
 from tests.daemon_proc import DaemonProcess, daemon_env
 from tests.trainer_fixtures import FAST_TRAINING, QUESTIONS, whitespace_stars
 
@@ -148,5 +152,21 @@ def test_rate_train_publish_swap_rollback_and_crashes(tmp_path: Path) -> None:
             status = c.status()
             assert status["training"]["state"] == "idle" and status["adapter_version"] == 0
             assert c.chat("Write a function.", max_tokens=8)["adapter_version"] == 0
+
+            # 6. Forget untrains: the adapter and the judge trained on the forgotten ratings are deleted.
+            assert c.request("reinf/rollback", {"version": version})["adapter_version"] == version
+            everything = (datetime.now(timezone.utc) + timedelta(minutes=1)).isoformat()
+            out = subprocess.run(
+                [sys.executable, "-m", "reinf", "forget", "--before", everything],
+                env={**daemon.env, "REINF_HOME": str(home)}, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert out.returncode == 0, out.stderr
+            assert f"deleted adapters v{version}, trained on those ratings" in out.stdout, out.stdout
+            assert "deleted the reward model" in out.stdout and "serving the base model" in out.stdout
+            assert c.status()["adapter_version"] == 0 and changes[-1]["adapter_version"] == 0
+            assert not (home / "adapters" / f"v{version}").exists() and not (home / "reward_model").exists()
+            assert c.chat("Write a function.", max_tokens=8)["adapter_version"] == 0
+            with pytest.raises(RpcError, match=f"no good adapter version {version}"):
+                c.request("reinf/rollback", {"version": version})
     finally:
         daemon.stop()
