@@ -271,7 +271,8 @@
       rows.push({ version: 0, status: active ? "retired" : "active", run_id: "", created: "", eval: null });
       for (const a of rows) {
         const isActive = a.version === active || (!active && a.version === 0);
-        const button = isActive || a.status === "rejected" ? el("span", { class: "muted" }, isActive ? "active" : "")
+        const usable = a.status === "active" || a.status === "retired";  // not rejected, forgotten or a candidate
+        const button = isActive || !usable ? el("span", { class: "muted" }, isActive ? "active" : "")
           : el("button", { type: "button", class: "rollback", "data-version": a.version,
             onclick: () => action("rollback", { version: a.version }, (r) => `Now using ${adapterName(r.adapter_version)}.`) },
           a.version ? `Roll back to v${a.version}` : "Use the base model");
