@@ -356,6 +356,29 @@ class _CharTokenizer:
         return {"input_ids": [3 + ord(c) % 60 for c in text]}
 
 
+def test_the_gates_kl_is_measured_from_the_adapter_it_names():
+    """The KL bound is a step from the active adapter: a candidate equal to it is 0 from it, not from the base."""
+    from reinf.training.gate import kl_to
+    from reinf.training.lm import freeze_copy
+
+    model = _toy_policy()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0.0, 0.5)  # the active adapter: far from the base
+    freeze_copy(model, "default", "active")
+    ids = torch.randint(3, 64, (4, 12))
+    batches = [(ids, torch.ones_like(ids), 6, torch.ones(4, 6))]
+    assert kl_to(model, batches) > 0.1  # from the base
+    assert kl_to(model, batches, "active") == pytest.approx(0.0, abs=1e-5)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n and ".default." in n:
+                p.add_(torch.randn_like(p) * 0.05)  # a small step from it
+    assert 0 < kl_to(model, batches, "active") < kl_to(model, batches)
+    assert model.active_adapter == "default"  # switched back
+
+
 def test_imitation_fits_the_liked_answers_only_and_the_reference_stays_frozen():
     from reinf.training.imitate import imitate, liked
     from reinf.training.lm import freeze_copy

@@ -267,7 +267,8 @@ def train_run(cfg: Config, extras: dict[str, Any], run_dir: Path, progress: Prog
                  f"PPO step {step + 1}/{tc.ppo_steps}: score {stats['score']:.3f}, KL {stats['kl']:.3f}")  # fmt: skip
 
     # π_ref for the KL penalty: the policy as this run starts PPO (InstructGPT's SFT model), so that the penalty
-    # does not pull back what imitation and earlier runs learnt; the gate bounds the KL to the base.
+    # does not pull back what imitation and earlier runs learnt; the gate bounds the KL to the active adapter,
+    # and the general loss against the base.
     reference = None
     if tc.kl_reference == "start":
         reference = REFERENCE
@@ -285,7 +286,7 @@ def train_run(cfg: Config, extras: dict[str, Any], run_dir: Path, progress: Prog
     metrics["ppo"] = _ppo_summary(history)
     metrics["timings"]["ppo_s"] = time.time() - t0
 
-    # 6. Gate: held-out prompts (topped up with replay prompts), KL to the base, general loss.
+    # 6. Gate: held-out prompts (topped up with replay prompts), KL to the active adapter, general loss.
     t0 = time.time()
     progress("eval", 0.0, "comparing the candidate with the active adapter")
     gate_prompts = (held_prompts + [p for p in replay if p not in held_prompts])[: max(tc.eval_prompts, 1)]
