@@ -274,6 +274,34 @@ def test_a_merged_adapter_computes_what_peft_computes(tiny_engine, tiny_model_pa
     torch.testing.assert_close(got, want.logits, rtol=1e-4, atol=1e-4)
 
 
+def test_a_merged_adapter_on_conv1d_layers_computes_what_peft_computes(tmp_path):
+    """GPT-2's attention and MLP are Conv1D layers (weights stored in × out): PEFT marks them fan_in_fan_out."""
+    import copy
+
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from reinf.lora import MergedAdapters, read_adapter
+
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2)).eval()
+    peft_model = get_peft_model(
+        copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"])
+    )
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.3)
+    peft_model.save_pretrained(tmp_path / "a")
+    assert peft_model.peft_config["default"].fan_in_fan_out
+    ids = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        want = PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / "a"))(input_ids=ids).logits
+        MergedAdapters(base).merge(read_adapter(tmp_path / "a", base))
+        got = base(input_ids=ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_an_adapter_that_cannot_be_merged_is_refused_by_name(
     tiny_engine, tiny_model_path, adapters, tmp_path
 ):
