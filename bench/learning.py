@@ -298,7 +298,11 @@ def summarise(users: list[dict[str, Any]], plan: Plan) -> dict[str, Any]:
         }
 
     overall = block(users)
-    per_taste = {t: block([u for u in users if u["taste"] == t]) for t in plan.tastes}
+    per_taste = {
+        t: block([u for u in users if u["taste"] == t])
+        for t in plan.tastes
+        if any(u["taste"] == t for u in users)
+    }
     sft = overall["baselines_gain_points"]["sft_liked"]["mean"]
     kto = overall["baselines_gain_points"]["kto"]["mean"]
     gain = overall["gain_points"]["mean"]
@@ -491,10 +495,12 @@ def main() -> int:
                 work = root / f"{taste}-{seed}"
                 work.mkdir(parents=True, exist_ok=True)
                 users.append(one_user(taste, seed, plan, work, model_path, texts, base_loss))
-    extra = {"seconds": round(time.time() - t0, 1),
-             "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}  # other work slows runs  # fmt: skip
-    users = [{k: v for k, v in u.items() if k not in ("ratings_file", "adapter")} for u in users]
-    summary, png = write_result(users, plan, base_loss, command.strip(), Path(args.out), extra)
+                # Written after every user, so that a run stopped early keeps the users it finished.
+                done = len(users) == len(plan.tastes) * len(plan.seeds)
+                extra = {"seconds": round(time.time() - t0, 1), "complete": done,
+                         "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}  # other work slows runs  # fmt: skip
+                kept = [{k: v for k, v in u.items() if k not in ("ratings_file", "adapter")} for u in users]
+                summary, png = write_result(kept, plan, base_loss, command.strip(), Path(args.out), extra)
     report(summary, Path(args.out), png, time.time() - t0)
     return 0
 
