@@ -6,6 +6,7 @@ Most tests talk to a fake daemon connection that records what is sent; the last 
 from __future__ import annotations
 
 import _thread
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -205,8 +206,14 @@ def test_an_interrupt_stops_the_answer_and_drops_the_connection(ip: InteractiveS
 
     slow = Slow()
     use(ip, Connection(lambda: slow), rich=True)
-    started = time.monotonic()
-    result, captured = run(ip, "%%ask\nhow do I sort?")
+    # A kernel turns SIGINT into KeyboardInterrupt. A test run started in the background (`make test &`) inherits
+    # SIGINT ignored, and then Python installs no handler and interrupt_main() does nothing.
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        started = time.monotonic()
+        result, captured = run(ip, "%%ask\nhow do I sort?")
+    finally:
+        signal.signal(signal.SIGINT, handler)
     assert isinstance(result.error_in_exec, KeyboardInterrupt) and time.monotonic() - started < 3
     last = [o for o in captured.outputs if "reinf" in (o.metadata or {})][-1]
     assert (
