@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from .config import Config
 from .paths import private_dir, write_json
-from .redact import redact, redact_obj, secrets_in
+from .redact import redact, redact_obj, secrets_at_cursor, secrets_in
 from .store import Store, UnknownInteraction
 from .validate import InvalidParams, Params
 
@@ -290,11 +290,16 @@ class Backend:
         """`uncut` is the text the prompt and context were cut from: a secret that a cut split in two is
         recognised there, and its piece is redacted too."""
         redacting = self.cfg.server.redact_secrets
-        found = secrets_in(*uncut) if redacting else set()
+        # a completion's uncut text is its document split at the cursor, where a secret may straddle or be typed
+        found = (
+            (secrets_at_cursor(*uncut) if kind == "completion" else secrets_in(*uncut))
+            if redacting
+            else set()
+        )
         self.store.add_interaction(
             interaction_id=iid,
             kind=kind,
-            client=client,
+            client=redact(client, found) if redacting else client,
             model=self.engine.model_name,
             adapter_version=adapter_version,
             prompt=redact(prompt, found) if redacting else prompt,

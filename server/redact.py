@@ -6,11 +6,17 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-_SECRET_NAME = re.compile(r"api[_-]?key|secret|password|passwd|token|access[_-]?key|account[_-]?key", re.I)
+_SECRET_NAME = re.compile(
+    r"api[_-]?key|secret|password|passwd|pwd|passphrase|private[_-]?key|token|access[_-]?key|account[_-]?key",
+    re.I,
+)
 
 # Where a token may start: not right after an ASCII letter or digit. \b would miss a token glued to "_" or to a
 # non-ASCII letter (MY_KEY_AKIA..., a model's answer that runs on), and the end needs no boundary at all.
 _S = r"(?<![A-Za-z0-9])"
+
+# A line may be a comment that holds an assignment: # API_KEY=..., // password: ..., -- db_password=...
+_COMMENT = r"(?:(?:#+|//+|--|;+|/?\*+)[ \t]*)?"
 
 # (name, pattern, replacement). A replacement keeps the surrounding text so the code stays readable.
 _PATTERNS: list[tuple[str, re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
@@ -46,6 +52,12 @@ _PATTERNS: list[tuple[str, re.Pattern[str], str | Callable[[re.Match[str]], str]
         r"\g<pre>[REDACTED]",
     ),
     (
+        "azure_sas",
+        # A shared access signature's signature, in a URL's query or a SharedAccessSignature= string.
+        re.compile(r"(?i)(?P<pre>(?<![\w])sig=)(?P<secret>[A-Za-z0-9%+/=]{16,})"),
+        r"\g<pre>[REDACTED]",
+    ),
+    (
         "jwt",
         re.compile(_S + r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
         "[REDACTED:jwt]",
@@ -53,7 +65,11 @@ _PATTERNS: list[tuple[str, re.Pattern[str], str | Callable[[re.Match[str]], str]
     (
         "url_password",
         re.compile(
-            r"(?P<pre>(?<![a-zA-Z0-9+.-])[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:)(?P<secret>[^@\s/]+)(?P<post>@)"
+            # The password may hold / and @ (unencoded, as people type them): it runs to the last @ that a
+            # host name follows; a port (digits, then / or the end) is not a password. Bounded and possessive,
+            # so a line of a://b:a://b:... stays linear.
+            r"(?P<pre>(?<![a-zA-Z0-9+.-])[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:)(?!\d+(?:[/?#\s'\"]|$))"
+            r"(?P<secret>[^\s'\"]{1,128}?)(?P<post>@[A-Za-z0-9.-]{1,253}+(?![@A-Za-z0-9.-]))"
         ),
         r"\g<pre>[REDACTED]\g<post>",
     ),
@@ -82,11 +98,23 @@ _PATTERNS: list[tuple[str, re.Pattern[str], str | Callable[[re.Match[str]], str]
         # Unquoted, a whole line of a .env, shell, INI or YAML file: API_KEY=abc123..., password: hunter2...
         # The value must hold a letter and a digit or symbol, so max_tokens = 100000 and token: my_name stay.
         re.compile(
-            r"(?m)(?P<pre>^[ \t]*(?:export[ \t]+)?(?P<name>[\w.-]+)[ \t]*[:=][ \t]*)"
+            r"(?m)(?P<pre>^[ \t]*" + _COMMENT + r"(?:export[ \t]+)?(?P<name>[\w.-]+)[ \t]*[:=][ \t]*)"
             r"(?P<secret>(?=[\w\-+/=@!#$%^&*~.]*[A-Za-z])(?=[\w\-+/=@!#$%^&*~.]*[0-9+/=@!#$%^&*~-])"
             r"[\w\-+/=@!#$%^&*~.]{8,})[ \t]*$"
         ),
         lambda m: _if_secret_name(m, m["pre"] + "[REDACTED]"),
+    ),
+    (
+        "env_quoted",
+        # A quoted value with spaces, on a line of its own: PASSWORD="correct horse battery staple". Only a
+        # whole line, so a string in code (print("token: ", token)) is not taken for a value.
+        re.compile(
+            r"(?m)(?P<pre>^[ \t]*"
+            + _COMMENT
+            + r"(?:export[ \t]+)?(?P<name>[\w.-]+)[ \t]*[:=][ \t]*(?P<q>['\"]))"
+            r"(?P<secret>[^'\"\n]{6,})(?P=q)(?=[ \t]*(?:#.*)?$)"
+        ),
+        lambda m: _if_secret_name(m, m["pre"] + "[REDACTED]" + m["q"]),
     ),
 ]
 
@@ -114,12 +142,17 @@ _NEEDS: dict[str, tuple[str, ...]] = {
     "gitlab_token": ("glpat-",),
     "npm_token": ("npm_",),
     "azure_key": ("accountkey=", "sharedaccesskey="),
+    "azure_sas": ("sig=",),
     "jwt": ("eyj",),
     "url_password": ("://",),
     "bearer": ("bearer",),
     "basic_auth": ("authorization",),
 }
-_NAMED = ("assignment", "env_assignment")  # these redact only under a secret's name (_SECRET_NAME)
+_NAMED = (
+    "assignment",
+    "env_assignment",
+    "env_quoted",
+)  # these redact only under a secret's name (_SECRET_NAME)
 
 
 def _patterns_for(text: str) -> list[tuple[str, re.Pattern[str], str | Callable[[re.Match[str]], str]]]:
@@ -146,6 +179,79 @@ def secrets_in(*texts: str) -> set[str]:
     return {s for s in found if len(s) >= MIN_FRAGMENT}
 
 
+# The start of a known key's shape, as a completion's prefix ends while the key is typed one character at a
+# time: (fixed text, the characters that follow it). Each completion fired on the way stores its prefix, so
+# the key would reach the store one character short of whole, where no full pattern knows it.
+_SHAPE_STARTS = [
+    (r"(?:AKIA|ASIA)", r"[0-9A-Z]"),
+    (r"gh[pousr]_", r"[A-Za-z0-9]"),
+    (r"github_pat_", r"[A-Za-z0-9_]"),
+    (r"sk-(?:proj-|ant-(?:api\d\d-)?)?", r"[A-Za-z0-9_\-]"),
+    (r"xox[abposr]-", r"[A-Za-z0-9-]"),
+    (r"AIza", r"[0-9A-Za-z_\-]"),
+    (r"(?:sk|rk)_(?:live|test)_", r"[0-9A-Za-z]"),
+    (r"hf_", r"[A-Za-z0-9]"),
+    (r"glpat-", r"[A-Za-z0-9_\-]"),
+    (r"npm_", r"[A-Za-z0-9]"),
+    (r"eyJ", r"[A-Za-z0-9_.-]"),
+    (r"(?i:(?:AccountKey|SharedAccessKey)=)", r"[A-Za-z0-9+/=]"),
+    (r"(?i:(?<!\w)sig=)", r"[A-Za-z0-9%+/=]"),
+    (r"(?i:\bbearer\s+)", r"[A-Za-z0-9._~+/=-]"),
+]
+_TYPING = [
+    (re.compile(_S + r"(?P<pre>" + fixed + r")(?P<secret>" + body + r"+)\Z"), re.compile(body + "*"))
+    for fixed, body in _SHAPE_STARTS
+] + [
+    # a URL's password: scheme://user:hunt (a port is digits only, and stays)
+    (
+        re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:)(?!\d+\Z)(?P<secret>[^\s@/'\"]+)\Z"),
+        re.compile(r"[^\s@'\"]*"),
+    ),
+]
+_TYPING_NAMED = [
+    # an open quote after a secret's name: password = "hunt
+    re.compile(r"(?P<pre>(?<![\w.-])(?P<name>[\w.-]+)['\"]?\s*[:=]\s*['\"])(?P<secret>[^'\"\n]+)\Z"),
+    # a shell or .env line (no spaces around =, as shell requires) or a YAML line: API_KEY=abc1, password: hu
+    re.compile(
+        r"(?m)(?P<pre>^[ \t]*" + _COMMENT + r"(?:export[ \t]+)?(?P<name>[\w.-]+)(?:=|:[ \t]+))"
+        r"(?P<secret>[\w\-+/=@!#$%^&*~.]+)\Z"
+    ),
+]
+_VALUE = re.compile(r"[^\s'\"]*")
+_TAIL = 512  # how far back from the cursor a key being typed is looked for: longer than any key's shape
+_TYPED_MIN = 3  # a piece shorter than this, after a secret's name, is left: it could be anything
+
+
+def secrets_at_cursor(prefix: str, suffix: str) -> set[str]:
+    """The secrets of a completion's document, split at the cursor, for `redact(..., secrets=)`.
+
+    A secret may straddle the cursor, so the document is searched whole too. And a secret may be being typed:
+    when the prefix ends with the start of a known key's shape (ghp_ and one character or more after it) or
+    with a value after a secret's name, that start, and what of it the suffix continues, is a secret too.
+    The cost: an identifier that begins like a shape (hf_model while it is typed) is stored redacted."""
+    found = secrets_in(prefix, suffix, prefix + suffix)
+    tail = prefix[-_TAIL:]
+    typed: list[tuple[str, str]] = []  # (the piece before the cursor, its continuation after it)
+    for pattern, body in _TYPING:
+        if (m := pattern.search(tail)) is not None:
+            # glued to its fixed text (AKIAZ7X), a piece is found only with it; after ghp_ or = it stands alone
+            head = m["pre"] + m["secret"] if m["pre"][-1].isalnum() else m["secret"]
+            typed.append((head, body.match(suffix)[0]))
+    for pattern in _TYPING_NAMED:
+        m = pattern.search(tail)
+        if m is None or not _SECRET_NAME.search(m["name"]) or len(m["secret"]) < _TYPED_MIN:
+            continue
+        unquoted = not m["pre"].endswith(("'", '"'))
+        if unquoted and len(m["secret"]) < MIN_FRAGMENT and m["secret"].isalpha():
+            continue  # letters only after an unquoted name: code being typed (token: str) more than a secret
+        typed.append((m["secret"], _VALUE.match(suffix)[0]))
+    for head, rest in typed:
+        found |= {head, head + rest}
+        if len(rest) >= _TYPED_MIN:
+            found.add(rest)
+    return found
+
+
 def redact(text: str, secrets: set[str] | frozenset[str] = frozenset()) -> str:
     """Replace every secret found in `text`, and every piece of `secrets` that was cut off at either end.
 
@@ -157,8 +263,15 @@ def redact(text: str, secrets: set[str] | frozenset[str] = frozenset()) -> str:
     for _, pattern, repl in _patterns_for(text):
         text = pattern.sub(repl, text)
     for secret in sorted(secrets, key=len, reverse=True):
-        text = _scrub_pieces(text, secret)
+        text = _scrub_pieces(text, secret) if len(secret) >= MIN_FRAGMENT else _scrub_whole(text, secret)
     return text
+
+
+def _scrub_whole(text: str, secret: str) -> str:
+    """Replace `secret` where it stands as a whole word: a piece this short is found only whole."""
+    if secret not in text:
+        return text
+    return re.sub(r"(?<![A-Za-z0-9])" + re.escape(secret) + r"(?![A-Za-z0-9])", "[REDACTED]", text)
 
 
 def _scrub_pieces(text: str, secret: str) -> str:

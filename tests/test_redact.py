@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reinf.redact import MIN_FRAGMENT, redact, redact_obj, secrets_in
+from reinf.redact import MIN_FRAGMENT, redact, redact_obj, secrets_at_cursor, secrets_in
 
 CASES = {
     "private_key": "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7x\nabc\n-----END RSA PRIVATE KEY-----",
@@ -181,6 +181,8 @@ def test_skipping_patterns_by_their_text_never_skips_one_that_matches() -> None:
         "SharedAccessKey=abcdefghijklmnopqrstuvwxyz012345+/ab==",
         "curl -H 'BEARER abcdefghijklmnopqrstu' https://user:hunter2hunter2@example.com/x",
         'cfg = {"client_secret": "GOCSPX-abcdefgh1234"}',
+        "https://a.blob.core.windows.net/c?sv=2022-11-02&sig=kq3Xy9%2BabcDEFghiJKLmno1234%3D",
+        'DB_PASSWORD="correct horse battery staple"',
     ]
     checked = set()
     for text in [t for s in samples for t in (s, s.upper(), s.lower())]:
@@ -192,3 +194,157 @@ def test_skipping_patterns_by_their_text_never_skips_one_that_matches() -> None:
                 checked.add(name)
     assert checked == {name for name, _, _ in _PATTERNS}  # every pattern was seen matching at least once
     assert _patterns_for("def add(a, b):\n    return a + b\n") == []  # ordinary code runs none
+
+
+# -- gaps found by an attack on what SECURITY.md claims ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("db = 'postgres://admin:pa/ss/w0rd99@db.internal:5432/app'", "pa/ss/w0rd99"),
+        ("db = 'postgres://admin:p@ssw0rd@db.internal/app'", "p@ssw0rd"),
+        ("git clone https://bob:x/y@z!ab12@github.com/o/r.git", "x/y@z!ab12"),
+    ],
+)
+def test_a_url_password_with_a_slash_or_a_second_at_sign(text: str, secret: str) -> None:
+    out = redact(text)
+    assert secret not in out and ":[REDACTED]@" in out, out
+
+
+def test_a_port_and_an_at_sign_in_the_path_are_not_a_password() -> None:
+    text = "see https://medium.com:443/@someone and http://host:8080/a@b.org"
+    assert redact(text) == text
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'DB_PASSWORD="correct horse battery staple"',
+        "export API_TOKEN='my long token with spaces'",
+        'SECRET_KEY = "two words here"  # the session key',
+    ],
+)
+def test_a_quoted_env_value_with_spaces(line: str) -> None:
+    value = line.split("=", 1)[1].strip().split("#")[0].strip()[1:-1]
+    out = redact(f"{line}\nDEBUG=1\n")
+    assert value not in out and "[REDACTED]" in out and out.endswith("\nDEBUG=1\n"), out
+
+
+def test_a_prompt_string_that_names_a_secret_keeps_its_code() -> None:
+    code = 'print("token: ", token)\nname = input("password: ")\n'
+    assert redact(code) == code
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "# API_KEY=abc123def456ghi789",
+        "// password: hunter2hunter2",
+        "    # export GITHUB_SECRET=s3cr3t-v4lue-99",
+        "-- db_password=pg4ss-w0rd-123",
+        "; token = abc123def456ghi789",
+    ],
+)
+def test_a_key_value_inside_a_comment(line: str) -> None:
+    value = line.replace(":", "=").split("=", 1)[1].strip()
+    out = redact(f"x = 1\n{line}\ny = 2\n")
+    assert value not in out and "[REDACTED]" in out and out.endswith("\ny = 2\n"), out
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "pwd = 'hunter2hunter2'",
+        "DB_PWD=hunter2hunter2",
+        'passphrase: "hunter2hunter2"',
+        "ssh_passphrase=hunter2hunter2",
+        "private_key = 'hunter2hunter2'",
+        '{"privateKey": "hunter2hunter2"}',
+    ],
+)
+def test_names_pwd_passphrase_and_private_key(text: str) -> None:
+    out = redact(text)
+    assert "hunter2hunter2" not in out and "[REDACTED]" in out, out
+
+
+def test_an_azure_sas_signature() -> None:
+    sig = "kq3Xy9%2BabcDEFghiJKLmno1234%3D"
+    url = f"https://acct.blob.core.windows.net/c/b.txt?sv=2022-11-02&ss=b&sp=r&se=2030-01-01&sig={sig}"
+    conn = f"SharedAccessSignature=sv=2022-11-02&sig={sig};BlobEndpoint=x"
+    for text in (url, conn, f"sas = '{url}'"):
+        out = redact(text)
+        assert sig not in out and "sig=[REDACTED]" in out, out
+    assert redact("resize(img, sig=sigma)") == "resize(img, sig=sigma)"  # an ordinary keyword argument
+
+
+# -- the cursor: a completion's document is split there, and a secret being typed ends there ---------------
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("at", [5, 9, 12])
+def test_a_secret_straddling_the_cursor(name: str, at: int) -> None:
+    """The prefix and the suffix were checked apart, so neither held a whole secret."""
+    secret = CASES[name]
+    prefix, suffix = f"x = 1\nkey = '{secret[:at]}", f"{secret[at:]}'\ny = 2\n"
+    found = secrets_at_cursor(prefix, suffix)
+    for stored in (redact(prefix, found), redact(suffix, found), redact(prefix + "<mid>" + suffix, found)):
+        assert not pieces(secret, stored), f"{stored!r} keeps a piece of the secret"
+    assert redact(prefix, found).startswith("x = 1\nkey = '")
+    assert redact(suffix, found).endswith("'\ny = 2\n")
+
+
+TYPED = {
+    "aws_access_key": CASES["aws_access_key"],
+    "github_token": CASES["github_token"],
+    "hf_token": CASES["hf_token"],
+    "slack_token": CASES["slack_token"],
+    "stripe_key": CASES["stripe_key"],
+    "npm_token": CASES["npm_token"],
+    "openai_key": CASES["openai_key"],
+    "gitlab_token": CASES["gitlab_token"],
+    "google_api_key": CASES["google_api_key"],
+}
+MARKERS = {"aws_access_key": 4, "github_token": 4, "hf_token": 3, "slack_token": 5, "stripe_key": 8}
+MARKERS |= {"npm_token": 4, "openai_key": 8, "gitlab_token": 6, "google_api_key": 4}
+
+
+@pytest.mark.parametrize("name", sorted(TYPED))
+@pytest.mark.parametrize("suffix", ["", "\nprint(client)\n", "')\n"])
+def test_a_key_being_typed_leaves_no_character_of_it_past_its_marker(name: str, suffix: str) -> None:
+    """A completion fires after each keystroke: at 19 of 20 characters no pattern knew the key. What the
+    prefix ends with, when it is the start of a known key's shape, is redacted from the first character
+    after the shape's fixed text (AKIA, ghp_, hf_, ...)."""
+    secret, marker = TYPED[name], MARKERS[name]
+    for n in range(marker + 1, len(secret) + 1):
+        prefix = f"import boto3\nclient = Client(key='{secret[:n]}"
+        found = secrets_at_cursor(prefix, suffix)
+        stored = redact(prefix, found) + redact(suffix, found)
+        assert secret[:n] not in stored, f"{n} characters typed: {stored!r}"
+        assert stored.startswith("import boto3\nclient = Client(key='")
+
+
+@pytest.mark.parametrize(
+    ("prefix", "value"),
+    [
+        ('DB_PASSWORD = "hunt', "hunt"),
+        ("api_key: 'k3y-v", "k3y-v"),
+        ("OPENAI_API_KEY=abc1", "abc1"),
+        ("postgres://admin:hunt", "hunt"),
+        ("Authorization: Bearer abcd123", "abcd123"),
+        ("AccountKey=abcd12", "abcd12"),
+    ],
+)
+def test_a_value_being_typed_after_a_secret_name(prefix: str, value: str) -> None:
+    found = secrets_at_cursor(prefix, "\n")
+    assert value not in redact(prefix, found)
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    ["token = tok", "password = getp", "self.hf_", "x = AKIA", "import sklearn; sk-", "max_tokens = 12"],
+)
+def test_code_being_typed_is_not_a_secret(prefix: str) -> None:
+    """An identifier that only begins like a key shape's fixed text, or code after a secret's name."""
+    found = secrets_at_cursor(prefix, "\n")
+    assert redact(prefix, found) == prefix
