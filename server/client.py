@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .paths import private_dir, reinf_home
+from .paths import UnsafePath, check_home, private_dir, read_private_file, reinf_home
 
 
 class ReinfError(Exception):
@@ -37,18 +37,36 @@ class RpcError(ReinfError):
 
 
 def read_daemon_info(home: Path) -> dict[str, Any] | None:
+    """The daemon.json of `home`, None when there is none or it is not JSON.
+
+    Refused (DaemonUnavailable, with what to fix) when the home or the file belongs to someone else or others
+    can write it: a planted daemon.json would send the token and every prompt to whoever listens there."""
     try:
-        return json.loads((home / "daemon.json").read_text())
-    except (OSError, ValueError):
+        check_home(home)
+        raw = read_private_file(home / "daemon.json", "daemon.json")
+    except UnsafePath as exc:
+        raise DaemonUnavailable(str(exc)) from None
+    except OSError:
+        return None
+    try:
+        return json.loads(raw) if raw is not None else None
+    except ValueError:
         return None
 
 
 def start_daemon(home: Path, timeout: float = 300.0, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Start `reinf serve` in the background for `home` and wait until it answers."""
+    try:
+        check_home(home)
+    except UnsafePath as exc:
+        raise DaemonUnavailable(str(exc)) from None
     private_dir(home)
     log_path = home / "daemon.log"
     environ = {**os.environ, **(env or {}), "REINF_HOME": str(home)}
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:  # never through a link planted there: the daemon's output would land in the file it points at
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise DaemonUnavailable(f"cannot open {log_path} for the daemon's log: {exc.strerror}") from exc
     with os.fdopen(fd, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "reinf", "serve"],

@@ -14,7 +14,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .paths import reinf_home
+from .paths import UnsafePath, check_home, read_private_file, reinf_home
 
 
 class ConfigError(ValueError):
@@ -224,9 +224,15 @@ def load_config(
     home_path = Path(home) if home is not None else reinf_home(env)
     cfg = Config(home=home_path)
     toml_path = home_path / "config.toml"
-    if toml_path.exists():
+    try:
+        # the home first: a config planted while it was writable by others must not be obeyed
+        check_home(home_path)
+        raw = read_private_file(toml_path, "the config")
+    except UnsafePath as exc:
+        raise ConfigError(str(exc)) from None
+    if raw is not None:
         try:
-            data = tomllib.loads(toml_path.read_text())
+            data = tomllib.loads(_toml_text(raw, toml_path))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{toml_path} is not valid TOML: {exc}") from exc
         for section, values in data.items():
@@ -285,3 +291,19 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"training.replay_ratio must be in [0, 1), got {t.replay_ratio}")
     if cfg.model.device not in ("auto", "cpu", "cuda") and not cfg.model.device.startswith("cuda:"):
         raise ConfigError(f"model.device must be auto, cpu, cuda or cuda:N, got {cfg.model.device!r}")
+
+
+# -- the file's encoding, and the ranges of [server] and [model] values ------------------------------------
+
+
+def _toml_text(raw: bytes, path: Path) -> str:
+    """The config's text; TOML is UTF-8, and a file saved as UTF-16 (Windows editors do) says so."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(raw) > 1 and b"\x00" in raw[:2]):
+        raise ConfigError(f"{path} is UTF-16 text; TOML must be UTF-8: save it as UTF-8")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); TOML must be UTF-8"
+        ) from None

@@ -25,7 +25,7 @@ from pygls.protocol.json_rpc import JsonRPCNotification, JsonRPCRequestMessage
 from .backend import Backend
 from .config import Config
 from .features import build_server
-from .paths import private_dir, write_json, write_private
+from .paths import UnsafePath, check_home, private_dir, read_private_file, write_json, write_private
 
 log = logging.getLogger("reinf.daemon")
 
@@ -314,7 +314,8 @@ class Daemon:
 def daemon_alive(home: Path) -> dict[str, Any] | None:
     """The daemon.json of a daemon that answers on its port, else None."""
     try:
-        info = json.loads((home / "daemon.json").read_text())
+        # one that someone else planted is not a daemon of ours: this daemon writes its own over it
+        info = json.loads(read_private_file(home / "daemon.json", "daemon.json") or b"null")
         with socket.create_connection(("127.0.0.1", int(info["port"])), timeout=1.0):
             return info
     except (OSError, ValueError, KeyError, TypeError):
@@ -354,6 +355,10 @@ def _check_home_writable(home: Path) -> None:
 def run_daemon(cfg: Config) -> int:
     """Start the daemon in the foreground until SIGTERM or SIGINT."""
     os.umask(0o077)
+    try:
+        check_home(cfg.home)
+    except UnsafePath as exc:
+        raise DaemonError(str(exc)) from None
     _check_home_writable(cfg.home)
     if (info := daemon_alive(cfg.home)) is not None:
         raise DaemonError(

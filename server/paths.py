@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,9 +37,13 @@ def private_dir(path: Path) -> Path:
 
 
 def write_private(path: Path, data: str | bytes) -> None:
-    """Write a file atomically with mode 0600 (temp file in the same folder, then rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write a file atomically with mode 0600: a fresh temp file in the same folder, then rename.
+
+    The temp file gets a random name and is created exclusively without following links (mkstemp:
+    O_CREAT|O_EXCL|O_NOFOLLOW), so a file or symlink planted under a name that could be guessed is never
+    written through; the rename replaces a link at `path` itself rather than the file it points to."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data.encode() if isinstance(data, str) else data)
@@ -47,6 +53,76 @@ def write_private(path: Path, data: str | bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+class UnsafePath(OSError):
+    """A file or folder that reinf would trust belongs to someone else, or others can write it."""
+
+
+def check_owned(path: Path, what: str, st: os.stat_result | None = None) -> os.stat_result | None:
+    """Refuse `path` when another user owns it or group or others can write it; None when it does not exist.
+
+    Such a file may have been planted (a config that turns on trust_remote_code or turns redaction off, a
+    daemon.json that points at an impostor): it is refused with what to fix, never read."""
+    if st is None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+    mine = os.geteuid()
+    if st.st_uid != mine:
+        raise UnsafePath(
+            f"{what} {path} belongs to uid {st.st_uid}, not to you (uid {mine}), so it may have been planted; "
+            f"reinf will not use it. Check it, then remove it or `chown` it to yourself."
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        mode = "700" if stat.S_ISDIR(st.st_mode) else "600"
+        raise UnsafePath(
+            f"{what} {path} is writable by others (mode {stat.S_IMODE(st.st_mode):04o}), so what is in it may "
+            f"have been planted; reinf will not use it. Check it, then `chmod {mode} {path}`."
+        )
+    return st
+
+
+def check_home(home: Path) -> None:
+    """Refuse a REINF_HOME that is not a folder of this user's that only they can write (nothing if absent).
+
+    Run before anything in the home is read: files planted while it was writable would be obeyed."""
+    st = check_owned(home, "REINF_HOME")
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        raise UnsafePath(f"REINF_HOME {home} is not a folder; point REINF_HOME at a folder of your own")
+
+
+def open_private_file(path: Path, what: str) -> int | None:
+    """Open `path` for reading and refuse it as check_owned does, or when it is not a plain file.
+
+    None when it does not exist. The checks run on the open file (a link is followed, and what it points at
+    is checked), so nothing can be swapped in between the check and the read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a planted FIFO must not hang the read
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise UnsafePath(f"{what} {path} is a folder; remove it or put a file there") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a plain file"
+            raise UnsafePath(f"{what} {path} is {kind}; remove it or put a file there")
+        check_owned(path, what, st)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_private_file(path: Path, what: str) -> bytes | None:
+    """The bytes of `path` after open_private_file's checks; None when it does not exist."""
+    fd = open_private_file(path, what)
+    if fd is None:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read()
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -6,9 +6,17 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+import reinf.client as client_module
+from reinf.client import Client, DaemonUnavailable
+from reinf.config import ConfigError, load_config
+from reinf.paths import write_json
 
 from .daemon_proc import DaemonProcess, daemon_env
 from .test_redact import CASES
@@ -100,3 +108,118 @@ def test_the_client_name_is_redacted(daemon: DaemonProcess) -> None:
         out = json.dumps(c.request("reinf/history", {"limit": 500}))
     assert "control-text-client" in out
     assert not on_disk(daemon.home, key), "the client's name put a token on disk"
+
+
+# -- files planted in a home that was once writable ---------------------------------------------------------
+
+PLANTED = "[model]\ntrust_remote_code = true\n[server]\nredact_secrets = false\n"
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+
+
+def _home(tmp_path: Path, mode: int = 0o700) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chmod(home, mode)
+    return home
+
+
+def test_a_config_in_a_home_writable_by_others_is_not_read(tmp_path: Path) -> None:
+    """The config was read before the home was made private: a planted one turned on remote code."""
+    home = _home(tmp_path, 0o777)
+    (home / "config.toml").write_text(PLANTED)
+    with pytest.raises(ConfigError, match=r"REINF_HOME .* is writable by others .*chmod 700"):
+        load_config(home, environ={})
+
+
+def test_a_config_writable_by_others_is_refused(tmp_path: Path) -> None:
+    home = _home(tmp_path)
+    (home / "config.toml").write_text(PLANTED)
+    os.chmod(home / "config.toml", 0o666)
+    with pytest.raises(ConfigError, match=r"config .*config.toml is writable by others .*chmod 600"):
+        load_config(home, environ={})
+    os.chmod(home / "config.toml", 0o600)  # what the message says to do
+    assert load_config(home, environ={}).model.trust_remote_code is True
+
+
+@root_only
+def test_a_config_or_a_home_of_another_user_is_refused(tmp_path: Path) -> None:
+    home = _home(tmp_path)
+    (home / "config.toml").write_text(PLANTED)
+    os.chown(home / "config.toml", 65534, 65534)
+    with pytest.raises(ConfigError, match=r"config.toml belongs to uid 65534, not to you"):
+        load_config(home, environ={})
+    os.chown(home / "config.toml", 0, 0)
+    os.chown(home, 65534, 65534)
+    with pytest.raises(ConfigError, match=r"REINF_HOME .* belongs to uid 65534"):
+        load_config(home, environ={})
+
+
+def test_reinf_serve_names_the_planted_config_in_one_line(tmp_path: Path) -> None:
+    home = _home(tmp_path)
+    (home / "config.toml").write_text(PLANTED)
+    os.chmod(home / "config.toml", 0o646)
+    r = subprocess.run(
+        [sys.executable, "-m", "reinf", "serve"],
+        env=daemon_env(home),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "config.toml is writable by others" in r.stderr and not (home / "daemon.json").exists()
+
+
+def test_a_daemon_json_planted_by_others_is_refused_by_the_client(tmp_path: Path) -> None:
+    """A daemon.json that points at an impostor's port would get the token and every prompt."""
+    home = _home(tmp_path)
+    info = home / "daemon.json"
+    info.write_text(json.dumps({"port": 9, "token": "x", "pid": 1}))
+    os.chmod(info, 0o666)
+    with pytest.raises(DaemonUnavailable, match=r"daemon.json .* is writable by others"):
+        Client.connect(home, start=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "reinf", "--no-start", "status"],
+        env=daemon_env(home),
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1 and "is writable by others" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_symlink_planted_at_a_temp_name_is_never_written_through(tmp_path: Path) -> None:
+    """daemon.json was written through `.daemon.json.<pid>.tmp`, opened with O_CREAT|O_TRUNC: a symlink
+    planted there received the token, and one to a file outside the home overwrote it."""
+    home = _home(tmp_path)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("the attacker's file")
+    for pid in {os.getpid(), os.getpid() + 1}:
+        (home / f".daemon.json.{pid}.tmp").symlink_to(outside)
+    write_json(home / "daemon.json", {"token": "the-token"})
+    assert outside.read_text() == "the attacker's file"
+    assert json.loads((home / "daemon.json").read_text()) == {"token": "the-token"}
+    assert stat.S_IMODE((home / "daemon.json").stat().st_mode) == 0o600
+
+
+def test_the_daemon_log_is_never_opened_through_a_planted_symlink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Client.connect` starts a daemon with its output appended to daemon.log."""
+    home = _home(tmp_path)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("")
+    (home / "daemon.log").symlink_to(outside)
+
+    class Exited:
+        returncode = 1
+
+        def __init__(self, *args: object, stdout: object = None, **kw: object) -> None:
+            stdout.write(b"the daemon's output\n")  # type: ignore[attr-defined]
+            stdout.flush()  # type: ignore[attr-defined]
+
+        def poll(self) -> int:
+            return 1
+
+    monkeypatch.setattr(client_module.subprocess, "Popen", Exited)
+    with pytest.raises(DaemonUnavailable):
+        client_module.start_daemon(home, timeout=5)
+    assert outside.read_text() == ""
