@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from dataclasses import dataclass, field, fields
@@ -249,6 +250,7 @@ def load_config(
             raise ConfigError(f"unknown environment variable {name}: no config section matches")
     for section, values in (overrides or {}).items():
         _apply_section(cfg, section, values, source="command-line flags")
+    _check_ranges(cfg)
     _validate(cfg)
     return cfg
 
@@ -307,3 +309,46 @@ def _toml_text(raw: bytes, path: Path) -> str:
         raise ConfigError(
             f"{path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); TOML must be UTF-8"
         ) from None
+
+
+# (section, key): (lowest, highest, what it means). A value outside gets one line naming the key and the range;
+# NaN and infinity are refused for every number (nan compares false with any bound, so a check such as
+# `auth_timeout_s <= 0` let it through and turned the timeout off).
+_RANGES: dict[tuple[str, str], tuple[float, float, str]] = {
+    ("server", "port"): (0, 65_535, "0 picks a free port"),
+    ("server", "max_field_bytes"): (1, 1 << 30, "bytes"),
+    ("server", "max_message_bytes"): (1024, 1 << 30, "bytes; below 1 KiB no request fits"),
+    ("server", "auth_timeout_s"): (0.01, 3600.0, "seconds"),
+    ("server", "history_limit_max"): (1, 100_000, "items"),
+    ("model", "max_new_tokens"): (1, 4096, "tokens"),
+    ("model", "chat_max_new_tokens"): (1, 4096, "tokens"),
+    ("model", "temperature"): (0.0, 2.0, "0 is greedy"),
+    ("model", "max_context_tokens"): (16, 1 << 20, "tokens"),
+    ("model", "inference_threads"): (1, 1024, "threads"),
+}
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Every number finite, the [server] and [model] numbers in range, the log level a known one."""
+    for section in SECTIONS:
+        for f in fields(getattr(cfg, section)):
+            value = getattr(getattr(cfg, section), f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{section}.{f.name} must be a finite number, got {value}")
+    for (section, key), (low, high, unit) in _RANGES.items():
+        value = getattr(getattr(cfg, section), key)
+        if not low <= value <= high:
+            kind, num = ("an integer", str) if isinstance(value, int) else ("a number", lambda v: f"{v:g}")
+            raise ConfigError(
+                f"{section}.{key} must be {kind} from {num(low)} to {num(high)} ({unit}), got {num(value)}"
+            )
+    s = cfg.server
+    if s.max_field_bytes > s.max_message_bytes:
+        raise ConfigError(
+            f"server.max_field_bytes ({s.max_field_bytes}) must not exceed server.max_message_bytes "
+            f"({s.max_message_bytes}): a field that large could never arrive"
+        )
+    if s.log_level.upper() not in _LOG_LEVELS:
+        raise ConfigError(f"server.log_level must be one of {', '.join(_LOG_LEVELS)}, got {s.log_level!r}")
+    s.log_level = s.log_level.upper()

@@ -223,3 +223,99 @@ def test_the_daemon_log_is_never_opened_through_a_planted_symlink(
     with pytest.raises(DaemonUnavailable):
         client_module.start_daemon(home, timeout=5)
     assert outside.read_text() == ""
+
+
+# -- config validation ----------------------------------------------------------------------------------
+
+BAD_CONFIGS = {
+    "latin-1": (b'[model]\nname = "caf\xe9"\n', r"config.toml is not UTF-8 text \(byte 0xe9 on line 2\)"),
+    "utf-16": ("[server]\nport = 1\n".encode("utf-16"), r"config.toml is UTF-16 text; TOML must be UTF-8"),
+    "port-high": (b"[server]\nport = 70000\n", r"server.port must be an integer from 0 to 65535 .*got 70000"),
+    "port-low": (b"[server]\nport = -1\n", r"server.port must be an integer from 0 to 65535"),
+    "log-level": (
+        b'[server]\nlog_level = "LOUD"\n',
+        r"server.log_level must be one of DEBUG, INFO, .*'LOUD'",
+    ),
+    "timeout-nan": (
+        b"[server]\nauth_timeout_s = nan\n",
+        r"server.auth_timeout_s must be a finite number, got nan",
+    ),
+    "timeout-inf": (
+        b"[server]\nauth_timeout_s = inf\n",
+        r"server.auth_timeout_s must be a finite number, got inf",
+    ),
+    "message-bytes": (
+        b"[server]\nmax_message_bytes = -1\n",
+        r"server.max_message_bytes must be an integer from 1024",
+    ),
+    "field-over-message": (
+        b"[server]\nmax_message_bytes = 2048\nmax_field_bytes = 4096\n",
+        r"server.max_field_bytes \(4096\) must not exceed server.max_message_bytes",
+    ),
+    "temperature-nan": (
+        b"[model]\ntemperature = nan\n",
+        r"model.temperature must be a finite number, got nan",
+    ),
+    "temperature-high": (
+        b"[model]\ntemperature = 7.5\n",
+        r"model.temperature must be a number from 0 to 2 .*7.5",
+    ),
+    "max-new-tokens": (b"[model]\nmax_new_tokens = 0\n", r"model.max_new_tokens must be an integer from 1"),
+    "learning-rate-nan": (
+        b"[training]\nlearning_rate = nan\n",
+        r"training.learning_rate must be a finite number",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_a_bad_config_value_is_one_line_naming_the_key_and_its_range(tmp_path: Path, case: str) -> None:
+    home = _home(tmp_path)
+    data, message = BAD_CONFIGS[case]
+    (home / "config.toml").write_bytes(data)
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(home, environ={})
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("REINF_SERVER_AUTH_TIMEOUT_S", "inf", r"server.auth_timeout_s must be a finite number"),
+        ("REINF_SERVER_PORT", "99999", r"server.port must be an integer from 0 to 65535"),
+        ("REINF_MODEL_TEMPERATURE", "NaN", r"model.temperature must be a finite number"),
+    ],
+)
+def test_a_bad_value_from_the_environment_is_refused_too(
+    tmp_path: Path, name: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(_home(tmp_path), environ={name: value})
+
+
+def test_a_lower_case_log_level_is_accepted(tmp_path: Path) -> None:
+    assert (
+        load_config(_home(tmp_path), environ={"REINF_SERVER_LOG_LEVEL": "debug"}).server.log_level == "DEBUG"
+    )
+
+
+@pytest.mark.parametrize("case", ["folder", "utf-16", "log-level"])
+def test_reinf_serve_says_what_is_wrong_with_the_config_without_a_traceback(
+    tmp_path: Path, case: str
+) -> None:
+    home = _home(tmp_path)
+    if case == "folder":
+        (home / "config.toml").mkdir()
+        expected = "config.toml is a folder"
+    else:
+        (home / "config.toml").write_bytes(BAD_CONFIGS[case][0])
+        expected = "UTF-16" if case == "utf-16" else "server.log_level must be one of"
+    r = subprocess.run(
+        [sys.executable, "-m", "reinf", "serve"],
+        env=daemon_env(home),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr and expected in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
