@@ -15,6 +15,7 @@ from typing import Any
 
 from .client import Client, ReinfError
 from .config import ConfigError, load_config
+from .logs import DEFAULT_MAX_BYTES as DEFAULT_LOG_MAX_BYTES
 from .paths import cache_dir, reinf_home
 
 
@@ -40,6 +41,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides.setdefault("server", {})["allow_remote"] = True
     cfg = load_config(args.home, overrides)
     logging.basicConfig(level=cfg.server.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_file:
+        from .logs import log_to_file
+
+        if args.log_max_bytes < 1024:
+            raise ConfigError(f"--log-max-bytes must be at least 1024, got {args.log_max_bytes}")
+        log_to_file(Path(args.log_file), args.log_max_bytes)
     return run_daemon(cfg)
 
 
@@ -323,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, help="server.port (default: a free port)")
     sp.add_argument("--host", help="server.host (default 127.0.0.1)")
     sp.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host (warns)")
+    sp.add_argument("--log-file", help="write the log (and all output) here, rotated; default: stderr")
+    sp.add_argument(
+        "--log-max-bytes",
+        type=int,
+        default=DEFAULT_LOG_MAX_BYTES,
+        help=f"rotate --log-file past this size, keeping one older file (default {DEFAULT_LOG_MAX_BYTES})",
+    )
     sp = add("lsp", cmd_lsp, "a stdio language server over the shared daemon", "reinf lsp --stdio")
     sp.add_argument("--stdio", action="store_true")
     sp = add("status", cmd_status, "model, adapter, ratings and training state", "reinf status")
@@ -382,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ReinfError as exc:
         print(f"reinf: {exc}", file=sys.stderr)
+        if getattr(exc, "detail", ""):
+            print(exc.detail, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

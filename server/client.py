@@ -23,7 +23,12 @@ class ReinfError(Exception):
 
 
 class DaemonUnavailable(ReinfError):
-    """No daemon answers, and none could be started."""
+    """No daemon answers, and none could be started. The message is one line that a page or a notebook may
+    show; `detail` (the end of the daemon's log, for a terminal) is kept apart from it."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class RpcError(ReinfError):
@@ -69,7 +74,7 @@ def start_daemon(home: Path, timeout: float = 300.0, env: dict[str, str] | None 
         raise DaemonUnavailable(f"cannot open {log_path} for the daemon's log: {exc.strerror}") from exc
     with os.fdopen(fd, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "reinf", "serve"],
+            [sys.executable, "-m", "reinf", "serve", "--log-file", str(log_path)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -83,8 +88,12 @@ def start_daemon(home: Path, timeout: float = 300.0, env: dict[str, str] | None 
             return info
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace")[-2000:]
+            # `reinf serve` says what stopped it in one line that starts "reinf: "; a traceback stays in the log
+            said = [ln[len("reinf: ") :] for ln in tail.splitlines() if ln.startswith("reinf: ")]
+            why = f": {said[-1]}" if said else "; its log, daemon.log in REINF_HOME, says why"
             raise DaemonUnavailable(
-                f"reinf serve exited with code {proc.returncode}; log {log_path}:\n{tail}"
+                f"reinf serve exited with code {proc.returncode}{why}",
+                detail=f"the end of {log_path}:\n{tail}",
             )
         time.sleep(0.2)
     raise DaemonUnavailable(f"reinf serve did not answer within {timeout:.0f} s; see {log_path}")

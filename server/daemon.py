@@ -79,19 +79,59 @@ class _DropAnsweredErrors(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, JsonRpcException):
             return False
-        return not (isinstance(record.msg, str) and record.msg.startswith("Unable to deserialize message"))
+        if isinstance(record.msg, str) and record.msg.startswith(_CLIENT_ECHOES):
+            return False
+        # what pygls quotes in the rest (method names, ids, params) came from a client: its size, not its text
+        if record.args:
+            args = record.args if isinstance(record.args, tuple) else (record.args,)
+            record.args = tuple(a if isinstance(a, (int, float)) else _described(a) for a in args)
+        if isinstance(record.msg, str) and len(record.msg) > 500:
+            record.msg = record.msg[:500] + f"... ({len(record.msg)} characters)"
+        return True
+
+
+# pygls messages that only echo what a client sent (an unknown method or id, a body it could not parse): the
+# client was answered, or it was a notification that needs none, and the echo grew the log by its size.
+_CLIENT_ECHOES = (
+    "Unable to deserialize message",
+    "Failed to handle request %r, unknown method",
+    "Ignoring notification for unknown method",
+    "Cancel notification for unknown message id",
+    "Received response to unknown message id",
+    "Unknown message",
+)
+
+
+def _described(value: Any) -> str:
+    return f"<{len(value)} characters>" if isinstance(value, str) else f"<{type(value).__name__}>"
 
 
 def quiet_pygls(level: str) -> None:
     """Keep user text and the token out of the daemon's log.
 
     At INFO, pygls logs every message it sends (chat text, history) and the initialize params with the
-    token. Those stay off unless the daemon runs at DEBUG."""
-    if logging.getLevelName(level) != logging.DEBUG:
-        logging.getLogger("pygls").setLevel(logging.WARNING)
-    rpc = logging.getLogger("pygls.protocol.json_rpc")
-    if not any(isinstance(f, _DropAnsweredErrors) for f in rpc.filters):
-        rpc.addFilter(_DropAnsweredErrors())
+    token; at WARNING it quotes what clients sent (unknown methods, ids, params), which any client can grow
+    without bound. Those stay off unless the daemon runs at DEBUG."""
+    if logging.getLevelName(level) == logging.DEBUG:
+        return  # asked for: payloads, and what clients sent, in full
+    logging.getLogger("pygls").setLevel(logging.WARNING)
+    for name in _PYGLS_LOGGERS:
+        rpc = logging.getLogger(name)
+        if not any(isinstance(f, _DropAnsweredErrors) for f in rpc.filters):
+            rpc.addFilter(_DropAnsweredErrors())
+
+
+# a logger's filter sees only the records logged to it, not its children's
+_PYGLS_LOGGERS = (
+    "pygls.protocol.json_rpc",
+    "pygls.protocol.language_server",
+    "pygls.server",
+    "pygls.io_",
+    "pygls.workspace.workspace",
+    "pygls.workspace.text_document",
+    "pygls.capabilities",
+    "pygls.feature_manager",
+)
 
 
 class Daemon:

@@ -166,8 +166,9 @@ def build_server(backend: Backend) -> LanguageServer:
     def feedback(params: Any) -> None:
         try:
             backend.feedback(params)
-        except JsonRpcException as exc:  # a notification has no answer: log the refusal
-            log.warning("reinf/feedback refused: %s", exc)
+        except JsonRpcException as exc:  # a notification has no answer: log the refusal, not what was refused
+            log.warning("a reinf/feedback notification was refused for a bad parameter; nothing was stored")
+            log.debug("reinf/feedback refused: %s", exc)
 
     simple = {
         "reinf/status": lambda params: backend.status(),

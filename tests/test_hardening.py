@@ -9,12 +9,13 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 import reinf.client as client_module
-from reinf.client import Client, DaemonUnavailable
+from reinf.client import Client, DaemonUnavailable, RpcError
 from reinf.config import ConfigError, load_config
 from reinf.paths import write_json
 
@@ -319,3 +320,85 @@ def test_reinf_serve_says_what_is_wrong_with_the_config_without_a_traceback(
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr and expected in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+# -- logs ------------------------------------------------------------------------------------------------
+
+
+def test_refused_messages_leave_no_user_text_in_the_log(daemon: DaemonProcess) -> None:
+    """Unknown ids, unknown method names and refused feedback were logged with their values: five messages
+    added megabytes, and whatever text they carried."""
+    marker = "leak-" + "x" * 200_000
+    before = daemon.log_path.stat().st_size
+    with daemon.client() as c:
+        for method in ("reinf/rate", f"reinf/{marker}", f"x/{marker}"):
+            with pytest.raises(RpcError):
+                c.request(method, {"interaction_id": marker, "stars": 3})
+        for method in (f"reinf/{marker}", f"x/{marker}", "reinf/feedback", "$/cancelRequest"):
+            c.notify(method, {"interaction_id": marker, "event": marker, "id": marker})
+        c.notify(
+            "reinf/feedback", {"interaction_id": "0" * 32, "event": "accepted", "accepted_chars": marker}
+        )
+        c.notify(
+            "textDocument/didChange",
+            {
+                "textDocument": {"uri": f"file:///{marker}", "version": 2},
+                "contentChanges": [{"text": marker}],
+            },
+        )
+        c.notify("textDocument/didClose", {"textDocument": {"uri": f"file:///{marker}"}})
+        c.status()  # every notification before it has been handled
+    grown = daemon.log_path.read_bytes()[before:]
+    assert b"leak-xxxx" not in grown, grown[:2000]
+    assert len(grown) < 8_000, f"ten refused messages added {len(grown)} bytes to the log: {grown[:2000]!r}"
+
+
+def test_the_log_file_is_rotated_past_its_cap(tmp_path: Path) -> None:
+    """The log grew without bound; now daemon.log is moved to daemon.log.1 past --log-max-bytes."""
+    home = _home(tmp_path)
+    log = home / "daemon.log"
+    cap = 16_384
+    d = DaemonProcess(home, daemon_env(home))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reinf", "serve", "--log-file", str(log), "--log-max-bytes", str(cap)],
+        env=d.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    d.proc = proc
+    try:
+        deadline = time.monotonic() + 180
+        while not (home / "daemon.json").exists():
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the daemon did not start"
+            time.sleep(0.1)
+        with Client.connect(home, start=False) as c:
+            for _ in range(600):  # each is one line of the log: a refused notification
+                c.notify("reinf/feedback", {"interaction_id": "0" * 32, "event": "nope"})
+            c.status()
+        sizes = [p.stat().st_size for p in (log, log.with_name("daemon.log.1"))]
+        assert log.with_name("daemon.log.1").exists(), f"never rotated: {sizes}"
+        assert all(size <= cap + 4096 for size in sizes), sizes
+        assert not log.with_name("daemon.log.2").exists()
+        assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    finally:
+        d.stop()
+
+
+def test_a_daemon_that_cannot_start_is_one_clear_line_not_its_log(tmp_path: Path) -> None:
+    """The Jupyter proxy's 503 carried this message: it was the log's tail, with paths (and a traceback when
+    there was one). Now it is one line saying why; the tail stays in `detail`, for a terminal."""
+    home = _home(tmp_path)
+    (home / "config.toml").write_text("[server]\nport = 70000\n")
+    env = {**daemon_env(home)}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        with pytest.raises(DaemonUnavailable) as caught:
+            Client.connect(home, start=True, start_timeout=120)
+    message = str(caught.value)
+    assert "\n" not in message and "Traceback" not in message and str(home) not in message, message
+    assert message.startswith("reinf serve exited with code 2: config error: server.port must be"), message
+    assert "server.port" in caught.value.detail
