@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .config import Config
-from .paths import private_dir, write_json
+from .paths import export_problem, private_dir, write_json
 from .redact import redact, redact_obj, secrets_at_cursor, secrets_in
 from .store import Store, UnknownInteraction
 from .validate import InvalidParams, Params
@@ -438,7 +438,11 @@ class Backend:
         if not path.name or path.is_dir():
             raise InvalidParams(f"reinf/export: path {str(path)!r} is a folder; give the name of a file")
         self.flush()
-        return {"path": str(path), "rows": self.store.export(path, fmt)}
+        try:
+            rows = self.store.export(path, fmt)
+        except OSError as exc:
+            raise export_problem(path, exc) from None
+        return {"path": str(path), "rows": rows}
 
     def forget(self, params: Any) -> dict[str, Any]:
         p = Params(params, "reinf/forget", self.cfg.server.max_field_bytes, {"before", "keep_adapters"})

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 from pathlib import Path
@@ -231,7 +232,8 @@ class Daemon:
                     msg_id = data.get("id") if isinstance(data, dict) else None
                     writer.write(_error(msg_id, -32600, "Invalid request: expected a JSON-RPC 2.0 object"))
                     continue
-                if protocol is None:
+                # a second initialize must carry the token too: the connection is refused and closed otherwise
+                if protocol is None or data.get("method") == "initialize":
                     if not self._check_token(data):
                         writer.write(
                             _error(
@@ -243,6 +245,7 @@ class Daemon:
                         )
                         await writer.drain()
                         break
+                if protocol is None:
                     protocol = build_server(self.backend).protocol
                     protocol.set_writer(_Writer(writer))
                     notifier = _Notifier(protocol)
@@ -405,6 +408,8 @@ def run_daemon(cfg: Config) -> int:
             f"a reinf daemon is already running for {cfg.home} (pid {info.get('pid')}, "
             f"port {info.get('port')}); stop it first or use another REINF_HOME"
         )
+    # what a write killed midway left in the staging folder (an export) is not a result of anything
+    shutil.rmtree(cfg.home / "tmp", ignore_errors=True)
     daemon = Daemon(cfg)
     try:
         asyncio.run(daemon.serve())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -128,3 +129,71 @@ def read_private_file(path: Path, what: str) -> bytes | None:
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON privately and atomically."""
     write_private(path, json.dumps(obj, indent=2, sort_keys=True))
+
+
+def staging_dir(home: Path) -> Path:
+    """A fresh private folder under `$REINF_HOME/tmp`, which the daemon empties at start-up: what a process
+    killed mid-write leaves there is removed then, never seen as a result."""
+    return Path(tempfile.mkdtemp(dir=private_dir(home / "tmp")))
+
+
+def open_unnamed(folder: Path) -> tuple[int, Path | None]:
+    """A new, empty 0600 file in `folder` for `publish_unnamed`: unnamed (O_TMPFILE) where the file system
+    allows, so a process killed before it is published leaves nothing; else a random name made exclusively.
+    Raises OSError as opening would (permission denied, read-only, no such folder)."""
+    try:
+        return os.open(folder, os.O_TMPFILE | os.O_WRONLY, 0o600), None
+    except (AttributeError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise
+    fd, name = tempfile.mkstemp(prefix=".reinf-", suffix=".tmp", dir=folder)
+    return fd, Path(name)
+
+
+def publish_unnamed(fd: int, named: Path | None, src: Path, out: Path) -> None:
+    """Copy `src` into the file from `open_unnamed`, fsync it, and put it at `out` in one rename (which
+    replaces a link there rather than writing through it)."""
+    _copy_synced(src, fd)
+    if named is None:
+        named = out.with_name(f".{out.name}.{os.urandom(8).hex()}.tmp")
+        try:
+            os.link(f"/proc/self/fd/{fd}", named, follow_symlinks=True)
+        except OSError:  # a file system that cannot name an unnamed file (overlayfs): a named one, then
+            fd2, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+            named = Path(name)
+            try:
+                _copy_synced(src, fd2)
+            except BaseException:
+                named.unlink(missing_ok=True)
+                raise
+            finally:
+                os.close(fd2)
+    try:
+        os.replace(named, out)
+    except BaseException:
+        named.unlink(missing_ok=True)
+        raise
+
+
+def _copy_synced(src: Path, fd: int) -> None:
+    with open(src, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+    os.fsync(fd)
+
+
+def export_problem(out: Path, exc: OSError) -> Exception:
+    """The protocol error for an export that could not be written: -32602 naming the path when another path
+    would do (permission denied, read-only, no such folder), -32603 when the disk is full."""
+    from pygls.exceptions import JsonRpcInternalError
+
+    from .validate import InvalidParams
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return JsonRpcInternalError(
+            f"reinf/export: could not write {str(out)!r}: no space left on the disk that holds "
+            f"{exc.filename or out.parent}; nothing was written there; free some space and export again"
+        )
+    return InvalidParams(f"reinf/export: path: cannot write {str(out)!r}: {exc.strerror or exc}")

@@ -201,8 +201,10 @@ class Scheduler:
 
     def _trainer_config(self, run_id: int) -> dict[str, Any]:
         active = self.store.active_adapter()
+        config = self.cfg.to_dict()
+        config["store"] = {**config["store"], "encryption_key": ""}  # the trainer never opens the database
         return {
-            **self.cfg.to_dict(),
+            **config,
             "run_id": run_id,
             "base_model_path": str(self._base_model_path()),
             "active_adapter": {"version": active["version"], "path": active["path"]} if active else None,

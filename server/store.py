@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import bisect
+import errno
 import json
 import os
+import shutil
 import threading
 import uuid
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from typing import Any
 import duckdb
 
 from .migrations import migrate
+from .paths import open_unnamed, publish_unnamed, staging_dir
 
 
 class StoreError(RuntimeError):
@@ -319,16 +322,30 @@ class Store:
         """
         if fmt not in ("parquet", "jsonl"):
             raise StoreError(f"export format must be parquet or jsonl, got {fmt!r}")
-        tmp = out.with_name(f".{out.name}.tmp")
-        with self._lock:
-            n = self._con.execute(f"SELECT count(*) FROM ({query})").fetchone()[0]
-            opts = "(FORMAT parquet)" if fmt == "parquet" else "(FORMAT json)"
-            old = os.umask(0o077)
-            try:
-                self._con.execute(f"COPY ({query}) TO '{_sql_path(tmp)}' {opts}")
-            finally:
-                os.umask(old)
-        os.replace(tmp, out)
+        # DuckDB writes into a private staging folder of the home; the result is copied into an unnamed file
+        # next to `out` and renamed into place. Killed at any point, no half export is left at `out`'s folder,
+        # and a path that cannot be written is found before any work (OSError, for the caller to name).
+        fd, named = open_unnamed(out.parent)
+        staging = staging_dir(self.path.parent)
+        try:
+            tmp = staging / f"export.{fmt}"
+            with self._lock:
+                n = self._con.execute(f"SELECT count(*) FROM ({query})").fetchone()[0]
+                opts = "(FORMAT parquet)" if fmt == "parquet" else "(FORMAT json)"
+                try:
+                    self._con.execute(f"COPY ({query}) TO '{_sql_path(tmp)}' {opts}")
+                except duckdb.IOException as exc:  # the home's disk: full, most likely
+                    raise OSError(
+                        errno.ENOSPC if "space" in str(exc) else errno.EIO, str(exc), str(tmp)
+                    ) from None
+            publish_unnamed(fd, named, tmp, out)
+        except BaseException:
+            if named is not None:
+                named.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)
+            shutil.rmtree(staging, ignore_errors=True)
         return int(n)
 
     def forget(self, before: datetime) -> int:

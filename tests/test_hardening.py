@@ -18,6 +18,7 @@ import reinf.client as client_module
 from reinf.client import Client, DaemonUnavailable, RpcError
 from reinf.config import ConfigError, load_config
 from reinf.paths import write_json
+from reinf.store import Store
 
 from .daemon_proc import DaemonProcess, daemon_env
 from .test_redact import CASES
@@ -113,6 +114,7 @@ def test_the_client_name_is_redacted(daemon: DaemonProcess) -> None:
 
 # -- files planted in a home that was once writable ---------------------------------------------------------
 
+LONG = bool(os.environ.get("REINF_LONG"))
 PLANTED = "[model]\ntrust_remote_code = true\n[server]\nredact_secrets = false\n"
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
 
@@ -402,3 +404,125 @@ def test_a_daemon_that_cannot_start_is_one_clear_line_not_its_log(tmp_path: Path
     assert "\n" not in message and "Traceback" not in message and str(home) not in message, message
     assert message.startswith("reinf serve exited with code 2: config error: server.port must be"), message
     assert "server.port" in caught.value.detail
+
+
+# -- smaller: exports, the trainer's config, a second initialize ------------------------------------------
+
+
+def _no_traceback_since(daemon: DaemonProcess, offset: int) -> None:
+    grown = daemon.log_path.read_bytes()[offset:]
+    assert b"Traceback" not in grown, grown.decode(errors="replace")[-3000:]
+
+
+@pytest.mark.parametrize("where", ["/proc/reinf-export.jsonl", "/sys/reinf-export.jsonl"])
+def test_an_export_to_a_place_that_cannot_be_written_is_a_clear_error(
+    daemon: DaemonProcess, where: str
+) -> None:
+    offset = daemon.log_path.stat().st_size
+    with daemon.client() as c, pytest.raises(RpcError) as caught:
+        c.request("reinf/export", {"format": "jsonl", "path": where})
+    assert caught.value.code == -32602, caught.value
+    assert caught.value.message.startswith(f"reinf/export: path: cannot write '{where}'"), (
+        caught.value.message
+    )
+    _no_traceback_since(daemon, offset)
+
+
+@root_only
+def test_an_export_to_a_full_disk_is_a_clear_error_and_leaves_nothing(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    full = tmp_path / "full"
+    full.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], capture_output=True
+    ).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        with daemon.client() as c:
+            c.chat("something to export " + "x" * 200_000, max_tokens=2)
+            with open(full / "filler", "wb", buffering=0) as fh:
+                try:
+                    while True:
+                        fh.write(b"\0" * 4096)
+                except OSError:
+                    pass
+            offset = daemon.log_path.stat().st_size
+            with pytest.raises(RpcError) as caught:
+                c.request("reinf/export", {"format": "jsonl", "path": str(full / "out.jsonl")})
+        assert caught.value.code == -32603, caught.value
+        assert "no space left on the disk" in caught.value.message, caught.value.message
+        assert sorted(p.name for p in full.iterdir()) == ["filler"]  # no half export, no temp file
+        _no_traceback_since(daemon, offset)
+    finally:
+        subprocess.run(["umount", "-l", str(full)], capture_output=True)
+
+
+@pytest.mark.skipif(not LONG, reason="about two minutes: in make test-long")
+def test_a_killed_export_leaves_no_file_behind(tmp_path: Path) -> None:
+    """kill -9 of the daemon in the middle of an export left `.out.jsonl.tmp` next to the export's path."""
+    home = _home(tmp_path)
+    store = Store(home / "reinf.duckdb")
+    text = "y" * 20_000
+    for _ in range(3000):
+        store.add_interaction(kind="chat", client="t", model="m", adapter_version=0, prompt=text,
+                              context={}, response=text, finish_reason="stop", timings={})  # fmt: skip
+    store.close()
+    out_dir = tmp_path / "exports"
+    out_dir.mkdir()
+    d = DaemonProcess(home, daemon_env(home)).start()
+    try:
+        c = d.client()
+        c.request_async("reinf/export", {"format": "jsonl", "path": str(out_dir / "out.jsonl")})
+        deadline = time.monotonic() + 60
+        while not (list(out_dir.iterdir()) or list(home.glob("tmp/*/*"))):  # until it is writing
+            assert time.monotonic() < deadline, "the export never started"
+            time.sleep(0.001)
+        d.kill9()
+    finally:
+        d.stop()
+    assert list(out_dir.iterdir()) == [], "a killed export left a file"
+    d.start()  # and the staging folder in the home is emptied at start-up
+    try:
+        assert not list(home.glob("tmp/*"))
+    finally:
+        d.stop()
+
+
+def test_the_trainers_config_never_holds_the_encryption_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from .test_scheduler import Harness
+
+    monkeypatch.setenv("FAKE_MODE", "publish")
+    h = Harness(tmp_path)
+    h.cfg.store.encryption_key = "the-encryption-key-42"
+    h.sched.start()
+    try:
+        run = h.wait(h.sched.retrain())
+        config = (h.cfg.home / "runs" / str(run["run_id"]) / "config.json").read_text()
+        assert json.loads(config)["run_id"] == run["run_id"]
+        assert "the-encryption-key-42" not in config
+    finally:
+        h.sched.close()
+        h.store.close()
+
+
+def test_a_second_initialize_with_a_wrong_token_is_refused(daemon: DaemonProcess) -> None:
+    """An authenticated connection took a second initialize whatever its token."""
+    with daemon.client() as c:
+        with pytest.raises(RpcError) as caught:
+            c.request(
+                "initialize",
+                {"processId": None, "capabilities": {}, "initializationOptions": {"token": "wrong"}},
+            )
+        assert caught.value.code == -32001, caught.value
+        assert c.closed or _refused_after(c)
+
+
+def _refused_after(c: Client) -> bool:
+    """The connection is closed by the daemon after the refusal."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not c.closed:
+        time.sleep(0.05)
+    return c.closed
