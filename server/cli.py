@@ -83,6 +83,15 @@ def cmd_lsp(args: argparse.Namespace) -> int:
     info = daemon_alive(home) or start_daemon(home)
     info = info or read_daemon_info(home)
     sock = socket.create_connection(("127.0.0.1", int(info["port"])))
+    from .liveness import NotTheDaemon, prove
+
+    try:  # before the editor's initialize carries the token there
+        prove(sock, info["token"])
+    except NotTheDaemon as exc:
+        print(
+            f"reinf lsp: the process on port {info['port']} is not the reinf daemon: {exc}", file=sys.stderr
+        )
+        return 1
 
     def forward(body: bytes) -> None:
         try:

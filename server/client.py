@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .liveness import NotTheDaemon, is_reinf_daemon, prove
 from .paths import UnsafePath, check_home, private_dir, read_private_file, reinf_home
 
 
@@ -114,6 +115,15 @@ class Client:
         self, host: str, port: int, token: str, *, client_name: str = "python", timeout: float = 10.0
     ):
         self._sock = socket.create_connection((host, port), timeout=timeout)
+        try:  # before the token goes out: a process squatting a dead daemon's port must not receive it
+            prove(self._sock, token, timeout=timeout)
+        except NotTheDaemon as exc:
+            self._sock.close()
+            raise DaemonUnavailable(
+                f"whatever listens on 127.0.0.1:{port} is not the reinf daemon that daemon.json names: {exc}; "
+                "the token was not sent. If a reinf daemon was restarted, connect again; otherwise stop that "
+                "process, then start `reinf serve`"
+            ) from None
         self._sock.settimeout(None)
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._send_lock = threading.Lock()
@@ -151,10 +161,16 @@ class Client:
         """Connect to the daemon of `home` (default REINF_HOME), starting one if none answers and `start`."""
         home = Path(home) if home is not None else reinf_home()
         info = read_daemon_info(home)
-        if not (info and _answers(info)):
+        # a daemon.json left by a daemon that died (kill -9) names a port that anyone may hold now
+        if not (info and is_reinf_daemon(info.get("pid")) and _answers(info)):
             if not start:
+                stale = (
+                    f" (daemon.json names pid {info.get('pid')}, which is not a running reinf daemon)"
+                    if info
+                    else ""
+                )
                 raise DaemonUnavailable(
-                    f"no reinf daemon is running for {home}; start one with `reinf serve` (or `make run`)"
+                    f"no reinf daemon is running for {home}{stale}; start one with `reinf serve` (or `make run`)"
                 )
             info = start_daemon(home, timeout=start_timeout)
         try:

@@ -26,6 +26,7 @@ from pygls.protocol.json_rpc import JsonRPCNotification, JsonRPCRequestMessage
 from .backend import Backend
 from .config import Config
 from .features import build_server
+from .liveness import CHALLENGE, challenge_proof, is_reinf_daemon
 from .paths import UnsafePath, check_home, private_dir, read_private_file, write_json, write_private
 
 log = logging.getLogger("reinf.daemon")
@@ -232,6 +233,10 @@ class Daemon:
                     msg_id = data.get("id") if isinstance(data, dict) else None
                     writer.write(_error(msg_id, -32600, "Invalid request: expected a JSON-RPC 2.0 object"))
                     continue
+                if protocol is None and data.get("method") == CHALLENGE:
+                    writer.write(self._answer_challenge(data))
+                    await writer.drain()
+                    continue
                 # a second initialize must carry the token too: the connection is refused and closed otherwise
                 if protocol is None or data.get("method") == "initialize":
                     if not self._check_token(data):
@@ -302,6 +307,18 @@ class Daemon:
             return None
         return length
 
+    def _answer_challenge(self, data: dict[str, Any]) -> bytes:
+        """Prove to a client that this daemon knows the token, before the client sends it: an impostor on a
+        dead daemon's port would otherwise receive the token and the first prompt."""
+        params = data.get("params")
+        nonce = params.get("nonce") if isinstance(params, dict) else None
+        if "id" not in data or not isinstance(nonce, str) or not 16 <= len(nonce) <= 256:
+            return _error(
+                data.get("id"), -32602, f"{CHALLENGE}: nonce must be a string of 16 to 256 characters"
+            )
+        proof = challenge_proof(self.token, nonce)
+        return _frame({"jsonrpc": "2.0", "id": data["id"], "result": {"proof": proof, "pid": os.getpid()}})
+
     def _check_token(self, data: dict[str, Any]) -> bool:
         if data.get("method") != "initialize" or "id" not in data:
             return False
@@ -359,6 +376,8 @@ def daemon_alive(home: Path) -> dict[str, Any] | None:
     try:
         # one that someone else planted is not a daemon of ours: this daemon writes its own over it
         info = json.loads(read_private_file(home / "daemon.json", "daemon.json") or b"null")
+        if not isinstance(info, dict) or not is_reinf_daemon(info.get("pid")):
+            return None  # a stale daemon.json: whatever holds its port now is not that daemon
         with socket.create_connection(("127.0.0.1", int(info["port"])), timeout=1.0):
             return info
     except (OSError, ValueError, KeyError, TypeError):

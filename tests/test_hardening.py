@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -526,3 +528,103 @@ def _refused_after(c: Client) -> bool:
     while time.monotonic() < deadline and not c.closed:
         time.sleep(0.05)
     return c.closed
+
+
+# -- impostor daemons --------------------------------------------------------------------------------------
+
+
+class Impostor:
+    """Listens on a port and keeps whatever clients send it; answers nothing."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.sock = socket.create_server(("127.0.0.1", port))
+        self.port = self.sock.getsockname()[1]
+        self.received = b""
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.2)
+        while self.sock.fileno() != -1:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
+
+    def _drain(self, conn: socket.socket) -> None:
+        conn.settimeout(3)
+        with conn:
+            try:
+                while chunk := conn.recv(65536):
+                    self.received += chunk
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _daemon_json(home: Path, **info: object) -> None:
+    write_json(home / "daemon.json", {"host": "127.0.0.1", **info})
+
+
+def test_a_stale_daemon_json_sends_nothing_to_whoever_holds_its_port(tmp_path: Path) -> None:
+    """After kill -9 of the daemon, an impostor on its port got the token and the first prompt from the CLI and
+    the Python client. The recorded pid is dead now, so nothing is sent."""
+    home = _home(tmp_path)
+    d = DaemonProcess(home, daemon_env(home)).start()
+    info = d.info
+    d.kill9()
+    impostor = Impostor(info["port"])
+    try:
+        with pytest.raises(DaemonUnavailable, match=r"daemon.json names pid \d+, which is not a running"):
+            Client.connect(home, start=False, timeout=5)
+        r = subprocess.run(
+            [sys.executable, "-m", "reinf", "--no-start", "status"],
+            env=daemon_env(home),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        time.sleep(0.5)
+        assert info["token"].encode() not in impostor.received
+    finally:
+        impostor.close()
+
+
+def test_a_listener_that_cannot_prove_the_token_never_receives_it(
+    tmp_path: Path, daemon: DaemonProcess
+) -> None:
+    """The recorded pid is alive and a reinf daemon (another home's), but the port is an impostor's: the
+    daemon must prove it knows the token (an HMAC of the client's nonce) before the client sends it."""
+    home = _home(tmp_path)
+    impostor = Impostor()
+    token = "the-token-" + "k" * 30
+    _daemon_json(home, port=impostor.port, token=token, pid=daemon.info["pid"])
+    try:
+        with pytest.raises(DaemonUnavailable, match=r"not the reinf daemon that daemon.json names.*not sent"):
+            Client.connect(home, start=False, timeout=3)
+        time.sleep(0.5)
+        assert b"reinf/challenge" in impostor.received  # the control: the client did reach the impostor
+        assert token.encode() not in impostor.received
+    finally:
+        impostor.close()
+
+
+def test_the_real_daemon_proves_it_knows_the_token(daemon: DaemonProcess) -> None:
+    from reinf.liveness import challenge_proof
+
+    with socket.create_connection(("127.0.0.1", daemon.info["port"]), timeout=10) as s:
+        s.sendall(
+            _framed({"jsonrpc": "2.0", "id": 1, "method": "reinf/challenge", "params": {"nonce": "n" * 24}})
+        )
+        answer = json.loads(s.recv(65536).split(b"\r\n\r\n", 1)[1])
+    assert answer["result"]["proof"] == challenge_proof(daemon.info["token"], "n" * 24)
+    with daemon.client() as c:  # and the client, which checks it, still connects
+        assert c.status()["model"]
+
+
+def _framed(obj: dict) -> bytes:
+    body = json.dumps(obj).encode()
+    return b"Content-Length: %d\r\n\r\n" % len(body) + body
