@@ -18,6 +18,7 @@ import {
 } from 'vscode-languageclient/node';
 import { DaemonInfo, parseDaemonInfo, reconnectDelay, resolveHome } from './daemon';
 import { errorText } from './format';
+import { pidIsReinfDaemon, proveDaemon } from './liveness';
 
 export type ConnectionState =
   | { kind: 'connecting'; message: string }
@@ -290,11 +291,23 @@ async function tryConnect(file: string): Promise<{ socket: net.Socket; info: Dae
   } catch (e) {
     return { why: errorText(e) };
   }
+  // A daemon.json left by a daemon that died (kill -9) names a port that anyone may hold now.
+  if (!pidIsReinfDaemon(info.pid)) {
+    return { why: `${file} names pid ${info.pid}, which is not a running reinf daemon` };
+  }
+  let socket: net.Socket;
   try {
-    return { socket: await openSocket(info.port), info };
+    socket = await openSocket(info.port);
   } catch (e) {
     return { why: `nothing answers on 127.0.0.1:${info.port} (${errorText(e)})` };
   }
+  try {
+    await proveDaemon(socket, info.token); // before the token goes out in initialize
+  } catch (e) {
+    socket.destroy();
+    return { why: `what listens on 127.0.0.1:${info.port} is not the reinf daemon: ${errorText(e)}; the token was not sent` };
+  }
+  return { socket, info };
 }
 
 function openSocket(port: number): Promise<net.Socket> {
