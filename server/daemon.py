@@ -34,6 +34,9 @@ log = logging.getLogger("reinf.daemon")
 MAX_HEADER_LINE = 1024
 MAX_HEADERS = 16
 UNAUTHORIZED = -32001
+# Before initialize with the token. VS Code's initialize, the largest a client sends, is about 10 KiB.
+PRE_AUTH_MAX_MESSAGE = 64 * 1024
+MAX_UNAUTHENTICATED = 64
 
 
 class DaemonError(RuntimeError):
@@ -144,6 +147,7 @@ class Daemon:
         self._server: asyncio.base_events.Server | None = None
         self.port: int | None = None
         self.connections = 0
+        self.unauthenticated = 0  # connections open now that have not shown the token
 
     @property
     def info_path(self) -> Path:
@@ -205,12 +209,30 @@ class Daemon:
         # milliseconds of the event loop), and it has server.auth_timeout_s to do so.
         protocol: Any = None
         notifier: _Notifier | None = None
+        # Before the token: one deadline for the whole connection (not per message, or a byte every few
+        # seconds would keep it forever), a small message limit, a cap on such connections, and the
+        # connection dropped when its error answers go unread.
+        timeout = self.cfg.server.auth_timeout_s
+        deadline = asyncio.get_running_loop().time() + timeout
+        self.unauthenticated += 1
+        pending = True
+        if self.unauthenticated > MAX_UNAUTHENTICATED:
+            writer.write(_error(None, UNAUTHORIZED, "Busy: too many connections waiting to authenticate"))
+            writer.close()
+            self.unauthenticated -= 1
+            return
         try:
             while not writer.is_closing():
                 if protocol is None:
-                    timeout = self.cfg.server.auth_timeout_s
+                    if writer.transport.get_write_buffer_size() > PRE_AUTH_MAX_MESSAGE:
+                        break  # it sends and never reads: its answers would pile up in memory
+                    left = deadline - asyncio.get_running_loop().time()
                     try:
-                        body = await asyncio.wait_for(self._read_body(reader, writer), timeout)
+                        if left <= 0:
+                            raise asyncio.TimeoutError
+                        body = await asyncio.wait_for(
+                            self._read_body(reader, writer, PRE_AUTH_MAX_MESSAGE), left
+                        )
                     except asyncio.TimeoutError:
                         writer.write(
                             _error(
@@ -251,6 +273,8 @@ class Daemon:
                         await writer.drain()
                         break
                 if protocol is None:
+                    self.unauthenticated -= 1
+                    pending = False
                     protocol = build_server(self.backend).protocol
                     protocol.set_writer(_Writer(writer))
                     notifier = _Notifier(protocol)
@@ -260,17 +284,23 @@ class Daemon:
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, ValueError):
             pass
         finally:
+            if pending:
+                self.unauthenticated -= 1
             if notifier is not None:
                 self.backend.detach(notifier)
             for future in list(getattr(protocol, "_request_futures", {}).values()):
                 future.cancel()  # a vanished client stops its generations
             writer.close()
 
-    async def _read_body(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes | None:
-        length = await self._read_headers(reader, writer)
+    async def _read_body(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int | None = None
+    ) -> bytes | None:
+        length = await self._read_headers(reader, writer, limit)
         return None if length is None else await reader.readexactly(length)
 
-    async def _read_headers(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int | None:
+    async def _read_headers(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int | None = None
+    ) -> int | None:
         """Read one header block; returns the content length, or None to close the connection."""
         length = None
         for _ in range(MAX_HEADERS):
@@ -294,6 +324,11 @@ class Daemon:
             return None
         if length is None or length < 0:
             writer.write(_error(None, -32700, "Parse error: missing Content-Length"))
+            return None
+        if limit is not None and length > limit:
+            writer.write(
+                _error(None, -32600, f"Request too large before initialize: {length} bytes, over {limit}")
+            )
             return None
         if length > self.cfg.server.max_message_bytes:
             writer.write(

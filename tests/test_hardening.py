@@ -4,6 +4,7 @@ SECURITY.md says what each measure covers; each test here failed before its meas
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import reinf.client as client_module
+import reinf.daemon as daemon_module
 from reinf.client import Client, DaemonUnavailable, RpcError
 from reinf.config import ConfigError, load_config
 from reinf.paths import write_json
@@ -628,3 +630,91 @@ def test_the_real_daemon_proves_it_knows_the_token(daemon: DaemonProcess) -> Non
 def _framed(obj: dict) -> bytes:
     body = json.dumps(obj).encode()
     return b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+# -- pre-auth floods ---------------------------------------------------------------------------------------
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_unauthenticated_sockets_cannot_make_the_daemon_hold_their_bodies(daemon: DaemonProcess) -> None:
+    """Bodies up to 4 MiB were buffered before the token check: 400 sockets took the daemon to 2.1 GB."""
+    port, pid = daemon.info["port"], daemon.info["pid"]
+    before = _rss(pid)
+    socks = []
+    try:
+        for _ in range(40):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(b"Content-Length: 4000000\r\n\r\n")
+            try:
+                s.sendall(b"{" + b" " * (1 << 20))
+            except OSError:
+                pass  # refused and closed already
+            socks.append(s)
+        time.sleep(1)
+        grown = _rss(pid) - before
+        assert grown < 16 << 20, (
+            f"40 unauthenticated sockets of 1 MiB each grew the daemon by {grown >> 20} MiB"
+        )
+        answer = socks[-1].recv(4096)
+        assert b"too large before initialize" in answer, answer
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_the_auth_timeout_is_one_deadline_for_the_connection(tmp_path: Path) -> None:
+    """It restarted on every message, so a message every few seconds kept a socket open for ever."""
+    from .test_security import _daemon_in_process, _serve_connections
+
+    d = _daemon_in_process(tmp_path, auth_timeout_s=0.5)
+
+    async def body(port: int) -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        sent, got = 0, b""
+        while sent < 15 and not reader.at_eof():  # 3 s of messages, six times the timeout
+            try:
+                writer.write(b"Content-Length: 1\r\n\r\n{")
+                await writer.drain()
+            except ConnectionError:
+                break
+            sent += 1
+            await asyncio.sleep(0.2)
+            try:
+                got += await asyncio.wait_for(reader.read(65536), 0.01)
+            except (asyncio.TimeoutError, ConnectionError):
+                pass
+        try:
+            got += await asyncio.wait_for(reader.read(), 10)
+        except ConnectionError:
+            pass
+        writer.close()
+        assert b"within 0.5 s" in got, got[-300:]
+        return sent
+
+    assert _serve_connections(d, body) < 15
+
+
+def test_unauthenticated_connections_are_capped(tmp_path: Path) -> None:
+    from .test_security import _daemon_in_process, _serve_connections
+
+    d = _daemon_in_process(tmp_path, auth_timeout_s=5)
+
+    async def body(port: int) -> int:
+        conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(80)]
+        busy = 0
+        for reader, _ in conns:
+            try:
+                busy += b"too many connections" in await asyncio.wait_for(reader.read(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+        for _, writer in conns:
+            writer.close()
+        return busy
+
+    assert _serve_connections(d, body) == 80 - daemon_module.MAX_UNAUTHENTICATED
