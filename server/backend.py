@@ -157,7 +157,7 @@ class Backend:
         max_tokens = p.int("max_tokens", 1, 4096) or self.cfg.model.chat_max_new_tokens
         temperature = p.float("temperature", 0.0, 2.0)
         if temperature is None:
-            temperature = self.cfg.model.temperature
+            temperature = self.cfg.model.chat_temperature
         full = _with_context(messages, context)
         # The interaction id is known up front so that streamed deltas can carry it.
         iid = uuid.uuid4().hex
