@@ -50,7 +50,8 @@ TASKS = [
 PROMPTS = [f"Write a Python function that {t}." for t in TASKS]
 
 _FILLER = {"a", "an", "the", "of", "to", "in", "by", "with", "for", "and", "is", "what", "how", "do", "i", "can",
-           "write", "python", "function", "that", "whether", "given", "two", "every", "all", "my"}  # fmt: skip
+           "write", "python", "function", "that", "whether", "given", "two", "every", "all", "my", "def", "class",
+           "import", "return", "self"}  # fmt: skip
 
 
 def content_words(text: str) -> set[str]:
@@ -77,7 +78,17 @@ def _replay() -> list[str]:
 
 # A quarter of the requests measure satisfaction and are never rated, so never trained on; except those near a
 # general prompt the trainer replays, or near another request: they are rated instead.
-_candidates = PROMPTS[3::4]
-_rest = [p for i, p in enumerate(PROMPTS) if i % 4 != 3]
-HELD_OUT = [p for p in _candidates if not any(near(p, q) for q in _replay() + _rest)]
+def _held_out(candidates: list[str]) -> list[str]:
+    """The candidates that are near no replayed prompt and no rated one (a candidate moved to the rated ones can
+    make another near, so until nothing moves)."""
+    held = list(candidates)
+    while True:
+        rated = [p for p in PROMPTS if p not in held]
+        keep = [p for p in held if not any(near(p, q) for q in _replay() + rated)]
+        if keep == held:
+            return held
+        held = keep
+
+
+HELD_OUT = _held_out(PROMPTS[3::4])
 HELD_IN = [p for p in PROMPTS if p not in HELD_OUT]  # the rater rates answers to these
