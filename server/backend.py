@@ -403,9 +403,10 @@ class Backend:
     # -- training control -------------------------------------------------------------------------
 
     def retrain(self, params: Any) -> dict[str, Any]:
-        Params(params, "reinf/retrain", self.cfg.server.max_field_bytes, set())
+        p = Params(params, "reinf/retrain", self.cfg.server.max_field_bytes, {"fresh_judge"})
+        fresh_judge = p.bool("fresh_judge")
         self.flush()
-        return {"run_id": self.scheduler.retrain("manual")}
+        return {"run_id": self.scheduler.retrain("manual", fresh_judge=fresh_judge)}
 
     def cancel_training(self, params: Any) -> dict[str, Any]:
         Params(params, "reinf/cancelTraining", self.cfg.server.max_field_bytes, set())

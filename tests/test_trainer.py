@@ -322,6 +322,21 @@ def test_new_ratings_that_contradict_the_earlier_ones_train_nothing(tmp_path, mo
     _, m = run(history(0, 20) + history(20, 20))
     assert m["retrained"] and m["contradicted"] is False and m["consistency"]["correlation"] > 0.9
     assert loaded[-1].closed, "the earlier judge must leave the shared base before a new one is made"
+    # A user whose taste really changed asks for a fresh judge: it is trained on everything, unchecked.
+    _, m = reward.load_or_train(
+        folder=tmp_path / "rm",
+        identity={"name": "policy"},
+        min_new_ratings=5,
+        train=history(20, 20, invert=True),
+        heldout=history(40, 4, invert=True),
+        make=lambda: Judge("fresh"),
+        load=lambda f: Judge("old"),
+        fit_kwargs={},
+        contradiction_p=0.01,
+        fresh=True,
+    )
+    assert m["retrained"] and "consistency" not in m and m["reason"] == "a fresh judge was asked for"
+    assert (tmp_path / "rm" / "saved").read_text() == "fresh"
 
 
 def json_watermark(folder: Path) -> int:

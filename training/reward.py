@@ -436,6 +436,7 @@ def load_or_train(
     on_progress: Callable[[float, str], None] | None = None,
     contradiction_p: float = 0.0,
     min_correlation: float = 0.0,
+    fresh: bool = False,
 ) -> tuple[RewardModel, dict[str, Any]]:
     """Reuse the saved reward model while fewer than `min_new_ratings` ratings are newer than it; else retrain.
 
@@ -445,7 +446,8 @@ def load_or_train(
     ratings; a saved judge that fails on today's held-out ratings is retrained. Before retraining, the saved
     judge scores the new ratings (`metrics["consistency"]`); when at least MIN_CONTRADICTION of them contradict
     it with a p-value under `contradiction_p`, nothing is retrained or saved, and `metrics["contradicted"]` is
-    true: the caller must not train the policy on them.
+    true: the caller must not train the policy on them. `fresh` ignores the saved judge: a new one is trained,
+    and replaces it only if it passes.
     """
     watermark = max((e.rating_id for e in [*train, *heldout]), default=0)
     meta: dict[str, Any] = {}
@@ -455,8 +457,8 @@ def load_or_train(
         pass
     newer = [e for e in [*train, *heldout] if e.explicit and e.rating_id > int(meta.get("watermark", -1))]
     new = len(newer)
-    same_kind = bool(meta) and _meta_matches(meta.get("identity", {}), identity)
-    reuse_note = None
+    same_kind = bool(meta) and _meta_matches(meta.get("identity", {}), identity) and not fresh
+    reuse_note = "a fresh judge was asked for" if fresh else None
     if same_kind and new < min_new_ratings:
         try:
             rm = load(folder)

@@ -62,7 +62,7 @@ class Progress:
 def read_run_config(run_dir: Path) -> tuple[Config, dict[str, Any]]:
     """The run's config.json: a `Config` and the extras the daemon adds (run_id, base_model_path, active_adapter)."""
     data = json.loads((run_dir / "config.json").read_text())
-    extras = {k: data.pop(k, None) for k in ("run_id", "base_model_path", "active_adapter")}
+    extras = {k: data.pop(k, None) for k in ("run_id", "base_model_path", "active_adapter", "fresh_judge")}
     return Config.from_dict(data), extras
 
 
@@ -244,6 +244,7 @@ class Run:
             on_progress=lambda f, m: progress("reward_model", f, m),
             contradiction_p=rc.contradiction_p,
             min_correlation=rc.min_holdout_correlation,
+            fresh=bool(self.extras.get("fresh_judge")),
         )
         self.metrics["reward_model"] = rm_metrics
         if rm_metrics.get("contradicted"):
