@@ -203,10 +203,13 @@ class Run:
             "disliked": disliked,
             "off_policy": sum(e.adapter_version != (self.active or {}).get("version", 0) for e in examples),
         }
+        # Rejected here, the run used none of the ratings: the daemon's count towards the next run stays.
+        self.metrics["used_ratings"] = False
         if len(explicit) < MIN_RATINGS:
             raise Rejected(f"too few ratings to train on: {len(explicit)}, need at least {MIN_RATINGS}")
         if liked == 0 or disliked == 0:
             raise Rejected(_one_sided(len(explicit), liked, disliked))
+        self.metrics["used_ratings"] = True
         self.train_ex, self.held_ex = data.split(examples, self.cfg.reward_model.holdout_fraction)
 
     def load(self, progress: Progress) -> None:
