@@ -16,7 +16,7 @@ export function activate(context: vscode.ExtensionContext): void {
   inline.attach(daemon);
   const statusBar = new StatusBar(daemon, out);
   const refresh = () => void statusBar.refresh();
-  const chat = new ChatView(context.extensionUri, daemon, refresh);
+  const chat = new ChatView(context.extensionUri, daemon, refresh, context.workspaceState);
   context.subscriptions.push(
     out,
     inline,

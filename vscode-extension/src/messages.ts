@@ -7,9 +7,9 @@ export interface RatingInput {
   comment?: string;
 }
 
-/** The answer to a rating, shown under the rated item. */
+/** The answer to a rating, shown under the rated item: what was saved, and how many ratings are still to go. */
 export type RatingReply =
-  | { type: 'rated'; interactionId: string; message: string }
+  | { type: 'rated'; interactionId: string; saved: string; until: string }
   | { type: 'rateError'; interactionId: string; message: string };
 
 /** What a chat turn sent along as context, shown in the panel. */
@@ -30,8 +30,20 @@ export type ToChat =
       meta: string;
     }
   | { type: 'error'; turn: number; message: string }
+  | { type: 'restore'; turns: RestoredTurn[] }
   | RatingReply
   | { type: 'cleared' };
+
+/** A finished turn of the thread, redrawn after a window reload. */
+export interface RestoredTurn {
+  turn: number;
+  content: string;
+  context?: SentContext;
+  html: string;
+  interactionId: string;
+  meta: string;
+  error?: string;
+}
 
 export type FromChat =
   | { type: 'ready' }

@@ -3,13 +3,15 @@
 import * as vscode from 'vscode';
 import type { LanguageClient } from 'vscode-languageclient/node';
 import type { ConnectionState, Daemon } from './connection';
-import { errorText, runEndMessage, statusBarText } from './format';
+import { adapterChangedMessage, errorText, percent, runEndMessage, statusBarText } from './format';
 import type { AdapterChanged, StatusResult, TrainingProgress } from './protocol';
 
 export class StatusBar implements vscode.Disposable {
   private readonly item = vscode.window.createStatusBarItem('reinf.status', vscode.StatusBarAlignment.Right, 100);
   private last: StatusResult | undefined;
   private progress: TrainingProgress | undefined;
+  /** Runs already announced, so that each start is said once. */
+  private readonly announced = new Set<string>();
 
   constructor(
     private readonly daemon: Daemon,
@@ -45,29 +47,48 @@ export class StatusBar implements vscode.Disposable {
   }
 
   private listen(client: LanguageClient): void {
-    client.onNotification('reinf/trainingProgress', (p: TrainingProgress) => {
-      this.out.info(`training run ${p.run_id}: ${p.state} ${p.phase ?? ''} ${p.progress ?? ''} ${p.message ?? ''}`);
-      this.progress = p;
-      const end = runEndMessage(p);
-      if (end) {
-        const show = { warning: vscode.window.showWarningMessage, error: vscode.window.showErrorMessage, info: vscode.window.showInformationMessage }[end.level];
-        void show(end.text, 'Show Log').then((pick) => pick && this.out.show(true));
-      }
-      if (p.state !== 'running' && p.state !== 'queued') {
-        void this.refresh();
-      } else {
-        this.draw();
-      }
-    });
+    client.onNotification('reinf/trainingProgress', (p: TrainingProgress) => this.onProgress(p));
     client.onNotification('reinf/adapterChanged', (p: AdapterChanged) => {
-      const why = p.reason ? ` (${p.reason})` : '';
-      const text =
-        p.adapter_version > 0 ? `reinf: adapter v${p.adapter_version} is now live${why}.` : `reinf: back to the base model${why}.`;
+      const text = adapterChangedMessage(p, this.last?.adapter_version);
       this.out.info(text);
       void vscode.window.showInformationMessage(text);
       void this.refresh();
     });
     void this.refresh();
+  }
+
+  private onProgress(p: TrainingProgress): void {
+    this.out.info(`training run ${p.run_id}: ${p.state} ${p.phase ?? ''} ${percent(p.progress)} ${p.message ?? ''}`);
+    this.progress = p;
+    const run = String(p.run_id);
+    if (p.state === 'running' && !this.announced.has(run)) {
+      this.announced.add(run);
+      // A manual run is announced by the command that started it; one the ratings started needs saying.
+      if (p.trigger === 'threshold' && (p.elapsed_s ?? 0) < 30) {
+        void vscode.window
+          .showInformationMessage(
+            'reinf: you have rated enough answers, so training has started in the background. Keep working; the status bar shows how far it has got.',
+            'Cancel Training',
+          )
+          .then((pick) => pick && vscode.commands.executeCommand('reinf.cancelTraining'));
+      }
+    }
+    const end = runEndMessage(p, this.last?.adapter_version);
+    if (end) {
+      const show = { warning: vscode.window.showWarningMessage, error: vscode.window.showErrorMessage, info: vscode.window.showInformationMessage }[end.level];
+      void show(end.text, ...end.actions).then((pick) => {
+        if (pick === 'Show Log') {
+          void vscode.commands.executeCommand('reinf.showLog');
+        } else if (pick === 'Open Review Queue') {
+          void vscode.commands.executeCommand('reinf.openReviewQueue');
+        }
+      });
+    }
+    if (p.state !== 'running' && p.state !== 'queued') {
+      void this.refresh();
+    } else {
+      this.draw();
+    }
   }
 
   private showConnection(s: ConnectionState): void {
