@@ -27,6 +27,11 @@ class Connection:
                 self._client = self._connect()
             return self._client
 
+    @property
+    def connected(self) -> bool:
+        """Whether a live connection is held (the next request then needs no connecting, nor starting)."""
+        return self._client is not None and not _closed(self._client)
+
     def request(
         self,
         method: str,

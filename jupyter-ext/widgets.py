@@ -1,12 +1,48 @@
-"""The rating widget shown under each %%ask answer."""
+"""The rating widget shown under each %%ask answer, and the progress of a training run."""
 
 from __future__ import annotations
 
 import html
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import ipywidgets as widgets
+
+# The trainer's phases, in the words a user reads.
+PHASE_WORDS = {
+    "snapshot": "preparing",
+    "load": "loading the model",
+    "reward_model": "judging your ratings",
+    "ppo": "training",
+    "eval": "checking",
+    "save": "saving",
+}
+
+
+def time_left(seconds: float | None) -> str:
+    """Say "about 40 s left" or "about 3 min left"; empty while no estimate is known."""
+    if seconds is None or seconds < 0:
+        return ""
+    if seconds < 60:
+        return f"about {max(5, round(seconds / 5) * 5)} s left"
+    return (
+        f"about {round(seconds / 60)} min left" if seconds < 5400 else f"about {round(seconds / 3600)} h left"
+    )
+
+
+def describe_training(training: dict[str, Any]) -> str:
+    """`reinf/status`'s training part in words: "run 4: judging your ratings, 12%, about 2 min left"."""
+    if training.get("state") != "running":
+        return str(training.get("state") or "idle")
+    words = [PHASE_WORDS.get(str(training.get("phase")), "training")]
+    if training.get("progress") is not None:
+        words.append(f"{float(training['progress']):.0%}")
+    if time_left(training.get("eta_s")):
+        words.append(time_left(training.get("eta_s")))
+    return f"run {training.get('run_id')}: " + ", ".join(words)
+
 
 STAR_OFF, STAR_ON = "☆", "★"
 
@@ -27,9 +63,14 @@ class RatingWidget(widgets.VBox):
     """Thumbs, 1–5 stars, a comment and a submit button; `rate` sends the `reinf/rate` params."""
 
     def __init__(
-        self, interaction_id: str, rate: Callable[[dict[str, Any]], dict[str, Any]], caption: str = ""
+        self,
+        interaction_id: str,
+        rate: Callable[[dict[str, Any]], dict[str, Any]],
+        caption: str = "",
+        on_stored: Callable[[dict[str, Any]], widgets.Widget | None] | None = None,
     ):
         self.interaction_id = interaction_id
+        self._on_stored = on_stored
         self.thumbs: str | None = None
         self.stars: int | None = None
         self._rate = rate
@@ -115,3 +156,90 @@ class RatingWidget(widgets.VBox):
             self.submit.disabled = False
         self.submit.description = "Update rating"
         self._show(describe_stored(result), ok=True)
+        # A rating that reached the threshold started a run: follow it here, under the answer.
+        extra = self._on_stored(result) if self._on_stored else None
+        if extra is not None:
+            self.children = (*self.children, extra)
+
+
+class TrainingProgress(widgets.VBox):
+    """A training run as it goes: what it is doing, how far, the time left; then published or not, and why.
+
+    A thread asks the daemon for its status every `interval` seconds until the run has ended."""
+
+    FINAL = ("published", "rejected", "failed", "cancelled")
+
+    def __init__(
+        self,
+        run_id: Any,
+        request: Callable[..., dict[str, Any]],
+        *,
+        started_by: str = "",
+        interval: float = 1.0,
+        start: bool = True,
+    ) -> None:
+        self.run_id = run_id
+        self.state = "running"
+        self._request = request
+        self._interval = interval
+        why = f", started by {started_by}" if started_by else ""
+        self.title = widgets.HTML(f"<b>Training run {html.escape(str(run_id))}</b>{html.escape(why)}")
+        self.bar = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, layout=widgets.Layout(width="20em"))
+        self.line = widgets.HTML("starting…")
+        self.line.add_class("reinf-training-status")
+        super().__init__([self.title, widgets.HBox([self.bar, self.line])])
+        self.add_class("reinf-training")
+        self._thread = threading.Thread(target=self._follow, name=f"reinf-run-{run_id}", daemon=True)
+        if start:
+            self._thread.start()
+
+    def _follow(self) -> None:
+        failures = 0
+        while self.state not in self.FINAL:
+            try:
+                self.update(self._request("reinf/status"))
+                failures = 0
+            except Exception as exc:  # shown, and tried again: the daemon may be restarting
+                failures += 1
+                self.line.value = html.escape(f"cannot ask the daemon: {exc}")
+                if failures >= 30:
+                    return
+            if self.state not in self.FINAL:
+                time.sleep(self._interval)
+
+    def update(self, status: dict[str, Any]) -> None:
+        """Redraw from a `reinf/status` result; once the run is no longer the running one, say how it ended."""
+        training = status.get("training") or {}
+        if training.get("state") == "running" and str(training.get("run_id")) == str(self.run_id):
+            self.bar.value = float(training.get("progress") or 0.0)
+            self.line.value = html.escape(describe_training(training).split(": ", 1)[-1])
+            return
+        runs = self._request("reinf/runs", {"limit": 20}).get("runs") or []
+        run = next((r for r in runs if str(r.get("run_id")) == str(self.run_id)), None)
+        if run is None or run.get("state") not in self.FINAL:
+            return  # not started yet, or its end is not recorded yet
+        self.show_end(run, status.get("adapter_version") or 0)
+
+    def show_end(self, run: dict[str, Any], active: int) -> None:
+        state = str(run["state"])
+        stays = f"adapter v{active} stays active" if active else "the base model stays"
+        reasons = (
+            "; ".join(map(str, (run.get("metrics") or {}).get("reasons") or [])) or run.get("error") or ""
+        )
+        if state == "published":
+            text, color = (
+                f"Published: adapter v{run.get('adapter_version')} is live; your next answer uses it.",
+                "success",
+            )
+            self.bar.value = 1.0
+        elif state == "rejected":
+            text = f"Not published{': ' + reasons if reasons else ''}. So {stays}. Rate more answers, then %reinf retrain again."
+            color = "warning"
+        elif state == "failed":
+            text, color = f"Failed{': ' + reasons if reasons else ''}. So {stays}.", "danger"
+        else:
+            text, color = f"Cancelled. So {stays}.", "info"
+        self.bar.bar_style = color
+        self.line.value = html.escape(text)
+        self.add_class(f"reinf-training-{state}")
+        self.state = state

@@ -72,6 +72,12 @@ def start_daemon(home: Path, timeout: float = 300.0, env: dict[str, str] | None 
     raise DaemonUnavailable(f"reinf serve did not answer within {timeout:.0f} s; see {log_path}")
 
 
+def running_daemon(home: Path | None = None) -> dict[str, Any] | None:
+    """The daemon.json of the daemon of `home` (default REINF_HOME) if it answers, else None; starts nothing."""
+    info = read_daemon_info(Path(home) if home is not None else reinf_home())
+    return info if info and _answers(info) else None
+
+
 def _answers(info: dict[str, Any]) -> bool:
     try:
         with socket.create_connection((info.get("host", "127.0.0.1"), int(info["port"])), timeout=1.0):
