@@ -241,7 +241,12 @@ class Backend:
             response=gen.text,
             finish_reason=gen.finish_reason,
             timings=timings,
-            context={"uri": uri, "language": language, "before_cursor": prefix[-400:]},
+            context={
+                "uri": uri,
+                "language": language,
+                "line": prefix.count("\n") + 1,
+                "before_cursor": prefix[-400:],
+            },
             adapter_version=version,
             uncut=[prefix, suffix],
         )

@@ -4,10 +4,10 @@ import { randomUUID } from 'crypto';
 import * as path from 'path';
 import * as vscode from 'vscode';
 import type { Daemon } from './connection';
-import { errorText } from './format';
+import { errorText, untilMessage } from './format';
 import { renderMarkdown } from './markdown';
 import type { FromChat, SentContext, ToChat } from './messages';
-import type { ChatContext, ChatDelta, ChatMessage, ChatResult, RateResult } from './protocol';
+import type { ChatContext, ChatDelta, ChatMessage, ChatResult, RateResult, StatusResult } from './protocol';
 import { submitRating } from './ratings';
 import { fillWebview } from './webviewShell';
 
@@ -68,6 +68,11 @@ export class ChatView implements vscode.WebviewViewProvider {
     this.view = view;
     fillWebview(view.webview, this.extensionUri, { title: 'reinf chat', script: 'chat.js', body: CHAT_BODY });
     view.webview.onDidReceiveMessage((m: FromChat) => this.onMessage(m));
+  }
+
+  /** The daemon's count of ratings to go changed: say it under the newest rating. */
+  statusChanged(s: StatusResult): void {
+    this.post({ type: 'until', text: untilMessage(s) });
   }
 
   /** Tell the panel whether the daemon is there, so it can say so instead of failing on send. */

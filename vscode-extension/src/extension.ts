@@ -5,6 +5,7 @@ import { ChatView } from './chatView';
 import { registerCommands } from './commands';
 import { Daemon } from './connection';
 import { InlineFeedback } from './inline';
+import { ReviewPanel } from './reviewPanel';
 import { StatusBar } from './statusBar';
 
 let daemon: Daemon | undefined;
@@ -25,6 +26,10 @@ export function activate(context: vscode.ExtensionContext): void {
     ...statusBar.attach(),
     vscode.window.registerWebviewViewProvider(ChatView.viewId, chat, { webviewOptions: { retainContextWhenHidden: true } }),
     daemon.onState((s) => chat.setConnection(s.kind === 'connected', s.message)),
+    statusBar.onStatus((s) => {
+      chat.statusChanged(s);
+      ReviewPanel.statusChanged(s);
+    }),
     vscode.workspace.onDidChangeConfiguration((e) => {
       if (e.affectsConfiguration('reinf.home') || e.affectsConfiguration('reinf.serverCommand')) {
         void daemon?.reconnect();

@@ -254,6 +254,35 @@ export function runEndMessage(p: TrainingProgress, active: number | undefined): 
   }
 }
 
+/** "just now", "3 min ago", "2 h ago", "yesterday", "5 days ago", else the date. */
+export function ago(ts: string, now: Date): string {
+  const then = new Date(ts);
+  const s = (now.getTime() - then.getTime()) / 1000;
+  if (!Number.isFinite(s)) {
+    return ts;
+  }
+  if (s < 60) {
+    return 'just now';
+  }
+  if (s < 3600) {
+    return `${Math.floor(s / 60)} min ago`;
+  }
+  if (s < 86400) {
+    return `${Math.floor(s / 3600)} h ago`;
+  }
+  const days = Math.floor(s / 86400);
+  return days === 1 ? 'yesterday' : days < 30 ? `${days} days ago` : then.toISOString().slice(0, 10);
+}
+
+/** Where a completion was asked for: "main.py, line 12". */
+export function whereText(uri: string | null | undefined, line: number | null | undefined): string {
+  if (!uri) {
+    return '';
+  }
+  const name = decodeURIComponent(uri.replace(/[?#].*$/, '').split('/').pop() ?? uri);
+  return typeof line === 'number' ? `${name}, line ${line}` : name;
+}
+
 /** What a stored rating holds, in words: "Saved: thumbs up, 4 stars and your comment." */
 export function savedMessage(r: { thumbs?: string; stars?: number; comment?: string }): string {
   const parts = [
@@ -266,7 +295,7 @@ export function savedMessage(r: { thumbs?: string; stars?: number; comment?: str
 }
 
 /** How many ratings are still to go before training starts by itself. */
-export function untilMessage(r: RateResult): string {
+export function untilMessage(r: Pick<RateResult, 'until_next_training'>): string {
   const n = r.until_next_training;
   return n > 0 ? `${n} more rating${n === 1 ? '' : 's'} until the next training.` : 'Training starts now.';
 }

@@ -31,6 +31,7 @@ export type ToChat =
     }
   | { type: 'error'; turn: number; message: string }
   | { type: 'restore'; turns: RestoredTurn[] }
+  | UntilUpdate
   | RatingReply
   | { type: 'cleared' };
 
@@ -57,14 +58,25 @@ export type FromChat =
 export interface ReviewEntry {
   interactionId: string;
   kind: string;
+  /** When, as "3 min ago", and the time itself for the tooltip. */
+  when: string;
   ts: string;
+  /** For a completion: "main.py, line 12". */
+  where: string;
   prompt: string;
   response: string;
+}
+
+/** The ratings still to go, said again under the newest rating when the count changes elsewhere. */
+export interface UntilUpdate {
+  type: 'until';
+  text: string;
 }
 
 export type ToReview =
   | { type: 'items'; items: ReviewEntry[]; total: number; append: boolean }
   | { type: 'error'; message: string }
+  | UntilUpdate
   | RatingReply;
 
 export type FromReview =

@@ -119,6 +119,9 @@ export interface HistoryItem {
   prompt: string;
   response: string;
   rating?: { thumbs?: Thumbs | null; stars?: number | null; comment?: string | null } | null;
+  /** Where a completion was asked for. */
+  uri?: string | null;
+  line?: number | null;
 }
 
 export interface HistoryResult {

@@ -10,6 +10,11 @@ export class StatusBar implements vscode.Disposable {
   private readonly item = vscode.window.createStatusBarItem('reinf.status', vscode.StatusBarAlignment.Right, 100);
   private last: StatusResult | undefined;
   private progress: TrainingProgress | undefined;
+  private readonly statusEmitter = new vscode.EventEmitter<StatusResult>();
+  /** Fires with each status the daemon reports. */
+  readonly onStatus = this.statusEmitter.event;
+  /** Whether this window was connected once: a daemon started after that is a restart. */
+  private wasConnected = false;
   /** Runs already announced, so that each start is said once. */
   private readonly announced = new Set<string>();
 
@@ -35,6 +40,7 @@ export class StatusBar implements vscode.Disposable {
     try {
       this.last = await this.daemon.request<StatusResult>('reinf/status', {});
       this.draw();
+      this.statusEmitter.fire(this.last);
       return this.last;
     } catch (e) {
       this.out.warn(`reinf/status failed: ${errorText(e)}`);
@@ -44,6 +50,7 @@ export class StatusBar implements vscode.Disposable {
 
   dispose(): void {
     this.item.dispose();
+    this.statusEmitter.dispose();
   }
 
   private listen(client: LanguageClient): void {
@@ -94,19 +101,26 @@ export class StatusBar implements vscode.Disposable {
   private showConnection(s: ConnectionState): void {
     if (s.kind === 'connected') {
       this.item.backgroundColor = undefined;
+      this.item.command = 'reinf.showStatus';
+      this.wasConnected = true;
       this.draw();
       return;
     }
     this.last = undefined;
     this.progress = undefined;
+    // While it is not connected, a click reconnects (and starts the daemon if none answers) at once.
+    this.item.command = 'reinf.reconnect';
     if (s.kind === 'connecting') {
-      this.item.text = '$(loading~spin) reinf: connecting…';
+      const starting = s.message.startsWith('starting the reinf daemon');
+      this.item.text = starting
+        ? `$(loading~spin) reinf: ${this.wasConnected ? 'restarting' : 'starting'} the daemon…`
+        : '$(loading~spin) reinf: connecting…';
       this.item.backgroundColor = undefined;
     } else {
       this.item.text = '$(debug-disconnect) reinf: not connected';
       this.item.backgroundColor = new vscode.ThemeColor('statusBarItem.errorBackground');
     }
-    this.item.tooltip = `${s.message}\nClick for details; "reinf: Show Log" has the full story.`;
+    this.item.tooltip = `${s.message}\nClick to reconnect now; "reinf: Show Log" has the full story.`;
   }
 
   private draw(): void {

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {
   adapterChangedMessage,
+  ago,
   exportDefaultPath,
   insideAny,
   percent,
@@ -16,6 +17,7 @@ import {
   statusReport,
   timeLeft,
   untilMessage,
+  whereText,
 } from '../format';
 import type { StatusResult } from '../protocol';
 
@@ -136,8 +138,8 @@ test('a saved rating is described, so each one is seen to be stored', () => {
   assert.equal(savedMessage({ thumbs: 'up' }), 'Saved: thumbs up.');
   assert.equal(savedMessage({ thumbs: 'up', stars: 4 }), 'Saved: thumbs up and 4 stars.');
   assert.equal(savedMessage({ thumbs: 'down', stars: 1, comment: 'x' }), 'Saved: thumbs down, 1 star and your comment.');
-  assert.equal(untilMessage({ rating_id: 1, ratings_total: 3, until_next_training: 1 }), '1 more rating until the next training.');
-  assert.equal(untilMessage({ rating_id: 1, ratings_total: 3, until_next_training: 0 }), 'Training starts now.');
+  assert.equal(untilMessage({ until_next_training: 1 }), '1 more rating until the next training.');
+  assert.equal(untilMessage({ until_next_training: 0 }), 'Training starts now.');
 });
 
 test('an export goes to the home folder by default, and one inside the workspace is noticed', () => {
@@ -145,4 +147,15 @@ test('an export goes to the home folder by default, and one inside the workspace
   assert.equal(insideAny('/w/proj/x.jsonl', ['/w/proj']), true);
   assert.equal(insideAny('/w/project2/x.jsonl', ['/w/proj']), false);
   assert.equal(insideAny('/home/u/x.jsonl', []), false);
+});
+
+test('the review queue says when as "3 min ago", and where a completion was', () => {
+  const now = new Date('2026-03-04T12:00:00Z');
+  assert.deepEqual(
+    ['2026-03-04T11:59:30Z', '2026-03-04T11:57:00+00:00', '2026-03-04T09:00:00Z', '2026-03-03T10:00:00Z', '2026-02-27T12:00:00Z', '2025-01-01T00:00:00Z'].map((t) => ago(t, now)),
+    ['just now', '3 min ago', '3 h ago', 'yesterday', '5 days ago', '2025-01-01'],
+  );
+  assert.equal(whereText('file:///w/proj/src/main%20app.py', 12), 'main app.py, line 12');
+  assert.equal(whereText('untitled:Untitled-1', undefined), 'untitled:Untitled-1');
+  assert.equal(whereText(null, 3), '');
 });

@@ -1,6 +1,6 @@
 // The chat panel's page. It draws what the extension sends and posts the user's actions back.
 import type { FromChat, SentContext, ToChat } from '../messages';
-import { byId, el, post, ratingWidget, showRatingReply } from './common';
+import { byId, el, post, ratingWidget, showRatingReply, showUntil } from './common';
 
 const log = byId<HTMLDivElement>('log');
 const form = byId<HTMLFormElement>('ask-form');
@@ -141,6 +141,9 @@ window.addEventListener('message', (event: MessageEvent<ToChat>) => {
     case 'rated':
     case 'rateError':
       showRatingReply(m);
+      return;
+    case 'until':
+      showUntil(m.text);
       return;
     case 'cleared':
       log.replaceChildren(el('p', { class: 'empty' }, 'New conversation.'));

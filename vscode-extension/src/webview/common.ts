@@ -180,3 +180,12 @@ export function showRatingReply(reply: RatingReply): HTMLElement | undefined {
   }
   return widget;
 }
+
+/** A new count of ratings to go, from elsewhere (another panel, a training run): it replaces the one shown. */
+export function showUntil(text: string): void {
+  for (const until of document.querySelectorAll<HTMLElement>('.rate-status .until')) {
+    if (until.textContent) {
+      until.textContent = ` ${text}`;
+    }
+  }
+}
