@@ -44,7 +44,7 @@ class AskStopped(KeyboardInterrupt):
     """An interrupted %%ask: one line instead of a traceback. Still an interrupt, so "Run All" stops there."""
 
     def _render_traceback_(self) -> list[str]:
-        return [f"\x1b[0;33mreinf: {self}\x1b[0m"]
+        return [f"reinf: {self}"]
 
 
 def _positive_int(name: str, value: Any) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]  # fmt: skip
 ASK = "%%ask --max-tokens 24 --temperature 0\nWrite a Python function that reverses a string."
+# Long enough to be going still when the interrupt arrives: 4000 tokens take the test model well over 10 s.
+LONG_ASK = "%%ask --max-tokens 4000 --temperature 1\nwrite a long module"
 
 
 def notebook(*cells: str) -> str:
@@ -45,6 +48,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DaemonProc
     daemon = DaemonProcess(work / "home", daemon_env(work / "home"))
     lab = JupyterProcess(work, daemon.env, lab=True)
     (lab.root / "ask.ipynb").write_text(notebook("%load_ext reinf.jupyter", ASK))
+    (lab.root / "train.ipynb").write_text(notebook("%load_ext reinf.jupyter", LONG_ASK, "%reinf retrain"))
     try:
         start_both(daemon, lab)
         yield daemon, lab
@@ -84,19 +88,19 @@ def page(
 
 # The notebook's panel, found by its path: `shell.currentWidget` follows the focus, which may move.
 PANEL = """const panel = Array.from(window.jupyterapp ? window.jupyterapp.shell.widgets("main") : [])
-  .find((w) => w.context && w.context.path === "ask.ipynb");"""
+  .find((w) => w.context && w.context.path === NOTEBOOK);"""
 
 # Resolves once the notebook's kernel is connected and idle: a toolbar that says "idle" is not enough.
 # (Synchronous: wait_for_function takes a returned Promise for a true value.)
-KERNEL_READY = """() => {
+KERNEL_READY = """(NOTEBOOK) => {
   PANEL
   if (!panel || !panel.sessionContext.isReady) return false;
   const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
   return !!kernel && kernel.connectionStatus === "connected" && kernel.status === "idle";
 }""".replace("PANEL", PANEL)
 
-# Records every answer display the kernel sends, as the browser receives it, then runs the notebook.
-RUN_AND_RECORD = """async () => {
+# Records every answer display the kernel sends, as the browser receives it.
+RECORD = """(NOTEBOOK) => {
   PANEL
   window.reinfAnswers = [];
   panel.sessionContext.session.kernel.iopubMessage.connect((_, msg) => {
@@ -108,8 +112,30 @@ RUN_AND_RECORD = """async () => {
     }
   });
   window.jupyterapp.shell.activateById(panel.id);
-  await window.jupyterapp.commands.execute("notebook:run-all-cells");
 }""".replace("PANEL", PANEL)
+
+# Runs the cells from `first` to `last`, each after the one before has finished; returns at once, so that the
+# test can watch (and interrupt) them.
+RUN_CELLS = """([NOTEBOOK, first, last]) => {
+  PANEL
+  window.jupyterapp.shell.activateById(panel.id);
+  panel.content.activeCellIndex = first;
+  (async () => {
+    for (let i = first; i <= last; i++) {
+      await window.jupyterapp.commands.execute("notebook:run-cell-and-select-next");
+    }
+  })();
+}""".replace("PANEL", PANEL)
+
+
+def _open(page: Any, lab: JupyterProcess, name: str) -> Any:
+    """Open notebook `name`, wait for its kernel, record its answers; returns a locator of its cells (the
+    workspace may restore other notebooks beside it)."""
+    page.goto(f"{lab.url}/lab/tree/{name}?token={lab.token}")
+    page.wait_for_function(KERNEL_READY, arg=name, polling=200, timeout=60_000)
+    page.evaluate(RECORD, name)
+    panel_id = page.evaluate(f"(NOTEBOOK) => {{ {PANEL} return panel.id; }}", name)
+    return page.locator(f'[id="{panel_id}"] .jp-Cell')
 
 
 def _letters(text: str) -> str:
@@ -123,9 +149,12 @@ def test_ask_streams_rates_and_the_review_page_rates(
     from playwright.sync_api import expect
 
     daemon, lab = stack
-    page.goto(f"{lab.url}/lab/tree/ask.ipynb?token={lab.token}")
-    page.wait_for_function(KERNEL_READY, polling=200, timeout=60_000)
-    page.evaluate(RUN_AND_RECORD)
+    cells = _open(page, lab, "ask.ipynb")
+    page.evaluate(RUN_CELLS, ["ask.ipynb", 0, 1])
+    # Loading the extension says what it is, and that the daemon is there.
+    loaded = cells.nth(0).locator(".jp-OutputArea-output")
+    expect(loaded).to_contain_text("reinf loaded: %%ask asks the local model")
+    expect(loaded).to_contain_text("Daemon running (pid")
 
     # The answer streams: partial updates reach the browser before the final one, each a prefix of the next.
     page.wait_for_function("() => window.reinfAnswers.some((a) => a.state === 'done')", timeout=60_000)
@@ -139,7 +168,7 @@ def test_ask_streams_rates_and_the_review_page_rates(
     ask_id = answers[-1]["id"]
 
     # The notebook shows the finished answer rendered as Markdown, without the streaming cursor.
-    rendered = page.locator(".jp-Cell").nth(1).locator(".jp-RenderedMarkdown").first
+    rendered = cells.nth(1).locator(".jp-RenderedMarkdown").first
     # A locator, not a handle: it follows the element when the output redraws.
     expect(rendered).not_to_contain_text("▌", timeout=30_000)
     assert _letters(rendered.inner_text()) == _letters(final)
@@ -173,3 +202,51 @@ def test_ask_streams_rates_and_the_review_page_rates(
     assert items[ask_id]["kind"] == "ask"
     assert items[ask_id]["rating"] == {"thumbs": None, "stars": 4, "comment": "e2e: clear enough"}
     assert items[other_id]["rating"] == {"thumbs": None, "stars": 2, "comment": "e2e: from the page"}
+
+
+def test_an_interrupted_ask_keeps_its_answer_and_retrain_shows_progress(
+    stack: tuple[DaemonProcess, JupyterProcess], page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    daemon, lab = stack
+    cells = _open(page, lab, "train.ipynb")
+    page.evaluate(RUN_CELLS, ["train.ipynb", 0, 1])
+    # Interrupt the kernel once the answer streams, as the toolbar's stop button does. The test model answers
+    # in half a second, so the daemon is paused meanwhile, as if it were a real model that takes its time.
+    page.wait_for_function("() => window.reinfAnswers.some((a) => a.state === 'streaming')", timeout=60_000)
+    os.kill(daemon.proc.pid, signal.SIGSTOP)
+    try:
+        page.evaluate("() => window.jupyterapp.commands.execute('notebook:interrupt-kernel')")
+        page.wait_for_timeout(1500)  # the kernel sends $/cancelRequest within a few hundred ms
+    finally:
+        os.kill(daemon.proc.pid, signal.SIGCONT)
+    page.wait_for_function(
+        "() => window.reinfAnswers.some((a) => a.state === 'stopped' || a.state === 'done')"
+    )
+    last = page.evaluate("() => window.reinfAnswers[window.reinfAnswers.length - 1]")
+    assert last["state"] == "stopped" and last["id"], f"the answer was not stopped: {last}"
+    cell = cells.nth(1)
+    # The answer so far stays, marked stopped, with a rating widget, and one line instead of a traceback.
+    expect(cell.locator(".jp-RenderedMarkdown").first).to_contain_text("(stopped)")
+    expect(page.locator(f".reinf-rating-{last['id']}")).to_be_visible()
+    expect(cell.locator(".jp-OutputArea")).to_contain_text("reinf: stopped; the answer so far is stored")
+    expect(cell.locator(".jp-OutputArea")).not_to_contain_text("Traceback")
+    with daemon.client("e2e-check") as client:
+        out = daemon.home / "interrupted.jsonl"
+        client.request("reinf/export", {"format": "jsonl", "path": str(out)})
+    rows = {r["interaction_id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    stored = rows[last["id"]]
+    assert stored["finish_reason"] == "cancelled" and stored["kind"] == "ask"
+    assert stored["response"] and _letters(last["text"]).startswith(_letters(stored["response"])[:20])
+
+    # %reinf retrain shows the run as it goes, until it says how it ended.
+    page.wait_for_function(KERNEL_READY, arg="train.ipynb", polling=200, timeout=60_000)
+    page.evaluate(RUN_CELLS, ["train.ipynb", 2, 2])
+    progress = cells.nth(2).locator(".reinf-training")
+    expect(progress).to_be_visible(timeout=60_000)
+    expect(progress).to_have_class(re.compile(r"reinf-training-(published|rejected|failed)"), timeout=300_000)
+    expect(progress.locator(".reinf-training-status")).to_contain_text(
+        re.compile(r"^(Published: adapter v\d+ is live|Not published|Failed)")
+    )
+    expect(progress).not_to_contain_text("reward_model")
