@@ -250,3 +250,84 @@ def test_an_interrupted_ask_keeps_its_answer_and_retrain_shows_progress(
         re.compile(r"^(Published: adapter v\d+ is live|Not published|Failed)")
     )
     expect(progress).not_to_contain_text("reward_model")
+
+
+def _gate(candidate: float, active: float, compared_with: int) -> dict[str, Any]:
+    """A gate result shaped like training/gate.py's, with the chat-template example it carries."""
+    return {
+        "passed": True, "checks": {"score_ok": True}, "reasons": [], "n_prompts": 12, "samples_per_prompt": 2,
+        "candidate_score": candidate, "active_score": active, "compared_with": compared_with,
+        "kl_to_active": 3.21, "kl_to_base": 9.8, "max_kl": 20.0, "general_loss_increase": 0.011,
+        "max_general_loss_increase": 0.05, "candidate_median_tokens": 41.0,
+        "example": {"prompt": "<|im_start|>user\nsort a list<|im_end|>\n<|im_start|>assistant\n", "candidate": "x"},
+    }  # fmt: skip
+
+
+def _run(run_id: int, watermark: int, candidate: float, active: float, version: int | None) -> dict[str, Any]:
+    return {
+        "run_id": run_id, "state": "published" if version else "rejected", "trigger": "threshold",
+        "started": "2026-03-04T10:00:00Z", "finished": "2026-03-04T10:05:00Z", "adapter_version": version,
+        "metrics": {"reward_model": {"correlation": 0.4, "pairwise_accuracy": 0.7, "watermark": watermark},
+                    "gate": _gate(candidate, active, max(0, (version or 1) - 1)), "reasons": []},
+    }  # fmt: skip
+
+
+def test_the_dashboard_reads_as_numbers_and_switching_says_so_in_its_row(
+    stack: tuple[DaemonProcess, JupyterProcess], page: Any
+) -> None:
+    """The page's own rendering, on daemon answers shaped like real ones: three runs, the third scored by a new
+    judge; v1 active and v2 newer."""
+    from playwright.sync_api import expect
+
+    _, lab = stack
+    state = {"active": 1}
+    runs = [_run(3, 40, 0.52, 0.31, 2), _run(2, 20, 0.30, 0.10, None), _run(1, 20, 0.35, 0.12, 1)]
+
+    def adapters() -> dict[str, Any]:
+        rows = [
+            {"version": 2, "run_id": 3, "status": "retired", "created": "2026-03-04T10:05:00Z", "eval": _gate(0.52, 0.31, 1)},
+            {"version": 1, "run_id": 1, "status": "retired", "created": "2026-03-03T10:05:00Z", "eval": _gate(0.35, 0.12, 0)},
+        ]  # fmt: skip
+        for row in rows:
+            row["status"] = "active" if row["version"] == state["active"] else "retired"
+        return {"adapters": rows, "active": state["active"]}
+
+    def answer(route: Any) -> None:
+        name = route.request.url.split("/api/")[1].split("?")[0]
+        if name == "rollback":
+            state["active"] = json.loads(route.request.post_data)["version"]
+            body: Any = {"adapter_version": state["active"]}
+        else:
+            body = {
+                "adapters": adapters(),
+                "runs": {"runs": runs},
+                "timeline": {"points": [{"day": "2026-03-03", "count": 7, "mean_stars": 3.4},
+                                        {"day": "2026-03-04", "count": 12, "mean_stars": 4.1}]},
+            }.get(name)  # fmt: skip
+            if body is None:
+                route.continue_()
+                return
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+
+    page.route("**/reinf/api/**", answer)
+    page.goto(f"{lab.url}/reinf/?token={lab.token}")
+    table = page.locator("#adapters")
+    v1 = table.locator('tr[data-version="1"]')
+    # Evaluations read as figures, without the chat template's tokens.
+    expect(v1.locator(".eval-summary")).to_contain_text("0.350 vs 0.120 for the base (12 held-out prompts)")
+    expect(v1.locator(".eval-summary")).to_contain_text("KL 3.21 from the base (bound 20.00)")
+    expect(v1.locator(".eval-summary")).to_contain_text("loss +1.1% (at most +5.0%)")
+    expect(table).not_to_contain_text("<|im_start|>")
+    # The ratings chart writes its counts and mean stars.
+    ratings = page.locator("#ratings-chart")
+    expect(ratings.locator("text.value")).to_have_text(["7", "12", "★3.4", "★4.1"])
+    # Held-out reward: one line per judge, two series, so four lines for the judges of runs 1–2 and run 3.
+    expect(page.locator("#runs-chart .chart").nth(1).locator("polyline")).to_have_count(4)
+    expect(page.locator("#runs-chart")).to_contain_text("not comparable, so they are not joined")
+    # A newer version is switched to, not rolled back to; the confirmation is in its row.
+    button = table.locator('tr[data-version="2"] button.rollback')
+    expect(button).to_have_text("Switch to v2")
+    expect(table.locator('tr[data-version="0"] button.rollback')).to_have_text("Use the base model")
+    button.click()
+    expect(table.locator('tr[data-version="2"]')).to_contain_text("Now using adapter v2.")
+    expect(table.locator('tr[data-version="1"] button.rollback')).to_have_text("Roll back to v1")
