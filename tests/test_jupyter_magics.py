@@ -6,6 +6,7 @@ Most tests talk to a fake daemon connection that records what is sent; the last 
 from __future__ import annotations
 
 import _thread
+import os
 import signal
 import threading
 import time
@@ -516,3 +517,29 @@ def _widgets(captured: Any) -> list[Any]:
         if "application/vnd.jupyter.widget-view+json" in o.data
     ]
     return [_instances[i] for i in ids]
+
+
+def test_restart_stops_the_daemon_and_starts_a_new_one(
+    ip: InteractiveShell, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reinf.client import read_daemon_info
+
+    home = tmp_path / "home"
+    # The new daemon is started the way a notebook starts one: from this process's REINF_* settings.
+    for key, value in daemon_env(home).items():
+        if key.startswith("REINF_"):
+            monkeypatch.setenv(key, value)
+    with running_daemon(home) as old:
+        magics = use(ip, Connection(), rich=False)
+        new_pid = None
+        try:
+            result, captured = run(ip, "%reinf restart")
+            new_pid = (read_daemon_info(home) or {}).get("pid")
+            assert result.success, captured.stdout + captured.stderr
+            assert f"Stopping the reinf daemon (pid {old.proc.pid})" in captured.stdout
+            assert "reinf is running again" in captured.stdout and "reinf-tiny-test" in captured.stdout
+            assert old.proc.poll() is not None and new_pid not in (None, old.proc.pid)
+        finally:
+            magics.connection.reset()
+            if new_pid and new_pid != old.proc.pid:
+                os.killpg(new_pid, signal.SIGTERM)
