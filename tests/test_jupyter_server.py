@@ -299,3 +299,12 @@ def test_installing_the_package_enables_the_extension() -> None:
     out = re.sub(r"\x1b\[[0-9;]*m", "", listing.stdout + listing.stderr)
     assert re.search(r"reinf\.jupyter\s+enabled", out), out
     assert re.search(r"reinf\.jupyter\s.*OK", out), out
+
+
+def test_installing_the_package_enables_the_jupyterlab_extension() -> None:
+    """The Help menu entry and the answers' Copy and Insert buttons come from it."""
+    listing = subprocess.run(
+        [sys.executable, "-m", "jupyter", "labextension", "list"], capture_output=True, text=True, timeout=60
+    )
+    out = re.sub(r"\x1b\[[0-9;]*m", "", listing.stdout + listing.stderr)
+    assert re.search(r"reinf-jupyterlab v\S+ enabled\s+OK", out), out

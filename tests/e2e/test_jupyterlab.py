@@ -67,6 +67,7 @@ def page(
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context.grant_permissions(["clipboard-read", "clipboard-write"], origin=lab.url)
         context.set_default_timeout(30_000)
         page = context.new_page()
         messages: list[str] = []
@@ -181,6 +182,14 @@ def test_ask_streams_rates_and_the_review_page_rates(
     status = widget.locator(".reinf-status")
     status.filter(has_text="Rating stored").wait_for()
 
+    # The Help menu opens the review page.
+    page.locator(".lm-MenuBar-itemLabel", has_text="Help").click()
+    with page.context.expect_page() as opened:
+        page.locator(".lm-Menu-itemLabel", has_text="reinf: Review Queue and Dashboard").click()
+    opened.value.wait_for_load_state()
+    assert opened.value.url.rstrip("/").endswith("/reinf"), opened.value.url
+    opened.value.close()
+
     # The review page rates an answer the notebook did not rate.
     with daemon.client("e2e") as client:
         other_id = client.request(
@@ -250,6 +259,21 @@ def test_an_interrupted_ask_keeps_its_answer_and_retrain_shows_progress(
         re.compile(r"^(Published: adapter v\d+ is live|Not published|Failed)")
     )
     expect(progress).not_to_contain_text("reward_model")
+
+    # The stopped answer has Copy and Insert: Copy puts its text on the clipboard; Insert makes it a new
+    # code cell right under it.
+    buttons = cell.locator(".reinf-answer-actions").first
+    buttons.get_by_role("button", name="Copy").click()
+    expect(buttons).to_contain_text("Copied.")
+    assert page.evaluate("() => navigator.clipboard.readText()") == stored["response"]
+    before = cells.count()
+    buttons.get_by_role("button", name="Insert as a new cell").click()
+    expect(cells).to_have_count(before + 1)
+    source = page.evaluate(
+        f"(NOTEBOOK) => {{ {PANEL} return panel.content.widgets[2].model.sharedModel.getSource(); }}",
+        "train.ipynb",
+    )
+    assert source == stored["response"]
 
 
 def _gate(candidate: float, active: float, compared_with: int) -> dict[str, Any]:
