@@ -59,8 +59,34 @@ def describe_stored(result: dict[str, Any]) -> str:
     return parts[0] + (" (" + "; ".join(parts[1:]) + ")" if len(parts) > 1 else "") + "."
 
 
+def saved_message(params: dict[str, Any], result: dict[str, Any]) -> str:
+    """What the widget says after a rating is stored: what was saved, then the ratings still to go."""
+    parts = [
+        f"thumbs {params['thumbs']}" if params.get("thumbs") else "",
+        f"{params['stars']} star{'s' if params['stars'] != 1 else ''}" if params.get("stars") else "",
+        "your comment" if params.get("comment") else "",
+    ]
+    parts = [p for p in parts if p]
+    what = (
+        ", ".join(parts[:-1]) + f" and {parts[-1]}" if len(parts) > 1 else (parts[0] if parts else "rating")
+    )
+    until = result.get("until_next_training")
+    if until is None:
+        return f"Saved: {what}."
+    rest = (
+        "Training starts now."
+        if until <= 0
+        else f"{until} more rating{'s' if until != 1 else ''} until the next training."
+    )
+    return f"Saved: {what}. {rest}"
+
+
 class RatingWidget(widgets.VBox):
-    """Thumbs, 1–5 stars, a comment and a submit button; `rate` sends the `reinf/rate` params."""
+    """Thumbs and 1–5 stars on one row, each saved as it is clicked, and a comment box that opens on demand;
+    `rate` sends the `reinf/rate` params (the whole rating so far: the daemon counts the newest)."""
+
+    # The widget that says how many ratings are still to go: only the newest, as older counts are stale.
+    counting: RatingWidget | None = None
 
     def __init__(
         self,
@@ -73,6 +99,9 @@ class RatingWidget(widgets.VBox):
         self._on_stored = on_stored
         self.thumbs: str | None = None
         self.stars: int | None = None
+        self.comment_text: str | None = None
+        self.saves = 0
+        self.saved = ""  # the last "Saved: …" sentence, without the count of ratings to go
         self._rate = rate
 
         self.up = self._button("", "Thumbs up: a good answer", "reinf-thumbs-up", icon="thumbs-up")
@@ -84,25 +113,25 @@ class RatingWidget(widgets.VBox):
             button = self._button(STAR_OFF, f"{n} star{'s' if n > 1 else ''}", f"reinf-star-{n}")
             button.on_click(lambda _, n=n: self.set_stars(n))
             self.star_buttons.append(button)
+        self.toggle = widgets.Button(
+            description="Comment…", tooltip="Say what was good or wrong", layout=widgets.Layout(width="auto")
+        )
+        self.toggle.add_class("reinf-comment-toggle")
+        self.toggle.on_click(lambda _: self.open_comment(self.box.layout.display == "none"))
         self.comment = widgets.Textarea(
-            placeholder="Comment (optional): what was good or wrong?",
+            placeholder="What was good or wrong?",
             layout=widgets.Layout(width="100%", max_width="40em", height="4em"),
         )
         self.comment.add_class("reinf-comment")
-        self.submit = widgets.Button(description="Submit rating", button_style="primary")
+        self.submit = widgets.Button(description="Send comment", button_style="primary")
         self.submit.add_class("reinf-submit")
-        self.submit.on_click(lambda _: self.send())
+        self.submit.on_click(lambda _: self.send_comment())
+        self.box = widgets.VBox([self.comment, self.submit], layout=widgets.Layout(display="none"))
         self.status = widgets.HTML("")
         self.status.add_class("reinf-status")
         footer = widgets.HTML(f"<small>{html.escape(caption)}</small>") if caption else widgets.HTML("")
-        super().__init__(
-            [
-                widgets.HBox([self.up, self.down, widgets.Label(" "), *self.star_buttons]),
-                self.comment,
-                widgets.HBox([self.submit, self.status]),
-                footer,
-            ]
-        )
+        row = widgets.HBox([self.up, self.down, widgets.Label(" "), *self.star_buttons, self.toggle])
+        super().__init__([row, self.box, self.status, footer])
         self.add_class("reinf-rating")
         self.add_class(f"reinf-rating-{interaction_id}")
 
@@ -114,16 +143,31 @@ class RatingWidget(widgets.VBox):
         button.add_class(css_class)
         return button
 
+    def open_comment(self, show: bool) -> None:
+        self.box.layout.display = "flex" if show else "none"
+
     def set_thumbs(self, thumbs: str) -> None:
-        self.thumbs = None if self.thumbs == thumbs else thumbs  # a second click takes it back
-        self.up.button_style = "success" if self.thumbs == "up" else ""
-        self.down.button_style = "danger" if self.thumbs == "down" else ""
+        self.thumbs = thumbs
+        self.up.button_style = "success" if thumbs == "up" else ""
+        self.down.button_style = "danger" if thumbs == "down" else ""
+        self.send()
 
     def set_stars(self, stars: int) -> None:
         self.stars = stars
         for n, button in enumerate(self.star_buttons, start=1):
             button.description = STAR_ON if n <= stars else STAR_OFF
             button.button_style = "warning" if n <= stars else ""
+        self.send()
+
+    def send_comment(self) -> None:
+        text = self.comment.value.strip()
+        if not text:
+            self._show("Write the comment first, then send it.", ok=False)
+            return
+        self.comment_text = text
+        if self.send():
+            self.comment.value = ""
+            self.open_comment(False)
 
     def params(self) -> dict[str, Any]:
         params: dict[str, Any] = {"interaction_id": self.interaction_id}
@@ -131,35 +175,38 @@ class RatingWidget(widgets.VBox):
             params["thumbs"] = self.thumbs
         if self.stars:
             params["stars"] = self.stars
-        if self.comment.value.strip():
-            params["comment"] = self.comment.value.strip()
+        if self.comment_text:
+            params["comment"] = self.comment_text
         return params
 
     def _show(self, message: str, ok: bool) -> None:
         color = "var(--jp-success-color1, green)" if ok else "var(--jp-error-color1, #c00)"
-        self.status.value = f'<span style="color: {color}">{html.escape(message)}</span>'
+        # The count makes each confirmation new, even when the words are the same as the last one's.
+        self.status.value = (
+            f'<span style="color: {color}" data-saves="{self.saves}">{html.escape(message)}</span>'
+        )
 
-    def send(self) -> None:
-        """Submit the rating, then show that it was stored, or why not."""
+    def send(self) -> bool:
+        """Store the rating so far, then say what was stored, or why not; True once stored."""
         params = self.params()
-        if len(params) == 1:
-            self._show("Pick thumbs or stars, or write a comment, then submit.", ok=False)
-            return
-        self.submit.disabled = True
         self.status.value = "Saving…"
         try:
             result = self._rate(params)
-        except Exception as exc:  # shown in the widget, so the user can submit again
-            self._show(f"The rating was not stored: {exc}", ok=False)
-            return
-        finally:
-            self.submit.disabled = False
-        self.submit.description = "Update rating"
-        self._show(describe_stored(result), ok=True)
+        except Exception as exc:  # shown in the widget, so the user can try again
+            self._show(f"Not saved: {exc}", ok=False)
+            return False
+        self.saves += 1
+        message = saved_message(params, result)
+        self._show(message, ok=True)
+        previous, RatingWidget.counting = RatingWidget.counting, self
+        if previous is not None and previous is not self and previous.saved:
+            previous._show(previous.saved, ok=True)
+        self.saved = message.split(". ", 1)[0] + "."
         # A rating that reached the threshold started a run: follow it here, under the answer.
         extra = self._on_stored(result) if self._on_stored else None
         if extra is not None:
             self.children = (*self.children, extra)
+        return True
 
 
 class TrainingProgress(widgets.VBox):

@@ -414,32 +414,58 @@ def test_reinf_commands(ip: InteractiveShell, fake: FakeClient) -> None:
 # -- the rating widget -------------------------------------------------------------------------------
 
 
-def test_widget_sends_stars_thumbs_and_comment_and_shows_it_was_stored() -> None:
+def test_widget_saves_each_click_and_the_comment_and_says_what_it_saved() -> None:
     calls: list[dict] = []
+    left = iter([2, 1, 1, 0])
     widget = RatingWidget(
-        "abc123", lambda p: calls.append(p) or {"ratings_total": 1, "until_next_training": 0}
+        "abc123", lambda p: calls.append(p) or {"ratings_total": 1, "until_next_training": next(left)}
     )
-    widget.submit.click()
-    assert calls == [] and "Pick thumbs or stars" in widget.status.value
     widget.star_buttons[3].click()
+    assert calls[-1] == {"interaction_id": "abc123", "stars": 4}
+    assert "Saved: 4 stars. 2 more ratings until the next training." in widget.status.value
     widget.up.click()
+    assert calls[-1] == {"interaction_id": "abc123", "thumbs": "up", "stars": 4}
+    assert "Saved: thumbs up and 4 stars. 1 more rating until" in widget.status.value
+    # The same click again is saved again, and the confirmation is a new one.
+    before = widget.status.value
+    widget.up.click()
+    assert len(calls) == 3 and widget.status.value != before and 'data-saves="3"' in widget.status.value
+    # The comment box opens on demand, and empties and closes once the comment is stored.
+    assert widget.box.layout.display == "none"
+    widget.toggle.click()
+    assert widget.box.layout.display == "flex"
     widget.comment.value = "  good  "
     widget.submit.click()
-    assert calls == [{"interaction_id": "abc123", "thumbs": "up", "stars": 4, "comment": "good"}]
+    assert calls[-1] == {"interaction_id": "abc123", "thumbs": "up", "stars": 4, "comment": "good"}
+    assert "Saved: thumbs up, 4 stars and your comment. Training starts now." in widget.status.value
+    assert widget.comment.value == "" and widget.box.layout.display == "none"
     assert [b.description for b in widget.star_buttons] == ["★"] * 4 + ["☆"]
-    assert "Rating stored (1 rating in total; training is due)." in widget.status.value
-    assert widget.submit.description == "Update rating" and not widget.submit.disabled
+
+
+def test_only_the_newest_widget_says_how_many_ratings_are_to_go() -> None:
+    rate = lambda p: {"ratings_total": 1, "until_next_training": 5}  # noqa: E731
+    first, second = RatingWidget("a", rate), RatingWidget("b", rate)
+    first.star_buttons[1].click()
+    assert "5 more ratings" in first.status.value
+    second.down.click()
+    assert "5 more ratings" in second.status.value
+    assert "Saved: 2 stars." in first.status.value and "more rating" not in first.status.value
 
 
 def test_widget_shows_the_error_and_allows_a_retry() -> None:
-    def fail(params: dict) -> dict:
-        raise RpcError(-32602, "stars must be 1–5, got 9")
+    answers: list[Any] = [RpcError(-32602, "stars must be 1–5, got 9"), {"until_next_training": 3}]
 
-    widget = RatingWidget("abc123", fail)
+    def rate(params: dict) -> dict:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    widget = RatingWidget("abc123", rate)
     widget.down.click()
-    widget.submit.click()
-    assert "The rating was not stored: stars must be 1–5, got 9" in widget.status.value
-    assert not widget.submit.disabled and widget.submit.description == "Submit rating"
+    assert "Not saved: stars must be 1–5, got 9" in widget.status.value
+    widget.down.click()
+    assert "Saved: thumbs down." in widget.status.value
 
 
 def test_training_progress_says_what_the_run_does_then_how_it_ended() -> None:
@@ -497,8 +523,7 @@ def test_ask_and_rate_against_a_real_daemon(ip: InteractiveShell, daemon) -> Non
     interaction_id = done.metadata["reinf"]["interaction_id"]
     widget = next(w for w in _widgets(captured) if isinstance(w, RatingWidget))
     widget.star_buttons[4].click()
-    widget.submit.click()
-    assert "Rating stored" in widget.status.value, widget.status.value
+    assert "Saved: 5 stars." in widget.status.value, widget.status.value
 
     with Client.connect(daemon.home, start=False) as client:
         items = client.request("reinf/history", {"limit": 5})["items"]

@@ -174,13 +174,17 @@ def test_ask_streams_rates_and_the_review_page_rates(
     expect(rendered).not_to_contain_text("▌", timeout=30_000)
     assert _letters(rendered.inner_text()) == _letters(final)
 
-    # The rating widget under the answer: 4 stars, a comment, submit.
+    # The rating widget under the answer: 4 stars, saved at once; then a comment, in a box that opens on demand.
     widget = page.locator(f".reinf-rating-{ask_id}")
+    status = widget.locator(".reinf-status")
     widget.locator(".reinf-star-4").click()
+    expect(status).to_contain_text("Saved: 4 stars.")
+    expect(widget.locator(".reinf-comment textarea")).to_be_hidden()
+    widget.locator(".reinf-comment-toggle").click()
     widget.locator(".reinf-comment textarea").fill("e2e: clear enough")
     widget.locator(".reinf-submit").click()
-    status = widget.locator(".reinf-status")
-    status.filter(has_text="Rating stored").wait_for()
+    expect(status).to_contain_text("Saved: 4 stars and your comment.")
+    expect(widget.locator(".reinf-comment textarea")).to_be_hidden()
 
     # The Help menu opens the review page.
     page.locator(".lm-MenuBar-itemLabel", has_text="Help").click()
