@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import _thread
 import os
+import re
 import signal
 import threading
 import time
@@ -192,6 +193,18 @@ def test_terminal_prints_the_answer_as_it_streams_and_offers_rate(
     assert result.success
     assert "Use `sorted(xs)`.\n" in captured.stdout
     assert "%reinf rate abc123 STARS" in captured.stdout
+
+
+def test_the_caption_gives_the_time_waited_and_says_once_that_a_new_adapter_answered(
+    ip: InteractiveShell, fake: FakeClient
+) -> None:
+    _, first = run(ip, "%%ask\nsort?")
+    assert re.search(r"reinf-tiny-test · the base model \(adapter v0\) · \d+\.\d s · id abc123", first.stdout)
+    fake.results["reinf/chat"] = {**CHAT_RESULT, "adapter_version": 2}
+    _, second = run(ip, "%%ask\nsort?")
+    assert "new since your last answer: adapter v2" in second.stdout
+    _, third = run(ip, "%%ask\nsort?")
+    assert "adapter v2 · " in third.stdout and "new since" not in third.stdout
 
 
 def test_notebook_answer_streams_as_markdown_then_shows_the_rating_widget(ip: InteractiveShell) -> None:
