@@ -321,6 +321,27 @@ def test_chat_rate_retrain_and_inline_completion(
     assert rated[review_id] == {"thumbs": None, "stars": 5, "comment": None}
     page.screenshot(path=str(tmp_path / "vscode.png"))
 
+    # Show Status is a quick pick with the facts and what to do next, not a modal.
+    _run_command(page, "reinf: Show Status")
+    picks = page.locator(".quick-input-list .monaco-list-row")
+    expect(picks.filter(has_text="Answering with")).to_contain_text("the base model")
+    expect(picks.filter(has_text="Open Review Queue")).to_be_visible()
+    page.keyboard.press("Escape")
+    # With the base model serving there is nothing earlier: no "Previous good version" is offered.
+    _run_command(page, "reinf: Roll Back or Switch Adapter")
+    expect(picks.filter(has_text="Base model (v0)")).to_be_visible()
+    expect(picks.filter(has_text="Previous good version")).to_have_count(0)
+    page.keyboard.press("Escape")
+    # Export goes to the home folder unless the user picks elsewhere, and the toast names the whole path.
+    _run_command(page, "reinf: Export Data")
+    picks.filter(has_text="jsonl").first.click()
+    save_as = page.locator(".quick-input-widget input")
+    expect(save_as).to_have_value(re.compile(r"/code-server/home/reinf-export-\d{4}-\d\d-\d\d\.jsonl$"))
+    exported = save_as.input_value()
+    page.keyboard.press("Enter")
+    expect(page.locator(".notifications-toasts", has_text=f"rows to {exported}")).to_be_visible()
+    assert Path(exported).is_file() and not exported.startswith(str(tmp_path / "code-server" / "workspace"))
+
     # The training run has ended: one toast says how, in words that fit what is serving.
     ended = page.locator(
         ".notifications-toasts .notification-toast",
@@ -363,6 +384,11 @@ def test_chat_rate_retrain_and_inline_completion(
     logs = "\n".join(f.read_text(errors="replace") for f in (tmp_path / "code-server").rglob("*.log"))
     assert "reconnecting, and starting it again" in logs
     assert "Server will not be restarted" not in logs
+
+    # Show Log reaches the log of the daemon the extension started.
+    _run_command(page, "reinf: Show Log")
+    page.locator(".quick-input-list .monaco-list-row", has_text="Daemon log (started by VS Code)").click()
+    expect(page.locator(".tab.active", has_text="vscode-serve.log")).to_be_visible()
 
     # "reinf: Reconnect to Daemon" connects again at once.
     _run_command(page, "reinf: Reconnect to Daemon")
