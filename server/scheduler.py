@@ -355,7 +355,7 @@ class Scheduler:
                 "phase": run.phase if state == "running" else "done",
                 "progress": run.progress,
                 "message": run.message if message is None else message,
-                **_timing(run),
+                **_timing(run, running=state == "running"),
             },
         )
 
@@ -523,12 +523,12 @@ class Scheduler:
 ETA_MIN_PROGRESS = 0.05
 
 
-def _timing(run: _Run) -> dict[str, Any]:
-    """How the run was started, how long it has run, and, once it has made some progress, the time left
-    at its pace so far (None before)."""
+def _timing(run: _Run, *, running: bool = True) -> dict[str, Any]:
+    """How the run was started, how long it has run, and, while it runs and once it has made some progress,
+    the time left at its pace so far (None otherwise)."""
     elapsed = time.monotonic() - run.started
     eta = None
-    if ETA_MIN_PROGRESS <= run.progress < 1.0:
+    if running and ETA_MIN_PROGRESS <= run.progress < 1.0:
         eta = round(elapsed * (1.0 - run.progress) / run.progress, 1)
     return {"trigger": run.trigger, "elapsed_s": round(elapsed, 1), "eta_s": eta}
 

@@ -81,29 +81,6 @@ export function statusBarText(s: StatusResult, progress?: TrainingProgress): Sta
   return { text: `$(sparkle) ${model} ${version} · ${s.until_next_training} to train`, tooltip };
 }
 
-/** Several lines for "Show Status". */
-export function statusReport(s: StatusResult): string {
-  const t = s.training;
-  const detail = [
-    t.run_id != null ? `run ${t.run_id}` : '',
-    t.phase ? phaseWords(t.phase) : '',
-    percent(t.progress),
-    timeLeft(t.eta_s),
-  ]
-    .filter(Boolean)
-    .join(', ');
-  const lines = [
-    `Model: ${s.model} (${s.device})`,
-    `Adapter: ${adapterLabel(s.adapter_version)}`,
-    `Ratings: ${s.ratings_total}, ${s.until_next_training} more until the next training`,
-    `Training: ${s.training.state}${detail ? ` (${detail})` : ''}`,
-  ];
-  if (s.last_run) {
-    lines.push(`Last run: ${s.last_run.run_id}, ${s.last_run.state}${s.last_run.error ? `: ${s.last_run.error}` : ''}`);
-  }
-  return lines.join('\n');
-}
-
 export interface StatusItem {
   label: string;
   description?: string;

@@ -14,7 +14,6 @@ import {
   shortModel,
   statusBarText,
   statusItems,
-  statusReport,
   timeLeft,
   untilMessage,
   whereText,
@@ -63,13 +62,6 @@ test('time left reads seconds, minutes and hours', () => {
 
 test('percent reads fractions and percentages', () => {
   assert.deepEqual([percent(0), percent(0.5), percent(1), percent(37), percent(null)], ['0%', '50%', '100%', '37%', '']);
-});
-
-test('status report lists model, adapter, ratings and training', () => {
-  const r = statusReport({ ...idle, training: { state: 'running', run_id: 9, phase: 'ppo', progress: 0.5 } });
-  assert.match(r, /Adapter: adapter v3/);
-  assert.match(r, /Training: running \(run 9, training, 50%\)/);
-  assert.match(statusReport(idle), /Training: idle\n/);
 });
 
 test('show status: the facts, then the actions that fit', () => {
