@@ -207,6 +207,40 @@ def test_the_caption_gives_the_time_waited_and_says_once_that_a_new_adapter_answ
     assert "adapter v2 · " in third.stdout and "new since" not in third.stdout
 
 
+def test_the_first_ask_says_it_is_starting_reinf(
+    ip: InteractiveShell, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REINF_HOME", str(tmp_path))  # no daemon.json: none is running
+    fake = FakeClient()
+    magics = use(ip, Connection(lambda: fake), rich=True)
+    _, captured = run(ip, "%%ask\nsort?")
+    waiting = [o for o in captured.outputs if (o.metadata or {}).get("reinf", {}).get("state") == "waiting"]
+    assert waiting[0].data["text/markdown"] == "*starting reinf (first use, about 15 s)…*"
+    # Once connected, the wait is an ordinary one.
+    assert magics.connection.connected
+    _, captured = run(ip, "%%ask\nsort?")
+    waiting = [o for o in captured.outputs if (o.metadata or {}).get("reinf", {}).get("state") == "waiting"]
+    assert waiting[0].data["text/markdown"] == "*reinf is thinking…*"
+
+
+def test_a_rating_that_starts_a_run_shows_its_progress_under_the_answer(ip: InteractiveShell) -> None:
+    fake = FakeClient()
+    running = {"state": "running", "run_id": 9, "phase": "snapshot", "progress": 0.0, "trigger": "threshold"}
+    fake.results["reinf/status"] = {"adapter_version": 0, "training": {**running, "elapsed_s": 0.4}}
+    use(ip, Connection(lambda: fake), rich=True)
+    _, captured = run(ip, "%%ask\nsort?")
+    widget = next(w for w in _widgets(captured) if isinstance(w, RatingWidget))
+    widget.star_buttons[4].click()
+    progress = [c for c in widget.children if isinstance(c, TrainingProgress)]
+    assert len(progress) == 1 and progress[0].run_id == 9
+    assert "started by your ratings" in progress[0].title.value
+    # A run that was going already is not this rating's: no second widget.
+    fake.results["reinf/status"] = {"adapter_version": 0, "training": {**running, "elapsed_s": 300.0}}
+    widget.star_buttons[3].click()
+    assert len([c for c in widget.children if isinstance(c, TrainingProgress)]) == 1
+    progress[0].state = "cancelled"  # stops its thread
+
+
 def test_notebook_answer_streams_as_markdown_then_shows_the_rating_widget(ip: InteractiveShell) -> None:
     fake = FakeClient()
     use(ip, Connection(lambda: fake), rich=True)
