@@ -359,3 +359,30 @@ def test_the_dashboard_reads_as_numbers_and_switching_says_so_in_its_row(
     button.click()
     expect(table.locator('tr[data-version="2"]')).to_contain_text("Now using adapter v2.")
     expect(table.locator('tr[data-version="1"] button.rollback')).to_have_text("Roll back to v1")
+
+
+def test_the_chat_panel_answers_from_the_daemon_and_rates(
+    stack: tuple[DaemonProcess, JupyterProcess], page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    daemon, lab = stack
+    _open(page, lab, "ask.ipynb")
+    page.locator(".jp-SideBar.jp-mod-right .lm-TabBar-tab", has_text="reinf").click()
+    chat = page.locator("#reinf-chat")
+    expect(chat).to_be_visible()
+    chat.locator("textarea").fill("How do I reverse a list?")
+    chat.locator("textarea").press("Control+Enter")  # the Ask button may sit under JupyterLab's news toast
+    answer = chat.locator(".reinf-chat-answer[data-interaction]")
+    expect(answer).to_be_visible(timeout=60_000)
+    interaction_id = answer.get_attribute("data-interaction")
+    rate = chat.locator(f'.reinf-chat-rate[data-interaction="{interaction_id}"]')
+    rate.locator('.star[data-stars="3"]').click()
+    expect(rate).to_contain_text("Saved: 3 stars.")
+    rate.locator(".thumb-down").click()
+    expect(rate).to_contain_text("Saved: thumbs down and 3 stars.")
+    with daemon.client("e2e-check") as client:
+        items = {i["interaction_id"]: i for i in client.request("reinf/history", {"limit": 50})["items"]}
+    assert items[interaction_id]["kind"] == "chat"
+    assert items[interaction_id]["prompt"].endswith("How do I reverse a list?")
+    assert items[interaction_id]["rating"] == {"thumbs": "down", "stars": 3, "comment": None}
