@@ -327,11 +327,13 @@ def test_chat_rate_retrain_and_inline_completion(
     expect(picks.filter(has_text="Answering with")).to_contain_text("the base model")
     expect(picks.filter(has_text="Open Review Queue")).to_be_visible()
     page.keyboard.press("Escape")
+    expect(page.locator(".quick-input-widget")).to_be_hidden()
     # With the base model serving there is nothing earlier: no "Previous good version" is offered.
     _run_command(page, "reinf: Roll Back or Switch Adapter")
     expect(picks.filter(has_text="Base model (v0)")).to_be_visible()
     expect(picks.filter(has_text="Previous good version")).to_have_count(0)
     page.keyboard.press("Escape")
+    expect(page.locator(".quick-input-widget")).to_be_hidden()
     # Export goes to the home folder unless the user picks elsewhere, and the toast names the whole path.
     _run_command(page, "reinf: Export Data")
     picks.filter(has_text="jsonl").first.click()
@@ -461,8 +463,10 @@ def _run_command(page, title: str, timeout: float = 60.0) -> None:  # noqa: ANN0
     row = page.locator(".quick-input-list .monaco-list-row", has_text=title).first
     while True:
         page.keyboard.press("F1")
-        box.fill(">" + title)
         try:
+            # F1 pressed while a quick pick is still closing opens nothing: wait for the box, else try again.
+            box.wait_for(state="visible", timeout=3000)
+            box.fill(">" + title)
             row.wait_for(timeout=3000)
         except Exception:
             page.keyboard.press("Escape")
