@@ -259,8 +259,23 @@ class Daemon:
                     writer.write(self._answer_challenge(data))
                     await writer.drain()
                     continue
-                # a second initialize must carry the token too: the connection is refused and closed otherwise
-                if protocol is None or data.get("method") == "initialize":
+                # A second initialize must carry the token too. It is refused, and the connection (which
+                # showed the token once already) stays, with what it was given.
+                if (
+                    protocol is not None
+                    and data.get("method") == "initialize"
+                    and not self._check_token(data)
+                ):
+                    writer.write(
+                        _error(
+                            data.get("id"),
+                            UNAUTHORIZED,
+                            "Unauthorized: initialize must carry the token again",
+                        )
+                    )
+                    await writer.drain()
+                    continue
+                if protocol is None:
                     if not self._check_token(data):
                         writer.write(
                             _error(

@@ -521,15 +521,7 @@ def test_a_second_initialize_with_a_wrong_token_is_refused(daemon: DaemonProcess
                 {"processId": None, "capabilities": {}, "initializationOptions": {"token": "wrong"}},
             )
         assert caught.value.code == -32001, caught.value
-        assert c.closed or _refused_after(c)
-
-
-def _refused_after(c: Client) -> bool:
-    """The connection is closed by the daemon after the refusal."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not c.closed:
-        time.sleep(0.05)
-    return c.closed
+        assert c.status()["model"]  # the connection, which showed the token once, stays as it was
 
 
 # -- impostor daemons --------------------------------------------------------------------------------------

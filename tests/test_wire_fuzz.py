@@ -347,7 +347,7 @@ class Batch:
                 method,
                 rng.choice([5, [], {"textDocument": 5}, {"position": {"line": "x"}}]),
                 "error",
-                {-32602},
+                {-32602, -32001} if method == "initialize" else {-32602},  # a re-initialize needs the token
             )
         elif kind == "bad-method":
             msg_id = self._id()
