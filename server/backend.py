@@ -18,6 +18,7 @@ from .config import Config
 from .paths import private_dir, write_json
 from .redact import redact, redact_obj, secrets_in
 from .store import Store, UnknownInteraction
+from .truncate import completion_scope
 from .validate import InvalidParams, Params
 
 log = logging.getLogger("reinf.backend")
@@ -211,12 +212,21 @@ class Backend:
         """An inline completion at the cursor; stored and returned with its interaction id (None if empty)."""
         t0 = time.perf_counter()
         n = max_tokens or self.cfg.model.max_new_tokens
+        scope = completion_scope(self.cfg.completions, prefix, suffix, language)
         gen, queue_ms = await self._generate(
             lambda cancel: self.engine.complete(
-                prefix, suffix, max_tokens=n, temperature=self.cfg.model.temperature, cancel=cancel
+                prefix,
+                suffix,
+                max_tokens=n,
+                temperature=self.cfg.model.temperature,
+                cancel=cancel,
+                stop=scope.ended,
             )
         )
-        if gen is None or gen.finish_reason == "cancelled" or not gen.text.strip():
+        if gen is None or gen.finish_reason == "cancelled":
+            return None
+        text = scope.finish(gen.text, gen.finish_reason)
+        if not text:
             return None
         iid = uuid.uuid4().hex
         version = self.engine.adapter_version
@@ -226,15 +236,15 @@ class Backend:
             kind="completion",
             client=client,
             prompt=gen.prompt,
-            response=gen.text,
-            finish_reason=gen.finish_reason,
+            response=text,
+            finish_reason="stop" if text != gen.text else gen.finish_reason,
             timings=timings,
-            context={"uri": uri, "language": language, "before_cursor": prefix[-400:]},
+            context={"uri": uri, "language": language, "before_cursor": prefix[-400:], "mode": scope.mode},
             adapter_version=version,
             uncut=[prefix, suffix],
         )
         timings["total_ms"] = _ms(t0)
-        return {"interaction_id": iid, "text": gen.text, "adapter_version": version, "timings": timings}
+        return {"interaction_id": iid, "text": text, "adapter_version": version, "timings": timings}
 
     def _store_later(self, iid: str, **fields: Any) -> None:
         """Write an interaction on the store thread; a failure is logged and named to a later rating of it."""
