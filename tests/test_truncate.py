@@ -253,7 +253,9 @@ def test_limits_are_configured_per_language(tmp_path) -> None:
 
     cfg = load_config(tmp_path, environ={"REINF_COMPLETIONS_MAX_LINES_BY_LANGUAGE": "python=2, go=5"})
     body = "".join(f"    a{i} = {i}\n" for i in range(10))
-    assert completion_scope(cfg.completions, "def f():\n", "", "python").finish(body) == "    a0 = 0\n    a1 = 1"
+    assert (
+        completion_scope(cfg.completions, "def f():\n", "", "python").finish(body) == "    a0 = 0\n    a1 = 1"
+    )
     assert completion_scope(cfg.completions, "def f():\n", "", "cython").finish(body).count("\n") == 7
     with pytest.raises(ConfigError, match="completions.max_lines_by_language"):
         load_config(tmp_path, environ={"REINF_COMPLETIONS_MAX_LINES_BY_LANGUAGE": "python:2"})
