@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from .config import Config
 from .paths import private_dir, write_json
 from .redact import redact, redact_obj, secrets_in
-from .store import Store, UnknownInteraction
+from .store import COMPLETION_EVENTS, RefusedEvent, Store, UnknownInteraction
 from .truncate import completion_scope
 from .validate import InvalidParams, Params
 
@@ -344,28 +344,27 @@ class Backend:
             "until_next_training": self.scheduler.until_next_training(),
         }
 
-    def feedback(self, params: Any) -> int:
-        """reinf/feedback: an implicit signal (accepted, dismissed, partially accepted)."""
+    def feedback(self, params: Any) -> dict[str, Any]:
+        """reinf/feedback: what happened to an inline completion (accepted, partially accepted, typed through,
+        dismissed), in typed columns; refused with nothing written when it cannot be true of that interaction."""
         p = Params(
             params,
             "reinf/feedback",
             self.cfg.server.max_field_bytes,
-            {"interaction_id", "event", "accepted_chars", "shown_ms"},
+            {"interaction_id", "event", "accepted_chars", "accepted_words", "typed_chars", "shown_ms"},
         )
         iid = p.str("interaction_id", required=True)
-        event = p.str("event", required=True, choices=("accepted", "dismissed", "partially_accepted"))
-        accepted_chars = p.int("accepted_chars", 0, 10_000_000)
+        event = p.str("event", required=True, choices=COMPLETION_EVENTS)
+        counts = {k: p.int(k, 0, 10_000_000) for k in ("accepted_chars", "accepted_words", "typed_chars")}
         shown_ms = p.int("shown_ms", 0, 86_400_000)
-        detail = {
-            k: v for k, v in (("accepted_chars", accepted_chars), ("shown_ms", shown_ms)) if v is not None
-        }
         self.flush()
         try:
-            return self.store.add_rating(
-                iid, source="implicit", event=event, comment=_json_detail(detail) if detail else None
-            )
+            rating_id = self.store.add_completion_event(iid, event, shown_ms=shown_ms, **counts)
         except UnknownInteraction as exc:
             raise self._unknown("reinf/feedback", iid, exc) from exc
+        except RefusedEvent as exc:
+            raise InvalidParams(f"reinf/feedback: {exc.field}: {exc}") from exc
+        return {"rating_id": rating_id}
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -505,10 +504,6 @@ def _drop_gate_example(path: Path) -> None:
         return
     if isinstance(metrics.get("gate"), dict) and metrics["gate"].pop("example", None) is not None:
         write_json(path, metrics)
-
-
-def _json_detail(detail: dict[str, Any]) -> str:
-    return json.dumps(detail)
 
 
 def _with_context(messages: list[dict[str, str]], context: dict[str, Any]) -> list[dict[str, str]]:

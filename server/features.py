@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from typing import Any
 
@@ -12,10 +13,15 @@ from pygls.protocol import LanguageServerProtocol, lsp_method
 
 from . import __version__
 from .backend import Backend, NotAvailable
+from .validate import InvalidParams
 
 log = logging.getLogger("reinf.features")
 
 ACCEPT_COMMAND = "reinf.accepted"
+# textDocument/completion clients (Neovim and others) run an item's command as workspace/executeCommand on the
+# server; VS Code's own inline command above is the extension's, so this one has another name.
+COMPLETION_ACCEPT_COMMAND = "reinf.completionAccepted"
+_ANSWERING = contextvars.ContextVar("reinf_answering_request", default=False)
 
 
 class ServerBusy(JsonRpcException):
@@ -30,6 +36,15 @@ class FeatureUnavailable(JsonRpcException):
 
 class ReinfProtocol(LanguageServerProtocol):
     """One per connection. `exit` closes this connection only, never the daemon."""
+
+    def _handle_request(self, msg_id: Any, method_name: str, params: Any) -> None:
+        # Handlers run inside this call (async ones in a task that copies the context): they can tell a request,
+        # whose error the client sees, from a notification, which has no answer.
+        token = _ANSWERING.set(True)
+        try:
+            super()._handle_request(msg_id, method_name, params)
+        finally:
+            _ANSWERING.reset(token)
 
     @lsp_method(types.EXIT)
     def lsp_exit(self, *args: Any) -> Any:
@@ -109,17 +124,21 @@ def build_server(backend: Backend) -> LanguageServer:
     @ls.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     @_errors
     async def inline_completion(params: types.InlineCompletionParams) -> types.InlineCompletionList:
-        result = await _complete_at(ls, backend, params.text_document.uri, params.position)
+        # With the suggest widget open, VS Code draws ghost text only for an item that extends the selected
+        # entry: complete as if that entry were inserted, and replace the same range.
+        selected = params.context.selected_completion_info if params.context else None
+        result = await _complete_at(ls, backend, params.text_document.uri, params.position, selected)
         if result is None:
             return types.InlineCompletionList(items=[])
         pos = params.position
+        text = result["text"] if selected is None else selected.text + result["text"]
         item = types.InlineCompletionItem(
-            insert_text=result["text"],
-            range=types.Range(start=pos, end=pos),
+            insert_text=text,
+            range=types.Range(start=pos, end=pos) if selected is None else selected.range,
             command=types.Command(
                 title="reinf: accepted",
                 command=ACCEPT_COMMAND,
-                arguments=[{"interaction_id": result["interaction_id"], "text": result["text"]}],
+                arguments=[{"interaction_id": result["interaction_id"], "text": text}],
             ),
         )
         return types.InlineCompletionList(items=[item])
@@ -138,11 +157,29 @@ def build_server(backend: Backend) -> LanguageServer:
             insert_text=text,
             command=types.Command(
                 title="reinf: accepted",
-                command=ACCEPT_COMMAND,
+                command=COMPLETION_ACCEPT_COMMAND,
                 arguments=[{"interaction_id": result["interaction_id"], "text": text}],
             ),
         )
         return types.CompletionList(is_incomplete=True, items=[item])
+
+    @ls.command(COMPLETION_ACCEPT_COMMAND)
+    @_errors
+    def completion_accepted(*arguments: Any) -> dict[str, Any]:
+        """A completion item was inserted (its command runs after insertion): record the accept."""
+        arg = arguments[0] if arguments else None
+        if not isinstance(arg, dict):
+            raise InvalidParams(
+                f"{COMPLETION_ACCEPT_COMMAND}: arguments[0] must be the item's {{interaction_id, text}}"
+            )
+        text = arg.get("text")
+        return backend.feedback(
+            {
+                "interaction_id": arg.get("interaction_id"),
+                "event": "accepted",
+                **({"accepted_chars": len(text)} if isinstance(text, str) else {}),
+            }
+        )
 
     @ls.feature("reinf/chat")
     @_errors
@@ -163,11 +200,16 @@ def build_server(backend: Backend) -> LanguageServer:
         return backend.rate(params)
 
     @ls.feature("reinf/feedback")
-    def feedback(params: Any) -> None:
+    @_errors
+    def feedback(params: Any) -> dict[str, Any] | None:
+        """A notification (the editors' way) or a request, whose answer is the rating id or a -32602."""
         try:
-            backend.feedback(params)
-        except JsonRpcException as exc:  # a notification has no answer: log the refusal
-            log.warning("reinf/feedback refused: %s", exc)
+            return backend.feedback(params)
+        except JsonRpcException as exc:
+            if _ANSWERING.get():
+                raise
+            log.warning("reinf/feedback refused: %s", exc)  # a notification has no answer
+            return None
 
     simple = {
         "reinf/status": lambda params: backend.status(),
@@ -188,7 +230,11 @@ def build_server(backend: Backend) -> LanguageServer:
 
 
 async def _complete_at(
-    ls: LanguageServer, backend: Backend, uri: str, position: types.Position
+    ls: LanguageServer,
+    backend: Backend,
+    uri: str,
+    position: types.Position,
+    selected: types.SelectedCompletionInfo | None = None,
 ) -> dict[str, Any] | None:
     try:
         doc = ls.workspace.get_text_document(uri)
@@ -199,6 +245,10 @@ async def _complete_at(
     offset = doc.offset_at_position(position)
     if offset < 0 or offset > len(source):
         return None
-    return await backend.complete(
-        source[:offset], source[offset:], client=_client_name(ls), uri=uri, language=doc.language_id
-    )
+    prefix, suffix = source[:offset], source[offset:]
+    if selected is not None:
+        start, end = (doc.offset_at_position(p) for p in (selected.range.start, selected.range.end))
+        if not 0 <= start <= offset <= end <= len(source):
+            return None
+        prefix, suffix = source[:start] + selected.text, source[end:]
+    return await backend.complete(prefix, suffix, client=_client_name(ls), uri=uri, language=doc.language_id)

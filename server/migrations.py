@@ -83,10 +83,26 @@ def m003_forgotten_adapters(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE adapters_new RENAME TO adapters")
 
 
+def m004_completion_events(con: duckdb.DuckDBPyConnection) -> None:
+    # What happened to an inline completion, in typed columns of its implicit rating: how long it was on screen
+    # with the editor focused, how much of it went in through accept commands (characters, words) and how much
+    # the user typed through by hand. Details stored before this migration as JSON in `comment` move there.
+    for column in ("shown_ms", "accepted_chars", "accepted_words", "typed_chars"):
+        con.execute(f"ALTER TABLE ratings ADD COLUMN {column} INTEGER")
+    con.execute("""
+        UPDATE ratings SET
+            shown_ms = TRY_CAST(json_extract_string(comment, '$.shown_ms') AS INTEGER),
+            accepted_chars = TRY_CAST(json_extract_string(comment, '$.accepted_chars') AS INTEGER),
+            comment = NULL
+        WHERE source = 'implicit' AND json_valid(comment) AND left(comment, 1) = '{'
+    """)
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     m001_initial,
     m002_rating_watermark,
     m003_forgotten_adapters,
+    m004_completion_events,
 ]
 
 

@@ -26,6 +26,20 @@ class UnknownInteraction(StoreError):
     pass
 
 
+class RefusedEvent(StoreError):
+    """A completion event that cannot be true of its interaction; `field` names the parameter at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+# An inline completion ends once: accepted, typed through, or dismissed. Partial accepts may come before an
+# accept of the rest.
+COMPLETION_EVENTS = ("accepted", "partially_accepted", "typed_through", "dismissed")
+FINAL_EVENTS = ("accepted", "typed_through", "dismissed")
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -60,14 +74,16 @@ _SNAPSHOT = f"""
            CAST(i.context AS VARCHAR) AS context,
            e.thumbs, e.stars, e.comment, e.id AS rating_id,
            coalesce(imp.accepted, 0) AS accepted, coalesce(imp.dismissed, 0) AS dismissed,
-           coalesce(imp.partially_accepted, 0) AS partially_accepted
+           coalesce(imp.partially_accepted, 0) AS partially_accepted,
+           coalesce(imp.typed_through, 0) AS typed_through
     FROM interactions i
     LEFT JOIN ({_LATEST_EXPLICIT}) e ON e.interaction_id = i.id
     LEFT JOIN (
         SELECT interaction_id,
                count(*) FILTER (WHERE event = 'accepted') AS accepted,
                count(*) FILTER (WHERE event = 'dismissed') AS dismissed,
-               count(*) FILTER (WHERE event = 'partially_accepted') AS partially_accepted
+               count(*) FILTER (WHERE event = 'partially_accepted') AS partially_accepted,
+               count(*) FILTER (WHERE event = 'typed_through') AS typed_through
         FROM ratings WHERE source = 'implicit' GROUP BY interaction_id
     ) imp ON imp.interaction_id = i.id
     WHERE e.id IS NOT NULL OR imp.interaction_id IS NOT NULL
@@ -229,6 +245,48 @@ class Store:
                 self._explicit_ids.append(rating_id)
         return rating_id
 
+    def add_completion_event(
+        self,
+        interaction_id: str,
+        event: str,
+        *,
+        shown_ms: int | None = None,
+        accepted_chars: int | None = None,
+        accepted_words: int | None = None,
+        typed_chars: int | None = None,
+    ) -> int:
+        """Append what happened to an inline completion (an implicit rating with typed columns); committed before
+        it returns. Refused, with nothing written, for an interaction that is not a completion or has ended."""
+        with self._lock:
+            found = self._con.execute(
+                "SELECT kind FROM interactions WHERE id = ?", [interaction_id]
+            ).fetchall()
+            if not found:
+                raise UnknownInteraction(f"unknown interaction_id {interaction_id!r}")
+            if found[0][0] != "completion":
+                raise RefusedEvent(
+                    "interaction_id",
+                    f"interaction {interaction_id} is a {found[0][0]}, not an inline completion; "
+                    "rate it with reinf/rate",
+                )
+            earlier = self._con.execute(
+                "SELECT event FROM ratings WHERE interaction_id = ? AND source = 'implicit' AND event IN "
+                f"({', '.join('?' * len(FINAL_EVENTS))}) LIMIT 1",
+                [interaction_id, *FINAL_EVENTS],
+            ).fetchall()
+            if earlier:
+                raise RefusedEvent(
+                    "event",
+                    f"{event!r} cannot follow {earlier[0][0]!r}: completion {interaction_id} has already ended",
+                )
+            with self._commit_errors():
+                rows = self._con.execute(
+                    "INSERT INTO ratings (interaction_id, ts, source, event, shown_ms, accepted_chars, "
+                    "accepted_words, typed_chars) VALUES (?, ?, 'implicit', ?, ?, ?, ?, ?) RETURNING id",
+                    [interaction_id, _now(), event, shown_ms, accepted_chars, accepted_words, typed_chars],
+                ).fetchall()
+            return int(rows[0][0])
+
     def _load_explicit_ids(self) -> None:
         # Explicit rating ids, ascending: counts for status and the training threshold without a query.
         rows = self._con.execute("SELECT id FROM ratings WHERE source = 'explicit' ORDER BY id").fetchall()
@@ -312,7 +370,9 @@ class Store:
                    CAST(i.context AS VARCHAR) AS context, i.response, i.finish_reason,
                    CAST(i.timings AS VARCHAR) AS timings,
                    list(struct_pack(id := r.id, ts := r.ts, thumbs := r.thumbs, stars := r.stars,
-                                    comment := r.comment, source := r.source, event := r.event)
+                                    comment := r.comment, source := r.source, event := r.event,
+                                    shown_ms := r.shown_ms, accepted_chars := r.accepted_chars,
+                                    accepted_words := r.accepted_words, typed_chars := r.typed_chars)
                         ORDER BY r.id) FILTER (WHERE r.id IS NOT NULL) AS ratings
             FROM interactions i LEFT JOIN ratings r ON r.interaction_id = i.id
             GROUP BY ALL ORDER BY i.ts

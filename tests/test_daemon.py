@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from lsprotocol import types
+from pygls.exceptions import JsonRpcException
 from pygls.lsp.client import LanguageClient
 
 from reinf.client import Client, DaemonUnavailable, RpcError
@@ -206,7 +207,34 @@ async def _lsp_session(client: LanguageClient, token: str | None) -> None:
     completion = await client.text_document_completion_async(
         types.CompletionParams(text_document=types.TextDocumentIdentifier(uri=uri), position=pos)
     )
-    assert completion.items and completion.items[0].command.command == "reinf.accepted"
+    assert completion.items and completion.items[0].command.command == "reinf.completionAccepted"
+    # With VS Code's suggest widget open on "return", only an item that extends it is drawn: the daemon completes
+    # as if the entry were inserted and replaces the entry's range.
+    selected = types.SelectedCompletionInfo(range=types.Range(start=pos, end=pos), text="return ")
+    consistent = await client.text_document_inline_completion_async(
+        types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri),
+            position=pos,
+            context=types.InlineCompletionContext(
+                trigger_kind=types.InlineCompletionTriggerKind.Automatic, selected_completion_info=selected
+            ),
+        )
+    )
+    drawn = consistent.items if isinstance(consistent, types.InlineCompletionList) else consistent
+    assert drawn, "no completion after the selected entry"
+    assert drawn[0].insert_text.startswith("return ") and len(drawn[0].insert_text) > len("return ")
+    assert drawn[0].range == selected.range
+    # A textDocument/completion client runs the item's command on the server once the item is inserted.
+    accepted = completion.items[0].command
+    done = await client.workspace_execute_command_async(
+        types.ExecuteCommandParams(command=accepted.command, arguments=accepted.arguments)
+    )
+    assert done["rating_id"] > 0
+    # Sent as a request, feedback that cannot be true is answered with -32602 naming the field.
+    again = {"interaction_id": accepted.arguments[0]["interaction_id"], "event": "dismissed"}
+    with pytest.raises(JsonRpcException, match="event") as refused:
+        await client.protocol.send_request_async("reinf/feedback", again)
+    assert refused.value.code == -32602
     client.protocol.notify(
         "reinf/feedback",
         {

@@ -208,7 +208,7 @@ def test_chat_rate_retrain_and_inline_completion(
         client.request("reinf/export", {"format": "jsonl", "path": str(out)})
         rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
         return [
-            {"interaction_id": row["interaction_id"], "response": row["response"], **json.loads(r["comment"])}
+            {"interaction_id": row["interaction_id"], "response": row["response"], **r}
             for row in rows
             if row["kind"] == "completion"
             for r in row.get("ratings") or []

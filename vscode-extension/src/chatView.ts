@@ -21,6 +21,9 @@ export class ChatView implements vscode.WebviewViewProvider {
   private messages: ChatMessage[] = [];
   private turn = 0;
   private running: vscode.CancellationTokenSource | undefined;
+  private readonly focus = new vscode.EventEmitter<boolean>();
+  /** The panel took (true) or gave back (false) the keyboard focus. */
+  readonly onDidChangeFocus = this.focus.event;
 
   constructor(
     private readonly extensionUri: vscode.Uri,
@@ -66,6 +69,9 @@ export class ChatView implements vscode.WebviewViewProvider {
         return;
       case 'insert':
         return insertCode(m.code);
+      case 'focus':
+        this.focus.fire(m.focused);
+        return;
     }
   }
 

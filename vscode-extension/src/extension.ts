@@ -25,6 +25,7 @@ export function activate(context: vscode.ExtensionContext): void {
     ...statusBar.attach(),
     vscode.window.registerWebviewViewProvider(ChatView.viewId, chat, { webviewOptions: { retainContextWhenHidden: true } }),
     daemon.onState((s) => chat.setConnection(s.kind === 'connected', s.message)),
+    chat.onDidChangeFocus((focused) => inline.panelFocused(focused)),
     vscode.workspace.onDidChangeConfiguration((e) => {
       if (e.affectsConfiguration('reinf.home') || e.affectsConfiguration('reinf.serverCommand')) {
         void daemon?.reconnect();

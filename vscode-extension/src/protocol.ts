@@ -51,12 +51,17 @@ export interface RateResult {
   until_next_training: number;
 }
 
-export type FeedbackKind = 'accepted' | 'dismissed' | 'partially_accepted';
+export type FeedbackKind = 'accepted' | 'dismissed' | 'partially_accepted' | 'typed_through';
 
 export interface FeedbackParams {
   interaction_id: string;
   event: FeedbackKind;
+  /** Characters (and words) put in by accepting: all of it, or what accept-word/accept-line inserted. */
   accepted_chars?: number;
+  accepted_words?: number;
+  /** Characters of the suggestion the user typed by hand. */
+  typed_chars?: number;
+  /** Time on screen with the editor focused. */
   shown_ms?: number;
 }
 
