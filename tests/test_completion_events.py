@@ -96,7 +96,9 @@ def test_an_event_after_the_completion_ended_is_refused_and_nothing_is_written(
 
 def test_feedback_about_a_chat_is_refused_naming_interaction_id(backend: Any) -> None:
     iid = _interaction(backend, kind="chat")
-    with pytest.raises(JsonRpcException, match="interaction_id: .* is a chat, not an inline completion") as exc:
+    with pytest.raises(
+        JsonRpcException, match="interaction_id: .* is a chat, not an inline completion"
+    ) as exc:
         backend.feedback({"interaction_id": iid, "event": "dismissed"})
     assert exc.value.code == -32602
     assert _rows(backend) == []
