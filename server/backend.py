@@ -8,13 +8,14 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from .config import Config
+from .corrections import Correction, Corrections
 from .paths import private_dir, write_json
 from .redact import redact, redact_obj, secrets_in
 from .store import COMPLETION_EVENTS, RefusedEvent, Store, UnknownInteraction
@@ -59,6 +60,9 @@ class Backend:
         self._clients: set[Notifier] = set()
         self._clients_lock = threading.Lock()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.corrections = Corrections(
+            cfg.completions, self._store_correction_later, schedule=self._call_later
+        )
         from .scheduler import Scheduler
 
         self.scheduler = Scheduler(cfg, self.store, broadcast=self.broadcast, swap_adapter=self.swap_adapter)
@@ -208,8 +212,13 @@ class Backend:
         uri: str,
         language: str | None,
         max_tokens: int | None = None,
+        conn: Hashable | None = None,
+        source: Callable[[], str | None] | None = None,
     ) -> dict[str, Any] | None:
-        """An inline completion at the cursor; stored and returned with its interaction id (None if empty)."""
+        """An inline completion at the cursor; stored and returned with its interaction id (None if empty).
+
+        With `source` (the document's text now) and the connection `conn` it lives on, what the user writes
+        instead of the suggestion can be followed (corrections.py)."""
         t0 = time.perf_counter()
         n = max_tokens or self.cfg.model.max_new_tokens
         scope = completion_scope(self.cfg.completions, prefix, suffix, language)
@@ -243,6 +252,10 @@ class Backend:
             adapter_version=version,
             uncut=[prefix, suffix],
         )
+        if source is not None:
+            self.corrections.offered(
+                iid, conn=conn, uri=uri, prefix=prefix, suffix=suffix, suggestion=text, source=source
+            )
         timings["total_ms"] = _ms(t0)
         return {"interaction_id": iid, "text": text, "adapter_version": version, "timings": timings}
 
@@ -364,7 +377,32 @@ class Backend:
             raise self._unknown("reinf/feedback", iid, exc) from exc
         except RefusedEvent as exc:
             raise InvalidParams(f"reinf/feedback: {exc.field}: {exc}") from exc
+        self.corrections.event(iid, event)
         return {"rating_id": rating_id}
+
+    def _call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        if self.loop is not None and self.loop.is_running():
+            self.loop.call_later(delay, fn)
+        # Without a running loop (tests, benchmarks) a correction's time is checked at the next change.
+
+    def _store_correction_later(self, c: Correction) -> None:
+        """Write a correction on the store thread, redacted like every other text; a failure is logged."""
+
+        def write() -> None:
+            typed = c.typed
+            if self.cfg.server.redact_secrets:
+                typed = redact(typed, secrets_in(c.prefix, c.typed, c.suffix))
+            self.store.add_correction(c.interaction_id, c.event, typed, c.truncated, c.ended)
+
+        fut = self._writer.submit(write)
+        self._unwritten.add(fut)
+
+        def done(f: Future) -> None:
+            self._unwritten.discard(f)
+            if f.exception() is not None:
+                log.error("a correction of %s could not be stored: %s", c.interaction_id, f.exception())
+
+        fut.add_done_callback(done)
 
     # -- reads ------------------------------------------------------------------------------------
 

@@ -121,6 +121,18 @@ def build_server(backend: Backend) -> LanguageServer:
     def did_open(params: types.DidOpenTextDocumentParams) -> None:
         """pygls keeps the document; nothing else to do."""
 
+    @ls.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(params: types.DidChangeTextDocumentParams) -> None:
+        """pygls has applied the change; a correction being followed in this document looks at it."""
+        uri = params.text_document.uri
+        source = _source(ls, uri)
+        if source is not None:
+            backend.corrections.changed(ls, uri, source)
+
+    @ls.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(params: types.DidCloseTextDocumentParams) -> None:
+        backend.corrections.closed(ls, params.text_document.uri)
+
     @ls.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     @_errors
     async def inline_completion(params: types.InlineCompletionParams) -> types.InlineCompletionList:
@@ -246,9 +258,20 @@ async def _complete_at(
     if offset < 0 or offset > len(source):
         return None
     prefix, suffix = source[:offset], source[offset:]
+    # What the user writes instead is followed from this cursor; not from a suggest-widget entry's, whose text
+    # the document does not have.
+    follow = (lambda: _source(ls, uri)) if selected is None else None
     if selected is not None:
         start, end = (doc.offset_at_position(p) for p in (selected.range.start, selected.range.end))
         if not 0 <= start <= offset <= end <= len(source):
             return None
         prefix, suffix = source[:start] + selected.text, source[end:]
-    return await backend.complete(prefix, suffix, client=_client_name(ls), uri=uri, language=doc.language_id)
+    return await backend.complete(
+        prefix, suffix, client=_client_name(ls), uri=uri, language=doc.language_id, conn=ls, source=follow
+    )
+
+
+def _source(ls: LanguageServer, uri: str) -> str | None:
+    """The text of an open document, None if it is not open on this connection."""
+    doc = ls.workspace.text_documents.get(uri)
+    return None if doc is None else doc.source

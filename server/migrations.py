@@ -96,6 +96,19 @@ def m004_completion_events(con: duckdb.DuckDBPyConnection) -> None:
             comment = NULL
         WHERE source = 'implicit' AND json_valid(comment) AND left(comment, 1) = '{'
     """)
+    # What the user wrote at a suggestion's place after dismissing, partly accepting or typing through it.
+    con.execute("CREATE SEQUENCE corrections_id_seq START 1")
+    con.execute("""
+        CREATE TABLE corrections (
+            id BIGINT PRIMARY KEY DEFAULT nextval('corrections_id_seq'),
+            interaction_id VARCHAR NOT NULL,
+            ts TIMESTAMPTZ NOT NULL,
+            event VARCHAR NOT NULL,
+            typed VARCHAR NOT NULL,
+            truncated BOOLEAN NOT NULL,
+            ended VARCHAR NOT NULL CHECK (ended IN ('moved', 'lines', 'timeout', 'size', 'closed'))
+        )""")
+    con.execute("CREATE INDEX corrections_interaction ON corrections (interaction_id)")
 
 
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [

@@ -75,7 +75,8 @@ _SNAPSHOT = f"""
            e.thumbs, e.stars, e.comment, e.id AS rating_id,
            coalesce(imp.accepted, 0) AS accepted, coalesce(imp.dismissed, 0) AS dismissed,
            coalesce(imp.partially_accepted, 0) AS partially_accepted,
-           coalesce(imp.typed_through, 0) AS typed_through
+           coalesce(imp.typed_through, 0) AS typed_through,
+           cor.typed, cor.typed_truncated
     FROM interactions i
     LEFT JOIN ({_LATEST_EXPLICIT}) e ON e.interaction_id = i.id
     LEFT JOIN (
@@ -86,6 +87,10 @@ _SNAPSHOT = f"""
                count(*) FILTER (WHERE event = 'typed_through') AS typed_through
         FROM ratings WHERE source = 'implicit' GROUP BY interaction_id
     ) imp ON imp.interaction_id = i.id
+    LEFT JOIN (
+        SELECT interaction_id, arg_max(typed, id) AS typed, arg_max(truncated, id) AS typed_truncated
+        FROM corrections GROUP BY interaction_id
+    ) cor ON cor.interaction_id = i.id
     WHERE e.id IS NOT NULL OR imp.interaction_id IS NOT NULL
     ORDER BY i.ts
 """
@@ -287,6 +292,18 @@ class Store:
                 ).fetchall()
             return int(rows[0][0])
 
+    def add_correction(self, interaction_id: str, event: str, typed: str, truncated: bool, ended: str) -> int:
+        """Store what the user wrote instead of a completion (already redacted); committed before it returns."""
+        with self._lock, self._commit_errors():
+            rows = self._con.execute(
+                "INSERT INTO corrections (interaction_id, ts, event, typed, truncated, ended) "
+                "SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM interactions WHERE id = ?) RETURNING id",
+                [interaction_id, _now(), event, typed, truncated, ended, interaction_id],
+            ).fetchall()
+        if not rows:
+            raise UnknownInteraction(f"unknown interaction_id {interaction_id!r}")
+        return int(rows[0][0])
+
     def _load_explicit_ids(self) -> None:
         # Explicit rating ids, ascending: counts for status and the training threshold without a query.
         rows = self._con.execute("SELECT id FROM ratings WHERE source = 'explicit' ORDER BY id").fetchall()
@@ -373,7 +390,10 @@ class Store:
                                     comment := r.comment, source := r.source, event := r.event,
                                     shown_ms := r.shown_ms, accepted_chars := r.accepted_chars,
                                     accepted_words := r.accepted_words, typed_chars := r.typed_chars)
-                        ORDER BY r.id) FILTER (WHERE r.id IS NOT NULL) AS ratings
+                        ORDER BY r.id) FILTER (WHERE r.id IS NOT NULL) AS ratings,
+                   (SELECT list(struct_pack(id := c.id, ts := c.ts, event := c.event, typed := c.typed,
+                                            truncated := c.truncated, ended := c.ended) ORDER BY c.id)
+                    FROM corrections c WHERE c.interaction_id = i.id) AS corrections
             FROM interactions i LEFT JOIN ratings r ON r.interaction_id = i.id
             GROUP BY ALL ORDER BY i.ts
         """
@@ -398,6 +418,7 @@ class Store:
             try:
                 ids = "SELECT id FROM interactions WHERE ts < ?"
                 self._con.execute(f"DELETE FROM ratings WHERE interaction_id IN ({ids})", [before])
+                self._con.execute(f"DELETE FROM corrections WHERE interaction_id IN ({ids})", [before])
                 n = self._con.execute(
                     "DELETE FROM interactions WHERE ts < ? RETURNING id", [before]
                 ).fetchall()

@@ -146,3 +146,143 @@ def test_details_stored_as_json_comments_move_into_the_columns(tmp_path) -> None
         ("implicit", "accepted", 900, 5, None),
         ("explicit", None, None, None, "{not json, a user's words}"),
     ]
+
+
+# -- corrections -------------------------------------------------------------------------------------
+
+PREFIX = "def total(items):\n    "
+SUFFIX = "\n\n\ndef other():\n    pass\n"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _follower(**cfg: Any):
+    from reinf.config import CompletionsConfig
+    from reinf.corrections import Corrections
+
+    written: list[Any] = []
+    clock = Clock()
+    doc = {"text": PREFIX + SUFFIX}
+    c = Corrections(CompletionsConfig(**cfg), written.append, clock=clock)
+    c.offered(
+        "i1",
+        conn="c",
+        uri="u",
+        prefix=PREFIX,
+        suffix=SUFFIX,
+        suggestion="return 0",
+        source=lambda: doc["text"],
+    )
+    return c, written, clock, doc
+
+
+def _type(c: Any, doc: dict[str, str], text: str) -> None:
+    """Type `text` at the cursor one character at a time, as the editor reports it."""
+    for ch in text:
+        middle = doc["text"][len(PREFIX) : len(doc["text"]) - len(SUFFIX)]
+        doc["text"] = PREFIX + middle + ch + SUFFIX
+        c.changed("c", "u", doc["text"])
+
+
+def test_what_the_user_types_after_a_dismissal_is_kept_when_they_move_on() -> None:
+    c, written, _, doc = _follower()
+    c.event("i1", "dismissed")
+    _type(c, doc, "return sum(items)")
+    assert written == []
+    doc["text"] = "import math\n" + doc["text"]  # an edit elsewhere: they moved on
+    c.changed("c", "u", doc["text"])
+    assert [(w.typed, w.truncated, w.ended, w.event) for w in written] == [
+        ("return sum(items)", False, "moved", "dismissed")
+    ]
+    assert c.following == []
+
+
+def test_a_correction_ends_with_the_suggestions_last_line() -> None:
+    c, written, _, doc = _follower()
+    c.event("i1", "partially_accepted")
+    _type(c, doc, "return sum(items)\n    x = 1")
+    assert [(w.typed, w.ended) for w in written] == [("return sum(items)", "lines")]
+
+
+def test_a_correction_longer_than_the_bound_is_cut_and_says_so() -> None:
+    c, written, _, doc = _follower(correction_max_chars=10)
+    c.event("i1", "typed_through")
+    _type(c, doc, "return sum(item.price for item in items)")
+    assert [(w.typed, w.truncated, w.ended) for w in written] == [("return sum", True, "size")]
+
+
+def test_time_runs_out_and_the_correction_so_far_is_kept() -> None:
+    c, written, clock, doc = _follower(correction_timeout_s=5)
+    c.event("i1", "dismissed")
+    _type(c, doc, "ret")
+    clock.t = 6
+    c.expire()
+    assert [(w.typed, w.ended) for w in written] == [("ret", "timeout")]
+
+
+def test_moving_away_without_writing_stores_nothing_and_stops_following() -> None:
+    c, written, _, doc = _follower()
+    c.event("i1", "dismissed")
+    c.changed("c", "u", "# new first line\n" + doc["text"])
+    _type(c, doc, "return 1")
+    assert written == [] and c.following == []
+
+
+def test_an_accepted_suggestion_is_not_followed_and_the_opt_out_follows_nothing() -> None:
+    c, written, _, doc = _follower()
+    c.event("i1", "accepted")
+    assert c.following == []
+    c, written, _, doc = _follower(corrections=False)
+    c.event("i1", "dismissed")
+    _type(c, doc, "return 1\n")
+    assert c.following == [] and written == []
+
+
+def test_other_documents_and_connections_do_not_disturb_a_correction() -> None:
+    c, written, _, doc = _follower()
+    c.event("i1", "dismissed")
+    c.changed("c", "other", "anything")
+    c.changed("c2", "u", "anything")
+    _type(c, doc, "return 2")
+    c.closed("c", "u")
+    assert [(w.typed, w.ended) for w in written] == [("return 2", "closed")]
+
+
+def test_the_backend_stores_a_redacted_correction_with_the_fim_prompt_and_suggestion(backend: Any) -> None:
+    import asyncio
+
+    doc = {"text": PREFIX + SUFFIX}
+    result = asyncio.run(
+        backend.complete(
+            PREFIX, SUFFIX, client="t", uri="u", language="python", conn="c", source=lambda: doc["text"]
+        )
+    )
+    assert result is not None
+    iid = result["interaction_id"]
+    backend.feedback({"interaction_id": iid, "event": "dismissed", "shown_ms": 800})
+    key = "sk-" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6"
+    doc["text"] = PREFIX + f'return call("{key}")' + SUFFIX
+    backend.corrections.changed("c", "u", doc["text"])
+    backend.corrections.closed("c", "u")
+    backend.flush()
+    rows = backend.store._read(
+        "SELECT i.prompt, i.response, c.typed, c.event, c.truncated FROM corrections c "
+        "JOIN interactions i ON i.id = c.interaction_id"
+    )
+    assert len(rows) == 1
+    prompt, response, typed, event, truncated = rows[0]
+    assert PREFIX in prompt and response == result["text"] and event == "dismissed" and not truncated
+    assert typed.startswith('return call("') and key not in typed
+    # The trainer's snapshot carries the pair (FIM prompt, suggested, typed); forget removes the correction.
+    out = backend.cfg.home / "snapshot.parquet"
+    backend.store.export_snapshot(out)
+    snap = duckdb.sql(f"SELECT prompt, response, typed, typed_truncated, dismissed FROM '{out}'").fetchall()
+    assert snap == [(prompt, response, typed, False, 1)]
+    backend.forget({"before": "2999-01-01T00:00:00+00:00", "keep_adapters": True})
+    assert backend.store._read("SELECT count(*) FROM corrections") == [(0,)]
