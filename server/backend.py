@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -417,6 +417,9 @@ class Backend:
             "until_next_training": self.scheduler.until_next_training(),
             "training": self.scheduler.status(),
             "last_run": self.scheduler.last_run(),
+            "acceptance": self.store.acceptance(
+                self.engine.adapter_version, datetime.now(timezone.utc) - timedelta(days=7)
+            ),
         }
 
     def history(self, params: Any) -> dict[str, Any]:

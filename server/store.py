@@ -292,6 +292,36 @@ class Store:
                 ).fetchall()
             return int(rows[0][0])
 
+    def acceptance(self, active_version: int, since: datetime) -> dict[str, Any]:
+        """How often shown inline completions were accepted: those made since `since`, those the active adapter
+        made, and the base's. A completion counts once, as accepted if it was, whatever came before."""
+        buckets = {
+            "last_7_days": "i.ts >= ?",
+            "active": "i.adapter_version = ?",
+            "base": "i.adapter_version = 0",
+        }
+        aggregates = ", ".join(
+            f"count(*) FILTER (WHERE {cond}), count(*) FILTER (WHERE {cond} AND accepted), "
+            f"count(*) FILTER (WHERE {cond} AND partial AND NOT accepted)"
+            for cond in buckets.values()
+        )
+        row = self._read(
+            f"""SELECT {aggregates} FROM (
+                SELECT interaction_id, bool_or(event = 'accepted') AS accepted,
+                       bool_or(event = 'partially_accepted') AS partial
+                FROM ratings WHERE source = 'implicit' AND event IN ({", ".join("?" * len(COMPLETION_EVENTS))})
+                GROUP BY interaction_id
+            ) ev JOIN interactions i ON i.id = ev.interaction_id WHERE i.kind = 'completion'""",
+            [since, since, since, active_version, active_version, active_version, *COMPLETION_EVENTS],
+        )[0]
+        out: dict[str, Any] = {}
+        for n, name in enumerate(buckets):
+            shown, accepted, partial = (int(v) for v in row[3 * n : 3 * n + 3])
+            rate = round(accepted / shown, 4) if shown else None
+            out[name] = {"shown": shown, "accepted": accepted, "partially_accepted": partial, "rate": rate}
+        out["active"]["adapter_version"] = active_version
+        return out
+
     def add_correction(self, interaction_id: str, event: str, typed: str, truncated: bool, ended: str) -> int:
         """Store what the user wrote instead of a completion (already redacted); committed before it returns."""
         with self._lock, self._commit_errors():

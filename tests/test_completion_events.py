@@ -286,3 +286,43 @@ def test_the_backend_stores_a_redacted_correction_with_the_fim_prompt_and_sugges
     assert snap == [(prompt, response, typed, False, 1)]
     backend.forget({"before": "2999-01-01T00:00:00+00:00", "keep_adapters": True})
     assert backend.store._read("SELECT count(*) FROM corrections") == [(0,)]
+
+
+def test_status_reports_the_acceptance_rate_by_week_active_adapter_and_base(backend: Any) -> None:
+    from reinf.cli import acceptance_text
+
+    def completion(version: int, *events: str) -> None:
+        iid = backend.store.add_interaction(
+            kind="completion",
+            client="t",
+            model="m",
+            adapter_version=version,
+            prompt="p",
+            context={},
+            response="r",
+            finish_reason="stop",
+            timings={},
+        )
+        for event in events:
+            backend.feedback({"interaction_id": iid, "event": event})
+
+    for events in [("accepted",), ("dismissed",), ("dismissed",), ("partially_accepted", "accepted")]:
+        completion(0, *events)
+    completion(3, "accepted")
+    completion(3, "partially_accepted")
+    completion(3)  # never reported on: not counted as shown
+    backend.engine.adapter_version = 3
+    acc = backend.status()["acceptance"]
+    assert acc["base"] == {"shown": 4, "accepted": 2, "partially_accepted": 0, "rate": 0.5}
+    assert acc["active"] == {
+        "shown": 2,
+        "accepted": 1,
+        "partially_accepted": 1,
+        "rate": 0.5,
+        "adapter_version": 3,
+    }
+    assert acc["last_7_days"]["shown"] == 6 and acc["last_7_days"]["accepted"] == 3
+    assert (
+        acceptance_text(acc)
+        == "accepted 50% of 6 in the last 7 days; since adapter v3: 50% of 2; base: 50% of 4"
+    )

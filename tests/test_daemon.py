@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import stat
 import sys
@@ -455,7 +456,11 @@ def test_cli_status_history_rate_and_export(daemon: DaemonProcess, tmp_path: Pat
         assert out.returncode == 0, out.stderr
         return out.stdout
 
-    assert "reinf-tiny-test" in reinf("status")
+    status = reinf("status")
+    assert "reinf-tiny-test" in status
+    assert re.search(
+        r"completions +accepted (\d+% of \d+|none shown) in the last 7 days; base \(active\)", status
+    )
     with daemon.client() as c:
         iid = c.chat("def cli():", max_tokens=4)["interaction_id"]
     assert iid in reinf("history", "-n", "50", "--unrated")

@@ -1,5 +1,5 @@
 // Text the UI shows, computed from protocol results. Pure functions, unit-tested.
-import type { AdapterInfo, RateResult, RunInfo, StatusResult, TrainingProgress } from './protocol';
+import type { Acceptance, AcceptanceBucket, AdapterInfo, RateResult, RunInfo, StatusResult, TrainingProgress } from './protocol';
 
 const ACTIVE_STATES = new Set(['queued', 'running']);
 
@@ -33,6 +33,7 @@ export function statusBarText(s: StatusResult, progress?: TrainingProgress): Sta
     `reinf: ${s.model} on ${s.device}, ${adapterLabel(s.adapter_version)}`,
     `${s.ratings_total} ratings; ${s.until_next_training} more until the next training`,
     s.last_run ? `last run ${s.last_run.run_id}: ${s.last_run.state}` : 'no training run yet',
+    ...(s.acceptance ? [acceptanceText(s.acceptance)] : []),
     'Click for details',
   ].join('\n');
   const run = progress && ACTIVE_STATES.has(progress.state) ? progress : undefined;
@@ -43,6 +44,15 @@ export function statusBarText(s: StatusResult, progress?: TrainingProgress): Sta
   }
   const version = s.adapter_version > 0 ? `v${s.adapter_version}` : 'base';
   return { text: `$(sparkle) ${model} ${version} · ${s.until_next_training} to train`, tooltip };
+}
+
+/** "Completions accepted: 34% of 120 in the last 7 days; since adapter v3: 41% of 52; base: 28% of 300". */
+export function acceptanceText(a: Acceptance): string {
+  const rate = (b: AcceptanceBucket) => (b.shown > 0 && b.rate !== null ? `${Math.round(b.rate * 100)}% of ${b.shown}` : 'none shown');
+  const week = `Completions accepted: ${rate(a.last_7_days)} in the last 7 days`;
+  return a.active.adapter_version > 0
+    ? `${week}; since adapter v${a.active.adapter_version}: ${rate(a.active)}; base: ${rate(a.base)}`
+    : `${week}; base (active): ${rate(a.base)}`;
 }
 
 /** Several lines for "Show Status". */
@@ -57,6 +67,9 @@ export function statusReport(s: StatusResult): string {
   ];
   if (s.last_run) {
     lines.push(`Last run: ${s.last_run.run_id}, ${s.last_run.state}${s.last_run.error ? `: ${s.last_run.error}` : ''}`);
+  }
+  if (s.acceptance) {
+    lines.push(acceptanceText(s.acceptance));
   }
   return lines.join('\n');
 }

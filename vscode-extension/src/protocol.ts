@@ -80,6 +80,21 @@ export interface StatusResult {
   until_next_training: number;
   training: TrainingState;
   last_run?: RunInfo | null;
+  acceptance?: Acceptance;
+}
+
+/** How often shown inline completions were accepted. */
+export interface AcceptanceBucket {
+  shown: number;
+  accepted: number;
+  partially_accepted: number;
+  rate: number | null;
+}
+
+export interface Acceptance {
+  last_7_days: AcceptanceBucket;
+  active: AcceptanceBucket & { adapter_version: number };
+  base: AcceptanceBucket;
 }
 
 export interface RunInfo {
