@@ -40,6 +40,7 @@ class _Offer:
     prefix: str
     suffix: str
     lines: int  # how many lines the suggestion had: a correction is not followed past as many
+    next_line: bool  # the suggestion began with a line break (a block opened at the cursor)
     source: Callable[[], str | None]  # the document's text now (None once closed)
 
 
@@ -86,7 +87,10 @@ class Corrections:
         if not self.cfg.corrections:
             return
         lines = suggestion.strip("\n").count("\n") + 1
-        self._offers[interaction_id] = _Offer(interaction_id, conn, uri, prefix, suffix, lines, source)
+        next_line = suggestion.startswith("\n")
+        self._offers[interaction_id] = _Offer(
+            interaction_id, conn, uri, prefix, suffix, lines, next_line, source
+        )
         while len(self._offers) > self._keep:  # only recent suggestions get feedback
             self._offers.popitem(last=False)
 
@@ -143,9 +147,8 @@ class Corrections:
             self._end(f, "moved")  # an edit outside the suggestion's place: the user went elsewhere
             return
         typed = source[len(o.prefix) : len(source) - len(o.suffix)]
-        start = len(typed) - len(
-            typed.lstrip("\n")
-        )  # a suggestion at a block's opening starts on the next line
+        # A suggestion that opened a block starts on the next line; so may what was written instead of it.
+        start = len(typed) - len(typed.lstrip("\n")) if o.next_line else 0
         ends = [i for i in range(start, len(typed)) if typed[i] == "\n"]
         if len(ends) >= o.lines:
             f.typed = typed[: ends[o.lines - 1]]

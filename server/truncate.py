@@ -157,21 +157,28 @@ class Scope:
 
     # -- the rules --------------------------------------------------------------------------------
 
-    def _cut(self, text: str) -> _Cut:
-        """Where the suggestion's scope ends in `text`, or how far it may go if the end is not in sight."""
+    def _cut(self, text: str, final: bool = False) -> _Cut:
+        """Where the suggestion's scope ends in `text`, or how far it may go if the end is not in sight.
+        `final`: the text is all there will be (its last line is complete)."""
         scan = _Scanner(self.language)
         limit = min(len(text), self.limits.max_chars)
         # A block opened on the cursor line starts the suggestion with a newline: that line does not count.
         max_newlines = self.limits.max_lines - (0 if text[:1] == "\n" else 1)
         newlines, line_start, depth_at_line_start = 0, 0, 0
         statement_done = False  # bracket languages: the last line ended a statement; the next line decides
+        previous = text[: text.find("\n")] if "\n" in text else ""  # the last line with code
         for i in range(limit):
             if i == line_start and newlines:
                 end = self._before_line(text, i, scan, depth_at_line_start, statement_done)
                 if end is not None:
                     return _Cut(end, True)
-                if text[i : _line_end(text, i)].strip():
+                line_end = _line_end(text, i)
+                line = text[i:line_end]
+                if line.strip() and line == previous and (line_end < len(text) or final):
+                    return _Cut(i - 1, True)  # the model repeats itself, line after line
+                if line.strip():
                     statement_done = False
+                    previous = line
             ch = text[i]
             if scan.feed(text, i) == "underflow" and (
                 ch in self.line_after or (self.multiline and self.suffix_has_code)
@@ -247,7 +254,7 @@ class Scope:
 
     def finish(self, text: str, finish_reason: str = "stop") -> str:
         """The part of `text` to show: cut at the scope's end, never inside an identifier, trimmed; "" for none."""
-        cut = self._cut(text)
+        cut = self._cut(text, final=True)
         out = text[: cut.end]
         at_line_end = cut.end < len(text) and text[cut.end] == "\n"
         if not cut.ended and not at_line_end and (finish_reason == "length" or cut.end < len(text)):

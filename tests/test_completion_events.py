@@ -210,6 +210,13 @@ def test_a_correction_ends_with_the_suggestions_last_line() -> None:
     assert [(w.typed, w.ended) for w in written] == [("return sum(items)", "lines")]
 
 
+def test_a_new_line_after_a_one_line_suggestion_is_not_part_of_its_correction() -> None:
+    c, written, _, doc = _follower()
+    c.event("i1", "dismissed")
+    _type(c, doc, "\n    x = 1")
+    assert written == [] and c.following == []
+
+
 def test_a_correction_longer_than_the_bound_is_cut_and_says_so() -> None:
     c, written, _, doc = _follower(correction_max_chars=10)
     c.event("i1", "typed_through")

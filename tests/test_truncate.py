@@ -192,6 +192,16 @@ def test_rust_mid_line_stops_before_the_closer_already_there() -> None:
     assert finish(prefix, "];\n}\n", "rust", "1, 2, 3];\n    println!()") == "1, 2, 3"
 
 
+def test_a_line_the_model_repeats_ends_the_suggestion() -> None:
+    prefix = "def f(dirs):\n    "
+    text = "for d in dirs:\n        d = d.strip()\n        d = d.strip()\n        d = d.strip()\n"
+    assert finish(prefix, "", "python", text) == "for d in dirs:\n        d = d.strip()"
+    assert finish("def f():\n", "", "python", "    #\n    #\n    #\n") == "    #"
+    # Closers at different depths are different lines.
+    js = "if (a) {\n    if (b) {\n      c();\n    }\n  }\n  d();\n"
+    assert finish("function f() {\n  ", "\n}\n", "javascript", js) == js[: js.index("\n  d()")]
+
+
 # -- what is dropped ----------------------------------------------------------------------------------
 
 
