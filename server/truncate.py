@@ -149,6 +149,10 @@ class Scope:
         self.mode = "block" if self.multiline else "line"
         # The block the cursor is in: a body opened on this line is deeper than the line.
         self.block_indent = _indent(self.line_before) + (1 if before and opens_block else 0)
+        # Indentation languages: the levels open in the code above, to tell a dedent Python would refuse.
+        code_above = [line for line in prefix[-4000:].split("\n")[:-1] if _is_code_line(line)]
+        self.levels_above = {_indent(line) for line in code_above}
+        self.line_above = code_above[-1] if code_above else ""
         self._checked = 0
 
     @classmethod
@@ -210,6 +214,8 @@ class Scope:
                 return None  # a continuation line inside brackets
             if _indent(line) < self.block_indent:
                 return i - 1  # dedents below the cursor's block
+            if _is_code_line(line) and not self._indent_fits(text[:i], _indent(line)):
+                return i - 1  # an indentation Python refuses: the model has lost the structure
             if (
                 _DEFINITION.match(stripped)
                 and _indent(line) <= self.block_indent
@@ -225,6 +231,31 @@ class Scope:
                 return None  # "el" may become "else": wait for more of the line
             return i - 1
         return None
+
+    def _indent_fits(self, before: str, indent: int) -> bool:
+        """Whether a code line at `indent` may follow the suggestion so far: deeper only after a line that opens
+        a block, shallower only back to a level that is open. Lines inside brackets continue the line above."""
+        text = self.line_before + before
+        scan, starts, depth = _Scanner(self.language), [0], []
+        for j in range(len(text)):
+            scan.feed(text, j)
+            if text[j] == "\n":
+                starts.append(j + 1)
+            depth.append(len(scan.stack))
+        lines = [text[a : (b - 1 if b else len(text))] for a, b in zip(starts, [*starts[1:], 0], strict=True)]
+        logical = [
+            line
+            for a, line in zip(starts, lines, strict=True)
+            if _is_code_line(line) and (a == 0 or not depth[a - 1])
+        ]
+        last_start = max(
+            (a for a in starts if a < len(text) and _is_code_line(text[a : _line_end(text, a)])), default=-1
+        )
+        last = text[last_start : _line_end(text, last_start)] if last_start >= 0 else self.line_above
+        head = logical[-1] if logical else self.line_above
+        if indent > _indent(head):
+            return _strip_hash_comment(last).rstrip().endswith((":", "(", "[", "{", ",", "\\"))
+        return indent == _indent(head) or indent in self.levels_above | {_indent(line) for line in logical}
 
     def _wrote_code(self, before: str) -> bool:
         """Whether the suggestion (with the cursor line) has anything but decorators before this point."""
@@ -288,6 +319,17 @@ class Scope:
 def _line_end(text: str, i: int) -> int:
     j = text.find("\n", i)
     return len(text) if j < 0 else j
+
+
+def _is_code_line(line: str) -> bool:
+    """A line Python reads for indentation (not blank, not only a comment)."""
+    stripped = line.strip()
+    return bool(stripped) and not stripped.startswith("#")
+
+
+def _strip_hash_comment(line: str) -> str:
+    j = line.find("#")
+    return line if j < 0 else line[:j]
 
 
 def _strip_line_comment(line: str) -> str:

@@ -269,3 +269,15 @@ def test_limits_are_configured_per_language(tmp_path) -> None:
     assert completion_scope(cfg.completions, "def f():\n", "", "cython").finish(body).count("\n") == 7
     with pytest.raises(ConfigError, match="completions.max_lines_by_language"):
         load_config(tmp_path, environ={"REINF_COMPLETIONS_MAX_LINES_BY_LANGUAGE": "python:2"})
+
+
+def test_python_an_indentation_python_would_refuse_ends_the_suggestion() -> None:
+    prefix = "import json\n"
+    # Deeper without a block opened above it ("unexpected indent").
+    assert finish(prefix, "", "python", "x = 1\n    y = 2\n") == "x = 1"
+    # Back to a level that was never open ("unindent does not match any outer indentation level").
+    text = "def f():\n        return 1\n    @classmethod\n    def g(cls):\n"
+    assert finish(prefix, "", "python", text) == "def f():\n        return 1"
+    # An opened block may go deeper, and come back to a level that is open.
+    body = "if x:\n        y = 1\n    z = 2"
+    assert finish("def f(x):\n    ", "", "python", body) == body
