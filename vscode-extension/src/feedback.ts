@@ -15,6 +15,8 @@ export interface Suggestion {
   text: string;
   uri: string;
   at: Pos;
+  /** The item's own text before `at` on the same line (what the user typed of a suggest-widget entry it extends). */
+  before?: string;
 }
 
 /** One edit, as in `TextDocumentContentChangeEvent`: the range it replaced and the text put there. */
@@ -129,7 +131,7 @@ export class FeedbackTracker {
     } else if (atCursor && remaining.length > 0 && e.text.endsWith(remaining)) {
       c.inserted = true;
       this.pause(c, now);
-    } else {
+    } else if (!this.rewritten(c, e)) {
       this.resolve(now);
     }
   }
@@ -148,6 +150,38 @@ export class FeedbackTracker {
   /** Escape, another editor, a closed document: the suggestion is gone. */
   dismissed(now: number): void {
     this.resolve(now);
+  }
+
+  /** An edit that rewrites the line up to the cursor and leaves it consistent with the suggestion: the suggest
+   * widget inserting its entry ("ret" becomes "return"), or a backspace. VS Code keeps the ghost text then. */
+  private rewritten(c: Current, e: Edit): boolean {
+    const cursor = this.expectedCursor(c);
+    const done = c.s.text.slice(0, c.typed + c.partial);
+    if (!samePos(e.end, cursor) || e.start.line !== cursor.line || done.includes('\n') || e.text.includes('\n')) {
+      return false;
+    }
+    const before = c.s.before ?? '';
+    const lineStart = c.s.at.character - before.length; // where the item's text begins on this line
+    if (e.start.line !== c.s.at.line || e.start.character < lineStart) {
+      return false;
+    }
+    const known = before + done;
+    const now = known.slice(0, e.start.character - lineStart) + e.text;
+    const full = before + c.s.text;
+    if (now.length < before.length || !full.startsWith(now) || now.length >= full.length) {
+      return false;
+    }
+    // What the user now has of the suggestion, by their own hand (the widget's entry is not our accept).
+    const matched = now.length - before.length;
+    if (matched >= c.typed + c.partial) {
+      c.typed += matched - c.typed - c.partial;
+    } else {
+      const cut = c.typed + c.partial - matched;
+      const fromTyped = Math.min(cut, c.typed);
+      c.typed -= fromTyped;
+      c.partial -= cut - fromTyped;
+    }
+    return true;
   }
 
   private finished(c: Current): boolean {

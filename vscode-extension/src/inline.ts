@@ -85,13 +85,17 @@ export class InlineFeedback implements vscode.Disposable {
       return;
     }
     let text = typeof item.insertText === 'string' ? item.insertText : item.insertText.value;
+    let before: string | undefined;
     // An item whose range starts before the cursor repeats what is already typed; keep what it adds.
     if (item.range && item.range.start.isBefore(position)) {
       const typed = document.getText(new vscode.Range(item.range.start, position));
-      text = text.startsWith(typed) ? text.slice(typed.length) : text;
+      if (text.startsWith(typed)) {
+        text = text.slice(typed.length);
+        before = item.range.start.line === position.line ? typed : undefined;
+      }
     }
     this.tracker.shown(
-      { interactionId: arg.interaction_id, text, uri: document.uri.toString(), at: position },
+      { interactionId: arg.interaction_id, text, uri: document.uri.toString(), at: position, before },
       Date.now(),
     );
   }

@@ -131,6 +131,30 @@ test('a suggestion that arrives while the editor is not focused starts its clock
   assert.equal(sent.length, 0); // 200 ms focused: a flicker
 });
 
+test('the suggest widget inserting the entry the suggestion extends keeps it alive; Tab then accepts it', () => {
+  // "ret" typed, the widget's "return" selected; the suggestion is "return a + b" over the same range.
+  const { t, sent } = tracker();
+  t.shown({ ...S, text: 'urn a + b', at: { line: 3, character: 7 }, before: 'ret' }, 0);
+  t.edited(URI, [{ start: { line: 3, character: 4 }, end: { line: 3, character: 7 }, text: 'return' }], 300);
+  t.cursorMoved(URI, { line: 3, character: 10 }, 300);
+  assert.equal(sent.length, 0);
+  assert.equal(t.pending, 'i1');
+  t.edited(URI, insert(3, 10, ' a + b'), 500);
+  t.accepted('i1', 'return a + b', 501);
+  assert.deepEqual(sent.map((p) => p.event), ['accepted']);
+});
+
+test('a backspace inside what was typed of the suggestion keeps it alive', () => {
+  const { t, sent } = tracker();
+  t.shown(S, 0);
+  typeChars(t, 3, 4, 'ret', 100);
+  t.edited(URI, [{ start: { line: 3, character: 6 }, end: { line: 3, character: 7 }, text: '' }], 200);
+  t.cursorMoved(URI, { line: 3, character: 6 }, 200);
+  assert.equal(sent.length, 0);
+  t.edited(URI, insert(3, 6, 'x'), 400);
+  assert.deepEqual(sent, [{ interaction_id: 'i1', event: 'typed_through', typed_chars: 2, shown_ms: 400 }]);
+});
+
 test('words are counted as accept-word steps over them', () => {
   assert.equal(countWords('return a + b'), 3);
   assert.equal(countWords('  self._name)'), 2);
