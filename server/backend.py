@@ -526,6 +526,7 @@ class Backend:
     def close(self) -> None:
         self.scheduler.close()
         self._gen.shutdown(wait=True, cancel_futures=True)
+        self.corrections.close()
         # The completions already answered are written before the store closes.
         self._writer.shutdown(wait=True)
         self.store.close()

@@ -117,6 +117,11 @@ class Corrections:
         for iid in [i for i, o in self._offers.items() if o.conn == conn and o.uri == uri]:
             del self._offers[iid]
 
+    def close(self) -> None:
+        """The daemon stops: keep what was written so far of every correction being followed."""
+        for f in list(self._following.values()):
+            self._end(f, "closed")
+
     def expire(self) -> None:
         """End the corrections whose time is up."""
         now = self._clock()

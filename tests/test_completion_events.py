@@ -233,6 +233,14 @@ def test_time_runs_out_and_the_correction_so_far_is_kept() -> None:
     assert [(w.typed, w.ended) for w in written] == [("ret", "timeout")]
 
 
+def test_a_daemon_that_stops_keeps_the_corrections_being_followed() -> None:
+    c, written, _, doc = _follower()
+    c.event("i1", "typed_through")
+    _type(c, doc, "return 3")
+    c.close()
+    assert [(w.typed, w.ended) for w in written] == [("return 3", "closed")]
+
+
 def test_moving_away_without_writing_stores_nothing_and_stops_following() -> None:
     c, written, _, doc = _follower()
     c.event("i1", "dismissed")
