@@ -16,7 +16,7 @@ import torch
 from .config import ModelConfig
 from .fim import FimTemplate, get_template
 from .lora import LoraLayer, MergedAdapters, read_adapter
-from .models import resolve_model_path
+from .models import resolve_model, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,9 @@ class Engine:
         self.device = pick_device(cfg.device)
         if self.device == "cpu":
             torch.set_num_threads(max(1, cfg.inference_threads))
-        self.path = resolve_model_path(cfg.name)
+        self.resolved = resolve_model(cfg.name)
+        self.path = str(self.resolved.path)
+        log.info("loading %s on %s", self.resolved.describe(), self.device)
         self.tokenizer = load_tokenizer(cfg.tokenizer or self.path, cfg.trust_remote_code)
         self.model = load_causal_lm(self.path, self.device, cfg.dtype, cfg.trust_remote_code)
         # The active adapter is merged into the base's weights (lora.py): the model's modules never change.
