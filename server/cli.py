@@ -119,6 +119,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     t = s["training"]
     print(f"model            {s['model']} on {s['device']}")
+    if s.get("completions"):
+        print(f"completions      {s['completions']}")
     print(f"adapter          v{s['adapter_version']}" + (" (base)" if s["adapter_version"] == 0 else ""))
     print(f"ratings          {s['ratings_total']} ({s['until_next_training']} until the next training)")
     print(

@@ -14,13 +14,17 @@ from typing import Any
 import torch
 
 from .config import ModelConfig
-from .fim import FimTemplate, get_template
+from .fim import FimTemplate, PromptCodec, get_template, tokenizer_vocab
 from .lora import LoraLayer, MergedAdapters, read_adapter
 from .models import resolve_model, resolve_model_path
 
 log = logging.getLogger(__name__)
 
 CHAT_STOPS = ("<|im_end|>", "<|endoftext|>", "<|im_start|>")
+
+
+class ChatUnavailable(RuntimeError):
+    """Chat on a model that has no chat template (a base model): the protocol answers "not available"."""
 
 
 class AdapterError(RuntimeError):
@@ -151,8 +155,11 @@ class Engine:
         self._layers: list[LoraLayer] = []
         self._lock = threading.Lock()
         self._rng = None if cfg.seed < 0 else torch.Generator(self.device).manual_seed(cfg.seed)
-        vocab = set(self.tokenizer.get_vocab()) | set(self.tokenizer.all_special_tokens)
+        vocab = tokenizer_vocab(self.tokenizer)
         self.fim: FimTemplate = get_template(cfg.fim_template, vocab, cfg.name)
+        # Prompts become ids through the codec the trainer uses too (fim.encode_prompt), BOS included.
+        self._codec = self.tokenizer._reinf_prompt_codec = PromptCodec(self.tokenizer, vocab)
+        log.info("completions: %s", self.fim.describe())
         self._eos_ids = self._collect_eos_ids()
         self._stop_ids: dict[tuple[str, ...], set[int]] = {}
         # transformers 5.2x renamed `past_key_values` to `cache`; older ones and remote code use the old name.
@@ -204,7 +211,10 @@ class Engine:
         ):
             raise ValueError("messages must be a non-empty list of {'role': str, 'content': str}")
         if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError(f"model {self.model_name!r} has no chat template; use a chat/instruct model")
+            raise ChatUnavailable(
+                f"chat is not available: model {self.model_name} has no chat template (a base model); inline "
+                "completions work, and an instruct model (e.g. smollm2-135m-instruct) chats"
+            )
         max_tokens, budget = self._budget(max_tokens, temperature)
         prompt, ids = self._chat_prompt([dict(m) for m in messages], budget)
         stops = (*CHAT_STOPS, self.tokenizer.eos_token or "")
@@ -320,7 +330,10 @@ class Engine:
     # -- prompts -------------------------------------------------------------------------------------
 
     def _encode(self, text: str, special: bool = True) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"]
+        """A whole prompt's ids (`special`), or a piece of text's alone."""
+        if special:
+            return self._codec.encode(text)
+        return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
 
     def _keep_tail(self, text: str, n: int) -> str:
         """The end of `text` that is at most about `n` tokens long."""
@@ -340,7 +353,7 @@ class Engine:
 
     def _fim_prompt(self, prefix: str, suffix: str, budget: int) -> tuple[str, list[int]]:
         """Render the FIM prompt; when too long, cut the prefix from the left and the suffix from the right."""
-        if self.fim.name == "plain":
+        if not self.fim.fills_in:
             suffix = ""
         prompt = self.fim.render(prefix, suffix)
         ids = self._encode(prompt)
@@ -363,7 +376,7 @@ class Engine:
         """Render with the chat template; when too long, drop the oldest turns, then cut the last one's start."""
         for _ in range(len(messages) + 4):
             prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            ids = self._encode(prompt, special=False)
+            ids = self._encode(prompt)
             if len(ids) <= budget:
                 return prompt, ids
             turns = [i for i, m in enumerate(messages) if m["role"] != "system"]
