@@ -51,14 +51,52 @@ def pick_device(cfg_device: str = "auto") -> str:
     return cfg_device
 
 
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """ "auto" is bfloat16 on CUDA and float32 on CPU."""
+# bench/cpu_dtype.py, one thread on a CPU with AVX512-BF16: Qwen2.5-Coder-0.5B decodes 2.1x faster in bfloat16
+# (221 vs 464 ms a token, the same greedy text) in half the memory; SmolLM2-135M is level (1.07x slower). So on
+# such a CPU a model of this size or more loads in bfloat16, and smaller ones (reinf-tiny) stay in float32.
+CPU_BF16_MIN_PARAMS = 300_000_000
+
+
+def resolve_dtype(dtype: str, device: str, n_params: int | None = None) -> torch.dtype:
+    """ "auto" is bfloat16 on CUDA; on CPU, bfloat16 for a model of CPU_BF16_MIN_PARAMS or more where the CPU
+    computes in bfloat16 natively, else float32."""
     if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+        if device.startswith("cuda"):
+            return torch.bfloat16
+        big = n_params is not None and n_params >= CPU_BF16_MIN_PARAMS
+        return torch.bfloat16 if big and cpu_has_bf16() else torch.float32
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype not in dtypes:
         raise ValueError(f"model.dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
     return dtypes[dtype]
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX); without them bfloat16 is emulated."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _n_params(folder: str) -> int | None:
+    """The parameter count of a saved model, from its safetensors headers (no weights are read)."""
+    from safetensors import safe_open
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for f in files:
+        with safe_open(str(f), "pt") as st:
+            for key in st.keys():  # noqa: SIM118 - safe_open is not a mapping
+                n = 1
+                for d in st.get_slice(key).get_shape():
+                    n *= d
+                total += n
+    return total
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
@@ -75,9 +113,10 @@ def load_causal_lm(name_or_path: str, device: str, dtype: str = "auto", trust_re
     """An `AutoModelForCausalLM` by hub id, folder or reinf model name, on `device`, in eval mode."""
     from transformers import AutoModelForCausalLM
 
+    path = resolve_model_path(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(
-        resolve_model_path(name_or_path),
-        dtype=resolve_dtype(dtype, device),
+        path,
+        dtype=resolve_dtype(dtype, device, _n_params(path) if dtype == "auto" else None),
         trust_remote_code=trust_remote_code,
     )
     return model.to(device).eval()

@@ -235,3 +235,15 @@ def test_fetch_of_an_unknown_name_lists_the_known_ones():
 
     with pytest.raises(ModelError, match="known: smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct"):
         fetch("gpt-17")
+
+
+def test_auto_dtype_on_cpu_is_float32_for_small_models_and_bfloat16_for_large_ones_where_the_cpu_has_it():
+    import torch
+
+    from reinf.engine import cpu_has_bf16, resolve_dtype
+
+    assert resolve_dtype("auto", "cpu", 2_000_000) == torch.float32  # reinf-tiny: no gain measured
+    assert resolve_dtype("auto", "cpu", None) == torch.float32
+    large = torch.bfloat16 if cpu_has_bf16() else torch.float32
+    assert resolve_dtype("auto", "cpu", 494_000_000) == large
+    assert resolve_dtype("float32", "cpu", 494_000_000) == torch.float32
