@@ -305,6 +305,10 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         print(f"{args.name} is built on this machine; there is nothing to fetch")
         return 0
     fetch(args.name)
+    # Dequantize now, so that the daemon's first start does not spend a minute on it.
+    from .models import resolve_model
+
+    print(f"ready to serve: {resolve_model(args.name).describe()}")
     return 0
 
 
