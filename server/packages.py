@@ -105,6 +105,11 @@ def fetch(name: str, python: str = sys.executable, say=print) -> Path:  # noqa: 
         "--no-deps",
         "--disable-pip-version-check",
         "-q",
+        # A socket timeout, not a total one: a slow download goes on, a silent registry fails within a minute.
+        "--timeout",
+        "20",
+        "--retries",
+        "2",
         *pkg.requirements,
     ]
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
