@@ -130,7 +130,8 @@ def get_template(setting: str, vocab: Collection[str], model_name: str = "") -> 
 
 def tokenizer_vocab(tokenizer: Any) -> set[str]:
     """Every token of `tokenizer`, special and added ones included."""
-    return set(tokenizer.get_vocab()) | set(tokenizer.all_special_tokens)
+    get_vocab = getattr(tokenizer, "get_vocab", None)  # a stand-in tokenizer may have no vocabulary to list
+    return (set(get_vocab()) if get_vocab else set()) | set(getattr(tokenizer, "all_special_tokens", ()))
 
 
 class PromptCodec:
@@ -141,13 +142,12 @@ class PromptCodec:
     def __init__(self, tokenizer: Any, vocab: Collection[str] | None = None) -> None:
         self.tokenizer = tokenizer
         vocab = tokenizer_vocab(tokenizer) if vocab is None else vocab
-        ids = tokenizer.convert_tokens_to_ids
         self.markers: dict[str, int] = {}
         for t in TEMPLATES.values():
             shown_markers = (t.prefix, t.suffix, t.middle)
             for shown, token in zip(shown_markers, t.tokens or shown_markers, strict=True):
                 if shown and token in vocab:
-                    self.markers[shown] = ids(token)
+                    self.markers[shown] = tokenizer.convert_tokens_to_ids(token)
         # Longest first, so that " <SUF>" wins over a shorter marker it contains.
         names = sorted(self.markers, key=len, reverse=True)
         self._split = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
@@ -160,7 +160,7 @@ class PromptCodec:
             if i % 2:
                 ids.append(self.markers[piece])
             elif piece:
-                ids += self.tokenizer(piece, add_special_tokens=False, verbose=False)["input_ids"]
+                ids += self.tokenizer(piece, add_special_tokens=False)["input_ids"]
         bos = [self.bos_id] if self.bos_id is not None and (not ids or ids[0] != self.bos_id) else []
         if not bos and self.bos_id is not None:
             bos, ids = ids[:1], ids[1:]  # the prompt brought its own (a chat template that writes it)
@@ -174,8 +174,8 @@ def _added_bos(tokenizer: Any) -> int | None:
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is None:
         return None
-    with_special = tokenizer("a", add_special_tokens=True, verbose=False)["input_ids"]
-    without = tokenizer("a", add_special_tokens=False, verbose=False)["input_ids"]
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    without = tokenizer("a", add_special_tokens=False)["input_ids"]
     return bos if with_special[:1] == [bos] and without[:1] != [bos] else None
 
 
