@@ -157,7 +157,7 @@ class Backend:
         max_tokens = p.int("max_tokens", 1, 4096) or self.cfg.model.chat_max_new_tokens
         temperature = p.float("temperature", 0.0, 2.0)
         if temperature is None:
-            temperature = self.cfg.model.temperature
+            temperature = self.cfg.model.chat_temperature
         full = _with_context(messages, context)
         # The interaction id is known up front so that streamed deltas can carry it.
         iid = uuid.uuid4().hex
@@ -404,9 +404,10 @@ class Backend:
     # -- training control -------------------------------------------------------------------------
 
     def retrain(self, params: Any) -> dict[str, Any]:
-        Params(params, "reinf/retrain", self.cfg.server.max_field_bytes, set())
+        p = Params(params, "reinf/retrain", self.cfg.server.max_field_bytes, {"fresh_judge"})
+        fresh_judge = p.bool("fresh_judge")
         self.flush()
-        return {"run_id": self.scheduler.retrain("manual")}
+        return {"run_id": self.scheduler.retrain("manual", fresh_judge=fresh_judge)}
 
     def cancel_training(self, params: Any) -> dict[str, Any]:
         Params(params, "reinf/cancelTraining", self.cfg.server.max_field_bytes, set())

@@ -160,8 +160,9 @@ class Scheduler:
         except Exception:  # the rating itself is committed; a run that cannot start must not fail it
             log.exception("could not start a training run at the rating threshold")
 
-    def retrain(self, trigger: str = "manual") -> int:
-        """Start a run now; returns its id. Raises `SchedulerBusy` while another run is going."""
+    def retrain(self, trigger: str = "manual", fresh_judge: bool = False) -> int:
+        """Start a run now; returns its id. Raises `SchedulerBusy` while another run is going. With
+        `fresh_judge` the run trains a new reward model and ignores the saved one (a user whose taste changed)."""
         with self._lock:
             if self._closed:
                 raise SchedulerError("the daemon is shutting down; no new training run can start")
@@ -178,7 +179,9 @@ class Scheduler:
         self._notify(run, "running")
         try:
             n_rows = self.store.export_snapshot(run.run_dir / "data.parquet")
-            write_json(run.run_dir / "config.json", self._trainer_config(run_id))
+            write_json(
+                run.run_dir / "config.json", {**self._trainer_config(run_id), "fresh_judge": fresh_judge}
+            )
             log.info("run %s: %d rated interactions exported; starting the trainer", run_id, n_rows)
             run.proc = self._spawn(run.run_dir)
             self.store.update_run(run_id, state="running", pid=run.proc.pid)

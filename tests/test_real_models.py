@@ -36,7 +36,7 @@ OPEN_GATE = {
     "training_max_kl": "1000",
     "training_max_general_loss_increase": "100",
     "training_length_floor_quantile": "0",
-    "training_gate_tolerance_se": "1000",
+    "training_gate_tolerance_se": "100",
     "reward_model_min_holdout_correlation": "-1",
     "reward_model_contradiction_p": "0",
 }

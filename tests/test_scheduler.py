@@ -140,6 +140,7 @@ def test_the_threshold_starts_a_run_that_publishes_and_swaps(h):
     run2 = h.wait(h.sched.retrain())
     config2 = json.loads((h.cfg.home / "runs" / str(run2["run_id"]) / "config.json").read_text())
     assert config2["active_adapter"] == {"version": 1, "path": str(adapter)}
+    assert config["fresh_judge"] is False and config2["fresh_judge"] is False
     assert run2["adapter_version"] == 2 and h.store.active_adapter()["version"] == 2
 
 
