@@ -381,6 +381,7 @@ class Backend:
         return {
             "model": self.engine.model_name,
             "device": self.engine.device,
+            "completions": self.engine.fim.describe() if hasattr(self.engine, "fim") else None,
             "adapter_version": self.engine.adapter_version,
             "ratings_total": self.store.ratings_total(),
             "interactions_total": self.store.count_interactions(),

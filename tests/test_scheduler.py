@@ -56,7 +56,9 @@ progress("done", 1.0, "done")
 class Harness:
     def __init__(self, tmp_path: Path, **training) -> None:
         self.cfg = Config(home=tmp_path / "home")
-        self.cfg.model.name = str(tmp_path / "model")  # a folder name: nothing to build
+        self.cfg.model.name = str(tmp_path / "model")  # a model folder: nothing to build or fetch
+        (tmp_path / "model").mkdir()
+        (tmp_path / "model" / "config.json").write_text("{}")
         self.cfg.training.min_new_ratings = 3
         for k, v in training.items():
             setattr(self.cfg.training, k, v)
