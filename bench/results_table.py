@@ -35,7 +35,7 @@ def _learning(d: dict[str, Any]) -> tuple[str, str]:
     )
     partial = "" if d.get("complete", True) else " (incomplete run)"
     figure = (
-        f"**{d['gain_points']:+.1f} ± {d['gain_se']:.1f} points** over {users} users{partial} "
+        f"**{d['gain_points']:+.1f} ± {d['gain_se']:.1f} points** over {users} user{'s' if users != 1 else ''}{partial} "
         f"({100 * d['satisfaction_before']:.1f}% → {100 * d['satisfaction_after']:.1f}% satisfied); "
         f"SFT on liked {b['sft_liked']:+.1f}, KTO {b['kto']:+.1f}; general loss {d['general_loss_change_pct']:+.1f}%; "
         f"published regressions {d['published_regressions']}{left}"
@@ -95,6 +95,7 @@ ROWS: list[tuple[str, str, Callable[[dict[str, Any]], tuple[str, str]], str]] = 
         _learning,
         "python bench/learning.py",
     ),
+    ("the same, quick: 1 user, 50 ratings, 1 run", "quick/learning.json", _learning, "make bench QUICK=1"),
     ("latency of the daemon", "latency.json", _latency, "python bench/latency.py"),
     ("editing while training", "interference.json", _interference, "python bench/interference.py"),
     ("cost of an active adapter", "adapter_cost.json", _adapter_cost, "python bench/adapter_cost.py"),

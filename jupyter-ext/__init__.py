@@ -6,10 +6,12 @@ from typing import Any
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """Register `%%ask` and `%reinf`."""
-    from .magics import ReinfMagics
+    """Register `%%ask` and `%reinf`, and say what they are and whether a daemon is running."""
+    from .magics import ReinfMagics, loaded_message
 
-    ipython.register_magics(ReinfMagics(ipython))
+    magics = ReinfMagics(ipython)
+    ipython.register_magics(magics)
+    print(loaded_message(magics))
 
 
 def _jupyter_server_extension_points() -> list[dict[str, str]]:

@@ -27,6 +27,11 @@ class Connection:
                 self._client = self._connect()
             return self._client
 
+    @property
+    def connected(self) -> bool:
+        """Whether a live connection is held (the next request then needs no connecting, nor starting)."""
+        return self._client is not None and not _closed(self._client)
+
     def request(
         self,
         method: str,
@@ -34,11 +39,14 @@ class Connection:
         *,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
         timeout: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> dict[str, Any]:
-        """Send one request; an error that is not the daemon's answer drops the connection for the next call."""
+        """Send one request; an error that is not the daemon's answer drops the connection for the next call.
+        Setting `cancel` asks the daemon to stop; a chat then answers with what it had."""
         client = self.client()
+        extra = {"cancel": cancel} if cancel is not None else {}
         try:
-            return client.request(method, params or {}, on_progress=on_progress, timeout=timeout)
+            return client.request(method, params or {}, on_progress=on_progress, timeout=timeout, **extra)
         except RpcError:
             raise
         except Exception:

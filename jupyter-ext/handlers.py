@@ -215,6 +215,32 @@ class RateHandler(WriteHandler):
         return check_rating(self.json_body({"interaction_id", "thumbs", "stars", "comment"}))
 
 
+MAX_CHAT_MESSAGES = 100
+
+
+class ChatHandler(WriteHandler):
+    """The JupyterLab chat panel's question, with the conversation so far (the daemon keeps no threads)."""
+
+    method = "reinf/chat"
+
+    def params(self) -> dict[str, Any]:
+        messages = self.json_body({"messages"}).get("messages")
+        if not isinstance(messages, list) or not 1 <= len(messages) <= MAX_CHAT_MESSAGES:
+            raise _bad(f"messages must be a list of 1–{MAX_CHAT_MESSAGES} messages")
+        for i, m in enumerate(messages):
+            if (
+                not isinstance(m, dict)
+                or set(m) != {"role", "content"}
+                or m["role"] not in ("user", "assistant")
+            ):
+                raise _bad(f"messages[{i}] must be {{role: 'user' | 'assistant', content}}")
+            if not isinstance(m["content"], str) or not m["content"].strip():
+                raise _bad(f"messages[{i}].content must be a non-empty string")
+        if messages[-1]["role"] != "user":
+            raise _bad("the last message must be the user's question")
+        return {"messages": messages, "kind": "chat"}
+
+
 class RollbackHandler(WriteHandler):
     method = "reinf/rollback"
 
@@ -246,6 +272,7 @@ ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
     ("reinf/api/adapters", AdaptersHandler),
     ("reinf/api/timeline", TimelineHandler),
     ("reinf/api/rate", RateHandler),
+    ("reinf/api/chat", ChatHandler),
     ("reinf/api/rollback", RollbackHandler),
     ("reinf/api/retrain", RetrainHandler),
     ("reinf/api/cancel", CancelHandler),

@@ -6,9 +6,15 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-# `{{` and `}}` are escapes for literal braces, as in str.format; `{name}` is a variable. Anything else in
-# braces (a dict literal, a set, an f-string with an expression, JSON) is left exactly as written.
-_TOKEN = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# `{{` and `}}` are escapes for literal braces, as in str.format; `{name}` is a variable; `{In[3]}`, `{Out[3]}`
+# and `{Err[3]}` are cell 3's input, output and error (its traceback), as in jupyter-ai; `{Err}` is the last error.
+# Anything else in braces (a dict literal, a set, an f-string with an expression, JSON) is left as written.
+_TOKEN = re.compile(r"\{\{|\}\}|\{(In|Out|Err)\[(-?\d+)\]\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class PromptError(ValueError):
+    """A `{…}` in the prompt that names nothing; the message says which and what to write instead."""
+
 
 # The bound on what --context sends: the newest cells first, until one of these is reached.
 MAX_CONTEXT_CELLS = 20
@@ -17,8 +23,21 @@ MAX_OUTPUT_CHARS = 2000
 TRUNCATED = "\n… [truncated]"
 
 
-def interpolate(template: str, namespace: Mapping[str, Any]) -> str:
-    """Replace `{name}` with `str(namespace[name])`; unknown names and other braces stay as written."""
+def interpolate(template: str, namespace: Mapping[str, Any], errors: Mapping[int, str] | None = None) -> str:
+    """Replace `{name}` with `str(namespace[name])`, and `{In[n]}`, `{Out[n]}`, `{Err[n]}` with cell n's input,
+    output and traceback (`errors`, by execution count). A name or cell that does not exist raises
+    PromptError naming each one, rather than sending the braces to the model as they are."""
+    errors = errors or {}
+    missing: list[str] = []
+
+    def cell(kind: str, number: int) -> str | None:
+        if kind == "In":
+            inputs = namespace.get("In") or []
+            return inputs[number] if -len(inputs) <= number < len(inputs) and inputs[number] else None
+        if kind == "Out":
+            outputs = namespace.get("Out") or {}
+            return _output_text(outputs[number]) if number in outputs else None
+        return errors.get(number)
 
     def substitute(match: re.Match[str]) -> str:
         token = match.group(0)
@@ -26,12 +45,27 @@ def interpolate(template: str, namespace: Mapping[str, Any]) -> str:
             return "{"
         if token == "}}":
             return "}"
-        name = match.group(1)
-        if name in namespace and not name.startswith("_"):
-            return str(namespace[name])
-        return token
+        if match.group(1):
+            text = cell(match.group(1), int(match.group(2)))
+        else:
+            name = match.group(3)
+            if name == "Err":
+                text = errors[max(errors)] if errors else None
+            else:
+                text = str(namespace[name]) if name in namespace and not name.startswith("_") else None
+        if text is None:
+            missing.append(token)
+            return token
+        return text
 
-    return _TOKEN.sub(substitute, template)
+    result = _TOKEN.sub(substitute, template)
+    if missing:
+        names = ", ".join(dict.fromkeys(missing))
+        raise PromptError(
+            f"{names} {'is' if len(missing) == 1 else 'are'} not defined: define "
+            f"{'it' if len(missing) == 1 else 'them'} first, or double the braces ({{{{…}}}}) to send them as they are"
+        )
+    return result
 
 
 def _clip(text: str, limit: int) -> str:
@@ -51,13 +85,16 @@ def notebook_cells(
     current: int,
     mode: str,
     *,
+    errors: Mapping[int, str] | None = None,
     max_cells: int = MAX_CONTEXT_CELLS,
     max_chars: int = MAX_CONTEXT_CHARS,
 ) -> list[str]:
-    """The cells before `current` (IPython's `In`/`Out`) as text, oldest first, within the bound.
+    """The cells before `current` (IPython's `In`/`Out`, and the traceback of a cell that failed, from
+    `errors`) as text, oldest first, within the bound.
 
     `mode` is "none", "cell" (the one cell run before this one) or "notebook" (recent cells).
     """
+    errors = errors or {}
     if mode == "none":
         return []
     limit = 1 if mode == "cell" else max_cells
@@ -67,13 +104,17 @@ def notebook_cells(
         source = inputs[number].strip()
         if not source:
             continue
-        output = _clip(_output_text(outputs[number]), MAX_OUTPUT_CHARS) if number in outputs else ""
+        label, output = f"Out[{number}]", ""
+        if number in outputs:
+            output = _clip(_output_text(outputs[number]), MAX_OUTPUT_CHARS)
+        elif number in errors:
+            label, output = f"Error in [{number}]", _clip(errors[number], MAX_OUTPUT_CHARS)
         room = max_chars - used - len(output)
         if len(source) > room:
             if cells or room <= 0:
                 break
             source = _clip(source, room)  # the newest cell alone is too long: send its start
-        cells.append(f"In [{number}]:\n{source}" + (f"\n\nOut[{number}]:\n{output}" if output else ""))
+        cells.append(f"In [{number}]:\n{source}" + (f"\n\n{label}:\n{output}" if output else ""))
         used += len(source) + len(output)
         if len(cells) >= limit:
             break

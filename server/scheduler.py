@@ -55,6 +55,7 @@ class AdapterError(SchedulerError):
 class _Run:
     run_id: int
     run_dir: Path
+    trigger: str = "manual"
     proc: subprocess.Popen | None = None
     phase: str = "snapshot"
     progress: float = 0.0
@@ -175,7 +176,7 @@ class Scheduler:
             watermark = self.store.max_rating_id()
             run_id = self.store.create_run(trigger, self.store.ratings_total(), watermark)
             self._watermark_cache = watermark
-            run = self._run = _Run(run_id, private_dir(self.runs_dir / str(run_id)))
+            run = self._run = _Run(run_id, private_dir(self.runs_dir / str(run_id)), trigger)
         self._notify(run, "running")
         try:
             n_rows = self.store.export_snapshot(run.run_dir / "data.parquet")
@@ -354,6 +355,7 @@ class Scheduler:
                 "phase": run.phase if state == "running" else "done",
                 "progress": run.progress,
                 "message": run.message if message is None else message,
+                **_timing(run, running=state == "running"),
             },
         )
 
@@ -493,6 +495,7 @@ class Scheduler:
                 "phase": run.phase,
                 "progress": run.progress,
                 "message": run.message,
+                **_timing(run),
             }
 
     def last_run(self) -> dict[str, Any] | None:
@@ -515,6 +518,19 @@ class Scheduler:
 
 
 # -- helpers ------------------------------------------------------------------------------------------
+
+# Below this much progress, the time left would be a guess from the start-up alone.
+ETA_MIN_PROGRESS = 0.05
+
+
+def _timing(run: _Run, *, running: bool = True) -> dict[str, Any]:
+    """How the run was started, how long it has run, and, while it runs and once it has made some progress,
+    the time left at its pace so far (None otherwise)."""
+    elapsed = time.monotonic() - run.started
+    eta = None
+    if running and ETA_MIN_PROGRESS <= run.progress < 1.0:
+        eta = round(elapsed * (1.0 - run.progress) / run.progress, 1)
+    return {"trigger": run.trigger, "elapsed_s": round(elapsed, 1), "eta_s": eta}
 
 
 def adapter_problem(path: Path) -> str | None:

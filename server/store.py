@@ -397,6 +397,8 @@ class Store:
             context = _json_or_none(r.pop("context")) or {}
             r["model_prompt"] = r["prompt"]
             r["prompt"] = _display_prompt(context, r["prompt"])
+            # Where a completion was asked for, so a review queue can say "main.py, line 12".
+            r["uri"], r["line"] = context.get("uri"), context.get("line")
             items.append(r)
         return items, total
 

@@ -393,6 +393,33 @@ def test_cancel_stops_generation_early(daemon: DaemonProcess) -> None:
     assert elapsed < 10
 
 
+def test_a_stopped_chat_answers_with_what_it_had_and_stores_it(daemon: DaemonProcess) -> None:
+    """Stop in an editor (`$/cancelRequest` once text has streamed): the answer so far comes back, finish
+    reason "cancelled", and is stored, so it can be rated."""
+    streamed: list[str] = []
+    stop = threading.Event()
+
+    def on_progress(value: dict) -> None:
+        streamed.append(value["delta"])
+        stop.set()  # stop as soon as the first text has arrived
+
+    with daemon.client() as c:
+        r = c.request(
+            "reinf/chat",
+            {"messages": [{"role": "user", "content": "write a long module"}], "max_tokens": 4000},
+            on_progress=on_progress,
+            cancel=stop,
+            timeout=60,
+        )
+        assert r["finish_reason"] == "cancelled"
+        assert r["text"] and r["text"].startswith(streamed[0])
+        out = daemon.home / "stopped.jsonl"
+        c.request("reinf/export", {"format": "jsonl", "path": str(out)})
+    rows = {row["interaction_id"]: row for row in map(json.loads, out.read_text().splitlines())}
+    assert rows[r["interaction_id"]]["finish_reason"] == "cancelled"
+    assert rows[r["interaction_id"]]["response"] == r["text"]
+
+
 def test_garbage_and_vanishing_clients_do_not_take_the_daemon_down(daemon: DaemonProcess) -> None:
     port = daemon.info["port"]
     junk = [

@@ -37,16 +37,16 @@ def test_fim_template_renders_prefix_suffix_middle(name, expected):
 @pytest.mark.parametrize(
     ("vocab", "model_name", "expected", "stop"),
     [
-        ({"<|fim_prefix|>", "<|im_start|>"}, "Qwen/Qwen2.5-Coder-0.5B-Instruct", "qwen", "<|fim_pad|>"),
-        ({"<|fim_prefix|>", "<|im_start|>"}, "/home/me/models/reinf-tiny", "reinf", "<|endoftext|>"),
+        ({"<|fim_prefix|>", "<|file_sep|>"}, "/home/me/models/coder-0.5b", "qwen", "<|file_sep|>"),
+        ({"<|fim_prefix|>", "<|im_start|>"}, "Qwen/Qwen2.5-Coder-0.5B-Instruct", "reinf", "<|im_start|>"),
         ({"<fim_prefix>", "<fim_suffix>"}, "bigcode/starcoder2-3b", "starcoder", "<file_sep>"),
         ({"<｜fim▁begin｜>"}, "deepseek-ai/deepseek-coder-1.3b-base", "deepseek", "<｜end▁of▁sentence｜>"),
         ({"▁<PRE>", "▁<SUF>"}, "codellama/CodeLlama-7b-hf", "codellama", "<EOT>"),
-        (set(), "some/starcoder-finetune", "starcoder", "<|endoftext|>"),
+        (set(), "some/starcoder-finetune", "plain", "<file_sep>"),  # no FIM tokens: the name does not count
         (set(), "gpt2", "plain", "<|endoftext|>"),
     ],
 )
-def test_fim_template_is_detected_from_tokens_or_name(vocab, model_name, expected, stop):
+def test_fim_template_is_detected_from_the_tokens_not_the_name(vocab, model_name, expected, stop):
     template = detect_template(vocab, model_name)
     assert template.name == expected
     assert stop in template.stop

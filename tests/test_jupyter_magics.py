@@ -6,6 +6,8 @@ Most tests talk to a fake daemon connection that records what is sent; the last 
 from __future__ import annotations
 
 import _thread
+import os
+import re
 import signal
 import threading
 import time
@@ -20,9 +22,9 @@ from IPython.utils.capture import capture_output
 from reinf.client import RpcError
 from reinf.jupyter.connection import Connection
 from reinf.jupyter.magics import ReinfMagics
-from reinf.jupyter.prompt import TRUNCATED, interpolate, notebook_cells
+from reinf.jupyter.prompt import TRUNCATED, PromptError, interpolate, notebook_cells
 from reinf.jupyter.stream import CURSOR
-from reinf.jupyter.widgets import RatingWidget
+from reinf.jupyter.widgets import RatingWidget, TrainingProgress
 
 from .daemon_proc import daemon_env, running_daemon
 
@@ -71,7 +73,9 @@ class FakeClient:
             },
         }
 
-    def request(self, method: str, params: dict | None = None, *, on_progress=None, timeout=None) -> Any:
+    def request(
+        self, method: str, params: dict | None = None, *, on_progress=None, timeout=None, cancel=None
+    ) -> Any:
         self.calls.append((method, params or {}))
         if method in self.errors:
             raise self.errors[method]
@@ -128,8 +132,43 @@ def test_interpolation_takes_variables_and_keeps_literal_braces() -> None:
     assert interpolate("explain {name} in {n} lines", ns) == "explain pandas in 3 lines"
     assert interpolate('d = {"a": 1}; s = {1, 2}; f"{n + 1}"', ns) == 'd = {"a": 1}; s = {1, 2}; f"{n + 1}"'
     assert interpolate("{{name}} is {name}", ns) == "{name} is pandas"
-    assert interpolate("{missing} and {_hidden} stay; {} too", ns) == "{missing} and {_hidden} stay; {} too"
+    assert interpolate("{} stays, and {{missing}} too", ns) == "{} stays, and {missing} too"
     assert interpolate("def f(): return {}\n", ns) == "def f(): return {}\n"
+    # A name that is not defined is reported, never sent to the model as written.
+    with pytest.raises(PromptError, match=r"\{missing\}, \{_hidden\} are not defined.*double the braces"):
+        interpolate("{missing} and {_hidden}", ns)
+
+
+def test_in_out_and_err_insert_a_cells_input_output_and_traceback() -> None:
+    ns = {"In": ["", "xs = [3, 1]", "sorted(xs)", "1/0"], "Out": {2: [1, 3]}}
+    errors = {3: "Traceback (most recent call last):\nZeroDivisionError: division by zero"}
+    text = interpolate("Why does {In[3]} fail with {Err[3]}? {In[2]} gave {Out[2]}. Last: {Err}", ns, errors)
+    assert text == (
+        "Why does 1/0 fail with Traceback (most recent call last):\nZeroDivisionError: division by zero? "
+        "sorted(xs) gave [1, 3]. Last: Traceback (most recent call last):\nZeroDivisionError: division by zero"
+    )
+    with pytest.raises(PromptError, match=r"\{Out\[1\]\}, \{Err\[2\]\}, \{In\[9\]\} are not defined"):
+        interpolate("{Out[1]} {Err[2]} {In[9]}", ns, errors)
+
+
+def test_err_and_context_carry_the_last_traceback(ip: InteractiveShell, fake: FakeClient) -> None:
+    run(ip, "1/0")
+    failed = ip.execution_count - 1
+    result, captured = run(ip, f"%%ask\nexplain {{Err[{failed}]}}")
+    assert result.success, captured.stdout
+    content = sent(fake, "reinf/chat")["messages"][0]["content"]
+    assert content.startswith("explain Traceback") and "ZeroDivisionError: division by zero" in content
+    run(ip, "%%ask --context notebook\nwhy?")
+    cells = sent(fake, "reinf/chat")["context"]["cells"]
+    assert any(f"In [{failed}]:\n1/0\n\nError in [{failed}]:\nTraceback" in c for c in cells), cells
+
+
+def test_an_undefined_name_is_reported_and_nothing_is_sent(ip: InteractiveShell, fake: FakeClient) -> None:
+    result, captured = run(ip, "%%ask\nexplain {nowhere}")
+    assert not result.success
+    assert "reinf: {nowhere} is not defined" in captured.stdout + captured.stderr
+    assert "Traceback" not in captured.stdout + captured.stderr
+    assert not [m for m, _ in fake.calls if m == "reinf/chat"]
 
 
 def test_ask_sends_the_interpolated_cell_and_options(ip: InteractiveShell, fake: FakeClient) -> None:
@@ -154,6 +193,52 @@ def test_terminal_prints_the_answer_as_it_streams_and_offers_rate(
     assert result.success
     assert "Use `sorted(xs)`.\n" in captured.stdout
     assert "%reinf rate abc123 STARS" in captured.stdout
+
+
+def test_the_caption_gives_the_time_waited_and_says_once_that_a_new_adapter_answered(
+    ip: InteractiveShell, fake: FakeClient
+) -> None:
+    _, first = run(ip, "%%ask\nsort?")
+    assert re.search(r"reinf-tiny-test · the base model \(adapter v0\) · \d+\.\d s · id abc123", first.stdout)
+    fake.results["reinf/chat"] = {**CHAT_RESULT, "adapter_version": 2}
+    _, second = run(ip, "%%ask\nsort?")
+    assert "new since your last answer: adapter v2" in second.stdout
+    _, third = run(ip, "%%ask\nsort?")
+    assert "adapter v2 · " in third.stdout and "new since" not in third.stdout
+
+
+def test_the_first_ask_says_it_is_starting_reinf(
+    ip: InteractiveShell, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REINF_HOME", str(tmp_path))  # no daemon.json: none is running
+    fake = FakeClient()
+    magics = use(ip, Connection(lambda: fake), rich=True)
+    _, captured = run(ip, "%%ask\nsort?")
+    waiting = [o for o in captured.outputs if (o.metadata or {}).get("reinf", {}).get("state") == "waiting"]
+    assert waiting[0].data["text/markdown"] == "*starting reinf (first use, about 15 s)…*"
+    # Once connected, the wait is an ordinary one.
+    assert magics.connection.connected
+    _, captured = run(ip, "%%ask\nsort?")
+    waiting = [o for o in captured.outputs if (o.metadata or {}).get("reinf", {}).get("state") == "waiting"]
+    assert waiting[0].data["text/markdown"] == "*reinf is thinking…*"
+
+
+def test_a_rating_that_starts_a_run_shows_its_progress_under_the_answer(ip: InteractiveShell) -> None:
+    fake = FakeClient()
+    running = {"state": "running", "run_id": 9, "phase": "snapshot", "progress": 0.0, "trigger": "threshold"}
+    fake.results["reinf/status"] = {"adapter_version": 0, "training": {**running, "elapsed_s": 0.4}}
+    use(ip, Connection(lambda: fake), rich=True)
+    _, captured = run(ip, "%%ask\nsort?")
+    widget = next(w for w in _widgets(captured) if isinstance(w, RatingWidget))
+    widget.star_buttons[4].click()
+    progress = [c for c in widget.children if isinstance(c, TrainingProgress)]
+    assert len(progress) == 1 and progress[0].run_id == 9
+    assert "started by your ratings" in progress[0].title.value
+    # A run that was going already is not this rating's: no second widget.
+    fake.results["reinf/status"] = {"adapter_version": 0, "training": {**running, "elapsed_s": 300.0}}
+    widget.star_buttons[3].click()
+    assert len([c for c in widget.children if isinstance(c, TrainingProgress)]) == 1
+    progress[0].state = "cancelled"  # stops its thread
 
 
 def test_notebook_answer_streams_as_markdown_then_shows_the_rating_widget(ip: InteractiveShell) -> None:
@@ -189,36 +274,69 @@ def test_format_option(ip: InteractiveShell, fmt: str, mime: str, expected: str)
         assert "text/markdown" not in done.data
 
 
-def test_an_interrupt_stops_the_answer_and_drops_the_connection(ip: InteractiveShell) -> None:
-    """Interrupting the kernel closes the connection, and the daemon stops generating for a closed one."""
+class Slow(FakeClient):
+    """A chat that streams one delta, then is interrupted; it answers the stop like the daemon, with the text
+    so far, unless `deaf`."""
 
-    class Slow(FakeClient):
-        closed = False
+    deaf = False
+    closed = False
 
-        def request(self, method: str, params: dict | None = None, *, on_progress=None, timeout=None) -> Any:
-            on_progress({"interaction_id": "abc123", "delta": "Use "})
-            threading.Timer(0.2, _thread.interrupt_main).start()
-            time.sleep(5)
-            return CHAT_RESULT
+    def request(self, method: str, params=None, *, on_progress=None, timeout=None, cancel=None) -> Any:
+        self.calls.append((method, params or {}))
+        if method != "reinf/chat":
+            return self.results[method]
+        on_progress({"interaction_id": "abc123", "delta": "Use "})
+        threading.Timer(0.2, _thread.interrupt_main).start()
+        if cancel is not None and not self.deaf and cancel.wait(5):
+            return {**CHAT_RESULT, "text": "Use ", "finish_reason": "cancelled"}
+        time.sleep(5)
+        return CHAT_RESULT
 
-        def close(self) -> None:
-            self.closed = True
+    def close(self) -> None:
+        self.closed = True
 
-    slow = Slow()
-    use(ip, Connection(lambda: slow), rich=True)
+
+def interrupted(ip: InteractiveShell, source: str) -> tuple[Any, Any, float]:
     # A kernel turns SIGINT into KeyboardInterrupt. A test run started in the background (`make test &`) inherits
     # SIGINT ignored, and then Python installs no handler and interrupt_main() does nothing.
     handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         started = time.monotonic()
-        result, captured = run(ip, "%%ask\nhow do I sort?")
+        result, captured = run(ip, source)
     finally:
         signal.signal(signal.SIGINT, handler)
-    assert isinstance(result.error_in_exec, KeyboardInterrupt) and time.monotonic() - started < 3
+    return result, captured, time.monotonic() - started
+
+
+def test_an_interrupt_keeps_the_answer_so_far_with_a_rating_widget(ip: InteractiveShell) -> None:
+    """Interrupting the kernel asks the daemon to stop; it answers with the text so far, stored as "cancelled",
+    which the notebook shows with a rating widget, and one line instead of a traceback."""
+    slow = Slow()
+    use(ip, Connection(lambda: slow), rich=True)
+    result, captured, elapsed = interrupted(ip, "%%ask\nhow do I sort?")
+    assert isinstance(result.error_in_exec, KeyboardInterrupt) and elapsed < 3
+    last = [o for o in captured.outputs if "reinf" in (o.metadata or {})][-1]
+    assert last.metadata["reinf"] == {"state": "stopped", "format": "markdown", "interaction_id": "abc123"}
+    assert last.data["text/markdown"] == "Use \n\n*(stopped)*"
+    assert len([o for o in captured.outputs if "application/vnd.jupyter.widget-view+json" in o.data]) == 1
+    assert "KeyboardInterrupt" not in captured.stdout + captured.stderr
+    assert not slow.closed, "the connection is kept: the daemon answered the stop"
+
+
+def test_an_interrupt_the_daemon_does_not_answer_drops_the_connection(
+    ip: InteractiveShell, monkeypatch
+) -> None:
+    monkeypatch.setattr("reinf.jupyter.stream.STOP_GRACE_S", 0.5)
+    slow = Slow()
+    slow.deaf = True
+    use(ip, Connection(lambda: slow), rich=True)
+    result, captured, elapsed = interrupted(ip, "%%ask\nhow do I sort?")
+    assert isinstance(result.error_in_exec, KeyboardInterrupt) and elapsed < 3
     last = [o for o in captured.outputs if "reinf" in (o.metadata or {})][-1]
     assert (
         last.metadata["reinf"]["state"] == "stopped" and last.data["text/markdown"] == "Use \n\n*(stopped)*"
     )
+    assert "nothing was stored" in captured.stdout + captured.stderr
     assert slow.closed
 
 
@@ -322,9 +440,10 @@ def test_a_daemon_that_cannot_start_is_reported(
 
 def test_reinf_commands(ip: InteractiveShell, fake: FakeClient) -> None:
     _, out = run(ip, "%reinf status")
-    assert "adapter v2" in out.stdout and "running (run r7, ppo, 50%)" in out.stdout
+    assert "adapter v2" in out.stdout and "training:    run r7: training, 50%" in out.stdout
     _, out = run(ip, "%reinf retrain")
-    assert "Training run r8 started" in out.stdout
+    assert "Training run r8 started" in out.stdout and "%reinf cancel stops it" in out.stdout
+    assert "reinf/cancelTraining" not in out.stdout
     _, out = run(ip, "%reinf cancel")
     assert "Training cancelled." in out.stdout
     _, out = run(ip, "%reinf rollback")
@@ -342,32 +461,93 @@ def test_reinf_commands(ip: InteractiveShell, fake: FakeClient) -> None:
 # -- the rating widget -------------------------------------------------------------------------------
 
 
-def test_widget_sends_stars_thumbs_and_comment_and_shows_it_was_stored() -> None:
+def test_widget_saves_each_click_and_the_comment_and_says_what_it_saved() -> None:
     calls: list[dict] = []
+    left = iter([2, 1, 1, 0])
     widget = RatingWidget(
-        "abc123", lambda p: calls.append(p) or {"ratings_total": 1, "until_next_training": 0}
+        "abc123", lambda p: calls.append(p) or {"ratings_total": 1, "until_next_training": next(left)}
     )
-    widget.submit.click()
-    assert calls == [] and "Pick thumbs or stars" in widget.status.value
     widget.star_buttons[3].click()
+    assert calls[-1] == {"interaction_id": "abc123", "stars": 4}
+    assert "Saved: 4 stars. 2 more ratings until the next training." in widget.status.value
     widget.up.click()
+    assert calls[-1] == {"interaction_id": "abc123", "thumbs": "up", "stars": 4}
+    assert "Saved: thumbs up and 4 stars. 1 more rating until" in widget.status.value
+    # The same click again is saved again, and the confirmation is a new one.
+    before = widget.status.value
+    widget.up.click()
+    assert len(calls) == 3 and widget.status.value != before and 'data-saves="3"' in widget.status.value
+    # The comment box opens on demand, and empties and closes once the comment is stored.
+    assert widget.box.layout.display == "none"
+    widget.toggle.click()
+    assert widget.box.layout.display == "flex"
     widget.comment.value = "  good  "
     widget.submit.click()
-    assert calls == [{"interaction_id": "abc123", "thumbs": "up", "stars": 4, "comment": "good"}]
+    assert calls[-1] == {"interaction_id": "abc123", "thumbs": "up", "stars": 4, "comment": "good"}
+    assert "Saved: thumbs up, 4 stars and your comment. Training starts now." in widget.status.value
+    assert widget.comment.value == "" and widget.box.layout.display == "none"
     assert [b.description for b in widget.star_buttons] == ["★"] * 4 + ["☆"]
-    assert "Rating stored (1 rating in total; training is due)." in widget.status.value
-    assert widget.submit.description == "Update rating" and not widget.submit.disabled
+
+
+def test_only_the_newest_widget_says_how_many_ratings_are_to_go() -> None:
+    rate = lambda p: {"ratings_total": 1, "until_next_training": 5}  # noqa: E731
+    first, second = RatingWidget("a", rate), RatingWidget("b", rate)
+    first.star_buttons[1].click()
+    assert "5 more ratings" in first.status.value
+    second.down.click()
+    assert "5 more ratings" in second.status.value
+    assert "Saved: 2 stars." in first.status.value and "more rating" not in first.status.value
 
 
 def test_widget_shows_the_error_and_allows_a_retry() -> None:
-    def fail(params: dict) -> dict:
-        raise RpcError(-32602, "stars must be 1–5, got 9")
+    answers: list[Any] = [RpcError(-32602, "stars must be 1–5, got 9"), {"until_next_training": 3}]
 
-    widget = RatingWidget("abc123", fail)
+    def rate(params: dict) -> dict:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    widget = RatingWidget("abc123", rate)
     widget.down.click()
-    widget.submit.click()
-    assert "The rating was not stored: stars must be 1–5, got 9" in widget.status.value
-    assert not widget.submit.disabled and widget.submit.description == "Submit rating"
+    assert "Not saved: stars must be 1–5, got 9" in widget.status.value
+    widget.down.click()
+    assert "Saved: thumbs down." in widget.status.value
+
+
+def test_training_progress_says_what_the_run_does_then_how_it_ended() -> None:
+    runs: list[dict] = []
+
+    def request(method: str, params: dict | None = None) -> dict:
+        return {"runs": runs}
+
+    widget = TrainingProgress(5, request, start=False)
+    running = {"state": "running", "run_id": 5, "phase": "reward_model", "progress": 0.2, "eta_s": 100}
+    widget.update({"adapter_version": 0, "training": running})
+    assert widget.line.value == "judging your ratings, 20%, about 2 min left" and widget.bar.value == 0.2
+    # The run has ended, but its row is not written yet: nothing final is said.
+    widget.update({"adapter_version": 0, "training": {"state": "idle"}})
+    assert widget.state == "running"
+    runs.append({"run_id": 5, "state": "rejected", "metrics": {"reasons": ["reward did not improve"]}})
+    widget.update({"adapter_version": 0, "training": {"state": "idle"}})
+    assert widget.state == "rejected"
+    assert widget.line.value == (
+        "Not published: reward did not improve. So the base model stays. Rate more answers, then %reinf retrain again."
+    )
+    published = TrainingProgress(6, request, start=False)
+    published.show_end({"run_id": 6, "state": "published", "adapter_version": 2}, 2)
+    assert "adapter v2 is live" in published.line.value and published.bar.value == 1.0
+
+
+def test_retrain_in_a_notebook_shows_the_progress_widget_until_the_run_ends(ip: InteractiveShell) -> None:
+    fake = FakeClient()
+    fake.results["reinf/status"] = {"adapter_version": 1, "training": {"state": "idle"}}
+    fake.results["reinf/runs"] = {"runs": [{"run_id": "r8", "state": "published", "adapter_version": 2}]}
+    use(ip, Connection(lambda: fake), rich=True)
+    _, captured = run(ip, "%reinf retrain")
+    (widget,) = [w for w in _widgets(captured) if isinstance(w, TrainingProgress)]
+    widget._thread.join(10)
+    assert widget.state == "published" and "adapter v2 is live" in widget.line.value
 
 
 # -- with a real daemon ------------------------------------------------------------------------------
@@ -390,8 +570,7 @@ def test_ask_and_rate_against_a_real_daemon(ip: InteractiveShell, daemon) -> Non
     interaction_id = done.metadata["reinf"]["interaction_id"]
     widget = next(w for w in _widgets(captured) if isinstance(w, RatingWidget))
     widget.star_buttons[4].click()
-    widget.submit.click()
-    assert "Rating stored" in widget.status.value, widget.status.value
+    assert "Saved: 5 stars." in widget.status.value, widget.status.value
 
     with Client.connect(daemon.home, start=False) as client:
         items = client.request("reinf/history", {"limit": 5})["items"]
@@ -410,3 +589,29 @@ def _widgets(captured: Any) -> list[Any]:
         if "application/vnd.jupyter.widget-view+json" in o.data
     ]
     return [_instances[i] for i in ids]
+
+
+def test_restart_stops_the_daemon_and_starts_a_new_one(
+    ip: InteractiveShell, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reinf.client import read_daemon_info
+
+    home = tmp_path / "home"
+    # The new daemon is started the way a notebook starts one: from this process's REINF_* settings.
+    for key, value in daemon_env(home).items():
+        if key.startswith("REINF_"):
+            monkeypatch.setenv(key, value)
+    with running_daemon(home) as old:
+        magics = use(ip, Connection(), rich=False)
+        new_pid = None
+        try:
+            result, captured = run(ip, "%reinf restart")
+            new_pid = (read_daemon_info(home) or {}).get("pid")
+            assert result.success, captured.stdout + captured.stderr
+            assert f"Stopping the reinf daemon (pid {old.proc.pid})" in captured.stdout
+            assert "reinf is running again" in captured.stdout and "reinf-tiny-test" in captured.stdout
+            assert old.proc.poll() is not None and new_pid not in (None, old.proc.pid)
+        finally:
+            magics.connection.reset()
+            if new_pid and new_pid != old.proc.pid:
+                os.killpg(new_pid, signal.SIGTERM)

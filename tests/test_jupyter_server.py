@@ -113,6 +113,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         ("GET", "/reinf/api/adapters"),
         ("GET", "/reinf/api/timeline"),
         ("POST", "/reinf/api/rate"),
+        ("POST", "/reinf/api/chat"),
         ("POST", "/reinf/api/rollback"),
         ("POST", "/reinf/api/retrain"),
         ("POST", "/reinf/api/cancel"),
@@ -219,6 +220,14 @@ def test_bare_reinf_redirects_to_the_page(stack: Stack) -> None:
         ("/reinf/api/rollback", {"version": -1}, "version must be at least 0, got -1"),
         ("/reinf/api/rollback", {"version": "v2"}, "version must be a whole number"),
         ("/reinf/api/retrain", {"now": True}, "unknown field 'now'"),
+        ("/reinf/api/chat", {"messages": []}, "messages must be a list of 1–100 messages"),
+        ("/reinf/api/chat", {"messages": [{"role": "system", "content": "x"}]}, "messages[0] must be"),
+        ("/reinf/api/chat", {"messages": [{"role": "user", "content": " "}]}, "messages[0].content must be"),
+        (
+            "/reinf/api/chat",
+            {"messages": [{"role": "user", "content": "q"}], "kind": "ask"},
+            "unknown field 'kind'",
+        ),
     ],
 )
 def test_bad_input_is_refused_with_a_message(stack: Stack, path: str, body: Any, message: str) -> None:
@@ -299,3 +308,12 @@ def test_installing_the_package_enables_the_extension() -> None:
     out = re.sub(r"\x1b\[[0-9;]*m", "", listing.stdout + listing.stderr)
     assert re.search(r"reinf\.jupyter\s+enabled", out), out
     assert re.search(r"reinf\.jupyter\s.*OK", out), out
+
+
+def test_installing_the_package_enables_the_jupyterlab_extension() -> None:
+    """The Help menu entry and the answers' Copy and Insert buttons come from it."""
+    listing = subprocess.run(
+        [sys.executable, "-m", "jupyter", "labextension", "list"], capture_output=True, text=True, timeout=60
+    )
+    out = re.sub(r"\x1b\[[0-9;]*m", "", listing.stdout + listing.stderr)
+    assert re.search(r"reinf-jupyterlab v\S+ enabled\s+OK", out), out

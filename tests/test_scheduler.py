@@ -56,7 +56,9 @@ progress("done", 1.0, "done")
 class Harness:
     def __init__(self, tmp_path: Path, **training) -> None:
         self.cfg = Config(home=tmp_path / "home")
-        self.cfg.model.name = str(tmp_path / "model")  # a folder name: nothing to build
+        self.cfg.model.name = str(tmp_path / "model")  # a model folder: nothing to build or fetch
+        (tmp_path / "model").mkdir()
+        (tmp_path / "model" / "config.json").write_text("{}")
         self.cfg.training.min_new_ratings = 3
         for k, v in training.items():
             setattr(self.cfg.training, k, v)
@@ -130,6 +132,12 @@ def test_the_threshold_starts_a_run_that_publishes_and_swaps(h):
     progress = h.notes("reinf/trainingProgress")
     assert {"reward_model", "ppo"} <= {p["phase"] for p in progress if p["state"] == "running"}
     assert progress[-1]["state"] == "published" and progress[-1]["run_id"] == run["run_id"]
+    # Clients say how the run started and, once it has made progress, how long it has left.
+    assert {p["trigger"] for p in progress} == {"threshold"}
+    running = [p for p in progress if p["state"] == "running"]
+    assert running[0]["eta_s"] is None
+    assert all(p["eta_s"] >= 0 for p in running if 0.05 <= p["progress"] < 1)
+    assert any(p["eta_s"] is not None for p in running)
     config = json.loads((h.cfg.home / "runs" / str(run["run_id"]) / "config.json").read_text())
     assert config["run_id"] == run["run_id"] and config["active_adapter"] is None
     assert config["training"]["min_new_ratings"] == 3 and config["base_model_path"] == h.cfg.model.name

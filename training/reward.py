@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from reinf.fim import encode_prompt
 from reinf.scheduler import fsync_tree
 
 from .data import Example
@@ -61,9 +62,8 @@ class PolicyRewardModel:
         seqs, lengths = [], []
         for p, r in zip(prompts, responses, strict=True):
             r_ids = self.tokenizer(r, add_special_tokens=False)["input_ids"][: self.max_length - 1]
-            p_ids = self.tokenizer(p, add_special_tokens=False)["input_ids"]
-            keep = self.max_length - len(r_ids)
-            seqs.append(p_ids[-keep:] + r_ids)  # the prompt's end matters most
+            p_ids = encode_prompt(self.tokenizer, p, keep_last=self.max_length - len(r_ids))
+            seqs.append(p_ids + r_ids)  # the prompt's end matters most
             lengths.append(len(r_ids))
         ids, mask = pad_left(seqs, self.pad_id, self.head.weight.device)
         cols = torch.arange(ids.shape[1], device=ids.device)

@@ -526,8 +526,10 @@ def _hidden_size(model: Any) -> int:
 
 def _encode_prompt(tokenizer: Any, text: str, max_tokens: int) -> list[int]:
     """The prompt's last `max_tokens` tokens, exactly as the daemon fed it to the model."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return ids[-max_tokens:] if ids else [_pad_id(tokenizer)]
+    from reinf.fim import encode_prompt
+
+    ids = encode_prompt(tokenizer, text, keep_last=max_tokens)
+    return ids if ids else [_pad_id(tokenizer)]
 
 
 def _ppo_summary(history: list[dict]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import signal
 import sys
@@ -152,6 +153,9 @@ def test_chat_rate_retrain_and_inline_completion(
 
     # The extension found the daemon through reinf.home and shows its status.
     expect(page.locator(".statusbar-item", has_text="to train")).to_be_visible(timeout=60_000)
+    status_item = page.locator(
+        f'[id="{page.locator(".statusbar-item", has_text="to train").first.get_attribute("id")}"]'
+    )
 
     # Open main.py, then ask in the chat view with the current file as context.
     _open_file(page, "main.py")
@@ -167,18 +171,91 @@ def test_chat_rate_retrain_and_inline_completion(
         "the answer did not stream in through $/progress"
     )
     interaction_id = answer.get_attribute("data-interaction")
+    answer = chat.locator(
+        f'.answer.done[data-interaction="{interaction_id}"]'
+    )  # this one, when there are more
     stored = client.request("reinf/history", {"limit": 5})["items"]
     assert interaction_id in [i["interaction_id"] for i in stored]
 
-    # Thumbs up, then 4 stars, then a comment: each sends the rating so far.
+    # The newest answer, its rating widget included, sits above the input box, not underneath it.
+    _assert_above_input(chat, answer.locator(".rate-status"))
+    # The input row is one row: the select, New and Ask side by side.
+    tops = chat.locator(".ask .row > :not([hidden])").evaluate_all(
+        "els => els.map(e => Math.round(e.getBoundingClientRect().top + e.getBoundingClientRect().height / 2))"
+    )
+    assert max(tops) - min(tops) <= 4, f"the input row wraps: {tops}"
+    # Code blocks keep every underscore: inline code's padded background must not paint over the line above.
+    chat.locator("#log").evaluate(
+        """log => { const d = document.createElement('div'); d.className = 'md probe';
+        d.innerHTML = '<div class="code-block"><pre><code>load_config = 1\\nsave_config = 2</code></pre></div>';
+        log.append(d); }"""
+    )
+    code = chat.locator(".probe pre code")
+    style = code.evaluate(
+        "c => { const s = getComputedStyle(c); return [s.backgroundColor, s.paddingTop, s.paddingBottom]; }"
+    )
+    assert style == ["rgba(0, 0, 0, 0)", "0px", "0px"], f"code in a block paints over the line above: {style}"
+    code.screenshot(path=str(tmp_path / "code-block.png"))
+    chat.locator(".probe").evaluate("d => d.remove()")
+
+    # Thumbs up, then 4 stars, then 4 stars again, then a comment: each sends the rating so far, and each
+    # shows a confirmation of its own.
+    rating = answer.locator(".rating")
+    saved = rating.locator(".rate-status .saved")
     answer.locator(".thumb-up").click()
+    expect(saved).to_have_text("Saved: thumbs up.")
     answer.locator('.star[data-stars="4"]').click()
+    expect(saved).to_have_text("Saved: thumbs up and 4 stars.")
+    answer.locator('.star[data-stars="4"]').click()
+    expect(rating).to_have_attribute("data-saves", "3")
+    expect(rating.locator(".rate-status")).to_have_class(re.compile(r"\bfresh\b"))
+    # The comment box opens on demand and empties once the comment is stored.
+    expect(answer.locator(".comment")).to_be_hidden()
+    answer.locator(".comment-toggle").click()
     answer.locator(".comment").fill("Short and right.")
     answer.locator(".comment-send").click()
-    expect(answer.locator(".rate-status")).to_contain_text("Saved.")
+    expect(saved).to_have_text("Saved: thumbs up, 4 stars and your comment.")
+    expect(answer.locator(".comment")).to_be_hidden()
+    answer.locator(".comment-toggle").click()
+    expect(answer.locator(".comment")).to_have_value("")
+    answer.locator(".comment-cancel").click()
+    expect(rating.locator(".until")).to_contain_text("until the next training")
+
+    # A second question: its answer is the newest, above the input; rating it moves the "to go" line to it.
+    chat.locator("#prompt").fill("And how do I sort it?")
+    chat.locator("#send").click()
+    second = chat.locator(".answer.done").nth(1)
+    expect(second).to_be_visible(timeout=120_000)
+    _assert_above_input(chat, second.locator(".rate-status"))
+    second_id = second.get_attribute("data-interaction")
+    second.locator('.star[data-stars="2"]').click()
+    expect(second.locator(".saved")).to_have_text("Saved: 2 stars.")
+    expect(second.locator(".until")).to_contain_text("until the next training")
+    expect(rating.locator(".until")).to_have_text("")
+    page.screenshot(path=str(tmp_path / "chat.png"))
 
     _run_command(page, "reinf: Retrain Now")
     expect(page.locator(".notifications-toasts", has_text="training run")).to_be_visible()
+    # While it runs, the status bar says what it does in words, never the trainer's phase names.
+    seen = _status_texts_while(status_item, lambda texts: any(_spinning(t) for t in texts), 60)
+    assert any(_spinning(t) for t in seen), seen
+    assert not [t for t in seen if "reward_model" in t or "ppo" in t], seen
+    assert all(
+        any(
+            w in t
+            for w in (
+                "preparing",
+                "loading the model",
+                "judging your ratings",
+                "training",
+                "checking",
+                "saving",
+                "finishing",
+            )
+        )
+        for t in seen
+        if _spinning(t)
+    ), seen
 
     def counted_rating() -> dict[str, Any] | None:
         items = client.request("reinf/history", {"limit": 20})["items"]
@@ -234,6 +311,10 @@ def test_chat_rate_retrain_and_inline_completion(
     item = review.locator("article.item").first
     expect(item).to_be_visible()
     review_id = item.get_attribute("data-interaction")
+    # When, in words, and where the completion was asked for.
+    expect(item.locator(".muted").first).to_have_text(
+        re.compile(r"^completion · (just now|\d+ min ago) · main\.py, line 2$")
+    )
     item.locator('.star[data-stars="5"]').click()
     expect(item).to_have_class("item rated")
     rated = {
@@ -242,14 +323,107 @@ def test_chat_rate_retrain_and_inline_completion(
     assert rated[review_id] == {"thumbs": None, "stars": 5, "comment": None}
     page.screenshot(path=str(tmp_path / "vscode.png"))
 
-    # The daemon goes away: the status bar says so. "Reconnect" starts a new one with reinf.serverCommand (without
-    # it the extension waits a while for the old one to come back first), and the extension connects to it.
+    # Show Status is a quick pick with the facts and what to do next, not a modal.
+    _run_command(page, "reinf: Show Status")
+    picks = page.locator(".quick-input-list .monaco-list-row")
+    expect(picks.filter(has_text="Answering with")).to_contain_text("the base model")
+    expect(picks.filter(has_text="Open Review Queue")).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(page.locator(".quick-input-widget")).to_be_hidden()
+    # With the base model serving there is nothing earlier: no "Previous good version" is offered.
+    _run_command(page, "reinf: Roll Back or Switch Adapter")
+    expect(picks.filter(has_text="Base model (v0)")).to_be_visible()
+    expect(picks.filter(has_text="Previous good version")).to_have_count(0)
+    page.keyboard.press("Escape")
+    expect(page.locator(".quick-input-widget")).to_be_hidden()
+    # Export goes to the home folder unless the user picks elsewhere, and the toast names the whole path.
+    _run_command(page, "reinf: Export Data")
+    picks.filter(has_text="jsonl").first.click()
+    save_as = page.locator(".quick-input-widget input")
+    expect(save_as).to_have_value(re.compile(r"/code-server/home/reinf-export-\d{4}-\d\d-\d\d\.jsonl$"))
+    exported = save_as.input_value()
+    page.keyboard.press("Enter")
+    expect(page.locator(".notifications-toasts", has_text=f"rows to {exported}")).to_be_visible()
+    assert Path(exported).is_file() and not exported.startswith(str(tmp_path / "code-server" / "workspace"))
+
+    # The training run has ended: one toast says how, in words that fit what is serving.
+    ended = page.locator(
+        ".notifications-toasts .notification-toast",
+        has_text=re.compile(r"is live, trained on your ratings|was not published|failed"),
+    )
+    expect(ended.first).to_be_visible(timeout=300_000)
+    status = client.request("reinf/status", {})
+    if status["adapter_version"] == 0:
+        expect(page.locator(".notifications-toasts")).not_to_contain_text("The active adapter stays")
+
+    # The thread survives a window reload: both turns, with their answers and rating widgets.
+    page.reload()
+    page.locator(".monaco-workbench").wait_for()
+    _run_command(page, "reinf: Focus on Chat View")
+    chat = _webview_with(page, ".turn")
+    expect(chat.locator(".turn")).to_have_count(2)
+    expect(chat.locator(f'.answer.done[data-interaction="{interaction_id}"] .rating')).to_be_visible()
+    expect(chat.locator(f'.answer.done[data-interaction="{second_id}"] .rating')).to_be_visible()
+    _assert_above_input(chat, chat.locator(".answer.done").last.locator(".rate-status"))
+
+    # The daemon goes away: the status bar says so, and the chat above its thread. The extension starts a new
+    # one with reinf.serverCommand after a short wait for the old one to come back, and connects to it.
     old_pid = daemon.info["pid"]
     daemon.stop()
-    expect(page.locator(".statusbar-item", has_text="reinf: not connected")).to_be_visible()
-    _run_command(page, "reinf: Reconnect to Daemon")
+    expect(
+        page.locator(".statusbar-item", has_text=re.compile(r"reinf: (not connected|restarting the daemon)"))
+    ).to_be_visible()
+    banner = chat.locator("#connection")
+    expect(banner).to_be_visible()
+    chat.locator("#log").evaluate("log => log.scrollTo(0, log.scrollHeight)")
+    assert (
+        banner.bounding_box()["y"] + banner.bounding_box()["height"]
+        <= chat.locator("#log").bounding_box()["y"] + 1
+    )
+    expect(page.locator(".statusbar-item", has_text="reinf: restarting the daemon")).to_be_visible(
+        timeout=60_000
+    )
     expect(page.locator(".statusbar-item", has_text="to train")).to_be_visible(timeout=120_000)
     assert daemon.info["pid"] != old_pid
+    logs = "\n".join(f.read_text(errors="replace") for f in (tmp_path / "code-server").rglob("*.log"))
+    assert "reconnecting, and starting it again" in logs
+    assert "Server will not be restarted" not in logs
+
+    # Show Log reaches the log of the daemon the extension started.
+    _run_command(page, "reinf: Show Log")
+    page.locator(".quick-input-list .monaco-list-row", has_text="Daemon log (started by VS Code)").click()
+    expect(page.locator(".tab.active", has_text="vscode-serve.log")).to_be_visible()
+
+    # "reinf: Reconnect to Daemon" connects again at once.
+    _run_command(page, "reinf: Reconnect to Daemon")
+    expect(page.locator(".statusbar-item", has_text="to train")).to_be_visible(timeout=60_000)
+
+
+def _assert_above_input(chat, locator) -> None:  # noqa: ANN001
+    """`locator` is on screen above the chat's input box, not covered by it."""
+    box, form = locator.bounding_box(), chat.locator("#ask-form").bounding_box()
+    assert box is not None and form is not None
+    assert box["y"] >= 0 and box["y"] + box["height"] <= form["y"] + 1, (box, form)
+
+
+def _spinning(text: str) -> bool:
+    """A status bar text of a run in progress (its icon renders as a spinning glyph, the words after it)."""
+    return text.startswith("reinf: ") and text != "reinf: not connected" and "connecting" not in text
+
+
+def _status_texts_while(item, done: Callable[[list[str]], bool], timeout: float) -> list[str]:  # noqa: ANN001
+    """The distinct texts of reinf's status bar item, polled until `done(texts)` or `timeout` seconds."""
+    texts: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not done(texts):
+        try:
+            text = " ".join(item.inner_text(timeout=2000).split())
+        except Exception:  # redrawn between the lookup and the read
+            continue
+        if text and text not in texts:
+            texts.append(text)
+        time.sleep(0.1)
+    return texts
 
 
 # The default model (committed, 5.3M parameters): the test preset's suggestions are a character or two.
@@ -383,8 +557,10 @@ def _run_command(page, title: str, timeout: float = 60.0) -> None:  # noqa: ANN0
     row = page.locator(".quick-input-list .monaco-list-row", has_text=title).first
     while True:
         page.keyboard.press("F1")
-        box.fill(">" + title)
         try:
+            # F1 pressed while a quick pick is still closing opens nothing: wait for the box, else try again.
+            box.wait_for(state="visible", timeout=3000)
+            box.fill(">" + title)
             row.wait_for(timeout=3000)
         except Exception:
             page.keyboard.press("Escape")

@@ -4,22 +4,38 @@ import { randomUUID } from 'crypto';
 import * as path from 'path';
 import * as vscode from 'vscode';
 import type { Daemon } from './connection';
-import { errorText } from './format';
+import { errorText, untilMessage } from './format';
 import { renderMarkdown } from './markdown';
 import type { FromChat, SentContext, ToChat } from './messages';
-import type { ChatContext, ChatDelta, ChatMessage, ChatResult, RateResult } from './protocol';
+import type { ChatContext, ChatDelta, ChatMessage, ChatResult, RateResult, StatusResult } from './protocol';
 import { submitRating } from './ratings';
 import { fillWebview } from './webviewShell';
 
 /** Redraw a streaming answer at most this often. */
 const DRAW_INTERVAL_MS = 50;
+/** Where the current thread is kept, so that it survives a window reload. */
+const THREAD_KEY = 'reinf.chat.thread';
+/** The most turns kept, and the most characters of sent context kept with each. */
+const KEPT_TURNS = 50;
+const KEPT_CONTEXT_CHARS = 20_000;
+
+/** A finished turn as the workspace keeps it: Markdown, not HTML, so a newer renderer redraws it. */
+interface KeptTurn {
+  turn: number;
+  content: string;
+  context?: SentContext;
+  answer: string;
+  interactionId: string;
+  meta: string;
+  error?: string;
+}
 
 export class ChatView implements vscode.WebviewViewProvider {
   static readonly viewId = 'reinf.chat';
   private view: vscode.WebviewView | undefined;
-  /** The conversation so far: the daemon stores each turn but does not keep threads. */
-  private messages: ChatMessage[] = [];
-  private turn = 0;
+  /** The thread so far: the daemon stores each turn but does not keep threads. */
+  private thread: KeptTurn[];
+  private turn: number;
   private running: vscode.CancellationTokenSource | undefined;
   private readonly focus = new vscode.EventEmitter<boolean>();
   /** The panel took (true) or gave back (false) the keyboard focus. */
@@ -29,12 +45,37 @@ export class ChatView implements vscode.WebviewViewProvider {
     private readonly extensionUri: vscode.Uri,
     private readonly daemon: Daemon,
     private readonly rated: (r: RateResult) => void,
-  ) {}
+    private readonly memento: vscode.Memento,
+  ) {
+    this.thread = memento.get<KeptTurn[]>(THREAD_KEY, []);
+    this.turn = this.thread.reduce((n, t) => Math.max(n, t.turn), 0);
+  }
+
+  /** The conversation the model sees: each answered question and its answer. */
+  private messages(): ChatMessage[] {
+    return this.thread
+      .filter((t) => !t.error)
+      .flatMap((t): ChatMessage[] => [
+        { role: 'user', content: t.content },
+        { role: 'assistant', content: t.answer },
+      ]);
+  }
+
+  private keep(t: KeptTurn): void {
+    const context = t.context && { ...t.context, text: t.context.text.slice(0, KEPT_CONTEXT_CHARS) };
+    this.thread = [...this.thread, { ...t, context }].slice(-KEPT_TURNS);
+    void this.memento.update(THREAD_KEY, this.thread);
+  }
 
   resolveWebviewView(view: vscode.WebviewView): void {
     this.view = view;
     fillWebview(view.webview, this.extensionUri, { title: 'reinf chat', script: 'chat.js', body: CHAT_BODY });
     view.webview.onDidReceiveMessage((m: FromChat) => this.onMessage(m));
+  }
+
+  /** The daemon's count of ratings to go changed: say it under the newest rating. */
+  statusChanged(s: StatusResult): void {
+    this.post({ type: 'until', text: untilMessage(s) });
   }
 
   /** Tell the panel whether the daemon is there, so it can say so instead of failing on send. */
@@ -49,6 +90,10 @@ export class ChatView implements vscode.WebviewViewProvider {
   private async onMessage(m: FromChat): Promise<void> {
     switch (m.type) {
       case 'ready':
+        this.post({
+          type: 'restore',
+          turns: this.thread.map((t) => ({ ...t, html: answerHtml(t.answer) })),
+        });
         this.setConnection(this.daemon.current.kind === 'connected', this.daemon.current.message);
         return;
       case 'ask':
@@ -58,7 +103,8 @@ export class ChatView implements vscode.WebviewViewProvider {
         return;
       case 'newChat':
         this.running?.cancel();
-        this.messages = [];
+        this.thread = [];
+        void this.memento.update(THREAD_KEY, []);
         this.post({ type: 'cleared' });
         return;
       case 'rate':
@@ -82,7 +128,7 @@ export class ChatView implements vscode.WebviewViewProvider {
     const turn = ++this.turn;
     const { context, sent } = gatherContext(include);
     this.post({ type: 'user', turn, content: text, context: sent });
-    const messages: ChatMessage[] = [...this.messages, { role: 'user', content: text }];
+    const messages: ChatMessage[] = [...this.messages(), { role: 'user', content: text }];
     const cts = (this.running = new vscode.CancellationTokenSource());
     const token = randomUUID();
     let answer = '';
@@ -102,24 +148,32 @@ export class ChatView implements vscode.WebviewViewProvider {
         { messages, kind: 'chat', context, max_tokens: maxTokens, partialResultToken: token },
         cts.token,
       );
-      this.messages = [...messages, { role: 'assistant', content: r.text }];
-      const total = r.timings?.total_ms != null ? ` · ${Math.round(r.timings.total_ms)} ms` : '';
-      const adapter = r.adapter_version > 0 ? `adapter v${r.adapter_version}` : 'base';
-      this.post({
-        type: 'done',
-        turn,
-        html: r.text.trim() ? renderMarkdown(r.text) : '<p class="muted">(The model answered with blank text.)</p>',
-        interactionId: r.interaction_id,
-        meta: `${path.basename(r.model)} · ${adapter} · ${r.finish_reason}${total}`,
-      });
+      const meta = answerMeta(r);
+      // A stopped answer comes back too, as far as it got (finish reason "cancelled"), and can be rated.
+      this.keep({ turn, content: text, context: sent, answer: r.text, interactionId: r.interaction_id, meta });
+      this.post({ type: 'done', turn, html: answerHtml(r.text), interactionId: r.interaction_id, meta });
     } catch (e) {
-      this.post({ type: 'error', turn, message: cts.token.isCancellationRequested ? 'Stopped.' : errorText(e) });
+      const message = cts.token.isCancellationRequested ? 'Stopped.' : errorText(e);
+      this.keep({ turn, content: text, context: sent, answer: '', interactionId: '', meta: '', error: message });
+      this.post({ type: 'error', turn, message });
     } finally {
       progress?.dispose();
       cts.dispose();
       this.running = undefined;
     }
   }
+}
+
+function answerHtml(text: string): string {
+  return text.trim() ? renderMarkdown(text) : '<p class="muted">(The model answered with blank text.)</p>';
+}
+
+/** The line under an answer: model, adapter, how it ended, how long it took. */
+function answerMeta(r: ChatResult): string {
+  const total = r.timings?.total_ms != null ? ` · ${(r.timings.total_ms / 1000).toFixed(1)} s` : '';
+  const adapter = r.adapter_version > 0 ? `adapter v${r.adapter_version}` : 'base model';
+  const ended = { stop: '', length: 'cut at the token limit', cancelled: 'stopped' }[r.finish_reason] ?? r.finish_reason;
+  return [path.basename(r.model), adapter, ended].filter(Boolean).join(' · ') + total;
 }
 
 /** The selection or the whole current file, as the daemon's `context`, and as the panel shows it. */

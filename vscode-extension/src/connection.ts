@@ -26,9 +26,9 @@ export type ConnectionState =
 
 /** How long a daemon we started may take to answer (the first start may build the test model). */
 const START_TIMEOUT_MS = 180_000;
-/** After a lost connection, wait this long for the daemon to come back (its start takes 5-20 s on a busy
- * laptop) before starting one ourselves. */
-const RESTART_GRACE_MS = 30_000;
+/** After a lost connection, wait this long for the daemon to come back by itself (another window may be
+ * starting it) before starting one: a crashed daemon is started again within 10 s of being noticed. */
+const RESTART_GRACE_MS = 5_000;
 /** After a start that failed, wait this long before trying again ("reinf: Reconnect to Daemon" tries now). */
 const RESPAWN_AFTER_FAILURE_MS = 60_000;
 
@@ -160,7 +160,12 @@ export class Daemon implements vscode.Disposable {
         error: () => ({ action: ErrorAction.Continue, handled: true }),
         closed: () => {
           onClosed();
-          return { action: CloseAction.DoNotRestart, handled: true };
+          // The client's own restart is off because the loop below reconnects (and restarts the daemon).
+          return {
+            action: CloseAction.DoNotRestart,
+            handled: true,
+            message: 'the connection to the reinf daemon closed; reconnecting, and starting it again if it does not come back',
+          };
         },
       },
     };

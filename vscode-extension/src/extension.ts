@@ -5,6 +5,7 @@ import { ChatView } from './chatView';
 import { registerCommands } from './commands';
 import { Daemon } from './connection';
 import { InlineFeedback } from './inline';
+import { ReviewPanel } from './reviewPanel';
 import { StatusBar } from './statusBar';
 
 let daemon: Daemon | undefined;
@@ -16,7 +17,7 @@ export function activate(context: vscode.ExtensionContext): void {
   inline.attach(daemon);
   const statusBar = new StatusBar(daemon, out);
   const refresh = () => void statusBar.refresh();
-  const chat = new ChatView(context.extensionUri, daemon, refresh);
+  const chat = new ChatView(context.extensionUri, daemon, refresh, context.workspaceState);
   context.subscriptions.push(
     out,
     inline,
@@ -26,6 +27,10 @@ export function activate(context: vscode.ExtensionContext): void {
     vscode.window.registerWebviewViewProvider(ChatView.viewId, chat, { webviewOptions: { retainContextWhenHidden: true } }),
     daemon.onState((s) => chat.setConnection(s.kind === 'connected', s.message)),
     chat.onDidChangeFocus((focused) => inline.panelFocused(focused)),
+    statusBar.onStatus((s) => {
+      chat.statusChanged(s);
+      ReviewPanel.statusChanged(s);
+    }),
     vscode.workspace.onDidChangeConfiguration((e) => {
       if (e.affectsConfiguration('reinf.home') || e.affectsConfiguration('reinf.serverCommand')) {
         void daemon?.reconnect();

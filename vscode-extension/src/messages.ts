@@ -7,9 +7,9 @@ export interface RatingInput {
   comment?: string;
 }
 
-/** The answer to a rating, shown under the rated item. */
+/** The answer to a rating, shown under the rated item: what was saved, and how many ratings are still to go. */
 export type RatingReply =
-  | { type: 'rated'; interactionId: string; message: string }
+  | { type: 'rated'; interactionId: string; saved: string; until: string }
   | { type: 'rateError'; interactionId: string; message: string };
 
 /** What a chat turn sent along as context, shown in the panel. */
@@ -30,8 +30,21 @@ export type ToChat =
       meta: string;
     }
   | { type: 'error'; turn: number; message: string }
+  | { type: 'restore'; turns: RestoredTurn[] }
+  | UntilUpdate
   | RatingReply
   | { type: 'cleared' };
+
+/** A finished turn of the thread, redrawn after a window reload. */
+export interface RestoredTurn {
+  turn: number;
+  content: string;
+  context?: SentContext;
+  html: string;
+  interactionId: string;
+  meta: string;
+  error?: string;
+}
 
 export type FromChat =
   | { type: 'ready' }
@@ -46,14 +59,25 @@ export type FromChat =
 export interface ReviewEntry {
   interactionId: string;
   kind: string;
+  /** When, as "3 min ago", and the time itself for the tooltip. */
+  when: string;
   ts: string;
+  /** For a completion: "main.py, line 12". */
+  where: string;
   prompt: string;
   response: string;
+}
+
+/** The ratings still to go, said again under the newest rating when the count changes elsewhere. */
+export interface UntilUpdate {
+  type: 'until';
+  text: string;
 }
 
 export type ToReview =
   | { type: 'items'; items: ReviewEntry[]; total: number; append: boolean }
   | { type: 'error'; message: string }
+  | UntilUpdate
   | RatingReply;
 
 export type FromReview =

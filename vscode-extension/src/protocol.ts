@@ -65,11 +65,19 @@ export interface FeedbackParams {
   shown_ms?: number;
 }
 
-export interface TrainingState {
+/** How far a run has got; `eta_s` is the time left at its pace so far, null until it has made some progress. */
+export interface RunTiming {
+  trigger?: string | null;
+  elapsed_s?: number | null;
+  eta_s?: number | null;
+}
+
+export interface TrainingState extends RunTiming {
   state: string;
   run_id?: string | number | null;
   phase?: string | null;
   progress?: number | null;
+  message?: string | null;
 }
 
 export interface StatusResult {
@@ -131,6 +139,9 @@ export interface HistoryItem {
   prompt: string;
   response: string;
   rating?: { thumbs?: Thumbs | null; stars?: number | null; comment?: string | null } | null;
+  /** Where a completion was asked for. */
+  uri?: string | null;
+  line?: number | null;
 }
 
 export interface HistoryResult {
@@ -138,7 +149,7 @@ export interface HistoryResult {
   total: number;
 }
 
-export interface TrainingProgress {
+export interface TrainingProgress extends RunTiming {
   run_id: string | number;
   state: string;
   phase?: string | null;

@@ -2,9 +2,9 @@
 // rate with thumbs, stars and a comment.
 import * as vscode from 'vscode';
 import type { Daemon } from './connection';
-import { errorText } from './format';
+import { ago, errorText, untilMessage, whereText } from './format';
 import type { FromReview, ToReview } from './messages';
-import type { HistoryResult, RateResult } from './protocol';
+import type { HistoryResult, RateResult, StatusResult } from './protocol';
 import { submitRating } from './ratings';
 import { fillWebview } from './webviewShell';
 
@@ -37,6 +37,11 @@ export class ReviewPanel {
     this.panel.onDidDispose(() => (ReviewPanel.current = undefined));
   }
 
+  /** The daemon's count of ratings to go changed: say it under the newest rating in the open queue. */
+  static statusChanged(s: StatusResult): void {
+    ReviewPanel.current?.post({ type: 'until', text: untilMessage(s) });
+  }
+
   private post(m: ToReview): void {
     void this.panel.webview.postMessage(m);
   }
@@ -56,10 +61,13 @@ export class ReviewPanel {
   private async load(offset: number): Promise<void> {
     try {
       const r = await this.daemon.request<HistoryResult>('reinf/history', { unrated_only: true, limit: PAGE, offset });
+      const now = new Date();
       const items = r.items.map((i) => ({
         interactionId: i.interaction_id,
         kind: i.kind,
+        when: ago(i.ts, now),
         ts: i.ts,
+        where: i.kind === 'completion' ? whereText(i.uri, i.line) : '',
         prompt: i.prompt,
         response: i.response,
       }));

@@ -1,6 +1,6 @@
 // The chat panel's page. It draws what the extension sends and posts the user's actions back.
-import type { FromChat, ToChat } from '../messages';
-import { byId, el, post, ratingWidget, showRatingReply } from './common';
+import type { FromChat, SentContext, ToChat } from '../messages';
+import { byId, el, post, ratingWidget, showRatingReply, showUntil } from './common';
 
 const log = byId<HTMLDivElement>('log');
 const form = byId<HTMLFormElement>('ask-form');
@@ -12,8 +12,10 @@ const connection = byId<HTMLDivElement>('connection');
 
 const say = (m: FromChat) => post(m);
 
+/** While an answer streams, Stop takes the Ask button's place, so the row keeps its width. */
 function setBusy(busy: boolean): void {
   send.disabled = busy;
+  send.hidden = busy;
   stop.hidden = !busy;
 }
 
@@ -62,6 +64,36 @@ log.addEventListener('click', (e) => {
   }
 });
 
+/** A new turn with the user's question and an empty answer that streams in. */
+function drawQuestion(n: number, content: string, context: SentContext | undefined): HTMLElement {
+  const turn = el('section', { class: 'turn', 'data-turn': String(n) });
+  const user = el('div', { class: 'user' });
+  user.append(el('div', { class: 'who' }, 'You'), el('div', { class: 'content' }, content));
+  if (context) {
+    const sent = el('details', { class: 'sent' });
+    sent.append(el('summary', {}, context.label));
+    if (context.text) {
+      sent.append(el('pre', {}, context.text));
+    }
+    user.append(sent);
+  }
+  const answer = el('div', { class: 'answer streaming' });
+  answer.append(el('div', { class: 'who' }, 'reinf'), el('div', { class: 'md' }, '…'));
+  turn.append(user, answer);
+  log.append(turn);
+  return turn;
+}
+
+function drawAnswer(n: number, html: string, interactionId: string, meta: string): HTMLElement | null {
+  const answer = answerOf(n);
+  if (answer) {
+    answer.setAttribute('data-interaction', interactionId);
+    answer.querySelector('.md')!.innerHTML = html; // rendered by the extension from Markdown with raw HTML escaped
+    answer.append(el('div', { class: 'meta' }, meta), ratingWidget(interactionId));
+  }
+  return answer;
+}
+
 window.addEventListener('message', (event: MessageEvent<ToChat>) => {
   const m = event.data;
   switch (m.type) {
@@ -69,26 +101,10 @@ window.addEventListener('message', (event: MessageEvent<ToChat>) => {
       connection.textContent = m.connected ? '' : `Not connected. ${m.text}`;
       connection.hidden = m.connected;
       return;
-    case 'user': {
+    case 'user':
       log.querySelector('.empty')?.remove();
-      const turn = el('section', { class: 'turn', 'data-turn': String(m.turn) });
-      const user = el('div', { class: 'user' });
-      user.append(el('div', { class: 'who' }, 'You'), el('div', { class: 'content' }, m.content));
-      if (m.context) {
-        const sent = el('details', { class: 'sent' });
-        sent.append(el('summary', {}, m.context.label));
-        if (m.context.text) {
-          sent.append(el('pre', {}, m.context.text));
-        }
-        user.append(sent);
-      }
-      const answer = el('div', { class: 'answer streaming' });
-      answer.append(el('div', { class: 'who' }, 'reinf'), el('div', { class: 'md' }, '…'));
-      turn.append(user, answer);
-      log.append(turn);
-      turn.scrollIntoView({ block: 'end' });
+      drawQuestion(m.turn, m.content, m.context).scrollIntoView({ block: 'end' });
       return;
-    }
     case 'delta': {
       const answer = answerOf(m.turn);
       const md = answer?.querySelector('.md');
@@ -98,22 +114,36 @@ window.addEventListener('message', (event: MessageEvent<ToChat>) => {
       }
       return;
     }
-    case 'done': {
-      const answer = finish(m.turn, 'done');
-      if (answer) {
-        answer.setAttribute('data-interaction', m.interactionId);
-        answer.querySelector('.md')!.innerHTML = m.html;
-        answer.append(el('div', { class: 'meta' }, m.meta), ratingWidget(m.interactionId));
-        answer.scrollIntoView({ block: 'end' });
-      }
+    case 'done':
+      finish(m.turn, 'done');
+      drawAnswer(m.turn, m.html, m.interactionId, m.meta)?.scrollIntoView({ block: 'end' });
       return;
-    }
     case 'error':
       finish(m.turn, 'failed')?.append(el('div', { class: 'error', role: 'alert' }, m.message));
+      answerOf(m.turn)?.scrollIntoView({ block: 'end' });
+      return;
+    case 'restore':
+      // The thread as it was before the window reloaded; the extension keeps it.
+      if (m.turns.length) {
+        log.replaceChildren();
+        for (const t of m.turns) {
+          drawQuestion(t.turn, t.content, t.context);
+          finish(t.turn, t.error ? 'failed' : 'done');
+          if (t.error) {
+            answerOf(t.turn)?.append(el('div', { class: 'error', role: 'alert' }, t.error));
+          } else {
+            drawAnswer(t.turn, t.html, t.interactionId, t.meta);
+          }
+        }
+        log.lastElementChild?.scrollIntoView({ block: 'end' });
+      }
       return;
     case 'rated':
     case 'rateError':
       showRatingReply(m);
+      return;
+    case 'until':
+      showUntil(m.text);
       return;
     case 'cleared':
       log.replaceChildren(el('p', { class: 'empty' }, 'New conversation.'));

@@ -36,8 +36,8 @@ export function byId<T extends HTMLElement>(id: string): T {
 }
 
 /**
- * Thumbs, 1-5 stars and a comment for one interaction. Each change sends the whole rating so far, because
- * the daemon counts the newest explicit rating of an interaction.
+ * Thumbs and 1-5 stars on one row, and a comment box that opens on demand, for one interaction. Each change
+ * sends the whole rating so far, because the daemon counts the newest explicit rating of an interaction.
  */
 export function ratingWidget(interactionId: string): HTMLElement {
   const rating: RatingInput = { interaction_id: interactionId };
@@ -45,7 +45,8 @@ export function ratingWidget(interactionId: string): HTMLElement {
   const send = () => post({ type: 'rate', rating: { ...rating } });
 
   const thumbs = (['up', 'down'] as const).map((t) => {
-    const b = el('button', { type: 'button', class: `thumb thumb-${t}`, 'aria-label': `Thumbs ${t}`, title: `Thumbs ${t}`, 'aria-pressed': 'false' });
+    const label = t === 'up' ? 'Thumbs up: a good answer' : 'Thumbs down: a bad answer';
+    const b = el('button', { type: 'button', class: `thumb thumb-${t}`, 'aria-label': label, title: label, 'aria-pressed': 'false' });
     b.append(thumbIcon(t === 'down'));
     b.addEventListener('click', () => {
       rating.thumbs = t;
@@ -57,7 +58,8 @@ export function ratingWidget(interactionId: string): HTMLElement {
 
   const stars = el('span', { class: 'stars', role: 'group', 'aria-label': 'Stars' });
   const starButtons = [1, 2, 3, 4, 5].map((n) => {
-    const b = el('button', { type: 'button', class: 'star', 'aria-label': `${n} star${n > 1 ? 's' : ''}`, 'data-stars': String(n) }, '☆');
+    const label = `${n} star${n > 1 ? 's' : ''}`;
+    const b = el('button', { type: 'button', class: 'star', 'aria-label': label, title: label, 'data-stars': String(n) }, '☆');
     b.addEventListener('click', () => {
       rating.stars = n;
       starButtons.forEach((o, i) => {
@@ -70,22 +72,48 @@ export function ratingWidget(interactionId: string): HTMLElement {
     return b;
   });
 
-  const comment = el('textarea', { class: 'comment', rows: '2', placeholder: 'Comment (optional)', 'aria-label': 'Comment' });
-  const sendComment = el('button', { type: 'button', class: 'comment-send secondary' }, 'Send comment');
-  sendComment.addEventListener('click', () => {
+  const toggle = el('button', { type: 'button', class: 'comment-toggle', 'aria-expanded': 'false', title: 'Say what was good or wrong' }, 'Comment…');
+  const box = el('div', { class: 'comment-box' });
+  box.hidden = true;
+  const comment = el('textarea', { class: 'comment', rows: '2', placeholder: 'What was good or wrong? (Ctrl+Enter sends)', 'aria-label': 'Comment' });
+  const sendComment = el('button', { type: 'button', class: 'comment-send' }, 'Send');
+  const cancel = el('button', { type: 'button', class: 'comment-cancel secondary' }, 'Cancel');
+  const open = (show: boolean) => {
+    box.hidden = !show;
+    toggle.setAttribute('aria-expanded', String(show));
+    if (show) {
+      comment.focus();
+    }
+  };
+  toggle.addEventListener('click', () => open(box.hidden));
+  cancel.addEventListener('click', () => open(false));
+  const submitComment = () => {
     const text = comment.value.trim();
-    if (text) {
-      rating.comment = text;
-      send();
+    if (!text) {
+      comment.focus();
+      return;
+    }
+    rating.comment = text;
+    send();
+    // The box empties only once the daemon has stored it: see showRatingReply.
+    root.dataset.pendingComment = text;
+  };
+  sendComment.addEventListener('click', submitComment);
+  comment.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
+      e.preventDefault();
+      submitComment();
     }
   });
 
   const controls = el('div', { class: 'row' });
-  controls.append(...thumbs, stars);
+  controls.append(...thumbs, el('span', { class: 'sep' }), stars, toggle);
+  const actions = el('div', { class: 'row' });
+  actions.append(cancel, sendComment);
+  box.append(comment, actions);
   const status = el('div', { class: 'rate-status', role: 'status' });
-  const commentRow = el('div', { class: 'row end' });
-  commentRow.append(sendComment);
-  root.append(controls, comment, commentRow, status);
+  status.append(el('span', { class: 'saved' }), el('span', { class: 'until' }));
+  root.append(controls, box, status);
   return root;
 }
 
@@ -111,13 +139,53 @@ function thumbIcon(down: boolean): SVGSVGElement {
   return svg;
 }
 
-/** Show the daemon's answer to a rating under the widget it came from. */
+/**
+ * Show the daemon's answer to a rating under the widget it came from. The count of ratings to go is said
+ * under the newest rating only: older ones would show a number that is no longer true.
+ */
 export function showRatingReply(reply: RatingReply): HTMLElement | undefined {
   const widget = document.querySelector<HTMLElement>(`.rating[data-interaction="${CSS.escape(reply.interactionId)}"]`);
   const status = widget?.querySelector<HTMLElement>('.rate-status');
-  if (status) {
-    status.textContent = reply.message;
-    status.classList.toggle('error', reply.type === 'rateError');
+  if (!widget || !status) {
+    return undefined;
   }
-  return widget ?? undefined;
+  const saved = status.querySelector<HTMLElement>('.saved')!;
+  const until = status.querySelector<HTMLElement>('.until')!;
+  status.classList.toggle('error', reply.type === 'rateError');
+  if (reply.type === 'rateError') {
+    saved.textContent = `Not saved: ${reply.message}`;
+    until.textContent = '';
+    return widget;
+  }
+  for (const other of document.querySelectorAll<HTMLElement>('.rate-status .until')) {
+    other.textContent = '';
+  }
+  saved.textContent = reply.saved;
+  until.textContent = reply.until ? ` ${reply.until}` : '';
+  widget.dataset.saves = String(Number(widget.dataset.saves ?? 0) + 1);
+  // Restart the flash: the same words again must still be seen to be new.
+  status.classList.remove('fresh');
+  void status.offsetWidth;
+  status.classList.add('fresh');
+  const pending = widget.dataset.pendingComment;
+  const box = widget.querySelector<HTMLElement>('.comment-box');
+  const comment = widget.querySelector<HTMLTextAreaElement>('.comment');
+  if (pending !== undefined && box && comment) {
+    delete widget.dataset.pendingComment;
+    if (comment.value.trim() === pending) {
+      comment.value = '';
+      box.hidden = true;
+      widget.querySelector('.comment-toggle')?.setAttribute('aria-expanded', 'false');
+    }
+  }
+  return widget;
+}
+
+/** A new count of ratings to go, from elsewhere (another panel, a training run): it replaces the one shown. */
+export function showUntil(text: string): void {
+  for (const until of document.querySelectorAll<HTMLElement>('.rate-status .until')) {
+    if (until.textContent) {
+      until.textContent = ` ${text}`;
+    }
+  }
 }

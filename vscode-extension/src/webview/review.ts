@@ -1,6 +1,6 @@
 // The review queue's page: unrated interactions, each with the rating widget.
 import type { FromReview, ReviewEntry, ToReview } from '../messages';
-import { byId, el, post, ratingWidget, showRatingReply } from './common';
+import { byId, el, post, ratingWidget, showRatingReply, showUntil } from './common';
 
 const items = byId<HTMLDivElement>('items');
 const count = byId<HTMLSpanElement>('count');
@@ -14,7 +14,7 @@ more.addEventListener('click', () => say({ type: 'more', offset: items.children.
 
 function entry(e: ReviewEntry): HTMLElement {
   const node = el('article', { class: 'item', 'data-interaction': e.interactionId });
-  node.append(el('div', { class: 'muted' }, `${e.kind} · ${e.ts}`));
+  node.append(el('div', { class: 'muted', title: e.ts }, [e.kind, e.when, e.where].filter(Boolean).join(' · ')));
   const prompt = el('details', { class: 'prompt' });
   prompt.append(el('summary', {}, 'Prompt'), el('pre', {}, e.prompt));
   node.append(prompt, el('pre', { class: 'response' }, e.response), ratingWidget(e.interactionId));
@@ -43,6 +43,9 @@ window.addEventListener('message', (event: MessageEvent<ToReview>) => {
     case 'rated':
     case 'rateError':
       showRatingReply(m)?.closest('.item')?.classList.toggle('rated', m.type === 'rated');
+      return;
+    case 'until':
+      showUntil(m.text);
       return;
   }
 });
