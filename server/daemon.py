@@ -163,6 +163,7 @@ class Daemon:
         # milliseconds of the event loop), and it has server.auth_timeout_s to do so.
         protocol: Any = None
         notifier: _Notifier | None = None
+        requests: set[Any] = set()  # the ids of this client's requests, to stop them if it goes away
         try:
             while not writer.is_closing():
                 if protocol is None:
@@ -207,6 +208,10 @@ class Daemon:
                     protocol.set_writer(_Writer(writer))
                     notifier = _Notifier(protocol)
                     self.backend.attach(notifier)
+                if "id" in data and "method" in data:
+                    if len(requests) > 1000:  # keep only those still going
+                        requests &= set(getattr(protocol, "_request_futures", {}))
+                    requests.add(data["id"])
                 self._dispatch(protocol, data, writer)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, ValueError):
@@ -214,8 +219,12 @@ class Daemon:
         finally:
             if notifier is not None:
                 self.backend.detach(notifier)
-            for future in list(getattr(protocol, "_request_futures", {}).values()):
-                future.cancel()  # a vanished client stops its generations
+            # A vanished client stops its generations; its notifications (feedback) still finish.
+            futures = getattr(protocol, "_request_futures", {})
+            for msg_id in requests:
+                future = futures.get(msg_id)
+                if future is not None:
+                    future.cancel()
             writer.close()
 
     async def _read_body(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes | None:

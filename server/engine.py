@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .adapters import AdapterError
 from .config import ModelConfig
 from .fim import FimTemplate, get_template
 from .lora import LoraLayer, MergedAdapters, read_adapter
@@ -21,10 +22,6 @@ from .models import resolve_model_path
 log = logging.getLogger(__name__)
 
 CHAT_STOPS = ("<|im_end|>", "<|endoftext|>", "<|im_start|>")
-
-
-class AdapterError(RuntimeError):
-    """An adapter folder that is missing or cannot be loaded; the engine keeps the adapter it had."""
 
 
 @dataclass

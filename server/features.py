@@ -11,7 +11,10 @@ from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol, lsp_method
 
 from . import __version__
+from .adapters import AdapterError
 from .backend import Backend, NotAvailable
+from .scheduler import SchedulerBusy, SchedulerError
+from .store import StoreError
 
 log = logging.getLogger("reinf.features")
 
@@ -52,35 +55,20 @@ def _token(params: Any) -> Any:
 def _errors(fn):  # noqa: ANN001, ANN202
     """Map backend errors onto JSON-RPC errors with a clear message."""
     import functools
-    import inspect
 
     def convert(exc: Exception) -> Exception:
         if isinstance(exc, JsonRpcException):
             return exc
-        if isinstance(exc, NotAvailable):
-            return FeatureUnavailable(str(exc))
-        name = type(exc).__name__
-        if name == "SchedulerBusy":
+        if isinstance(exc, SchedulerBusy):
             return ServerBusy(str(exc))
-        if name in ("SchedulerError", "AdapterError", "StoreError", "UnknownVersion"):
+        if isinstance(exc, (NotAvailable, SchedulerError, AdapterError, StoreError)):
             return FeatureUnavailable(str(exc))
         return exc
 
-    if inspect.iscoroutinefunction(fn):
-
-        @functools.wraps(fn)
-        async def wrapper_async(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await fn(*args, **kwargs)
-            except Exception as exc:
-                raise convert(exc) from exc
-
-        return wrapper_async
-
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            return await fn(*args, **kwargs)
         except Exception as exc:
             raise convert(exc) from exc
 
@@ -157,23 +145,19 @@ def build_server(backend: Backend) -> LanguageServer:
 
         return await backend.chat(params, client=_client_name(ls), on_delta=on_delta)
 
-    @ls.feature("reinf/rate")
-    @_errors
-    def rate(params: Any) -> dict[str, Any]:
-        return backend.rate(params)
-
     @ls.feature("reinf/feedback")
-    def feedback(params: Any) -> None:
+    async def feedback(params: Any) -> None:
         try:
-            backend.feedback(params)
+            await backend.feedback(params)
         except JsonRpcException as exc:  # a notification has no answer: log the refusal
             log.warning("reinf/feedback refused: %s", exc)
 
     simple = {
-        "reinf/status": lambda params: backend.status(),
+        "reinf/rate": backend.rate,
+        "reinf/status": backend.status,
         "reinf/history": backend.history,
         "reinf/runs": backend.runs,
-        "reinf/adapters": backend.adapters,
+        "reinf/adapters": backend.list_adapters,
         "reinf/ratingsTimeline": backend.ratings_timeline,
         "reinf/retrain": backend.retrain,
         "reinf/cancelTraining": backend.cancel_training,

@@ -278,46 +278,72 @@ def test_several_clients_at_once(daemon: DaemonProcess) -> None:
     assert len({r["rating_id"] for r in results.values()}) == 5
 
 
-def test_cancel_stops_generation_early(tmp_path: Path) -> None:
-    # Greedy decoding on this model runs to max_tokens (4096 tokens, about half a minute here): the answer can
-    # only be a cancellation if $/cancelRequest stopped the generation.
-    model = long_context_model(tmp_path / "long-model")
-    home = tmp_path / "home"
+@pytest.fixture(scope="module")
+def long_daemon(tmp_path_factory: pytest.TempPathFactory):
+    """A daemon whose chats can run long: greedy decoding on this model runs to max_tokens (4096 tokens, about
+    half a minute here) instead of stopping at a stop token."""
+    root = tmp_path_factory.mktemp("long")
+    model = long_context_model(root / "long-model")
+    home = root / "home"
     env = daemon_env(home, model_name=str(model), model_max_context_tokens="65536", model_temperature="0")
     d = DaemonProcess(home, env).start()
-    try:
-        with d.client() as c:
-            streamed = threading.Event()
-            deltas: list[str] = []
+    yield d
+    d.stop()
 
-            def on_progress(value: dict) -> None:
-                deltas.append(value["delta"])
-                streamed.set()
 
-            c._progress["cancel-test"] = on_progress
-            msg_id, done = c.request_async(
-                "reinf/chat",
-                {
-                    "messages": [{"role": "user", "content": "write a long module"}],
-                    "max_tokens": 4096,
-                    "partialResultToken": "cancel-test",
-                },
-            )
-            assert streamed.wait(60), "the chat never started streaming"
-            c.notify("$/cancelRequest", {"id": msg_id})
-            assert done.wait(60), "a cancelled chat never answered"
-            answer = c._pending.pop(msg_id)
-            assert "result" not in answer, "the chat ran to its end: $/cancelRequest did not stop it"
-            assert answer["error"]["code"] == -32800
-            # One inference thread: this chat is answered only after the cancelled one stopped generating, so
-            # the deltas streamed by then are all it ever made. Uncancelled it streams one per token, 4096.
-            r = c.chat("x = ", max_tokens=4)
-            assert r["finish_reason"] == "length" and r["interaction_id"]
-            assert len(deltas) < 1000, f"the cancelled chat went on for {len(deltas)} tokens"
-            # Nothing of the cancelled chat was stored.
-            assert c.status()["interactions_total"] == 1
-    finally:
-        d.stop()
+def _start_long_chat(c: Client, token: str) -> tuple[int, threading.Event, list[str]]:
+    """Send a chat of 4096 tokens and wait until it streams; returns its id, its done event and its deltas."""
+    streamed = threading.Event()
+    deltas: list[str] = []
+
+    def on_progress(value: dict) -> None:
+        deltas.append(value["delta"])
+        streamed.set()
+
+    c._progress[token] = on_progress
+    msg_id, done = c.request_async(
+        "reinf/chat",
+        {
+            "messages": [{"role": "user", "content": "write a long module"}],
+            "max_tokens": 4096,
+            "partialResultToken": token,
+        },
+    )
+    assert streamed.wait(60), "the chat never started streaming"
+    return msg_id, done, deltas
+
+
+def test_cancel_stops_generation_early(long_daemon: DaemonProcess) -> None:
+    with long_daemon.client() as c:
+        before = c.status()["interactions_total"]
+        msg_id, done, deltas = _start_long_chat(c, "cancel-test")
+        c.notify("$/cancelRequest", {"id": msg_id})
+        assert done.wait(60), "a cancelled chat never answered"
+        answer = c._pending.pop(msg_id)
+        assert "result" not in answer, "the chat ran to its end: $/cancelRequest did not stop it"
+        assert answer["error"]["code"] == -32800
+        # One inference thread: this chat is answered only after the cancelled one stopped generating, so
+        # the deltas streamed by then are all it ever made. Uncancelled it streams one per token, 4096.
+        r = c.chat("x = ", max_tokens=4)
+        assert r["finish_reason"] == "length" and r["interaction_id"]
+        assert len(deltas) < 1000, f"the cancelled chat went on for {len(deltas)} tokens"
+        # Nothing of the cancelled chat was stored.
+        assert c.status()["interactions_total"] == before + 1
+
+
+def test_a_rollback_waiting_for_a_long_chat_holds_up_no_other_client(long_daemon: DaemonProcess) -> None:
+    with long_daemon.client("chatter") as chatter, long_daemon.client("roller") as roller:
+        chat_id, chat_done, _ = _start_long_chat(chatter, "rollback-test")
+        # The swap is a job behind the chat on the inference thread: the rollback waits for the chat.
+        rollback_id, rollback_done = roller.request_async("reinf/rollback", {"version": 0})
+        # Meanwhile a new client connects, asks for its status and lists the history: all answered at once.
+        with long_daemon.client("watcher") as watcher:
+            assert watcher.status()["model"].endswith("long-model")
+            watcher.request("reinf/history", {"limit": 5})
+            assert not rollback_done.is_set() and not chat_done.is_set(), "the status waited for the chat"
+        chatter.notify("$/cancelRequest", {"id": chat_id})
+        assert rollback_done.wait(60), "the rollback never finished"
+        assert roller._pending.pop(rollback_id)["result"] == {"adapter_version": 0}
 
 
 def test_garbage_and_vanishing_clients_do_not_take_the_daemon_down(daemon: DaemonProcess) -> None:
