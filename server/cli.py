@@ -386,6 +386,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        if type(exc).__name__ == "DaemonRunning":
+            from .paths import ALREADY_RUNNING
+
+            print(f"reinf: {exc}", file=sys.stderr)
+            return ALREADY_RUNNING
         if type(exc).__name__ in ("DaemonError", "StoreError"):
             print(f"reinf: {exc}", file=sys.stderr)
             return 1

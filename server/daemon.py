@@ -25,7 +25,7 @@ from pygls.protocol.json_rpc import JsonRPCNotification, JsonRPCRequestMessage
 from .backend import Backend
 from .config import Config
 from .features import build_server
-from .paths import private_dir, write_json, write_private
+from .paths import private_dir, try_lock, write_json, write_private
 
 log = logging.getLogger("reinf.daemon")
 
@@ -36,6 +36,10 @@ UNAUTHORIZED = -32001
 
 class DaemonError(RuntimeError):
     pass
+
+
+class DaemonRunning(DaemonError):
+    """Another daemon serves this REINF_HOME, or is starting for it."""
 
 
 def _frame(obj: dict[str, Any]) -> bytes:
@@ -364,14 +368,31 @@ def run_daemon(cfg: Config) -> int:
     """Start the daemon in the foreground until SIGTERM or SIGINT."""
     os.umask(0o077)
     _check_home_writable(cfg.home)
-    if (info := daemon_alive(cfg.home)) is not None:
-        raise DaemonError(
-            f"a reinf daemon is already running for {cfg.home} (pid {info.get('pid')}, "
-            f"port {info.get('port')}); stop it first or use another REINF_HOME"
+    # One daemon per home, whoever starts it: this lock is held for the daemon's life, from before the model
+    # loads (the store allows one writer, and a second daemon would lose DuckDB's lock half-way up).
+    lock = try_lock(cfg.home / "daemon.lock")
+    if lock is None:
+        info = daemon_alive(cfg.home) or {}
+        raise DaemonRunning(
+            f"a reinf daemon is already running for {cfg.home} (pid {info.get('pid') or _lock_owner(cfg.home)}"
+            f"{', port ' + str(info['port']) if info.get('port') else ', starting'}); "
+            "stop it first or use another REINF_HOME"
         )
-    daemon = Daemon(cfg)
     try:
-        asyncio.run(daemon.serve())
+        os.ftruncate(lock, 0)
+        os.write(lock, str(os.getpid()).encode())
+        daemon = Daemon(cfg)
+        try:
+            asyncio.run(daemon.serve())
+        finally:
+            daemon.close()
     finally:
-        daemon.close()
+        os.close(lock)
     return 0
+
+
+def _lock_owner(home: Path) -> str:
+    try:
+        return (home / "daemon.lock").read_text().strip() or "?"
+    except OSError:
+        return "?"

@@ -116,3 +116,36 @@ def under_home(stored: str, home: Path) -> Path:
     """A stored path back as a real one: relative ones are under `home`; absolute ones (older rows) as given."""
     p = Path(stored)
     return p if p.is_absolute() else home / p
+
+
+# `reinf serve` exits with this when another daemon has the home (`daemon.lock`): starters then use that one.
+ALREADY_RUNNING = 3
+
+
+def try_lock(path: Path) -> int | None:
+    """Take an exclusive lock on `path` (created 0600) without waiting: the open descriptor, which holds the
+    lock until it is closed or the process ends, or None when another process holds it."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def wait_lock(path: Path, timeout: float) -> int | None:
+    """`try_lock`, retried until `timeout` seconds have passed; None if the lock never came free."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        fd = try_lock(path)
+        if fd is not None or time.monotonic() >= deadline:
+            return fd
+        time.sleep(0.05)
