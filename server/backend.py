@@ -56,6 +56,11 @@ class Backend:
 
             engine = Engine(cfg.model)
         self.engine = engine
+        # A completion reads this much text around the cursor: more than the model's context holds at any
+        # plausible number of characters per token, so the engine still cuts the prompt to its token budget.
+        self.completion_window_chars = 8 * int(
+            getattr(engine, "context_tokens", 0) or cfg.model.max_context_tokens
+        )
         # One inference thread: requests and adapter swaps queue here; the queue time is reported as queue_ms.
         self._gen = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reinf-generate")
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reinf-store")
@@ -146,7 +151,8 @@ class Backend:
         temperature = p.float("temperature", 0.0, 2.0)
         if temperature is None:
             temperature = self.cfg.model.temperature
-        full = _with_context(messages, context)
+        whole = _with_context(messages, context)
+        full = _newest_within(whole, self.completion_window_chars)
         # The interaction id is known up front so that streamed deltas can carry it.
         iid = uuid.uuid4().hex
 
@@ -175,7 +181,7 @@ class Backend:
                 context={**context, "messages": messages},
                 timings=timings,
                 adapter_version=version,
-                uncut=[m["content"] for m in full],
+                uncut=[m["content"] for m in whole],
             )
         )
         timings["total_ms"] = _ms(t0)
@@ -497,6 +503,24 @@ def _drop_gate_example(path: Path) -> None:
 
 def _json_detail(detail: dict[str, Any]) -> str:
     return json.dumps(detail)
+
+
+def _newest_within(messages: list[dict[str, str]], chars: int) -> list[dict[str, str]]:
+    """The end of a conversation that the model can see, cut once by characters before the engine cuts it by
+    tokens: the newest turns whole, the oldest one kept cut from its start, the system prompt (if it fits) first.
+    `chars` is more than the context holds, so the engine's own cut decides the exact prompt; the tokenizer then
+    never reads text that cannot be in it."""
+    system = [m for m in messages[:1] if m["role"] == "system" and len(m["content"]) <= chars // 4]
+    budget = chars - sum(len(m["content"]) for m in system)
+    kept: list[dict[str, str]] = []
+    for m in reversed(messages[len(system) :]):
+        if budget <= 0:
+            break
+        if len(m["content"]) > budget:
+            m = {**m, "content": m["content"][-budget:]}
+        kept.append(m)
+        budget -= len(m["content"])
+    return [*system, *reversed(kept)]
 
 
 def _with_context(messages: list[dict[str, str]], context: dict[str, Any]) -> list[dict[str, str]]:

@@ -257,6 +257,43 @@ def test_real_lsp_client_over_stdio(daemon: DaemonProcess) -> None:
     _run_async(main)
 
 
+def test_a_document_over_the_size_limit_is_refused_and_a_completion_in_it_says_why(
+    daemon: DaemonProcess,
+) -> None:
+    uri = "file:///tmp/big.py"
+    big = "x = 1\n" * 200_000  # 1.2 MB, over the default 1 MiB
+    with daemon.client() as c:
+        shown: list[dict] = []
+        c.on_notification("window/showMessage", shown.append)
+        c.open_document(uri, big)
+        with pytest.raises(RpcError) as err:
+            c.inline_completion(uri, 200_000, 0)
+        assert err.value.code == -32602 and "server.max_document_bytes" in err.value.message
+        assert "1200000 bytes" in err.value.message
+        assert any("server.max_document_bytes" in m["message"] for m in shown)
+        # Replaced by a small text, it completes again.
+        c.notify(
+            "textDocument/didChange",
+            {"textDocument": {"uri": uri, "version": 2}, "contentChanges": [{"text": "def f():\n    "}]},
+        )
+        c.inline_completion(uri, 1, 4)
+        # An edit that takes it over the limit refuses it again.
+        c.notify(
+            "textDocument/didChange",
+            {
+                "textDocument": {"uri": uri, "version": 3},
+                "contentChanges": [
+                    {
+                        "range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 0}},
+                        "text": big,
+                    }
+                ],
+            },
+        )
+        with pytest.raises(RpcError, match="server.max_document_bytes"):
+            c.inline_completion(uri, 1, 4)
+
+
 def test_several_clients_at_once(daemon: DaemonProcess) -> None:
     results: dict[int, dict] = {}
     errors: list[BaseException] = []
