@@ -304,8 +304,9 @@ class Scheduler:
         if error is not None:
             fields["error"] = error
         self.store.update_run(run.run_id, **fields)
+        watermark = self.store.counting_watermark()  # read here, not by the next status
         with self._lock:
-            self._watermark_cache = None
+            self._watermark_cache = watermark
         log.info("run %s %s%s", run.run_id, state, f": {error or message}" if (error or message) else "")
         run.progress = 1.0 if state == "published" else run.progress
         self._notify(run, state, message=error or message)

@@ -248,7 +248,7 @@ class Store:
         self._first_rating = {r[0]: int(r[1]) for r in rows}
         self._first_rating_ids = [int(r[1]) for r in rows]
         self._n_interactions = int(self._con.execute("SELECT count(*) FROM interactions").fetchone()[0])
-        self._last_run: list[dict[str, Any]] | None = None
+        self._refresh_last_run()
 
     def ratings_total(self) -> int:
         """How many explicit ratings have been given (every one, re-ratings included)."""
@@ -427,7 +427,7 @@ class Store:
                 "VALUES (?, 'queued', ?, ?, ?, '{}') RETURNING id",
                 [trigger, _now(), n_ratings, watermark],
             )
-            self._last_run = None
+            self._refresh_last_run()
         return int(rows[0][0])
 
     def update_run(self, run_id: int, **fields: Any) -> None:
@@ -442,14 +442,15 @@ class Store:
         sets = ", ".join(f"{k} = ?" for k in fields)
         with self._lock:
             self._write(f"UPDATE training_runs SET {sets} WHERE id = ?", [*fields.values(), run_id])
-            self._last_run = None
+            self._refresh_last_run()
+
+    def _refresh_last_run(self) -> None:
+        # Read again by whoever changed the runs, under the lock: status then reads it without the lock.
+        self._last_run = self.list_runs(limit=1)
 
     def last_run(self) -> dict[str, Any] | None:
-        """The newest run (kept between changes: status asks for it on every call)."""
+        """The newest run, as of the last change to the runs."""
         cached = self._last_run
-        if cached is None:
-            with self._lock:  # no run changes while it is read and kept
-                cached = self._last_run = self.list_runs(limit=1)
         return cached[0] if cached else None
 
     def get_run(self, run_id: int) -> dict[str, Any] | None:
@@ -496,7 +497,7 @@ class Store:
                 "INSERT INTO adapters VALUES (?, ?, ?, ?, ?, ?)",
                 [version, run_id, _now(), path, status, json.dumps(eval_)],
             )
-            self._last_run = None  # its run now has an adapter_version
+            self._refresh_last_run()  # its run now has an adapter_version
 
     def activate_adapter(self, version: int) -> None:
         """Mark `version` active (0 = the base) and retire the previously active one, in one transaction."""

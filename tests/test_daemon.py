@@ -434,6 +434,35 @@ def test_restart_and_kill9_keep_every_acknowledged_rating(tmp_path: Path) -> Non
         assert items[iid]["rating"] is not None
 
 
+def test_kill9_after_acknowledged_completions_loses_none_of_their_feedback(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    d = DaemonProcess(home, daemon_env(home)).start()
+    try:
+        uri = "file:///tmp/crash.py"
+        with d.client() as c:
+            c.open_document(uri, "import os\n\n\ndef read_config(path):\n    ")
+            shown = []
+            for _ in range(15):
+                items = c.inline_completion(uri, 4, 4)
+                if items:
+                    shown.append(items[0]["command"]["arguments"][0]["interaction_id"])
+            assert shown, "the tiny model produced no completion"
+            d.kill9()  # straight after the last answer
+        d.start()
+        with d.client() as c:
+            for iid in shown:  # what the editor sends once the user accepts or dismisses what it showed
+                c.notify("reinf/feedback", {"interaction_id": iid, "event": "dismissed"})
+                c.rate(iid, thumbs="down")  # answered with an error if the completion were unknown
+            out = tmp_path / "after.jsonl"
+            c.request("reinf/export", {"format": "jsonl", "path": str(out)})
+    finally:
+        d.stop()
+    rows = {r["interaction_id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    for iid in shown:
+        events = [x["event"] for x in rows[iid]["ratings"]]
+        assert "dismissed" in events, (iid, events)
+
+
 def test_cli_status_history_rate_and_export(daemon: DaemonProcess, tmp_path: Path) -> None:
     import subprocess
 
