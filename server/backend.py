@@ -110,6 +110,12 @@ class Backend:
         A write once queued is done even if its request is cancelled (its client went away, say)."""
         return await asyncio.shield(asyncio.get_running_loop().run_in_executor(self._writer, fn))
 
+    async def _after_writes(self, fn: Callable[[], T]) -> T:
+        """A read that must see every write queued before it (a notification's, say, which has no answer to
+        wait for): it waits its turn on the writer, then runs on the I/O pool."""
+        await self._write(lambda: None)
+        return await self._off(fn)
+
     # -- generation -------------------------------------------------------------------------------
 
     async def _generate(self, fn: Callable[[threading.Event], Any]) -> tuple[Any, float]:
@@ -203,9 +209,12 @@ class Backend:
         uri: str,
         language: str | None,
         max_tokens: int | None = None,
+        around: str | None = None,
     ) -> dict[str, Any] | None:
         """An inline completion at the cursor; stored, then returned with its interaction id (None if empty).
-        Answered after its write commits, so that an accept or dismiss of it always finds it, crash or not."""
+        Answered after its write commits, so that an accept or dismiss of it always finds it, crash or not.
+        `around` is a wider stretch of the document that `prefix` and `suffix` were cut from, where a secret
+        that the cut split is still recognised."""
         t0 = time.perf_counter()
         n = max_tokens or self.cfg.model.max_new_tokens
         gen, queue_ms = await self._generate(
@@ -229,7 +238,7 @@ class Backend:
                 timings=timings,
                 context={"uri": uri, "language": language, "before_cursor": prefix[-400:]},
                 adapter_version=version,
-                uncut=[prefix, suffix],
+                uncut=[around] if around is not None else [prefix, suffix],
             )
         )
         timings["total_ms"] = _ms(t0)
@@ -356,7 +365,7 @@ class Backend:
         offset = p.int("offset", 0, 2**31, default=0)
         unrated_only = p.bool("unrated_only")
         kind = p.str("kind", choices=("completion", "chat", "ask"))
-        items, total = await self._off(
+        items, total = await self._after_writes(
             lambda: self.store.history(limit=limit, offset=offset, unrated_only=unrated_only, kind=kind)
         )
         return {"items": items, "total": total}
@@ -410,7 +419,7 @@ class Backend:
                 raise InvalidParams(f"reinf/export: path {str(path)!r} is a folder; give the name of a file")
             return self.store.export(path, fmt)
 
-        return {"path": str(path), "rows": await self._off(export)}
+        return {"path": str(path), "rows": await self._after_writes(export)}
 
     async def forget(self, params: Any) -> dict[str, Any]:
         p = Params(params, "reinf/forget", self.cfg.server.max_field_bytes, {"before", "keep_adapters"})

@@ -269,15 +269,25 @@ async def _complete_at(
     offset = doc.offset_at_position(position)
     if offset < 0 or offset > len(source):
         return None
-    prefix, suffix = cursor_window(source, offset, backend.completion_window_chars)
-    return await backend.complete(prefix, suffix, client=_client_name(ls), uri=uri, language=doc.language_id)
+    prefix, suffix, around = cursor_window(source, offset, backend.completion_window_chars)
+    return await backend.complete(
+        prefix, suffix, client=_client_name(ls), uri=uri, language=doc.language_id, around=around
+    )
 
 
-def cursor_window(source: str, offset: int, chars: int) -> tuple[str, str]:
+SECRET_MARGIN = (
+    16 * 1024
+)  # longer than any secret a pattern recognises (a 4096-bit private key is about 3.3 KB)
+
+
+def cursor_window(source: str, offset: int, chars: int) -> tuple[str, str, str]:
     """The text before and after the cursor that a completion reads: at most `chars` before (from a line start
-    where one is near) and `chars // 2` after, so that its cost does not grow with the document."""
+    where one is near) and `chars // 2` after, so that its cost does not grow with the document; and that
+    window widened by SECRET_MARGIN each side, where redaction looks for a secret the window's edge cut."""
     start = max(0, offset - chars)
     if start > 0:
         newline = source.find("\n", start, offset)
         start = newline + 1 if newline >= 0 else start
-    return source[start:offset], source[offset : offset + chars // 2]
+    end = offset + chars // 2
+    around = source[max(0, start - SECRET_MARGIN) : end + SECRET_MARGIN]
+    return source[start:offset], source[offset:end], around
