@@ -1,24 +1,31 @@
-"""Learning benchmark: does reinf learn a user's taste from their ratings alone, and faster than the baselines?
+"""Learning benchmark: does reinf, as shipped, learn a user's taste from their ratings alone?
 
-The whole loop, as a user runs it: a real daemon (`reinf serve`) on the default model; a simulated user
-(bench/rater.py, a hidden taste plus noise) asks for code through `reinf/chat` with prompts from a held-in set
-and rates every answer 1–5 through `reinf/rate`. Every `--every` ratings the daemon's threshold starts a
-training run (reward model → imitation of liked answers → PPO → gate) and hot-swaps the adapter it
-publishes; the loop waits for the run, then measures. The taste never leaves this folder: the system sees only the stars.
+The whole loop, as a user runs it: a real daemon (`reinf serve`) on the default model with the shipped
+defaults; a simulated user (bench/rater.py, a hidden taste plus noise) asks for code through `reinf/chat`, with
+prompts from a held-in set, and rates every answer 1–5 through `reinf/rate`. Every `--every` ratings the
+daemon's threshold starts a training run (reward model → KTO warm start → PPO → gate) and hot-swaps the adapter
+it publishes; the loop waits for the run, and notes which adapter serves.
 
-Measured on held-out prompts, never rated: satisfaction = the share of answers the rater scores 4 or more,
-before any rating and after every run; the loss on general held-out code (bench/baselines.py) of the final
-adapter against the base; and two baselines trained offline on the same ratings, SFT on the liked answers and
-TRL's KTO. Writes bench/results/learning.json and learning.png.
+Then every system is measured the same way, offline, through reinf's Engine with the shipped chat settings and
+the same generation seeds (bench/baselines.py `answers`): the base, reinf's adapter at every checkpoint, and two
+baselines trained on the same ratings (SFT on the liked answers, TRL's KTO). Satisfaction = the share of answers
+to held-out prompts (never rated) that the rater scores 4 or more, with its standard error over prompts. Also:
+the loss on general held-out code against the base, and published regressions (a run after which satisfaction
+fell by more than one standard error). A taste the base never satisfies is reported and left out of the means.
 
-    python bench/learning.py            # 3 tastes × 3 seeds, 200 ratings each (hours on 2 cores)
-    python bench/learning.py --quick    # 1 taste, 1 seed, 50 ratings: one run (about 12 minutes)
+Only budget knobs that change speed, not what is learned, are set here (BUDGET, and `--every`); anything else
+must be passed with `--set`, and is printed beside every figure and stored under `overrides`.
+Writes bench/results/learning.json and learning.png.
+
+    python bench/learning.py            # 5 tastes × 3 seeds, 200 ratings each (many hours on 2 cores)
+    python bench/learning.py --quick    # 1 taste, 1 seed, 50 ratings: one run
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
@@ -36,68 +43,34 @@ sys.path.insert(0, str(REPO))
 
 from bench import baselines  # noqa: E402
 from bench.prompts import HELD_IN, HELD_OUT  # noqa: E402
-from bench.rater import LIKED, Rater, satisfaction  # noqa: E402
+from bench.rater import LIKED, TASTES, Rater  # noqa: E402
 from tests.daemon_proc import CACHE, DaemonProcess, daemon_env  # noqa: E402
 
 TARGET_GAIN_POINTS = 40.0
 TARGET_LOSS_CHANGE_PCT = 5.0
 
-# The trainer's settings for these runs (REINF_TRAINING_* / REINF_REWARD_MODEL_*). The benchmark waits while a
-# run trains, so the trainer may take both cores; responses are as long as the answers the user gets, and
-# rollouts sample at the user's temperature. Measured on the concise taste (seed 0, one run each): the
-# trainer's defaults (learning rate 1e-4, 8 steps of 8) barely move the tiny model; learning rate 2e-3 with a
-# KL coefficient of 0.2 learns. Imitating the liked answers first (2 epochs, 5e-4) lifts the early curve
-# (77.6% after 50 ratings against 55.2% with PPO alone). PPO-ptx on ordinary Python (coefficient 0.5) holds the
-# general loss: this benchmark's general loss was +1.7% on the mean of six users with it, +4.4% on concise
-# without. max_kl is raised to 40: it bounds each run's step from the active adapter (it bounded the KL to the
-# base until the final runs of commented and short_docstring, seed 0, were turned away at 54.3 and 49.7 nats);
-# the general-loss bound (5%) stays. The warm start is
-# KTO on the liked and disliked answers (2 epochs, 5e-4): on short_docstring seed 0 it reached +82.8 points
-# against +49.4 with imitation (KTO alone on the same ratings: +75.9); starting each run from the base with 3
-# epochs of KTO reached +81.6, level with KTO alone (+81.6).
-TRAINING = {
-    "training_threads": "2",
-    "training_nice": "0",
-    "training_max_response_tokens": "96",
-    "training_max_prompt_tokens": "64",
-    "training_learning_rate": "0.002",
-    "training_init_kl_coef": "0.2",
-    "training_start_from": "active",
-    "training_warm_start": "kto",
-    "training_imitation_epochs": "2",
-    "training_imitation_learning_rate": "0.0005",
-    "training_max_kl": "40",
-    "training_ptx_coef": "0.5",
-    "training_ptx_data": "general",
-    "training_temperature": "0.8",
-    "training_ppo_steps": "12",
-    "training_batch_size": "16",
-    "training_minibatch_size": "8",
-    "training_ppo_epochs": "2",
-    "training_eval_prompts": "8",
-    # The simulated users are honest, so a contradiction is always a false alarm here; at the trainer's 0.05
-    # one stopped an honest user's run (p = 0.028 at 95% satisfaction).
-    "reward_model_contradiction_p": "0.01",
-}
+# Speed only: the benchmark waits while a run trains, so the trainer runs at normal priority (on one thread, as
+# shipped: two threads on two busy cores were several times slower).
+BUDGET = {"training_nice": "0"}
+# What a benchmark may set without it counting as an override: it changes how fast, not what is learned.
+BUDGET_KEYS = {"training_threads", "training_nice", "training_min_new_ratings", "model_seed"}
 
 
 @dataclass
 class Plan:
     model: str = "reinf-tiny"
-    tastes: list[str] = field(default_factory=lambda: ["concise", "short_docstring", "commented"])
+    tastes: list[str] = field(default_factory=lambda: list(TASTES))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     ratings: int = 200
     every: int = 50  # training.min_new_ratings: a run starts at each multiple
-    eval_samples: int = 2  # answers per held-out prompt at each measurement (29 prompts)
-    max_tokens: int = 96
-    temperature: float = 0.8  # the user's sampling temperature (model.temperature)
+    eval_samples: int = 9  # answers per held-out prompt at each measurement, each with its own seed
     baselines: bool = True
-    training: dict[str, str] = field(default_factory=lambda: dict(TRAINING))
+    overrides: dict[str, str] = field(default_factory=dict)  # REINF_* settings beyond the defaults
 
     @classmethod
     def quick(cls) -> Plan:
-        """One taste, one seed, one training run: about 12 minutes on 2 idle cores."""
-        return cls(tastes=["concise"], seeds=[0], ratings=50, eval_samples=1)
+        """One taste, one seed, one training run."""
+        return cls(tastes=["concise"], seeds=[0], ratings=50, eval_samples=2)
 
 
 def wait_for_run(client: Any, runs_before: int, timeout: float) -> dict[str, Any] | None:
@@ -131,6 +104,7 @@ def run_summary(run: dict[str, Any] | None) -> dict[str, Any]:
         "run_id": run["run_id"],
         "state": run["state"],
         "reasons": m.get("reasons") or ([run["error"]] if run.get("error") else []),
+        "checks": m.get("checks"),
         "adapter_version": run.get("adapter_version"),
         "rm_correlation": rm.get("correlation"),
         "rm_pairwise_accuracy": rm.get("pairwise_accuracy"),
@@ -154,47 +128,23 @@ def run_summary(run: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def learn(taste: str, seed: int, plan: Plan, work: Path) -> dict[str, Any]:
-    """One simulated user from first rating to `plan.ratings`: the satisfaction curve and the runs."""
+    """One simulated user from first rating to `plan.ratings`: which adapter served at every checkpoint."""
     home = work / "home"
     env = daemon_env(
         home,
         model_name=plan.model,
-        model_temperature=str(plan.temperature),
         training_min_new_ratings=str(plan.every),
         training_seed=str(seed),
         model_seed=str(seed),  # the daemon's sampling: two settings compared on one seed see the same base
-        **plan.training,
+        **BUDGET,
+        **plan.overrides,
     )
     rater = Rater(taste, seed)
     rng = random.Random(seed)
     daemon = DaemonProcess(home, env).start()
     try:
         client = daemon.client("learning-bench")
-
-        def ask(prompt: str) -> dict[str, Any]:
-            return client.chat(prompt, max_tokens=plan.max_tokens, temperature=plan.temperature)
-
-        def measure(n: int, run: dict[str, Any] | None, block: list[int]) -> dict[str, Any]:
-            t0 = time.time()
-            sat = satisfaction(rater, lambda p: ask(p)["text"], HELD_OUT, plan.eval_samples)
-            point = {
-                "ratings": n,
-                "satisfaction": sat["satisfaction"],
-                "mean_stars": sat["mean_stars"],
-                "n_eval": sat["n"],
-                "adapter_version": client.status()["adapter_version"],
-                "liked_share_of_rated": sum(s >= LIKED for s in block) / len(block) if block else None,
-                "run": run_summary(run) if n else None,
-                "examples": sat["examples"],
-                "eval_s": round(time.time() - t0, 1),
-            }
-            print(f"  {taste} seed {seed}: {n:>4} ratings, adapter v{point['adapter_version']}, "
-                  f"satisfaction {100 * point['satisfaction']:.1f}%"
-                  + (f" (run {point['run']['state']}: {'; '.join(point['run']['reasons'])[:160]})" if n else ""),
-                  flush=True)  # fmt: skip
-            return point
-
-        curve = [measure(0, None, [])]
+        checkpoints = [{"ratings": 0, "adapter_version": 0, "run": None}]
         order: list[str] = []
         block: list[int] = []
         t_loop = time.time()
@@ -202,43 +152,115 @@ def learn(taste: str, seed: int, plan: Plan, work: Path) -> dict[str, Any]:
             if not order:
                 order = rng.sample(HELD_IN, len(HELD_IN))
             prompt = order.pop()
-            answer = ask(prompt)
+            answer = client.chat(prompt)  # the shipped chat settings: no max_tokens, no temperature
             stars = rater.stars(prompt, answer["text"])
             block.append(stars)
             before = n_runs(client) if i % plan.every == 0 else 0
             client.rate(answer["interaction_id"], stars=stars)
             if i % plan.every == 0:
-                run = wait_for_run(client, before, timeout=3600)
-                curve.append(measure(i, run, block))
+                run = run_summary(wait_for_run(client, before, timeout=3600))
+                version = client.status()["adapter_version"]
+                checkpoints.append(
+                    {
+                        "ratings": i,
+                        "adapter_version": version,
+                        "run": run,
+                        "liked_share_of_rated": sum(s >= LIKED for s in block) / len(block),
+                    }
+                )
+                print(
+                    f"  {taste} seed {seed}: {i:>4} ratings, adapter v{version} (run {run['state']}: "
+                    f"{'; '.join(run.get('reasons') or [])[:160]})",
+                    flush=True,
+                )
                 block = []
         loop_s = time.time() - t_loop
         export = work / "ratings.jsonl"
         client.request("reinf/export", {"format": "jsonl", "path": str(export)})
-        active = client.status()["adapter_version"]
         client.close()
     finally:
         daemon.stop()
-    adapter = home / "adapters" / f"v{active}" if active else None
-    return {"taste": taste, "seed": seed, "curve": curve, "adapter": str(adapter) if adapter else None,
-            "ratings_file": str(export), "loop_s": round(loop_s, 1)}  # fmt: skip
+    return {
+        "taste": taste,
+        "seed": seed,
+        "checkpoints": checkpoints,
+        "adapters": str(home / "adapters"),
+        "ratings_file": str(export),
+        "loop_s": round(loop_s, 1),
+    }
 
 
-def one_user(taste: str, seed: int, plan: Plan, work: Path, model_path: str, texts: list[str],
-             base_loss: float) -> dict[str, Any]:  # fmt: skip
-    """PPO through the daemon, then the baselines on the same ratings."""
+class Answers:
+    """Every system's answers to the held-out prompts, generated once per adapter folder (the base's once for
+    the whole benchmark) and judged by each user's rater."""
+
+    def __init__(self, model_path: str, samples: int) -> None:
+        self.model_path, self.samples, self.cache = model_path, samples, {}
+
+    def judged(self, adapter: Path | None, rater: Rater) -> dict[str, Any]:
+        key = str(adapter) if adapter else "base"
+        if key not in self.cache:
+            self.cache[key] = baselines.answers(self.model_path, adapter, HELD_OUT, self.samples)
+        return baselines.judged(rater, HELD_OUT, self.cache[key])
+
+
+def paired_gain(after: dict[str, Any], before: dict[str, Any]) -> dict[str, float]:
+    """Gain in points with its standard error, paired by prompt (both measured on the same prompts and seeds)."""
+    diffs = [a - b for a, b in zip(after["per_prompt"], before["per_prompt"], strict=True)]
+    return {"points": 100 * sum(diffs) / len(diffs), "se": 100 * baselines.standard_error(diffs)}
+
+
+def one_user(
+    taste: str,
+    seed: int,
+    plan: Plan,
+    work: Path,
+    model_path: str,
+    texts: list[str],
+    base_loss: float,
+    answers: Answers,
+) -> dict[str, Any]:
+    """PPO through the daemon, then every system measured the same way on the same ratings."""
     t0 = time.time()
     result = learn(taste, seed, plan, work)
-    adapter = Path(result["adapter"]) if result["adapter"] else None
-    loss = baselines.general_loss(model_path, adapter, texts) if adapter else base_loss
-    result["general_loss"] = loss
-    result["general_loss_change_pct"] = baselines.loss_change_pct(base_loss, loss)
-    curve = result["curve"]
-    result["satisfaction_before"] = curve[0]["satisfaction"]
-    result["satisfaction_after"] = curve[-1]["satisfaction"]
-    result["gain_points"] = 100 * (curve[-1]["satisfaction"] - curve[0]["satisfaction"])
+    rater = Rater(taste, seed)
+    base = answers.judged(None, rater)
+    curve = []
+    for point in result.pop("checkpoints"):
+        v = point["adapter_version"]
+        adapter = Path(result["adapters"]) / f"v{v}" if v else None
+        sat = answers.judged(adapter, rater)
+        curve.append(
+            {
+                **point,
+                "satisfaction": sat["satisfaction"],
+                "se": sat["se"],
+                "n_eval": sat["n"],
+                "per_prompt": sat["per_prompt"],
+                "examples": sat["examples"],
+            }
+        )
+    result["curve"] = curve
+    # A published run after which satisfaction fell by more than one standard error of the (paired) change.
+    result["published_regressions"] = []
+    for prev, point in zip(curve, curve[1:], strict=False):
+        change = paired_gain(point, prev)
+        point["change_points"] = change
+        if point["run"] and point["run"]["state"] == "published" and change["points"] < -change["se"]:
+            result["published_regressions"].append(point["ratings"])
+    final_v = curve[-1]["adapter_version"]
+    adapter = Path(result["adapters"]) / f"v{final_v}" if final_v else None
+    result["general_loss"] = baselines.general_loss(model_path, adapter, texts) if adapter else base_loss
+    result["general_loss_change_pct"] = baselines.loss_change_pct(base_loss, result["general_loss"])
+    result["satisfaction_before"], result["satisfaction_after"] = (
+        base["satisfaction"],
+        curve[-1]["satisfaction"],
+    )
+    result["gain"] = paired_gain(curve[-1], base)
+    result["gain_points"] = result["gain"]["points"]
+    result["base_ever_satisfies"] = base["satisfaction"] > 0
     if plan.baselines:
         ratings = baselines.read_ratings(Path(result["ratings_file"]))
-        rater = Rater(taste, seed)
         for name, train in (("sft_liked", baselines.train_sft_liked), ("kto", baselines.train_kto)):
             dest = work / "baselines" / name
             print(
@@ -246,20 +268,34 @@ def one_user(taste: str, seed: int, plan: Plan, work: Path, model_path: str, tex
             )
             info = train(model_path, ratings, dest, seed=seed)
             if "skipped" not in info:
-                sat = baselines.measure_adapter(
-                    model_path, dest, rater, HELD_OUT, samples=plan.eval_samples,
-                    max_tokens=plan.max_tokens, temperature=plan.temperature, seed=seed,
-                )  # fmt: skip
-                info.update(sat)
-                info["gain_points"] = 100 * (sat["satisfaction"] - result["satisfaction_before"])
+                sat = answers.judged(dest, rater)
+                info.update({k: sat[k] for k in ("satisfaction", "se", "n")}, gain=paired_gain(sat, base))
+                info["gain_points"] = info["gain"]["points"]
                 info["general_loss_change_pct"] = baselines.loss_change_pct(
                     base_loss, baselines.general_loss(model_path, dest, texts)
                 )
-                print(f"  {taste} seed {seed}: {name} satisfaction {100 * sat['satisfaction']:.1f}% "
-                      f"({info['gain_points']:+.1f} points)", flush=True)  # fmt: skip
+                info["breaks_the_model"] = info["general_loss_change_pct"] > TARGET_LOSS_CHANGE_PCT
+                print(
+                    f"  {taste} seed {seed}: {name} satisfaction {100 * sat['satisfaction']:.1f}% "
+                    f"({info['gain_points']:+.1f} ± {info['gain']['se']:.1f} points)",
+                    flush=True,
+                )
             result.setdefault("baselines", {})[name] = info
+    print(
+        f"  {taste} seed {seed}: reinf {100 * base['satisfaction']:.1f}% → {100 * curve[-1]['satisfaction']:.1f}% "
+        f"({result['gain_points']:+.1f} ± {result['gain']['se']:.1f} points), published regressions: "
+        f"{len(result['published_regressions'])}{overrides_note(plan)}",
+        flush=True,
+    )
     result["seconds"] = round(time.time() - t0, 1)
     return result
+
+
+def overrides_note(plan: Plan) -> str:
+    """Printed beside every figure when the run was not the shipped defaults."""
+    if not plan.overrides:
+        return ""
+    return " [overrides: " + ", ".join(f"{k}={v}" for k, v in sorted(plan.overrides.items())) + "]"
 
 
 def mean_spread(values: list[float]) -> dict[str, float]:
@@ -276,7 +312,11 @@ def mean_spread(values: list[float]) -> dict[str, float]:
 
 
 def summarise(users: list[dict[str, Any]], plan: Plan) -> dict[str, Any]:
-    """The headline figures (means over tastes and seeds) and the same per taste."""
+    """The headline figures (means over the users whose taste the base satisfies at least sometimes) and the same
+    per taste."""
+
+    def mean_se(rows: list[dict[str, Any]]) -> float:
+        return math.sqrt(sum(r["se"] ** 2 for r in rows)) / len(rows) if rows else float("nan")
 
     def block(rows: list[dict[str, Any]]) -> dict[str, Any]:
         checkpoints = sorted({p["ratings"] for r in rows for p in r["curve"]})
@@ -284,42 +324,58 @@ def summarise(users: list[dict[str, Any]], plan: Plan) -> dict[str, Any]:
             n: mean_spread([100 * p["satisfaction"] for r in rows for p in r["curve"] if p["ratings"] == n])
             for n in checkpoints
         }
-        base = {
-            name: mean_spread([r.get("baselines", {}).get(name, {}).get("gain_points") for r in rows])
-            for name in ("sft_liked", "kto")
-        }
+        base = {}
+        for name in ("sft_liked", "kto"):
+            got = [r["baselines"][name] for r in rows if "gain" in r.get("baselines", {}).get(name, {})]
+            base[name] = {
+                **mean_spread([g["gain_points"] for g in got]),
+                "se": mean_se([g["gain"] for g in got]),
+                "broke_the_model": sum(g.get("breaks_the_model", False) for g in got),
+            }
         return {
+            "users": len(rows),
             "satisfaction_before": mean_spread([100 * r["satisfaction_before"] for r in rows]),
             "satisfaction_after": mean_spread([100 * r["satisfaction_after"] for r in rows]),
-            "gain_points": mean_spread([r["gain_points"] for r in rows]),
+            "gain_points": {
+                **mean_spread([r["gain_points"] for r in rows]),
+                "se": mean_se([r["gain"] for r in rows]),
+            },
             "general_loss_change_pct": mean_spread([r["general_loss_change_pct"] for r in rows]),
+            "published_regressions": sum(len(r["published_regressions"]) for r in rows),
             "curve_percent": {str(n): v for n, v in curve.items()},
             "baselines_gain_points": base,
         }
 
-    overall = block(users)
-    per_taste = {
-        t: block([u for u in users if u["taste"] == t])
-        for t in plan.tastes
-        if any(u["taste"] == t for u in users)
-    }
+    counted = [u for u in users if u["base_ever_satisfies"]]
+    overall = block(counted)
+    per_taste = {}
+    for t in plan.tastes:
+        rows = [u for u in users if u["taste"] == t]
+        if rows:
+            per_taste[t] = {**block(rows), "base_ever_satisfies": any(u["base_ever_satisfies"] for u in rows)}
     sft = overall["baselines_gain_points"]["sft_liked"]["mean"]
     kto = overall["baselines_gain_points"]["kto"]["mean"]
     gain = overall["gain_points"]["mean"]
+    regressions = sum(len(u["published_regressions"]) for u in users)
     return {
-        # The issue's headline fields: percentages as fractions of 1 for satisfaction, points for gains.
+        # The headline: percentages as fractions of 1 for satisfaction, points for gains.
         "satisfaction_before": overall["satisfaction_before"]["mean"] / 100,
         "satisfaction_after": overall["satisfaction_after"]["mean"] / 100,
         "gain_points": gain,
+        "gain_se": overall["gain_points"]["se"],
         "ratings": plan.ratings,
         "general_loss_change_pct": overall["general_loss_change_pct"]["mean"],
+        "published_regressions": regressions,
         "baselines": {"no_training": 0.0, "sft_liked": sft, "kto": kto},
+        "overrides": dict(plan.overrides),
+        "left_out": sorted({u["taste"] for u in users if not u["base_ever_satisfies"]}),
         "targets": {
             "gain_points": TARGET_GAIN_POINTS,
             "general_loss_change_pct": TARGET_LOSS_CHANGE_PCT,
             "met_gain": gain >= TARGET_GAIN_POINTS,
             "met_general_loss": overall["general_loss_change_pct"]["mean"] <= TARGET_LOSS_CHANGE_PCT,
             "beats_baselines": all(gain > b for b in (0.0, sft, kto) if b == b),
+            "no_published_regressions": regressions == 0,
         },
         "spread": overall,
         "per_taste": per_taste,
@@ -345,7 +401,14 @@ def plot(users: list[dict[str, Any]], summary: dict[str, Any], out: Path, title:
         ys = [v["mean"] for v in curve.values()]
         sd = [v["std"] for v in curve.values()]
         ax.errorbar(
-            xs, ys, yerr=sd, color=c, lw=2, capsize=3, marker="o", label=f"reinf: imitation + PPO ({taste})"
+            xs,
+            ys,
+            yerr=sd,
+            color=c,
+            lw=2,
+            capsize=3,
+            marker="o",
+            label=f"reinf: KTO warm start + PPO ({taste})",
         )
         x_end = xs[-1]
         for name, marker in (("sft_liked", "s"), ("kto", "^")):
@@ -373,12 +436,20 @@ def machine() -> str:
     )
 
 
-def write_result(users: list[dict[str, Any]], plan: Plan, base_loss: float, command: str, out: Path,
-                 extra: dict[str, Any]) -> tuple[dict[str, Any], Path]:  # fmt: skip
+def write_result(
+    users: list[dict[str, Any]], plan: Plan, base_loss: float, command: str, out: Path, extra: dict[str, Any]
+) -> tuple[dict[str, Any], Path]:
     """learning.json (headline, spread, per taste, every user's curve) and the PNG beside it."""
     summary = summarise(users, plan)
-    result = {**summary, "general_loss_base": base_loss, "plan": asdict(plan), "users": users, **extra,
-              "machine": machine(), "command": command}  # fmt: skip
+    result = {
+        **summary,
+        "general_loss_base": base_loss,
+        "plan": asdict(plan),
+        "users": users,
+        **extra,
+        "machine": machine(),
+        "command": command,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=float) + "\n")
     png = out.with_suffix(".png")
@@ -391,7 +462,7 @@ def combine(paths: list[Path], out: Path) -> tuple[dict[str, Any], Path, float]:
     made side by side on a machine with cores to spare. Refuses results whose settings differ."""
     parts = [json.loads(p.read_text()) for p in paths]
     first = parts[0]["plan"]
-    same = ("model", "ratings", "every", "eval_samples", "max_tokens", "temperature", "baselines", "training")
+    same = ("model", "ratings", "every", "eval_samples", "baselines", "overrides")
     for path, part in zip(paths, parts, strict=True):
         diff = [k for k in same if part["plan"][k] != first[k]]
         if diff:
@@ -402,37 +473,64 @@ def combine(paths: list[Path], out: Path) -> tuple[dict[str, Any], Path, float]:
     keys = [(u["taste"], u["seed"]) for u in users]
     if len(set(keys)) != len(keys):
         raise SystemExit(f"the same taste and seed appear twice in {', '.join(map(str, paths))}")
-    plan = Plan(**{**first, "tastes": list(dict.fromkeys(u["taste"] for u in users)),
-                   "seeds": sorted({u["seed"] for u in users})})  # fmt: skip
+    plan = Plan(
+        **{
+            **first,
+            "tastes": list(dict.fromkeys(u["taste"] for u in users)),
+            "seeds": sorted({u["seed"] for u in users}),
+        }
+    )
     command = (
         "; ".join(p["command"] for p in parts)
         + f"; python bench/learning.py --combine {' '.join(map(str, paths))}"
     )
-    extra = {"seconds": sum(p["seconds"] for p in parts), "combined_from": [p["command"] for p in parts],
-             "load_average_at_end": [p.get("load_average_at_end") for p in parts]}  # fmt: skip
+    extra = {
+        "seconds": sum(p["seconds"] for p in parts),
+        "combined_from": [p["command"] for p in parts],
+        "load_average_at_end": [p.get("load_average_at_end") for p in parts],
+    }
     summary, png = write_result(users, plan, parts[0]["general_loss_base"], command, out, extra)
     return summary, png, extra["seconds"]
 
 
 def report(summary: dict[str, Any], out: Path, png: Path, seconds: float) -> None:
     s = summary["spread"]
-    print(f"\n{'':<28}{'mean':>8}{'std':>8}   target")
+    note = ""
+    if summary["overrides"]:
+        note = (
+            "   [overrides: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["overrides"].items())) + "]"
+        )
     print(
-        f"{'satisfaction before %':<28}{s['satisfaction_before']['mean']:>8.1f}{s['satisfaction_before']['std']:>8.1f}"
+        f"\n{s['users']} users"
+        + (
+            f"; left out, the base never satisfies: {', '.join(summary['left_out'])}"
+            if summary["left_out"]
+            else ""
+        )
+        + note
     )
+    print(f"{'':<30}{'mean':>8}{'± se':>8}{'std':>8}   target")
+    b0 = s["satisfaction_before"]
+    print(f"{'satisfaction before %':<30}{b0['mean']:>8.1f}{'':>8}{b0['std']:>8.1f}")
     for n, v in s["curve_percent"].items():
-        print(f"{'  after ' + n + ' ratings %':<28}{v['mean']:>8.1f}{v['std']:>8.1f}")
+        print(f"{'  after ' + n + ' ratings %':<30}{v['mean']:>8.1f}{'':>8}{v['std']:>8.1f}")
+    g = s["gain_points"]
     print(
-        f"{'gain, PPO (points)':<28}{s['gain_points']['mean']:>8.1f}{s['gain_points']['std']:>8.1f}"
-        f"   >= {TARGET_GAIN_POINTS:.0f}: {'met' if summary['targets']['met_gain'] else 'MISSED'}"
+        f"{'gain, reinf (points)':<30}{g['mean']:>8.1f}{g['se']:>8.1f}{g['std']:>8.1f}"
+        f"   >= {TARGET_GAIN_POINTS:.0f}: {'met' if summary['targets']['met_gain'] else 'MISSED'}{note}"
     )
     for name in ("sft_liked", "kto"):
         b = s["baselines_gain_points"][name]
-        print(f"{'gain, ' + name + ' (points)':<28}{b['mean']:>8.1f}{b['std']:>8.1f}")
-    g = s["general_loss_change_pct"]
+        broke = f"   broke the model for {b['broke_the_model']} users" if b.get("broke_the_model") else ""
+        print(f"{'gain, ' + name + ' (points)':<30}{b['mean']:>8.1f}{b['se']:>8.1f}{b['std']:>8.1f}{broke}")
+    loss = s["general_loss_change_pct"]
     print(
-        f"{'general loss change %':<28}{g['mean']:>8.1f}{g['std']:>8.1f}"
+        f"{'general loss change %':<30}{loss['mean']:>8.1f}{'':>8}{loss['std']:>8.1f}"
         f"   <= {TARGET_LOSS_CHANGE_PCT:.0f}: {'met' if summary['targets']['met_general_loss'] else 'MISSED'}"
+    )
+    print(
+        f"{'published regressions':<30}{summary['published_regressions']:>8}{'':>16}   0: "
+        f"{'met' if summary['targets']['no_published_regressions'] else 'MISSED'}"
     )
     print(f"wrote {out} and {png} in {seconds / 60:.1f} min")
 
@@ -447,12 +545,22 @@ def main() -> int:
     ap.add_argument("--eval-samples", type=int)
     ap.add_argument("--model", help="model name or folder (default reinf-tiny)")
     ap.add_argument("--no-baselines", action="store_true")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="a trainer setting for the daemon, e.g. training_ppo_steps=16 (repeatable)")  # fmt: skip
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an experiment: a setting other than the defaults, e.g. training_ppo_steps=16 (repeatable; "
+        "stored under overrides and printed beside every figure)",
+    )
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "learning.json"))
     ap.add_argument("--keep", help="keep the daemons' homes in this folder (default: a temporary one)")
-    ap.add_argument("--combine", nargs="+", metavar="RESULT_JSON",
-                    help="merge results of earlier runs (same settings, other tastes or seeds) into --out")  # fmt: skip
+    ap.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="RESULT_JSON",
+        help="merge results of earlier runs (same settings, other tastes or seeds) into --out",
+    )
     args = ap.parse_args()
     if args.combine:
         summary, png, seconds = combine([Path(p) for p in args.combine], Path(args.out))
@@ -474,7 +582,10 @@ def main() -> int:
         key, sep, value = item.partition("=")
         if not sep:
             ap.error(f"--set wants KEY=VALUE, got {item!r}")
-        plan.training[key.strip().lower()] = value.strip()
+        key = key.strip().lower()
+        if key in BUDGET_KEYS:
+            ap.error(f"{key} is a budget knob the benchmark sets itself (--every for min_new_ratings)")
+        plan.overrides[key] = value.strip()
     for taste in plan.tastes:
         Rater(taste)  # an unknown taste stops here, before any daemon starts
 
@@ -487,6 +598,7 @@ def main() -> int:
     command = "python bench/learning.py " + " ".join(sys.argv[1:])
     t0 = time.time()
     users = []
+    answers = Answers(model_path, plan.eval_samples)
     with tempfile.TemporaryDirectory(prefix="reinf-learning-") as tmp:
         root = Path(args.keep) if args.keep else Path(tmp)
         for taste in plan.tastes:
@@ -494,12 +606,15 @@ def main() -> int:
                 print(f"{taste}, seed {seed}", flush=True)
                 work = root / f"{taste}-{seed}"
                 work.mkdir(parents=True, exist_ok=True)
-                users.append(one_user(taste, seed, plan, work, model_path, texts, base_loss))
+                users.append(one_user(taste, seed, plan, work, model_path, texts, base_loss, answers))
                 # Written after every user, so that a run stopped early keeps the users it finished.
                 done = len(users) == len(plan.tastes) * len(plan.seeds)
-                extra = {"seconds": round(time.time() - t0, 1), "complete": done,
-                         "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}  # other work slows runs  # fmt: skip
-                kept = [{k: v for k, v in u.items() if k not in ("ratings_file", "adapter")} for u in users]
+                extra = {
+                    "seconds": round(time.time() - t0, 1),
+                    "complete": done,
+                    "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+                }  # other work slows runs
+                kept = [{k: v for k, v in u.items() if k not in ("ratings_file", "adapters")} for u in users]
                 summary, png = write_result(kept, plan, base_loss, command.strip(), Path(args.out), extra)
     report(summary, Path(args.out), png, time.time() - t0)
     return 0

@@ -3,6 +3,8 @@ system learns) and a held-out set (only for measuring satisfaction; never rated,
 
 from __future__ import annotations
 
+import re
+
 TASKS = [
     "reverses a string", "checks whether a number is prime", "merges two sorted lists", "counts the words in a text",
     "returns the n-th Fibonacci number", "flattens a nested list", "removes duplicates from a list",
@@ -46,5 +48,47 @@ TASKS = [
 ]  # fmt: skip
 
 PROMPTS = [f"Write a Python function that {t}." for t in TASKS]
-HELD_OUT = PROMPTS[3::4]  # a quarter: satisfaction is measured on these
-HELD_IN = [p for i, p in enumerate(PROMPTS) if i % 4 != 3]  # the rater rates answers to these
+
+_FILLER = {"a", "an", "the", "of", "to", "in", "by", "with", "for", "and", "is", "what", "how", "do", "i", "can",
+           "write", "python", "function", "that", "whether", "given", "two", "every", "all", "my", "def", "class",
+           "import", "return", "self"}  # fmt: skip
+
+
+def content_words(text: str) -> set[str]:
+    """The words that say what a request is about, crudely stemmed ("flattens", "flatten" → "flatten");
+    identifiers are split at underscores, so `def read_lines(path)` is about "read" and "line"."""
+    words = re.findall(r"[a-z]+", text.lower().replace("_", " "))
+    return {w[:-1] if w.endswith("s") and len(w) > 3 else w for w in words} - _FILLER
+
+
+def near(a: str, b: str, threshold: float = 0.5) -> bool:
+    """Whether two requests ask nearly the same thing: their content words overlap by `threshold` or more
+    (Jaccard), or one's words are all in the other's."""
+    wa, wb = content_words(a), content_words(b)
+    if not wa or not wb:
+        return False
+    return len(wa & wb) / len(wa | wb) >= threshold or wa <= wb or wb <= wa
+
+
+def _replay() -> list[str]:
+    from reinf.training.data import REPLAY_CHAT, REPLAY_CODE
+
+    return REPLAY_CHAT + REPLAY_CODE
+
+
+# A quarter of the requests measure satisfaction and are never rated, so never trained on; except those near a
+# general prompt the trainer replays, or near another request: they are rated instead.
+def _held_out(candidates: list[str]) -> list[str]:
+    """The candidates that are near no replayed prompt and no rated one (a candidate moved to the rated ones can
+    make another near, so until nothing moves)."""
+    held = list(candidates)
+    while True:
+        rated = [p for p in PROMPTS if p not in held]
+        keep = [p for p in held if not any(near(p, q) for q in _replay() + rated)]
+        if keep == held:
+            return held
+        held = keep
+
+
+HELD_OUT = _held_out(PROMPTS[3::4])
+HELD_IN = [p for p in PROMPTS if p not in HELD_OUT]  # the rater rates answers to these

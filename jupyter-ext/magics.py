@@ -18,7 +18,7 @@ RATE_HINT = "Rate it: %reinf rate {id} STARS [comment]   (STARS is 1–5)"
 
 REINF_USAGE = """\
 %reinf status                  the model, the adapter version, ratings and training
-%reinf retrain                 start a training run now
+%reinf retrain [--fresh-judge] start a training run now (with a new judge of your ratings)
 %reinf cancel                  cancel the running training run
 %reinf rollback [VERSION]      go back to the previous good adapter (0 is the base model)
 %reinf history [N]             the last N interactions (10)
@@ -149,8 +149,9 @@ class ReinfMagics(Magics):
         print(format_status(self._request("reinf/status")))
 
     def _cmd_retrain(self, rest: list[str]) -> None:
-        self._no_args("retrain", rest)
-        result = self._request("reinf/retrain")
+        if rest not in ([], ["--fresh-judge"]):
+            raise MagicError(f"%reinf retrain takes only --fresh-judge, got {' '.join(rest)!r}")
+        result = self._request("reinf/retrain", {"fresh_judge": rest == ["--fresh-judge"]})
         print(f"Training run {result['run_id']} started. Follow it with %reinf status.")
 
     def _cmd_cancel(self, rest: list[str]) -> None:

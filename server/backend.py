@@ -156,7 +156,7 @@ class Backend:
         max_tokens = p.int("max_tokens", 1, 4096) or self.cfg.model.chat_max_new_tokens
         temperature = p.float("temperature", 0.0, 2.0)
         if temperature is None:
-            temperature = self.cfg.model.temperature
+            temperature = self.cfg.model.chat_temperature
         whole = _with_context(messages, context)
         full = _newest_within(whole, self.completion_window_chars)
         # The interaction id is known up front so that streamed deltas can carry it.
@@ -386,8 +386,9 @@ class Backend:
     # -- training control -------------------------------------------------------------------------
 
     async def retrain(self, params: Any) -> dict[str, Any]:
-        Params(params, "reinf/retrain", self.cfg.server.max_field_bytes, set())
-        return {"run_id": await self._off(lambda: self.scheduler.retrain("manual"))}
+        p = Params(params, "reinf/retrain", self.cfg.server.max_field_bytes, {"fresh_judge"})
+        fresh_judge = p.bool("fresh_judge")
+        return {"run_id": await self._off(lambda: self.scheduler.retrain("manual", fresh_judge=fresh_judge))}
 
     async def cancel_training(self, params: Any) -> dict[str, Any]:
         Params(params, "reinf/cancelTraining", self.cfg.server.max_field_bytes, set())

@@ -209,7 +209,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 done.set()
 
         c.on_notification("reinf/trainingProgress", on_progress)
-        run_id.append(c.request("reinf/retrain", {})["run_id"])
+        run_id.append(c.request("reinf/retrain", {"fresh_judge": args.fresh_judge})["run_id"])
         bar.update(task, run=run_id[0])
         while not done.wait(2.0):
             runs = c.request("reinf/runs", {"limit": 5})["runs"]
@@ -240,6 +240,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(
             f"#{r['run_id']:<4} {r['state']:<10} {r['trigger']:<9} {str(r['started'])[:19]}  {version:<5} {why}"
         )
+        for line in (r.get("metrics") or {}).get("checks") or []:
+            print(f"      {line}")
     if not runs:
         print("no training runs yet")
     return 0
@@ -337,7 +339,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--stars", type=int)
     sp.add_argument("--thumbs", choices=["up", "down"])
     sp.add_argument("--comment")
-    add("train", cmd_train, "retrain now, following the run with a progress bar", "reinf train")
+    sp = add(
+        "train", cmd_train, "retrain now, following the run with a progress bar", "reinf train --fresh-judge"
+    )
+    sp.add_argument(
+        "--fresh-judge",
+        action="store_true",
+        help="train a new judge of your ratings instead of the saved one (your taste has changed)",
+    )
     sp = add("runs", cmd_runs, "training runs and their outcome", "reinf runs -n 5")
     sp.add_argument("-n", type=int, default=10)
     sp.add_argument("--json", action="store_true")

@@ -122,8 +122,9 @@ class Scheduler:
         except Exception:  # the rating itself is committed; a run that cannot start must not fail it
             log.exception("could not start a training run at the rating threshold")
 
-    def retrain(self, trigger: str = "manual") -> int:
-        """Start a run now; returns its id. Raises `SchedulerBusy` while another run is going."""
+    def retrain(self, trigger: str = "manual", fresh_judge: bool = False) -> int:
+        """Start a run now; returns its id. Raises `SchedulerBusy` while another run is going. With
+        `fresh_judge` the run trains a new reward model and ignores the saved one (a user whose taste changed)."""
         with self._lock:
             if self._closed:
                 raise SchedulerError("the daemon is shutting down; no new training run can start")
@@ -140,7 +141,9 @@ class Scheduler:
         self._notify(run, "running")
         try:
             n_rows = self.store.export_snapshot(run.run_dir / "data.parquet")
-            write_json(run.run_dir / "config.json", self._trainer_config(run_id))
+            write_json(
+                run.run_dir / "config.json", {**self._trainer_config(run_id), "fresh_judge": fresh_judge}
+            )
             log.info("run %s: %d rated interactions exported; starting the trainer", run_id, n_rows)
             run.proc = self._spawn(run.run_dir)
             self.store.update_run(run_id, state="running", pid=run.proc.pid)
@@ -276,8 +279,6 @@ class Scheduler:
             return
         if metrics.get("decision") != "publish":
             reasons = metrics.get("reasons") or ["the trainer did not ask to publish"]
-            if run.phase == "snapshot":  # turned its data down before training: the ratings still count
-                metrics["ratings_counted"] = False
             self._end(run, "rejected", metrics=metrics, message="; ".join(map(str, reasons)))
             return
         try:

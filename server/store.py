@@ -478,12 +478,12 @@ class Store:
 
     def counting_watermark(self) -> int:
         """The rating watermark that new ratings count from: the newest run's, whatever its state (a failed run
-        is retried only at the next threshold), except a run that turned its data down before training (too
-        few ratings, one class only; its metrics say `ratings_counted: false`): it learnt nothing, so the
+        is retried only at the next threshold), except a run that the trainer turned down before it used any
+        rating (too few, one kind only; its metrics say `used_ratings: false`): it learnt nothing, so the
         ratings it saw still count."""
         rows = self._read(
             "SELECT coalesce(rating_watermark, 0) FROM training_runs "
-            "WHERE coalesce(json_extract_string(metrics, '$.ratings_counted'), 'true') <> 'false' "
+            "WHERE coalesce(json_extract_string(metrics, '$.used_ratings'), 'true') <> 'false' "
             "ORDER BY id DESC LIMIT 1"
         )
         return int(rows[0][0]) if rows else 0

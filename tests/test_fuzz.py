@@ -88,7 +88,7 @@ class FakeScheduler:
     def last_run(self) -> None:
         return None
 
-    def retrain(self, trigger: str) -> int:
+    def retrain(self, trigger: str, fresh_judge: bool = False) -> int:
         self.runs += 1
         return self.runs
 

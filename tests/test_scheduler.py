@@ -34,7 +34,8 @@ assert (run / "data.parquet").exists()
 if mode == "too_few":  # as the trainer does: turned down at the snapshot, before any model loads
     progress("snapshot", 0.0, "reading the snapshot")
     reason = "too few explicit ratings to train on: 2, need at least 8"
-    (run / "metrics.json").write_text(json.dumps({"decision": "reject", "reasons": [reason]}))
+    metrics = {"decision": "reject", "reasons": [reason], "used_ratings": False}
+    (run / "metrics.json").write_text(json.dumps(metrics))
     sys.exit(0)
 progress("reward_model", 0.2, "judging")
 if mode == "sleep":
@@ -155,6 +156,7 @@ def test_the_threshold_starts_a_run_that_publishes_and_swaps(h):
     run2 = h.wait(h.sched.retrain())
     config2 = json.loads((h.cfg.home / "runs" / str(run2["run_id"]) / "config.json").read_text())
     assert config2["active_adapter"] == {"version": 1, "path": str(adapter)}
+    assert config["fresh_judge"] is False and config2["fresh_judge"] is False
     assert run2["adapter_version"] == 2 and h.store.active_adapter()["version"] == 2
 
 

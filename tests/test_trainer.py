@@ -169,12 +169,41 @@ def test_a_run_learns_the_raters_taste_and_publishes(tmp_path, model_dir):
 
 def test_a_judge_no_better_than_chance_stops_the_run_before_ppo(tmp_path, model_dir):
     # Every interaction has the same prompt and answer, rated at random: nothing to learn, by construction.
-    cfg, store = _home(tmp_path, model_dir, n=40, same_text=True)
+    cfg, store = _home(
+        tmp_path, model_dir, n=40, same_text=True, overrides={"reward_model": {"holdout_fraction": 0.4}}
+    )
     run_dir = _prepare_run(cfg, store, model_dir)
     metrics = _train(run_dir)
     assert metrics["decision"] == "reject"
-    assert "no better than chance" in metrics["reasons"][0]
+    assert metrics["reward_model"]["check"]["tested"] and "no better than chance" in metrics["reasons"][0]
     assert "ppo" not in metrics and not (run_dir / "adapter").exists()
+    assert not (cfg.home / "reward_model").exists()  # a judge that failed is never kept
+    store.close()
+
+
+def test_a_rejected_judge_is_not_reused_and_honest_ratings_then_publish(tmp_path, model_dir):
+    """As the Jupyter walk went: the first ratings tell the judge nothing, so that run is rejected; the user
+    then rates honestly, and the next run trains a fresh judge and publishes (it is not stopped as
+    "contradicting" a judge that was never any good)."""
+    cfg, store = _home(
+        tmp_path, model_dir, n=40, same_text=True, overrides={"reward_model": {"holdout_fraction": 0.4}}
+    )
+    first = _train(_prepare_run(cfg, store, model_dir))
+    assert first["decision"] == "reject" and "no better than chance" in first["reasons"][0], first["reasons"]
+    assert not (cfg.home / "reward_model").exists()
+    fill_home(store, model_dir, 64, seed=1)
+    second = _train(_prepare_run(cfg, store, model_dir))
+    assert second["reward_model"]["retrained"] and "consistency" not in second["reward_model"]
+    assert second["decision"] == "publish", second["reasons"]
+    assert (cfg.home / "reward_model" / "meta.json").exists()
+    store.close()
+
+
+def test_ratings_of_one_kind_only_say_so_and_train_nothing(tmp_path, model_dir):
+    cfg, store = _home(tmp_path, model_dir, n=12, rate=lambda text: 5)
+    metrics = _train(_prepare_run(cfg, store, model_dir))
+    assert metrics["decision"] == "reject" and "all 12 rated answers were liked" in metrics["reasons"][0]
+    assert "rate some answers you dislike" in metrics["reasons"][0] and "reward_model" not in metrics
     store.close()
 
 
@@ -192,7 +221,7 @@ def test_the_gate_rejects_an_adapter_pushed_too_far_from_the_base(tmp_path, mode
 def test_too_few_ratings_is_a_rejection_not_a_crash(tmp_path, model_dir):
     cfg, store = _home(tmp_path, model_dir, n=3)
     metrics = _train(_prepare_run(cfg, store, model_dir))
-    assert metrics["decision"] == "reject" and "too few explicit ratings" in metrics["reasons"][0]
+    assert metrics["decision"] == "reject" and "too few ratings" in metrics["reasons"][0]
     store.close()
 
 
@@ -293,6 +322,21 @@ def test_new_ratings_that_contradict_the_earlier_ones_train_nothing(tmp_path, mo
     _, m = run(history(0, 20) + history(20, 20))
     assert m["retrained"] and m["contradicted"] is False and m["consistency"]["correlation"] > 0.9
     assert loaded[-1].closed, "the earlier judge must leave the shared base before a new one is made"
+    # A user whose taste really changed asks for a fresh judge: it is trained on everything, unchecked.
+    _, m = reward.load_or_train(
+        folder=tmp_path / "rm",
+        identity={"name": "policy"},
+        min_new_ratings=5,
+        train=history(20, 20, invert=True),
+        heldout=history(40, 4, invert=True),
+        make=lambda: Judge("fresh"),
+        load=lambda f: Judge("old"),
+        fit_kwargs={},
+        contradiction_p=0.01,
+        fresh=True,
+    )
+    assert m["retrained"] and "consistency" not in m and m["reason"] == "a fresh judge was asked for"
+    assert (tmp_path / "rm" / "saved").read_text() == "fresh"
 
 
 def json_watermark(folder: Path) -> int:
@@ -352,6 +396,8 @@ def test_sampling_with_the_adapter_merged_matches_it_and_restores_the_base():
 class _CharTokenizer:
     """Characters to ids 3..62 of the toy policy's vocabulary (0 pad, 1 stop)."""
 
+    pad_token_id, eos_token_id = 0, 1
+
     def __call__(self, text, add_special_tokens=False):
         return {"input_ids": [3 + ord(c) % 60 for c in text]}
 
@@ -377,26 +423,6 @@ def test_the_gates_kl_is_measured_from_the_adapter_it_names():
                 p.add_(torch.randn_like(p) * 0.05)  # a small step from it
     assert 0 < kl_to(model, batches, "active") < kl_to(model, batches)
     assert model.active_adapter == "default"  # switched back
-
-
-def test_imitation_fits_the_liked_answers_only_and_the_reference_stays_frozen():
-    from reinf.training.imitate import imitate, liked
-    from reinf.training.lm import freeze_copy
-
-    model = _toy_policy()
-    freeze_copy(model, "default", "reference")
-    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if ".reference." in n}
-    rated = [Example(str(i), f"q{i}", "abcabc" if i % 2 else "zzzz", 1.0 if i % 2 else -1.0, 1.0, True, i + 1, 0)
-             for i in range(12)]  # fmt: skip
-    assert [e.response for e in liked(rated)] == ["abcabc"] * 6  # only what the user liked is imitated
-    kw = dict(epochs=6, learning_rate=0.02, batch_size=4, max_prompt_tokens=8, max_response_tokens=8,
-              stop_id=1, pad_id=0, seed=0)  # fmt: skip
-    out = imitate(model, _CharTokenizer(), rated, **kw)
-    assert out["n_liked"] == 6 and out["steps"] == 12
-    assert out["loss_last_epoch"] < 0.5 * out["loss_first_epoch"], out
-    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if ".reference." in n)
-    assert not any(p.requires_grad for n, p in model.named_parameters() if ".reference." in n)
-    assert imitate(model, _CharTokenizer(), rated, **{**kw, "epochs": 0})["steps"] == 0
 
 
 @pytest.mark.parametrize("reference", ["reference", None])
@@ -437,14 +463,14 @@ def test_kto_raises_the_liked_answers_and_lowers_the_disliked_against_a_frozen_r
 def test_ppo_ptx_keeps_the_liked_answers_likely_while_ppo_chases_its_reward():
     # The scripted reward (low token ids) pulls away from the liked answer, whose ids are all 32 or more. With
     # ptx_coef = 1 every PPO minibatch also imitates it, and its loss falls; without, the loss only drifts.
-    from reinf.training.imitate import Demonstrations, demo_loss
+    from reinf.training.imitate import Demonstrations, demo_loss, encode
 
     liked = [Example(str(i), f"q{i}", "XYZXYZ", 1.0, 1.0, True, i + 1, 0) for i in range(8)]
-    kw = dict(batch_size=4, max_prompt_tokens=8, max_response_tokens=8, stop_id=1, pad_id=0, seed=0)
+    data = [encode(_CharTokenizer(), e, 8, 8, 1) for e in liked]
     losses = {}
     for coef in (0.0, 1.0):
         model = _toy_policy()
-        demos = Demonstrations.liked(model, _CharTokenizer(), liked, **kw)
+        demos = Demonstrations(model, data, batch_size=4, pad_id=0, seed=0)
         assert len(demos) == 8
         with torch.no_grad():
             before = demo_loss(model, demos.data, 0).item()
@@ -537,3 +563,75 @@ def test_chunked_logprobs_give_the_same_values_and_gradients():
     assert lp_a.shape == (3, 9) and torch.allclose(lp_a, lp_b, atol=1e-6)
     assert g_a.keys() == g_b.keys() and g_a
     assert all(torch.allclose(g_a[k], g_b[k], rtol=1e-5, atol=1e-5) for k in g_a)  # summation order only
+
+
+# -- the gate's check of the held-out ratings -------------------------------------------------------------
+
+
+def test_the_ratings_margin_by_hand():
+    from reinf.training.gate import ratings_margin
+
+    liked = torch.tensor([True, True, False, False])
+    # d = candidate − active = [1, 1, −1, −1]: the liked answers rose by 1 nat, the disliked fell by 1.
+    margin, se = ratings_margin(torch.tensor([-1.0, -2, -5, -6]), torch.tensor([-2.0, -3, -4, -5]), liked)
+    assert margin == pytest.approx(2.0) and se == pytest.approx(0.0)
+    # d = [1, 3, 0, 0]: margin 2; the liked d's variance is 2 (n − 1 = 1), over 2 answers: se = 1.
+    margin, se = ratings_margin(torch.tensor([1.0, 3, 0, 0]), torch.zeros(4), liked)
+    assert margin == pytest.approx(2.0) and se == pytest.approx(1.0)
+    # The other way round: the candidate raised the disliked answers.
+    margin, _ = ratings_margin(torch.zeros(4), torch.tensor([1.0, 3, 0, 0]), liked)
+    assert margin == pytest.approx(-2.0)
+    with pytest.raises(ValueError, match="liked and disliked"):
+        ratings_margin(torch.zeros(2), torch.zeros(2), torch.tensor([True, True]))
+
+
+def _rated_toy(n: int = 12) -> list[Example]:
+    return [Example(str(i), f"q{i}", "abcabc" if i % 2 else "zzzz", 1.0 if i % 2 else -1.0, 1.0, True, i + 1, 0)
+            for i in range(n)]  # fmt: skip
+
+
+def _ratings_spec(rated: list[Example]):
+    from reinf.training.gate import GateSpec
+
+    return GateSpec(prompt_texts=[], prompt_ids=[], rated=rated, candidate="default", active="active",
+                    active_version=1, general=[], general_max_tokens=8, max_new_tokens=8, max_prompt_tokens=8,
+                    temperature=1.0, stop_ids=[1], max_kl=1.0, max_general_loss_increase=0.05, seed=0,
+                    tolerance_se=1.0)  # fmt: skip
+
+
+def test_the_ratings_check_rejects_a_candidate_that_prefers_the_disliked_answers():
+    from reinf.training.gate import ratings_check
+    from reinf.training.imitate import kto
+    from reinf.training.lm import freeze_copy
+
+    model, tok, rated = _toy_policy(), _CharTokenizer(), _rated_toy()
+    freeze_copy(model, "default", "active")
+    same = ratings_check(model, tok, _ratings_spec(rated), "the active adapter v1")
+    assert same["passed"] and same["margin"] == pytest.approx(0.0, abs=1e-4)  # equal to the active: passes
+    inverted = [
+        Example(e.interaction_id, e.prompt, e.response, -e.target, 1.0, True, e.rating_id, 0) for e in rated
+    ]
+    kto(model, tok, inverted, reference="active", epochs=4, learning_rate=0.02, beta=0.1, batch_size=4,
+        max_prompt_tokens=8, max_response_tokens=8, stop_id=1, pad_id=0, seed=0)  # fmt: skip
+    worse = ratings_check(model, tok, _ratings_spec(rated), "the active adapter v1")
+    assert not worse["passed"] and worse["margin"] < -worse["margin_se"], worse
+    assert "moved towards the ones you disliked" in worse["reason"] and "v1" in worse["reason"]
+    one_kind = ratings_check(model, tok, _ratings_spec([e for e in rated if e.target > 0]), "the base model")
+    assert one_kind["passed"] and one_kind["skipped"] and "needs both" in one_kind["line"]
+
+
+# -- learning rates from the model's size -----------------------------------------------------------------
+
+
+def test_learning_rates_follow_the_hidden_size_unless_set():
+    from reinf.config import TrainingConfig
+    from reinf.training.hparams import MIN_RATE, learning_rates
+
+    tiny = learning_rates(TrainingConfig(), 256)
+    assert (tiny.ppo, tiny.warm_start) == (pytest.approx(2e-3), pytest.approx(5e-4))
+    qwen = learning_rates(TrainingConfig(), 896)  # Qwen2.5-Coder-0.5B
+    assert qwen.ppo == pytest.approx(2e-3 * 256 / 896) and qwen.warm_start == pytest.approx(5e-4 * 256 / 896)
+    assert learning_rates(TrainingConfig(), 64).ppo == pytest.approx(2e-3)  # never above the measured rate
+    assert learning_rates(TrainingConfig(), 10**6).warm_start == MIN_RATE
+    set_by_user = learning_rates(TrainingConfig(learning_rate=1e-4, warm_start_learning_rate=3e-5), 896)
+    assert (set_by_user.ppo, set_by_user.warm_start) == (1e-4, 3e-5)

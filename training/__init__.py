@@ -29,8 +29,9 @@ daemon's job, so a trainer killed at any moment never leaves a half-written adap
 
 The reward model lives in `$REINF_HOME/reward_model/` (its LoRA adapter, score head and `meta.json` with the
 rating watermark it was trained at) and is retrained only after `reward_model.min_new_ratings` new ratings.
-Before retraining, that saved judge scores the newer ratings; if they contradict it (`reward_model.
-contradiction_p`), the run is rejected and the saved judge stays as it was.
+Only a judge that passed its held-out check is saved there. Before retraining, that saved judge scores the newer
+ratings; if they contradict it (`reward_model.contradiction_p`), the run is rejected and the saved judge stays as
+it was. `config.json`'s `fresh_judge: true` (`reinf train --fresh-judge`) trains a new judge regardless.
 
 Off-policy ratings
 ------------------

@@ -1,23 +1,33 @@
-"""The evaluation gate: a candidate adapter is published only if it passes all three checks.
+"""The evaluation gate: a candidate adapter is published only if it passes every check.
 
-1. On held-out prompts, its reward-model score beats the active adapter's (the base when none is active).
-   Both sample at `training.temperature`, the distribution PPO optimised, with the same seeds.
-2. Its KL to the active adapter (the base when none), summed over a response and averaged, stays under
+1. The judge: on held-out prompts, its reward-model score is not worse than the active adapter's (the base when
+   none is active), within `training.gate_tolerance_se` standard errors. Both sample at `training.temperature`,
+   the distribution PPO optimised, with the same seeds.
+2. The user's own ratings: on held-out rated answers, the candidate does not lower the margin of the liked
+   answers' log-likelihood over the disliked ones, relative to the active adapter, beyond the same tolerance
+   (the implicit reward of DPO and KTO). The judge is a model of a few dozen ratings and can be wrong; this
+   check reads the ratings themselves.
+3. Its KL to the active adapter (the base when none), summed over a response and averaged, stays under
    `training.max_kl`: each run is one bounded step from what the user rated. A bound on the KL to the base would
    stop all learning once earlier runs had used it up (each run starts from the active adapter), and the
-   drift from the base is what check 3 bounds.
-3. Its loss on general held-out code is at most `training.max_general_loss_increase` above the base's. The
+   drift from the base is what check 4 bounds.
+4. Its loss on general held-out code is at most `training.max_general_loss_increase` above the base's. The
    base, not the active adapter, is the yardstick, so small losses cannot compound from version to version.
+5. Its median answer is not shorter than the length floor (see `length_floor`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from .data import Example
+from .imitate import LIKED_TARGET, answer_logp, encoded
 from .lm import decode_responses, hidden_states, lm_head, pad_left, sample, use_adapter
 from .ppo import logprobs_from_logits, masked_mean
 from .reward import RewardModel, score
@@ -43,9 +53,15 @@ def sample_texts(
     for i in range(0, len(prompts), batch_size):
         q_ids, q_mask = pad_left(prompts[i : i + batch_size], pad, device)
         r_ids, r_mask = sample(
-            model, q_ids, q_mask, max_new_tokens=max_new_tokens, temperature=temperature,
-            stop_ids=stop_ids, pad_id=pad, generator=gen,
-        )  # fmt: skip
+            model,
+            q_ids,
+            q_mask,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            stop_ids=stop_ids,
+            pad_id=pad,
+            generator=gen,
+        )
         texts += decode_responses(tokenizer, r_ids, r_mask, stop_ids)
         batches.append((torch.cat([q_ids, r_ids], 1), torch.cat([q_mask, r_mask], 1), q_ids.shape[1], r_mask))
     return texts, batches
@@ -97,112 +113,225 @@ def not_worse(
     return float(diff.mean()) >= -tolerance_se * se, se
 
 
-def run_gate(
+def ratings_margin(
+    candidate_logp: torch.Tensor, active_logp: torch.Tensor, liked: torch.Tensor
+) -> tuple[float, float]:
+    """How much more the candidate prefers the liked answers to the disliked ones than the active adapter does.
+
+    d = log π_cand(y|x) − log π_active(y|x) per rated answer; the margin is mean(d over liked) − mean(d over
+    disliked), and its standard error is that of a difference of two independent means. A candidate that raised
+    the disliked answers' likelihood more than the liked ones' has a negative margin.
+    """
+    d = candidate_logp.double() - active_logp.double()
+    good, bad = d[liked], d[~liked]
+    if len(good) == 0 or len(bad) == 0:
+        raise ValueError("the ratings margin needs liked and disliked answers")
+
+    def var_of_mean(x: torch.Tensor) -> float:
+        return float(x.var(correction=1)) / len(x) if len(x) > 1 else 0.0
+
+    return float(good.mean() - bad.mean()), math.sqrt(var_of_mean(good) + var_of_mean(bad))
+
+
+@torch.no_grad()
+def rated_logps(
     model: nn.Module,
     tokenizer: Any,
-    rm: RewardModel,
+    rated: Sequence[Example],
+    adapter: str | None,
     *,
-    prompt_texts: Sequence[str],
-    prompt_ids: Sequence[Sequence[int]],
-    candidate: str,
-    active: str | None,
-    active_version: int,
-    general: Sequence[str],
-    max_new_tokens: int,
-    temperature: float,
-    stop_ids: Sequence[int],
-    max_kl: float,
-    max_general_loss_increase: float,
-    general_max_tokens: int,
-    seed: int,
-    samples: int = 4,
-    score_range: tuple[float, float] | None = None,
-    length_floor: float = 0.0,
-    tolerance_se: float = 0.0,
-) -> dict[str, Any]:
+    max_prompt_tokens: int,
+    max_response_tokens: int,
+    stop_id: int | None,
+    batch_size: int = 8,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π(y|x) of each rated answer with `adapter` switched on (None: the base), and which were liked.
+    Answers rated neither liked nor disliked (3 stars) are left out."""
+    rows = [
+        (p, a, e.target >= LIKED_TARGET)
+        for p, a, e in encoded(tokenizer, rated, max_prompt_tokens, max_response_tokens, stop_id)
+        if e.explicit and (e.target >= LIKED_TARGET or e.target < 0)
+    ]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = []
+    with use_adapter(model, adapter):
+        for i in range(0, len(rows), batch_size):
+            out.append(
+                answer_logp(model, [(p, a) for p, a, _ in rows[i : i + batch_size]], pad).float().cpu()
+            )
+    logp = torch.cat(out) if out else torch.empty(0)
+    return logp, torch.tensor([good for _, _, good in rows], dtype=torch.bool)
+
+
+@dataclass
+class GateSpec:
+    """What the gate compares, on what, and its bounds (see the module's docstring for the checks)."""
+
+    prompt_texts: Sequence[str]
+    prompt_ids: Sequence[Sequence[int]]
+    rated: Sequence[Example]  # held-out rated answers, for the ratings check
+    candidate: str
+    active: str | None  # the active adapter's name on the model; None: the base serves
+    active_version: int
+    general: Sequence[str]
+    general_max_tokens: int
+    max_new_tokens: int
+    max_prompt_tokens: int
+    temperature: float
+    stop_ids: Sequence[int]
+    max_kl: float
+    max_general_loss_increase: float
+    seed: int
+    samples: int = 4
+    score_range: tuple[float, float] | None = None
+    length_floor: float = 0.0
+    tolerance_se: float = 0.0
+
+
+def run_gate(model: nn.Module, tokenizer: Any, rm: RewardModel, spec: GateSpec) -> dict[str, Any]:
     """Compare the candidate adapter with the active one (None: the base); returns the checks and reasons.
 
-    Scores are clipped to `score_range`, the judge's range on the answers it was trained on: beyond it, it
-    extrapolates, and that is where a policy games it. The candidate passes the judge's check unless it scores
-    more than `tolerance_se` standard errors below the active adapter (`not_worse`). The candidate's median answer
-    must be at least `length_floor` tokens long (see `length_floor` below).
+    Scores are clipped to `spec.score_range`, the judge's range on the answers it was trained on: beyond it, it
+    extrapolates, and that is where a policy games it.
     """
-    texts = [t for t in prompt_texts for _ in range(samples)]
-    ids = [p for p in prompt_ids for _ in range(samples)]
-    kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, stop_ids=stop_ids, seed=seed)
-    with use_adapter(model, candidate):
+    texts = [t for t in spec.prompt_texts for _ in range(spec.samples)]
+    ids = [p for p in spec.prompt_ids for _ in range(spec.samples)]
+    kw = dict(
+        max_new_tokens=spec.max_new_tokens,
+        temperature=spec.temperature,
+        stop_ids=spec.stop_ids,
+        seed=spec.seed,
+    )
+    with use_adapter(model, spec.candidate):
         cand_texts, cand_batches = sample_texts(model, tokenizer, ids, **kw)
         kl_base = kl_to(model, cand_batches)
-        kl = kl_to(model, cand_batches, active) if active else kl_base
-        cand_general = general_loss(model, tokenizer, general, general_max_tokens)
-    with use_adapter(model, active):
+        kl = kl_to(model, cand_batches, spec.active) if spec.active else kl_base
+        cand_general = general_loss(model, tokenizer, spec.general, spec.general_max_tokens)
+    with use_adapter(model, spec.active):
         active_texts, _ = sample_texts(model, tokenizer, ids, **kw)
     with use_adapter(model, None):
-        base_general = general_loss(model, tokenizer, general, general_max_tokens)
-    lo, hi = score_range if score_range is not None else (-float("inf"), float("inf"))
+        base_general = general_loss(model, tokenizer, spec.general, spec.general_max_tokens)
+    lo, hi = spec.score_range if spec.score_range is not None else (-float("inf"), float("inf"))
     cand_scores = score(rm, texts, cand_texts).clamp(lo, hi)
     active_scores = score(rm, texts, active_texts).clamp(lo, hi)
     cand_score, active_score = float(cand_scores.mean()), float(active_scores.mean())
-    passes, se = not_worse(cand_scores, active_scores, len(prompt_texts), tolerance_se)
+    passes, se = not_worse(cand_scores, active_scores, len(spec.prompt_texts), spec.tolerance_se)
     cand_length = (
         float(torch.cat([b[3].sum(1) for b in cand_batches]).float().median()) if cand_batches else 0.0
     )
     increase = (cand_general - base_general) / base_general if base_general > 0 else 0.0
-    against = f"the active adapter v{active_version}" if active else "the base model"
+    against = f"the active adapter v{spec.active_version}" if spec.active else "the base model"
+    ratings = ratings_check(model, tokenizer, spec, against)
+    tol = spec.tolerance_se
     checks = {
         "reward_not_worse": passes,
-        "kl_within_bound": kl <= max_kl,
-        "general_loss_ok": increase <= max_general_loss_increase,
-        "length_ok": cand_length >= length_floor,
+        "ratings_not_worse": ratings["passed"],
+        "kl_within_bound": kl <= spec.max_kl,
+        "general_loss_ok": increase <= spec.max_general_loss_increase,
+        "length_ok": cand_length >= spec.length_floor,
     }
+    lines = {
+        "reward_not_worse": f"judge's score on {len(spec.prompt_texts)} held-out prompts: {cand_score:.3f} against "
+        f"{active_score:.3f} for {against} (it may be up to {tol:g} × its standard error {se:.3f} lower)",
+        "ratings_not_worse": ratings["line"],
+        "kl_within_bound": f"KL to {against}: {kl:.1f} nats per answer (at most {spec.max_kl:g})",
+        "general_loss_ok": f"loss on general code: {100 * increase:+.1f}% against the base "
+        f"({base_general:.4f} → {cand_general:.4f}; at most +{100 * spec.max_general_loss_increase:g}%)",
+        "length_ok": f"median answer: {cand_length:.0f} tokens (at least {spec.length_floor:.0f}, half the "
+        "short end of the answers you liked)",
+    }
+    summary = [f"{'passed' if checks[k] else 'FAILED'}: {line}" for k, line in lines.items()]
     reasons = []
     if not checks["reward_not_worse"]:
         reasons.append(
-            f"reward-model score fell on held-out prompts: {cand_score:.4f} vs {active_score:.4f} for {against}, "
-            f"more than training.gate_tolerance_se = {tolerance_se:g} standard errors ({se:.4f} each)"
+            f"the judge scores the candidate lower than {against}: {cand_score:.4f} vs {active_score:.4f} "
+            f"on held-out prompts, more than {tol:g} standard errors ({se:.4f} each)"
         )
+    if not checks["ratings_not_worse"]:
+        reasons.append(ratings["reason"])
     if not checks["kl_within_bound"]:
-        reasons.append(f"KL to {against} is {kl:.3f} nats per response, over training.max_kl = {max_kl:g}")
+        reasons.append(
+            f"KL to {against} is {kl:.3f} nats per response, over training.max_kl = {spec.max_kl:g}"
+        )
     if not checks["general_loss_ok"]:
         reasons.append(
             f"loss on general held-out code rose {100 * increase:.1f}% over the base "
             f"({base_general:.4f} → {cand_general:.4f}), over training.max_general_loss_increase = "
-            f"{100 * max_general_loss_increase:g}%"
+            f"{100 * spec.max_general_loss_increase:g}%"
         )
     if not checks["length_ok"]:
         reasons.append(
             f"the candidate's answers are shorter than nearly all you liked: median {cand_length:.0f} tokens on "
-            f"held-out prompts, under {length_floor:.0f} (half the training.length_floor_quantile of the liked "
-            "answers' lengths); PPO is gaming the reward model with ever shorter answers"
+            f"held-out prompts, under {spec.length_floor:.0f} (half the training.length_floor_quantile of the "
+            "liked answers' lengths); PPO is gaming the reward model with ever shorter answers"
         )
     return {
         "passed": all(checks.values()),
         "checks": checks,
+        "summary": summary,
         "reasons": reasons,
-        "n_prompts": len(prompt_texts),
-        "samples_per_prompt": samples,
+        "n_prompts": len(spec.prompt_texts),
+        "samples_per_prompt": spec.samples,
         "candidate_score": cand_score,
         "active_score": active_score,
         "score_difference_se": se,
-        "tolerance_se": tolerance_se,
-        "compared_with": active_version,
+        "tolerance_se": tol,
+        "compared_with": spec.active_version,
+        "ratings": {k: v for k, v in ratings.items() if k not in ("line", "reason")},
         "kl_to_active": kl,
         "kl_to_base": kl_base,
-        "max_kl": max_kl,
+        "max_kl": spec.max_kl,
         "general_loss_base": base_general,
         "general_loss_candidate": cand_general,
         "general_loss_increase": increase,
-        "max_general_loss_increase": max_general_loss_increase,
-        "score_range": list(score_range) if score_range is not None else None,
+        "max_general_loss_increase": spec.max_general_loss_increase,
+        "score_range": list(spec.score_range) if spec.score_range is not None else None,
         "candidate_median_tokens": cand_length,
-        "length_floor_tokens": length_floor,
+        "length_floor_tokens": spec.length_floor,
         "example": {
-            "prompt": prompt_texts[0][-200:],
+            "prompt": spec.prompt_texts[0][-200:],
             "candidate": cand_texts[0][:200],
             "active": active_texts[0][:200],
         }
-        if prompt_texts
+        if spec.prompt_texts
         else {},
+    }
+
+
+def ratings_check(model: nn.Module, tokenizer: Any, spec: GateSpec, against: str) -> dict[str, Any]:
+    """Check 2 on the held-out rated answers; skipped, and says why, without both liked and disliked ones."""
+    stop_id = spec.stop_ids[0] if spec.stop_ids else None
+    kw = dict(
+        max_prompt_tokens=spec.max_prompt_tokens, max_response_tokens=spec.max_new_tokens, stop_id=stop_id
+    )
+    cand, liked = rated_logps(model, tokenizer, spec.rated, spec.candidate, **kw)
+    n_liked, n_disliked = int(liked.sum()), int((~liked).sum())
+    if n_liked == 0 or n_disliked == 0:
+        return {
+            "passed": True,
+            "skipped": True,
+            "n_liked": n_liked,
+            "n_disliked": n_disliked,
+            "line": f"your held-out ratings: not checked ({n_liked} liked and {n_disliked} disliked answers "
+            "held out; the check needs both)",
+            "reason": "",
+        }
+    active, _ = rated_logps(model, tokenizer, spec.rated, spec.active, **kw)
+    margin, se = ratings_margin(cand, active, liked)
+    passed = margin >= -spec.tolerance_se * se
+    return {
+        "passed": passed,
+        "skipped": False,
+        "n_liked": n_liked,
+        "n_disliked": n_disliked,
+        "margin": margin,
+        "margin_se": se,
+        "line": f"your {n_liked + n_disliked} held-out ratings: the candidate prefers the answers you liked over "
+        f"those you disliked by {margin:+.2f} nats more than {against} does (it may be up to "
+        f"{spec.tolerance_se:g} × its standard error {se:.2f} lower)",
+        "reason": f"on {n_liked + n_disliked} held-out answers you rated, the candidate moved towards the ones you "
+        f"disliked: the liked-over-disliked log-likelihood margin fell {-margin:.2f} nats against {against}, "
+        f"more than {spec.tolerance_se:g} standard errors ({se:.2f})",
     }
 
 

@@ -1,9 +1,10 @@
-"""Warm start before PPO: a few steps of next-token loss on the answers the user liked.
+"""The warm start before PPO: KTO on the rated answers, liked and disliked; and the likelihood pieces it shares.
 
-A liked answer is a demonstration of what the user wants, and imitating it moves the policy towards it at once;
-PPO then explores from there with the reward model (InstructGPT's order: demonstrations first, then RL). The
-liked answers come from the reward model's training split, so the held-out ratings stay unseen. Only the
-policy adapter learns, and the prompt tokens are not scored.
+A liked answer shows what the user wants and a disliked one what they turn down; KTO moves the policy towards the
+first and away from the second at once, and PPO then explores from there with the reward model (InstructGPT's
+order: demonstrations first, then RL). The answers come from the reward model's training split, so the held-out
+ratings stay unseen by the policy too (the gate reads them). Only the policy adapter learns, and the prompt
+tokens are not scored. `Demonstrations` is PPO-ptx's next-token loss on general Python.
 """
 
 from __future__ import annotations
@@ -39,17 +40,16 @@ def encode(
     return prompt, answer[:max_response_tokens]
 
 
-def _encoded(tokenizer: Any, examples: Sequence[Example], max_prompt_tokens: int, max_response_tokens: int,
-             stop_id: int | None) -> list[tuple[list[int], list[int], Example]]:  # fmt: skip
+def encoded(
+    tokenizer: Any,
+    examples: Sequence[Example],
+    max_prompt_tokens: int,
+    max_response_tokens: int,
+    stop_id: int | None,
+) -> list[tuple[list[int], list[int], Example]]:
     """(prompt ids, answer ids, example) of each example with a prompt and an answer left after the cuts."""
     data = [(*encode(tokenizer, e, max_prompt_tokens, max_response_tokens, stop_id), e) for e in examples]
     return [(p, a, e) for p, a, e in data if p and a]
-
-
-def _pairs(tokenizer: Any, examples: Sequence[Example], max_prompt_tokens: int, max_response_tokens: int,
-           stop_id: int | None) -> list[tuple[list[int], list[int]]]:  # fmt: skip
-    return [(p, a) for p, a, _ in _encoded(tokenizer, liked(examples), max_prompt_tokens, max_response_tokens,
-                                           stop_id)]  # fmt: skip
 
 
 def _logprobs(
@@ -85,25 +85,27 @@ def answer_logp(model: nn.Module, batch: Sequence[tuple[list[int], list[int]]], 
 class Demonstrations:
     """Token sequences as an endless stream of shuffled minibatches: PPO-ptx's extra loss (`loss()`).
 
-    InstructGPT mixes a pre-training loss into PPO so that RL does not wear away what the model knew
-    (`training.ptx_data = "general"`: ordinary Python, see data.replay_texts). With "liked", the mixed-in loss
-    is the imitation of the liked answers instead.
+    InstructGPT mixes a pre-training loss into PPO so that RL does not wear away what the model knew; here the
+    data is ordinary Python (data.replay_texts).
     """
 
-    def __init__(self, model: nn.Module, data: list[tuple[list[int], list[int]]], *, batch_size: int,
-                 pad_id: int, seed: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        data: list[tuple[list[int], list[int]]],
+        *,
+        batch_size: int,
+        pad_id: int,
+        seed: int,
+    ) -> None:
         self.model, self.data, self.pad_id, self.batch_size = model, data, pad_id, batch_size
         self.rng = random.Random(seed)
         self.order: list[int] = []
 
     @classmethod
-    def liked(cls, model: nn.Module, tokenizer: Any, examples: Sequence[Example], *, max_prompt_tokens: int,
-              max_response_tokens: int, stop_id: int | None, **kw: Any) -> Demonstrations:  # fmt: skip
-        return cls(model, _pairs(tokenizer, examples, max_prompt_tokens, max_response_tokens, stop_id), **kw)
-
-    @classmethod
-    def texts(cls, model: nn.Module, tokenizer: Any, texts: Sequence[str], *, window: int,
-              **kw: Any) -> Demonstrations:  # fmt: skip
+    def texts(
+        cls, model: nn.Module, tokenizer: Any, texts: Sequence[str], *, window: int, **kw: Any
+    ) -> Demonstrations:
         """Windows of `window` tokens cut from `texts`; every token after a window's first is scored."""
         data = []
         for text in texts:
@@ -121,8 +123,17 @@ class Demonstrations:
         return demo_loss(self.model, [self.data[i] for i in take], self.pad_id)
 
 
-def _fit(model: nn.Module, data: list, loss_fn: Callable[[list], torch.Tensor], *, epochs: int,
-         learning_rate: float, batch_size: int, seed: int, min_batch: int = 1) -> list[float]:  # fmt: skip
+def _fit(
+    model: nn.Module,
+    data: list,
+    loss_fn: Callable[[list], torch.Tensor],
+    *,
+    epochs: int,
+    learning_rate: float,
+    batch_size: int,
+    seed: int,
+    min_batch: int = 1,
+) -> list[float]:
     """AdamW on the trainable (policy) adapter over shuffled minibatches of `data`, `epochs` times; a last
     minibatch under `min_batch` items is topped up from the end of the epoch. Returns each step's loss."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -150,37 +161,6 @@ def _first_and_last_epoch(values: list[float], epochs: int) -> tuple[float, floa
     return sum(values[:k]) / k, sum(values[-k:]) / len(values[-k:])
 
 
-def imitate(
-    model: nn.Module,
-    tokenizer: Any,
-    examples: Sequence[Example],
-    *,
-    epochs: int,
-    learning_rate: float,
-    batch_size: int,
-    max_prompt_tokens: int,
-    max_response_tokens: int,
-    stop_id: int | None,
-    pad_id: int,
-    seed: int,
-) -> dict[str, Any]:
-    """Fit the active (policy) adapter to the liked answers; returns the loss before and after, in nats/token."""
-    data = _pairs(tokenizer, examples, max_prompt_tokens, max_response_tokens, stop_id)
-    if not data or epochs <= 0:
-        return {"n_liked": len(data), "steps": 0}
-    t0 = time.time()
-    losses = _fit(model, data, lambda batch: demo_loss(model, batch, pad_id), epochs=epochs,
-                  learning_rate=learning_rate, batch_size=batch_size, seed=seed)  # fmt: skip
-    first, last = _first_and_last_epoch(losses, epochs)
-    return {
-        "n_liked": len(data),
-        "steps": len(losses),
-        "loss_first_epoch": first,
-        "loss_last_epoch": last,
-        "time_s": time.time() - t0,
-    }
-
-
 def kto(
     model: nn.Module,
     tokenizer: Any,
@@ -205,8 +185,12 @@ def kto(
     KTO also learns what the user turned down. The classes are weighted so that λ_D·n_D ≈ λ_U·n_U. π_ref is
     adapter `reference` (None: the base), normally the policy as the run starts.
     """
-    rows = [(p, a, e.target >= LIKED_TARGET) for p, a, e in _encoded(
-        tokenizer, [e for e in examples if e.explicit], max_prompt_tokens, max_response_tokens, stop_id)]  # fmt: skip
+    rows = [
+        (p, a, e.target >= LIKED_TARGET)
+        for p, a, e in encoded(
+            tokenizer, [e for e in examples if e.explicit], max_prompt_tokens, max_response_tokens, stop_id
+        )
+    ]
     n_good = sum(good for _, _, good in rows)
     n_bad = len(rows) - n_good
     if epochs <= 0 or n_good == 0 or n_bad == 0 or len(rows) < 2:
@@ -236,8 +220,16 @@ def kto(
         return per.mean()
 
     # min_batch 2: z needs a mismatched pair
-    losses = _fit(model, rows, loss_fn, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-                  seed=seed, min_batch=2)  # fmt: skip
+    losses = _fit(
+        model,
+        rows,
+        loss_fn,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        seed=seed,
+        min_batch=2,
+    )
     first, last = _first_and_last_epoch(losses, epochs)
     k = max(1, len(losses) // epochs)
     return {

@@ -83,9 +83,15 @@ class PolicyRewardModel:
     def fit_head(self, examples: Sequence[Example], ridge: float = 1.0, batch_size: int = 8) -> None:
         """Start the head as a ridge regression on the frozen features: with a few dozen ratings a linear
         probe generalises far better than a randomly started head trained by SGD."""
-        x = torch.cat([self.features([e.prompt for e in examples[i : i + batch_size]],
-                                     [e.response for e in examples[i : i + batch_size]])
-                       for i in range(0, len(examples), batch_size)])  # fmt: skip
+        x = torch.cat(
+            [
+                self.features(
+                    [e.prompt for e in examples[i : i + batch_size]],
+                    [e.response for e in examples[i : i + batch_size]],
+                )
+                for i in range(0, len(examples), batch_size)
+            ]
+        )
         y = torch.tensor([e.target for e in examples], device=x.device)
         w = torch.tensor([e.weight for e in examples], device=x.device)
         mu, y_mu = (w[:, None] * x).sum(0) / w.sum(), (w * y).sum() / w.sum()
@@ -390,6 +396,31 @@ def _meta_matches(meta: dict[str, Any], want: dict[str, Any]) -> bool:
     return all(meta.get(k) == v for k, v in want.items())
 
 
+MIN_TESTABLE = 8  # held-out ratings below which "better than chance" is not decided: the test is skipped
+MIN_CONTRADICTION = 12  # new ratings below which they are never called a contradiction
+
+
+def judge_check(metrics: dict[str, Any], min_correlation: float) -> dict[str, Any]:
+    """Whether a judge predicts the held-out ratings better than chance: `{tested, passed, note}`.
+
+    On fewer than MIN_TESTABLE held-out ratings a correlation means little (four numbers decide nothing), so
+    the test is skipped and says so; the gate's check of the held-out ratings themselves still applies."""
+    n, corr, acc = metrics["n_heldout"], metrics["correlation"], metrics["pairwise_accuracy"]
+    if n < MIN_TESTABLE:
+        return {
+            "tested": False,
+            "passed": True,
+            "note": f"not tested against chance: {n} held-out ratings, {MIN_TESTABLE} needed",
+        }
+    passed = corr > min_correlation and acc > 0.5
+    verdict = "better than chance" if passed else "no better than chance"
+    return {
+        "tested": True,
+        "passed": passed,
+        "note": f"{verdict} on {n} held-out ratings (correlation {corr:.3f}, pairwise accuracy {acc:.3f})",
+    }
+
+
 def load_or_train(
     *,
     folder: Path,
@@ -402,13 +433,19 @@ def load_or_train(
     fit_kwargs: dict[str, Any],
     on_progress: Callable[[float, str], None] | None = None,
     contradiction_p: float = 0.0,
+    min_correlation: float = 0.0,
+    fresh: bool = False,
 ) -> tuple[RewardModel, dict[str, Any]]:
     """Reuse the saved reward model while fewer than `min_new_ratings` ratings are newer than it; else retrain.
 
     `identity` (kind, model name, base, size) must match the saved one. Returns the model and its metrics,
-    measured on held-out ratings it never trained on. Before retraining, the saved judge scores the new ratings
-    (`metrics["consistency"]`); when they contradict it with a p-value under `contradiction_p`, nothing is
-    retrained or saved, and `metrics["contradicted"]` is true: the caller must not train the policy on them.
+    measured on held-out ratings it never trained on, with `metrics["check"]` (`judge_check`). Only a judge that
+    passed its check is saved, so a judge no better than chance never scores a later run nor judges later
+    ratings; a saved judge that fails on today's held-out ratings is retrained. Before retraining, the saved
+    judge scores the new ratings (`metrics["consistency"]`); when at least MIN_CONTRADICTION of them contradict
+    it with a p-value under `contradiction_p`, nothing is retrained or saved, and `metrics["contradicted"]` is
+    true: the caller must not train the policy on them. `fresh` ignores the saved judge: a new one is trained,
+    and replaces it only if it passes.
     """
     watermark = max((e.rating_id for e in [*train, *heldout]), default=0)
     meta: dict[str, Any] = {}
@@ -418,16 +455,20 @@ def load_or_train(
         pass
     newer = [e for e in [*train, *heldout] if e.explicit and e.rating_id > int(meta.get("watermark", -1))]
     new = len(newer)
-    same_kind = bool(meta) and _meta_matches(meta.get("identity", {}), identity)
-    reuse_note = None
+    same_kind = bool(meta) and _meta_matches(meta.get("identity", {}), identity) and not fresh
+    reuse_note = "a fresh judge was asked for" if fresh else None
     if same_kind and new < min_new_ratings:
         try:
             rm = load(folder)
             trained = set(meta.get("trained_ids", []))
-            heldout = [e for e in heldout if e.interaction_id not in trained]
-            metrics = {**evaluate(rm, heldout), "retrained": False, "watermark": meta["watermark"]}
-            metrics["reason"] = f"{new} new ratings since it was trained (retrains at {min_new_ratings})"
-            return rm, {**meta.get("fit", {}), **metrics}
+            still_heldout = [e for e in heldout if e.interaction_id not in trained]
+            metrics = {**evaluate(rm, still_heldout), "retrained": False, "watermark": meta["watermark"]}
+            metrics["check"] = judge_check(metrics, min_correlation)
+            if metrics["check"]["passed"]:
+                metrics["reason"] = f"{new} new ratings since it was trained (retrains at {min_new_ratings})"
+                return rm, {**meta.get("fit", {}), **metrics}
+            rm.close()
+            reuse_note = f"the saved reward model is {metrics['check']['note']}; retrained"
         except Exception as exc:  # noqa: BLE001 - a broken saved judge is retrained, not fatal
             reuse_note = f"the saved reward model could not be loaded ({exc}); retrained"
             log.warning(reuse_note)
@@ -436,13 +477,18 @@ def load_or_train(
         check = _check_consistency(load, folder, newer, contradiction_p)
         if check is not None and check["contradicted"]:
             old = check.pop("rm")
-            return old, {"retrained": False, "watermark": meta["watermark"], "consistency": check,
-                         "contradicted": True}  # fmt: skip
+            return old, {
+                "retrained": False,
+                "watermark": meta["watermark"],
+                "consistency": check,
+                "contradicted": True,
+            }
         if check is not None:
             check["rm"].close()
     rm = make()
     fit_metrics = fit(rm, train, on_progress=on_progress, **fit_kwargs)
     metrics = {**fit_metrics, **evaluate(rm, heldout), "retrained": True, "watermark": watermark}
+    metrics["check"] = judge_check(metrics, min_correlation)
     if check is not None:
         check.pop("rm", None)
         metrics.update(consistency=check, contradicted=False)
@@ -451,13 +497,14 @@ def load_or_train(
         if not meta
         else f"{new} new ratings since the last reward model"
     )
-    new_meta = {
-        "identity": identity,
-        "watermark": watermark,
-        "trained_ids": [e.interaction_id for e in train],
-        "fit": fit_metrics,
-    }
-    _save_atomically(rm, folder, new_meta)
+    if metrics["check"]["passed"]:
+        new_meta = {
+            "identity": identity,
+            "watermark": watermark,
+            "trained_ids": [e.interaction_id for e in train],
+            "fit": fit_metrics,
+        }
+        _save_atomically(rm, folder, new_meta)
     return rm, metrics
 
 
@@ -471,7 +518,9 @@ def _check_consistency(
         log.warning("the saved reward model could not be loaded to check the new ratings (%s)", exc)
         return None
     check = consistency(old, new)
-    check["contradicted"] = check["correlation"] < 0 and check["p_contradiction"] < max_p
+    check["contradicted"] = (
+        check["n_new"] >= MIN_CONTRADICTION and check["correlation"] < 0 and check["p_contradiction"] < max_p
+    )
     check["max_p"] = max_p
     check["rm"] = old
     return check

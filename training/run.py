@@ -1,7 +1,7 @@
 """One training run, from the run folder in to `metrics.json` and `adapter/` out (see __init__ for the contract).
 
-snapshot → reward model (lazily retrained) → chance check → imitation of the liked answers → PPO → gate →
-adapter written via a temp folder.
+snapshot → reward model (lazily retrained, kept only when it predicts) → KTO warm start → PPO → gate →
+adapter written via a temp folder. Each phase is a method of `Run`, in that order.
 """
 
 from __future__ import annotations
@@ -46,8 +46,12 @@ class Progress:
 
     def __call__(self, phase: str, fraction: float, message: str) -> None:
         lo, hi = PHASES[phase]
-        event = {"ts": time.time(), "phase": phase, "progress": round(lo + (hi - lo) * min(max(fraction, 0.0), 1.0), 4),
-                 "message": message}  # fmt: skip
+        event = {
+            "ts": time.time(),
+            "phase": phase,
+            "progress": round(lo + (hi - lo) * min(max(fraction, 0.0), 1.0), 4),
+            "message": message,
+        }
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(event) + "\n")
         log.info("[%s %3.0f%%] %s", phase, 100 * event["progress"], message)
@@ -56,7 +60,7 @@ class Progress:
 def read_run_config(run_dir: Path) -> tuple[Config, dict[str, Any]]:
     """The run's config.json: a `Config` and the extras the daemon adds (run_id, base_model_path, active_adapter)."""
     data = json.loads((run_dir / "config.json").read_text())
-    extras = {k: data.pop(k, None) for k in ("run_id", "base_model_path", "active_adapter")}
+    extras = {k: data.pop(k, None) for k in ("run_id", "base_model_path", "active_adapter", "fresh_judge")}
     return Config.from_dict(data), extras
 
 
@@ -132,219 +136,301 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+class Rejected(Exception):
+    """A run that stops before publishing, with the reason in words for `reinf runs`."""
+
+
 def train_run(cfg: Config, extras: dict[str, Any], run_dir: Path, progress: Progress) -> dict[str, Any]:
     """Everything between the snapshot and the verdict. Returns the metrics (decision and reasons included)."""
     import torch
 
-    from . import data, gate, imitate, ppo, reward
-    from .lm import decode_responses, freeze_copy, stop_token_ids
-
     t_start = time.time()
-    tc, rc = cfg.training, cfg.reward_model
-    random.seed(tc.seed)
-    torch.manual_seed(tc.seed)
+    random.seed(cfg.training.seed)
+    torch.manual_seed(cfg.training.seed)
     metrics: dict[str, Any] = {"run_id": extras.get("run_id"), "timings": {}}
-
-    def reject(reason: str) -> dict[str, Any]:
-        metrics.update(decision="reject", reasons=[reason])
+    try:
+        run = Run(cfg, extras, metrics)
+        run.timed("snapshot", lambda: run.read_snapshot(run_dir / "data.parquet", progress))
+        run.timed("load", lambda: run.load(progress))
+        run.timed("reward_model", lambda: run.judge(progress))
+        run.timed("imitation", lambda: run.warm_start(progress))
+        run.timed("ppo", lambda: run.ppo(progress))
+        result = run.timed("eval", lambda: run.gate(progress))
+    except Rejected as why:
+        metrics.update(decision="reject", reasons=[str(why)])
         metrics["timings"]["total_s"] = time.time() - t_start
         return metrics
-
-    # 1. Snapshot: rated examples and the held-out split.
-    progress("snapshot", 0.0, "reading the snapshot")
-    rows = data.load_snapshot(run_dir / "data.parquet")
-    examples = data.examples(rows, rc.implicit_weight)
-    n_explicit = sum(e.explicit for e in examples)
-    metrics["data"] = {
-        "interactions": len(rows),
-        "rated": len(examples),
-        "explicit": n_explicit,
-        "off_policy": sum(
-            e.adapter_version != (extras.get("active_adapter") or {}).get("version", 0) for e in examples
-        ),
-    }
-    if n_explicit < MIN_RATINGS:
-        return reject(f"too few explicit ratings to train on: {n_explicit}, need at least {MIN_RATINGS}")
-    train_ex, held_ex = data.split(examples, rc.holdout_fraction)
-
-    # 2. Models: one base; adapters for the policy (from the active one), the reward model and the gate.
-    progress("load", 0.0, f"loading {extras.get('base_model_path')}")
-    model, tokenizer, device = load_policy(cfg, extras)
-    stop_ids = stop_token_ids(tokenizer, model)
-    metrics["device"] = str(device)
-    metrics["timings"]["load_s"] = time.time() - t_start
-
-    # 3. Reward model, retrained only when enough new ratings came in.
-    t0 = time.time()
-    rm_progress = lambda f, m: progress("reward_model", f, m)  # noqa: E731
-    rm, rm_metrics = reward.load_or_train(
-        folder=cfg.home / "reward_model",
-        identity=_rm_identity(cfg, extras),
-        min_new_ratings=rc.min_new_ratings,
-        train=train_ex,
-        heldout=held_ex,
-        make=lambda: _make_rm(cfg, model, tokenizer, device),
-        load=lambda folder: _load_rm(cfg, folder, model, tokenizer, device),
-        fit_kwargs=dict(
-            epochs=rc.epochs, batch_size=rc.batch_size, learning_rate=rc.learning_rate, seed=tc.seed
-        ),
-        on_progress=rm_progress,
-        contradiction_p=rc.contradiction_p,
-    )
-    metrics["reward_model"] = rm_metrics
-    metrics["timings"]["reward_model_s"] = time.time() - t0
-    if rm_metrics.get("contradicted"):
-        c = rm_metrics["consistency"]
-        return reject(
-            f"the {c['n_new']} new ratings contradict the earlier ones: the reward model trained on those scores "
-            f"them with correlation {c['correlation']:.3f} (p = {c['p_contradiction']:.3g}); neither the reward "
-            "model nor the policy was trained on them. If your taste has changed, set "
-            "reward_model.contradiction_p = 0 and train again"
-        )
-    corr, acc = rm_metrics["correlation"], rm_metrics["pairwise_accuracy"]
-    progress("reward_model", 1.0, f"held-out correlation {corr:.3f}, pairwise accuracy {acc:.3f}")
-    if rm_metrics["n_heldout"] < 2 or corr <= rc.min_holdout_correlation or acc <= 0.5:
-        return reject(
-            f"the reward model predicts held-out ratings no better than chance (correlation {corr:.3f}, "
-            f"pairwise accuracy {acc:.3f} on {rm_metrics['n_heldout']} ratings); PPO was not run"
-        )
-
-    # 4. Warm start on the rated answers of the training split, then PPO explores from there.
-    t0 = time.time()
-    stop_id = stop_ids[0] if stop_ids else None
-    warm = dict(
-        epochs=tc.imitation_epochs, learning_rate=tc.imitation_learning_rate, batch_size=tc.minibatch_size,
-        max_prompt_tokens=tc.max_prompt_tokens, max_response_tokens=tc.max_response_tokens, stop_id=stop_id,
-        pad_id=_pad_id(tokenizer), seed=tc.seed,
-    )  # fmt: skip
-    n_liked, n_rated = len(imitate.liked(train_ex)), sum(e.explicit for e in train_ex)
-    method = "kto" if tc.warm_start == "kto" and 0 < n_liked < n_rated else "imitate"  # KTO needs both kinds
-    if method == "kto":
-        progress("ppo", 0.0, f"KTO on the liked and disliked answers ({tc.imitation_epochs} epochs)")
-        # π_ref is the policy as the run starts: the active adapter (loaded frozen for the gate), or the base.
-        from_active = extras.get("active_adapter") and tc.start_from == "active"
-        metrics["imitation"] = imitate.kto(
-            model, tokenizer, train_ex, reference=ACTIVE if from_active else None, beta=tc.kto_beta, **warm
-        )
-    else:
-        progress("ppo", 0.0, f"imitating the liked answers ({tc.imitation_epochs} epochs)")
-        metrics["imitation"] = imitate.imitate(model, tokenizer, train_ex, **warm)
-    metrics["imitation"]["method"] = method
-    metrics["timings"]["imitation_s"] = time.time() - t0
-
-    # 5. PPO on fresh rollouts from the user's prompts, mixed with general replay prompts.
-    t0 = time.time()
-    train_prompts, held_prompts = data.user_prompts(rows, {e.interaction_id for e in held_ex})
-    replay = data.replay_prompts(tokenizer)
-    prompts = train_prompts + replay
-    prompt_ids = [_encode_prompt(tokenizer, p, tc.max_prompt_tokens) for p in prompts]
-
-    # PPO's reward is the judge's score clipped to its range on the rated answers: beyond it the judge
-    # extrapolates, and a policy that finds such text (an empty code block scored 4.4 on a −1..1 scale, seen
-    # in the learning benchmark) would otherwise be paid for gaming it.
-    # An answer under the gate's length floor scores below the lowest real answer (gate.under_floor_scores): the
-    # judge overrates text that shrinks towards nothing (PPO found 3-token answers within two steps), and the
-    # gate would reject it anyway.
-    lo, hi = reward.score_range(rm, train_ex)
-    liked_lengths = [
-        len(imitate.encode(tokenizer, e, tc.max_prompt_tokens, tc.max_response_tokens, stop_id)[1])
-        for e in imitate.liked(train_ex + held_ex)
-    ]
-    floor = gate.length_floor(liked_lengths, tc.length_floor_quantile)
-    metrics["reward_model"].update(
-        score_range=[lo, hi], length_floor_tokens=floor, short_score=gate.score_at_length_zero((lo, hi))
-    )
-
-    def reward_fn(ro: ppo.Rollout) -> torch.Tensor:
-        texts = decode_responses(tokenizer, ro.response_ids, ro.response_mask, stop_ids)
-        scores = reward.score(rm, [prompts[i] for i in ro.prompt_index], texts).clamp(lo, hi)
-        return gate.under_floor_scores(scores, ro.response_mask.sum(1).cpu(), floor, (lo, hi))
-
-    def on_step(step: int, stats: dict) -> None:
-        progress("ppo", (step + 1) / tc.ppo_steps,
-                 f"PPO step {step + 1}/{tc.ppo_steps}: score {stats['score']:.3f}, KL {stats['kl']:.3f}")  # fmt: skip
-
-    # π_ref for the KL penalty: the policy as this run starts PPO (InstructGPT's SFT model), so that the penalty
-    # does not pull back what imitation and earlier runs learnt; the gate bounds the KL to the active adapter,
-    # and the general loss against the base.
-    reference = None
-    if tc.kl_reference == "start":
-        reference = REFERENCE
-        freeze_copy(model, POLICY, REFERENCE)
-    value_head = ppo.ValueHead(_hidden_size(model)).to(device)
-    args = ppo_args(cfg)
-    demos = _ptx_data(cfg, model, tokenizer, train_ex, stop_id) if tc.ptx_coef > 0 else None
-    progress("ppo", 0.0, f"PPO on {len(train_prompts)} user prompts and {len(replay)} replay prompts")
-    history = ppo.train(
-        model, value_head, prompt_ids,
-        data.prompt_batches(len(train_prompts), len(replay), tc.batch_size, tc.replay_ratio, tc.seed),
-        reward_fn, args, pad_id=_pad_id(tokenizer), stop_ids=stop_ids, on_step=on_step, reference=reference,
-        ptx=demos.loss if demos else None,
-    )  # fmt: skip
-    metrics["ppo"] = _ppo_summary(history)
-    metrics["timings"]["ppo_s"] = time.time() - t0
-
-    # 6. Gate: held-out prompts (topped up with replay prompts), KL to the active adapter, general loss.
-    t0 = time.time()
-    progress("eval", 0.0, "comparing the candidate with the active adapter")
-    gate_prompts = (held_prompts + [p for p in replay if p not in held_prompts])[: max(tc.eval_prompts, 1)]
-    active = extras.get("active_adapter")
-    result = gate.run_gate(
-        model, tokenizer, rm,
-        prompt_texts=gate_prompts,
-        prompt_ids=[_encode_prompt(tokenizer, p, tc.max_prompt_tokens) for p in gate_prompts],
-        candidate=POLICY, active=ACTIVE if active else None, active_version=(active or {}).get("version", 0),
-        general=data.general_texts(), general_max_tokens=2 * tc.max_prompt_tokens,
-        max_new_tokens=tc.max_response_tokens, temperature=tc.temperature, stop_ids=stop_ids,
-        max_kl=tc.max_kl, max_general_loss_increase=tc.max_general_loss_increase, seed=tc.seed + 1,
-        score_range=(lo, hi), length_floor=floor, tolerance_se=tc.gate_tolerance_se,
-    )  # fmt: skip
-    metrics["gate"] = result
-    metrics["timings"]["eval_s"] = time.time() - t0
-    progress(
-        "eval", 1.0, "gate passed" if result["passed"] else "gate failed: " + "; ".join(result["reasons"])
-    )
     if not result["passed"]:
         metrics.update(decision="reject", reasons=result["reasons"])
-        metrics["timings"]["total_s"] = time.time() - t_start
-        return metrics
-
-    # 7. The candidate adapter, in PEFT format, via a temporary folder and a rename.
-    progress("save", 0.0, "writing the adapter")
-    save_adapter(model, run_dir / "adapter")
-    metrics.update(decision="publish", reasons=[])
+    else:
+        progress("save", 0.0, "writing the adapter")
+        save_adapter(run.model, run_dir / "adapter")
+        metrics.update(decision="publish", reasons=[])
     metrics["timings"]["total_s"] = time.time() - t_start
     return metrics
+
+
+class Run:
+    """The phases of one run, in order; each reads what the ones before it left on `self`."""
+
+    def __init__(self, cfg: Config, extras: dict[str, Any], metrics: dict[str, Any]) -> None:
+        self.cfg, self.extras, self.metrics = cfg, extras, metrics
+        self.active = extras.get("active_adapter")
+
+    def timed(self, name: str, phase: Any) -> Any:
+        t0 = time.time()
+        out = phase()
+        self.metrics["timings"][f"{name}_s"] = time.time() - t0
+        return out
+
+    def read_snapshot(self, path: Path, progress: Progress) -> None:
+        """Rated examples and the held-out split; a run that cannot learn stops here, saying why."""
+        from . import data
+
+        progress("snapshot", 0.0, "reading the snapshot")
+        self.rows = data.load_snapshot(path)
+        examples = data.examples(self.rows, self.cfg.reward_model.implicit_weight)
+        explicit = [e for e in examples if e.explicit]
+        liked = sum(e.target > 0 for e in explicit)
+        disliked = sum(e.target < 0 for e in explicit)
+        self.metrics["data"] = {
+            "interactions": len(self.rows),
+            "rated": len(examples),
+            "explicit": len(explicit),
+            "liked": liked,
+            "disliked": disliked,
+            "off_policy": sum(e.adapter_version != (self.active or {}).get("version", 0) for e in examples),
+        }
+        # Rejected here, the run used none of the ratings: the daemon's count towards the next run stays.
+        self.metrics["used_ratings"] = False
+        if len(explicit) < MIN_RATINGS:
+            raise Rejected(f"too few ratings to train on: {len(explicit)}, need at least {MIN_RATINGS}")
+        if liked == 0 or disliked == 0:
+            raise Rejected(_one_sided(len(explicit), liked, disliked))
+        self.metrics["used_ratings"] = True
+        self.train_ex, self.held_ex = data.split(examples, self.cfg.reward_model.holdout_fraction)
+
+    def load(self, progress: Progress) -> None:
+        """One base; adapters for the policy (from the active one), the reward model and the gate."""
+        from . import hparams
+        from .lm import stop_token_ids
+
+        progress("load", 0.0, f"loading {self.extras.get('base_model_path')}")
+        self.model, self.tokenizer, self.device = load_policy(self.cfg, self.extras)
+        self.stop_ids = stop_token_ids(self.tokenizer, self.model)
+        self.stop_id = self.stop_ids[0] if self.stop_ids else None
+        self.rates = hparams.learning_rates(self.cfg.training, _hidden_size(self.model))
+        self.metrics["device"] = str(self.device)
+        self.metrics["learning_rates"] = self.rates.as_metrics()
+
+    def judge(self, progress: Progress) -> None:
+        """The reward model, retrained only when enough new ratings came in, and kept only when it predicts."""
+        from . import reward
+
+        cfg, rc = self.cfg, self.cfg.reward_model
+        self.rm, rm_metrics = reward.load_or_train(
+            folder=cfg.home / "reward_model",
+            identity=_rm_identity(cfg, self.extras),
+            min_new_ratings=rc.min_new_ratings,
+            train=self.train_ex,
+            heldout=self.held_ex,
+            make=lambda: _make_rm(cfg, self.model, self.tokenizer, self.device),
+            load=lambda folder: _load_rm(cfg, folder, self.model, self.tokenizer, self.device),
+            fit_kwargs=dict(
+                epochs=rc.epochs,
+                batch_size=rc.batch_size,
+                learning_rate=rc.learning_rate,
+                seed=cfg.training.seed,
+            ),
+            on_progress=lambda f, m: progress("reward_model", f, m),
+            contradiction_p=rc.contradiction_p,
+            min_correlation=rc.min_holdout_correlation,
+            fresh=bool(self.extras.get("fresh_judge")),
+        )
+        self.metrics["reward_model"] = rm_metrics
+        if rm_metrics.get("contradicted"):
+            c = rm_metrics["consistency"]
+            raise Rejected(
+                f"your {c['n_new']} newest ratings contradict the earlier ones: the judge trained on those scores "
+                f"them with correlation {c['correlation']:.3f} (p = {c['p_contradiction']:.3g}); nothing was "
+                "trained on them. If your taste has changed, train with a fresh judge: `reinf train "
+                '--fresh-judge`, `%reinf retrain --fresh-judge` in Jupyter, or "reinf: Retrain with a Fresh '
+                "Judge\" in VS Code's command palette"
+            )
+        check = rm_metrics["check"]
+        progress("reward_model", 1.0, f"the judge is {check['note']}")
+        if not check["passed"]:
+            raise Rejected(f"the reward model is {check['note']}; it was not kept, and PPO was not run")
+
+    def warm_start(self, progress: Progress) -> None:
+        """KTO on the liked and disliked answers of the training split; π_ref is the policy as the run starts."""
+        from . import imitate
+
+        tc = self.cfg.training
+        progress("ppo", 0.0, f"KTO on the liked and disliked answers ({tc.warm_start_epochs} epochs)")
+        self.metrics["imitation"] = imitate.kto(
+            self.model,
+            self.tokenizer,
+            self.train_ex,
+            reference=ACTIVE if self.active else None,
+            beta=tc.kto_beta,
+            epochs=tc.warm_start_epochs,
+            learning_rate=self.rates.warm_start,
+            batch_size=tc.minibatch_size,
+            max_prompt_tokens=tc.max_prompt_tokens,
+            max_response_tokens=tc.max_response_tokens,
+            stop_id=self.stop_id,
+            pad_id=_pad_id(self.tokenizer),
+            seed=tc.seed,
+        )
+        self.metrics["imitation"]["method"] = "kto"
+
+    def ppo(self, progress: Progress) -> None:
+        """PPO on fresh rollouts from the user's prompts, mixed with general replay prompts."""
+        import torch
+
+        from . import data, gate, imitate, ppo, reward
+        from .lm import decode_responses, freeze_copy
+
+        tc, tok = self.cfg.training, self.tokenizer
+        train_prompts, self.held_prompts = data.user_prompts(
+            self.rows, {e.interaction_id for e in self.held_ex}
+        )
+        self.replay = data.replay_prompts(tok)
+        prompts = train_prompts + self.replay
+        prompt_ids = [_encode_prompt(tok, p, tc.max_prompt_tokens) for p in prompts]
+
+        # PPO's reward is the judge's score clipped to its range on the rated answers: beyond it the judge
+        # extrapolates, and a policy that finds such text (an empty code block scored 4.4 on a −1..1 scale) would
+        # be paid for gaming it. An answer under the gate's length floor scores below the lowest real answer
+        # (gate.under_floor_scores): the judge overrates text that shrinks towards nothing.
+        self.score_range = lo, hi = reward.score_range(self.rm, self.train_ex)
+        liked_lengths = [
+            len(imitate.encode(tok, e, tc.max_prompt_tokens, tc.max_response_tokens, self.stop_id)[1])
+            for e in imitate.liked(self.train_ex + self.held_ex)
+        ]
+        self.floor = floor = gate.length_floor(liked_lengths, tc.length_floor_quantile)
+        self.metrics["reward_model"].update(
+            score_range=[lo, hi], length_floor_tokens=floor, short_score=gate.score_at_length_zero((lo, hi))
+        )
+
+        def reward_fn(ro: ppo.Rollout) -> torch.Tensor:
+            texts = decode_responses(tok, ro.response_ids, ro.response_mask, self.stop_ids)
+            scores = reward.score(self.rm, [prompts[i] for i in ro.prompt_index], texts).clamp(lo, hi)
+            return gate.under_floor_scores(scores, ro.response_mask.sum(1).cpu(), floor, (lo, hi))
+
+        def on_step(step: int, stats: dict) -> None:
+            progress(
+                "ppo",
+                (step + 1) / tc.ppo_steps,
+                f"PPO step {step + 1}/{tc.ppo_steps}: score {stats['score']:.3f}, KL {stats['kl']:.3f}",
+            )
+
+        # π_ref for the KL penalty: the policy as this run starts PPO (InstructGPT's SFT model), so that the
+        # penalty does not pull back what the warm start and earlier runs learnt; the gate bounds the KL to the
+        # active adapter, and the general loss against the base.
+        freeze_copy(self.model, POLICY, REFERENCE)
+        value_head = ppo.ValueHead(_hidden_size(self.model)).to(self.device)
+        demos = _ptx_data(self.cfg, self.model, tok) if tc.ptx_coef > 0 else None
+        progress(
+            "ppo", 0.0, f"PPO on {len(train_prompts)} user prompts and {len(self.replay)} replay prompts"
+        )
+        history = ppo.train(
+            self.model,
+            value_head,
+            prompt_ids,
+            data.prompt_batches(
+                len(train_prompts), len(self.replay), tc.batch_size, tc.replay_ratio, tc.seed
+            ),
+            reward_fn,
+            ppo_args(self.cfg, self.rates.ppo),
+            pad_id=_pad_id(tok),
+            stop_ids=self.stop_ids,
+            on_step=on_step,
+            reference=REFERENCE,
+            ptx=demos.loss if demos else None,
+        )
+        self.metrics["ppo"] = _ppo_summary(history)
+
+    def gate(self, progress: Progress) -> dict[str, Any]:
+        """Held-out prompts (topped up with replay prompts) and ratings, KL to the active adapter, general loss."""
+        from . import data, gate
+
+        tc, tok = self.cfg.training, self.tokenizer
+        progress("eval", 0.0, "comparing the candidate with the active adapter")
+        held = self.held_prompts
+        prompts = (held + [p for p in self.replay if p not in held])[: max(tc.eval_prompts, 1)]
+        spec = gate.GateSpec(
+            prompt_texts=prompts,
+            prompt_ids=[_encode_prompt(tok, p, tc.max_prompt_tokens) for p in prompts],
+            rated=self.held_ex,
+            candidate=POLICY,
+            active=ACTIVE if self.active else None,
+            active_version=(self.active or {}).get("version", 0),
+            general=data.general_texts(),
+            general_max_tokens=2 * tc.max_prompt_tokens,
+            max_new_tokens=tc.max_response_tokens,
+            max_prompt_tokens=tc.max_prompt_tokens,
+            temperature=tc.temperature,
+            stop_ids=self.stop_ids,
+            max_kl=tc.max_kl,
+            max_general_loss_increase=tc.max_general_loss_increase,
+            seed=tc.seed + 1,
+            score_range=self.score_range,
+            length_floor=self.floor,
+            tolerance_se=tc.gate_tolerance_se,
+        )
+        result = gate.run_gate(self.model, tok, self.rm, spec)
+        self.metrics["gate"] = result
+        self.metrics["checks"] = result["summary"]
+        progress(
+            "eval", 1.0, "gate passed" if result["passed"] else "gate failed: " + "; ".join(result["reasons"])
+        )
+        return result
 
 
 # -- pieces -----------------------------------------------------------------------------------------------
 
 
-def ppo_args(cfg: Config):  # noqa: ANN201
+def _one_sided(n: int, liked: int, disliked: int) -> str:
+    """Why ratings of one kind only cannot train, and what the user can do about it."""
+    if liked == 0 and disliked == 0:
+        told = f"none of the {n} rated answers was liked or disliked (all got 3 stars)"
+    else:
+        told = f"all {n} rated answers were {'liked' if disliked == 0 else 'disliked'}"
+    want = "like (4–5 stars or thumbs up)" if liked == 0 else "dislike (1–2 stars or thumbs down)"
+    if liked == 0 and disliked == 0:
+        want = "like and some you dislike"
+    return f"{told}: there is nothing to tell good answers from bad ones yet; rate some answers you {want}"
+
+
+def ppo_args(cfg: Config, learning_rate: float):  # noqa: ANN201
+    """PPO's hyperparameters: every `PPOArgs` field that `[training]` has, by name, and the run's rate."""
+    from dataclasses import fields
+
     from .ppo import PPOArgs
 
     t = cfg.training
-    return PPOArgs(
-        ppo_steps=t.ppo_steps, batch_size=t.batch_size, minibatch_size=t.minibatch_size, ppo_epochs=t.ppo_epochs,
-        learning_rate=t.learning_rate, max_response_tokens=t.max_response_tokens, temperature=t.temperature,
-        init_kl_coef=t.init_kl_coef, target_kl=t.target_kl, clip_range=t.clip_range,
-        clip_range_value=t.clip_range_value, vf_coef=t.vf_coef, ptx_coef=t.ptx_coef, gamma=t.gamma, lam=t.lam,
-        seed=t.seed,
-    )  # fmt: skip
+    shared = {f.name: getattr(t, f.name) for f in fields(PPOArgs) if hasattr(t, f.name)}
+    return PPOArgs(**{**shared, "learning_rate": learning_rate})
 
 
-def _ptx_data(cfg: Config, model: Any, tokenizer: Any, train_ex: list, stop_id: int | None):  # noqa: ANN202
-    """PPO-ptx's data (`training.ptx_data`): windows of ordinary Python, or the liked answers of the training split."""
+def _ptx_data(cfg: Config, model: Any, tokenizer: Any):  # noqa: ANN202
+    """PPO-ptx's data: windows of ordinary Python."""
     from .data import replay_texts
     from .imitate import Demonstrations
 
     tc = cfg.training
-    kw = dict(batch_size=tc.minibatch_size, pad_id=_pad_id(tokenizer), seed=tc.seed)
-    if tc.ptx_data == "liked":
-        return Demonstrations.liked(model, tokenizer, train_ex, max_prompt_tokens=tc.max_prompt_tokens,
-                                    max_response_tokens=tc.max_response_tokens, stop_id=stop_id, **kw)  # fmt: skip
     window = tc.max_prompt_tokens + tc.max_response_tokens
-    return Demonstrations.texts(model, tokenizer, replay_texts(), window=window, **kw)
+    return Demonstrations.texts(
+        model,
+        tokenizer,
+        replay_texts(),
+        window=window,
+        batch_size=tc.minibatch_size,
+        pad_id=_pad_id(tokenizer),
+        seed=tc.seed,
+    )
 
 
 def load_policy(cfg: Config, extras: dict[str, Any]):  # noqa: ANN201
@@ -363,11 +449,15 @@ def load_policy(cfg: Config, extras: dict[str, Any]):  # noqa: ANN201
     device = torch.device(device)
     active = extras.get("active_adapter")
     t = cfg.training
-    if active and t.start_from == "active":
+    if active:  # each run is one step from what serves now
         model = PeftModel.from_pretrained(base, active["path"], adapter_name=POLICY, is_trainable=True)
-    else:  # a fresh adapter: every run learns from all the ratings, so drift does not add up from run to run
-        lora = LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
-                          target_modules=target_modules(base))  # fmt: skip
+    else:
+        lora = LoraConfig(
+            r=t.lora_r,
+            lora_alpha=t.lora_alpha,
+            lora_dropout=t.lora_dropout,
+            target_modules=target_modules(base),
+        )
         model = get_peft_model(base, lora, adapter_name=POLICY)
     if active:
         model.load_adapter(active["path"], adapter_name=ACTIVE, is_trainable=False)
@@ -390,8 +480,12 @@ def save_adapter(model: Any, dest: Path) -> None:
 
 def _rm_identity(cfg: Config, extras: dict[str, Any]) -> dict[str, Any]:
     rc = cfg.reward_model
-    return {"name": rc.name, "base": extras.get("base_model_path") or cfg.model.name, "lora_r": rc.lora_r,
-            "max_length": rc.max_length}  # fmt: skip
+    return {
+        "name": rc.name,
+        "base": extras.get("base_model_path") or cfg.model.name,
+        "lora_r": rc.lora_r,
+        "max_length": rc.max_length,
+    }
 
 
 def _make_rm(cfg: Config, model: Any, tokenizer: Any, device: Any):  # noqa: ANN202

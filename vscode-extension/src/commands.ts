@@ -21,6 +21,11 @@ export function registerCommands(
       refresh();
       void vscode.window.showInformationMessage(`reinf: training run ${r.run_id} started.`);
     },
+    'reinf.retrainFreshJudge': async () => {
+      const r = await daemon.request<{ run_id: string | number }>('reinf/retrain', { fresh_judge: true });
+      refresh();
+      void vscode.window.showInformationMessage(`reinf: training run ${r.run_id} started, with a new judge of your ratings.`);
+    },
     'reinf.cancelTraining': async () => {
       const r = await daemon.request<{ cancelled: boolean }>('reinf/cancelTraining', {});
       refresh();

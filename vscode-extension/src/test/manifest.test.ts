@@ -11,7 +11,7 @@ test('palette commands are titled "reinf: …"', () => {
   const titles = (contributes.commands as { command: string; title: string; category: string }[])
     .filter((c) => !c.title.includes('internal'))
     .map((c) => `${c.category}: ${c.title}`);
-  for (const t of ['Retrain Now', 'Cancel Training', 'Show Status', 'Export Data', 'Show Log', 'Rollback Adapter', 'Open Review Queue']) {
+  for (const t of ['Retrain Now', 'Retrain with a Fresh Judge', 'Cancel Training', 'Show Status', 'Export Data', 'Show Log', 'Rollback Adapter', 'Open Review Queue']) {
     assert.ok(titles.includes(`reinf: ${t}`), `missing "reinf: ${t}"`);
   }
   const hidden = (contributes.menus.commandPalette as { command: string; when: string }[]).filter((m) => m.when === 'false');

@@ -1,0 +1,131 @@
+"""The README's one table of results, made from the benchmarks' JSON in bench/results/ (never typed by hand).
+
+    python bench/results_table.py           # print the table
+    python bench/results_table.py --write   # replace the table in README.md between its two markers
+
+A learning result enters only when it ran the shipped defaults (an empty `overrides`); a benchmark whose JSON is
+missing says so in its row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+README = REPO / "README.md"
+BEGIN, END = "<!-- results table: python bench/results_table.py --write -->", "<!-- end of results table -->"
+
+
+def _learning(d: dict[str, Any]) -> tuple[str, str]:
+    if "overrides" not in d or d["overrides"]:
+        return (
+            "not yet measured with the shipped defaults",
+            "≥ +40 points, ahead of both baselines, 0 regressions",
+        )
+    b = d["baselines"]
+    users = d["spread"]["users"]
+    left = (
+        f"; left out (the base never satisfies them): {', '.join(d['left_out'])}" if d.get("left_out") else ""
+    )
+    partial = "" if d.get("complete", True) else " (incomplete run)"
+    figure = (
+        f"**{d['gain_points']:+.1f} ± {d['gain_se']:.1f} points** over {users} users{partial} "
+        f"({100 * d['satisfaction_before']:.1f}% → {100 * d['satisfaction_after']:.1f}% satisfied); "
+        f"SFT on liked {b['sft_liked']:+.1f}, KTO {b['kto']:+.1f}; general loss {d['general_loss_change_pct']:+.1f}%; "
+        f"published regressions {d['published_regressions']}{left}"
+    )
+    t = d["targets"]
+    met = all(t[k] for k in ("met_gain", "met_general_loss", "beats_baselines", "no_published_regressions"))
+    return figure, "≥ +40, ahead of both baselines, loss ≤ +5%, 0 regressions: " + (
+        "met" if met else "not met"
+    )
+
+
+def _latency(d: dict[str, Any]) -> tuple[str, str]:
+    return (
+        f"rating ack p99 {d['rate_ack_p99_ms']:.1f} ms; completion overhead p50 {d['overhead_p50_ms']:.2f} ms",
+        "≤ 10 ms; ≤ 2 ms",
+    )
+
+
+def _interference(d: dict[str, Any]) -> tuple[str, str]:
+    return f"completion p95 while a run trains / idle: {d['p95_ratio']:.2f}", "≤ 1.5"
+
+
+def _adapter_cost(d: dict[str, Any]) -> tuple[str, str]:
+    r = d["ratio_to_base"]
+    return f"per token with an adapter (merged, as served): {r['merged']:.2f}× the base", "~1×"
+
+
+def _ppo_step(d: dict[str, Any]) -> tuple[str, str]:
+    return f"{d['s_per_step']:.2f} s a step, {d['peak_gib']:.2f} GiB peak ({d['model']}, {d['device']})", "—"
+
+
+def _gpu_latency(d: dict[str, Any]) -> tuple[str, str]:
+    return (
+        f"completion p50 {d['engine_p50_ms']:.1f} ms ({d.get('prompt_tokens')}-token prompt, {d['device']}); "
+        f"HF generate {d['hf_generate_p50_ms']:.1f} ms",
+        "≤ 100 ms",
+    )
+
+
+# (what is measured, result file, figure and target from its JSON, the command where the JSON does not say)
+ROWS: list[tuple[str, str, Callable[[dict[str, Any]], tuple[str, str]], str]] = [
+    (
+        "learning a user's taste from ratings, shipped defaults",
+        "learning.json",
+        _learning,
+        "python bench/learning.py",
+    ),
+    ("latency of the daemon", "latency.json", _latency, "python bench/latency.py"),
+    ("editing while training", "interference.json", _interference, "python bench/interference.py"),
+    ("cost of an active adapter", "adapter_cost.json", _adapter_cost, "python bench/adapter_cost.py"),
+    ("PPO step on a GPU", "ppo_step_h100_mb8.json", _ppo_step, "python bench/ppo_step.py --gpu --steps 3"),
+    ("PPO step on the CPU", "ppo_step.json", _ppo_step, "python bench/ppo_step.py"),
+    ("completion latency on a GPU", "gpu_latency.json", _gpu_latency, "python bench/gpu_latency.py"),
+]
+
+
+def table(results: Path = RESULTS) -> str:
+    lines = ["| what | figure | target | command |", "|---|---|---|---|"]
+    for label, name, make, default_command in ROWS:
+        path = results / name
+        if not path.exists():
+            lines.append(f"| {label} | not measured | | |")
+            continue
+        data = json.loads(path.read_text())
+        figure, target = make(data)
+        command = data.get("command") or default_command
+        lines.append(f"| {label} | {figure} | {target} | `{command}` → `bench/results/{name}` |")
+    return "\n".join(lines) + "\n"
+
+
+def with_table(readme: str, text: str) -> str:
+    """`readme` with the text between the markers replaced by `text`."""
+    if BEGIN not in readme or END not in readme:
+        raise SystemExit(f"README.md lacks the markers {BEGIN!r} and {END!r}")
+    head, rest = readme.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{text}{END}{tail}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--write", action="store_true", help="rewrite the table in README.md")
+    args = ap.parse_args()
+    text = table()
+    if args.write:
+        README.write_text(with_table(README.read_text(), text))
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
