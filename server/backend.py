@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -313,6 +313,12 @@ class Backend:
 
     async def feedback(self, params: Any) -> int:
         """reinf/feedback: an implicit signal (accepted, dismissed, partially accepted)."""
+        return await asyncio.wrap_future(self.queue_feedback(params))
+
+    def queue_feedback(self, params: Any) -> Future[int]:
+        """Check a feedback event and queue its write at once. A notification has no answer to wait for, and a
+        client may send `shutdown` straight after it (which cancels what has not started): it is queued, in
+        order, the moment it is read."""
         p = Params(
             params,
             "reinf/feedback",
@@ -335,7 +341,7 @@ class Backend:
             except UnknownInteraction as exc:
                 raise InvalidParams(f"reinf/feedback: interaction_id: {exc}") from exc
 
-        return await self._write(write)
+        return self._writer.submit(write)
 
     # -- reads ------------------------------------------------------------------------------------
 

@@ -106,6 +106,12 @@ class ReinfProtocol(LanguageServerProtocol):
             self.writer.close()
 
 
+def _log_refusal(future: Any) -> None:
+    exc = future.exception()
+    if exc is not None:
+        log.warning("reinf/feedback refused: %s", exc)
+
+
 def _utf8_len(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
@@ -224,10 +230,11 @@ def build_server(backend: Backend) -> LanguageServer:
         return await backend.chat(params, client=_client_name(ls), on_delta=on_delta)
 
     @ls.feature("reinf/feedback")
-    async def feedback(params: Any) -> None:
+    def feedback(params: Any) -> None:
+        # A notification has no answer: a refusal is logged (without the user's text).
         try:
-            await backend.feedback(params)
-        except JsonRpcException as exc:  # a notification has no answer: log the refusal
+            backend.queue_feedback(params).add_done_callback(_log_refusal)
+        except JsonRpcException as exc:
             log.warning("reinf/feedback refused: %s", exc)
 
     simple = {
