@@ -70,7 +70,7 @@ class Plan:
     @classmethod
     def quick(cls) -> Plan:
         """One taste, one seed, one training run."""
-        return cls(tastes=["concise"], seeds=[0], ratings=50, eval_samples=2)
+        return cls(tastes=["concise"], seeds=[0], ratings=50, eval_samples=3)
 
 
 def wait_for_run(client: Any, runs_before: int, timeout: float) -> dict[str, Any] | None:
@@ -258,7 +258,9 @@ def one_user(
     )
     result["gain"] = paired_gain(curve[-1], base)
     result["gain_points"] = result["gain"]["points"]
-    result["base_ever_satisfies"] = base["satisfaction"] > 0
+    # Unlearnable from this base: none of its measured answers and none it wrote for the first ratings pleased.
+    first_block = curve[1].get("liked_share_of_rated") if len(curve) > 1 else None
+    result["base_ever_satisfies"] = base["satisfaction"] > 0 or bool(first_block)
     if plan.baselines:
         ratings = baselines.read_ratings(Path(result["ratings_file"]))
         for name, train in (("sft_liked", baselines.train_sft_liked), ("kto", baselines.train_kto)):
