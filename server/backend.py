@@ -494,8 +494,11 @@ class Backend:
 
     def close(self) -> None:
         self.scheduler.close()
+        # Queued generations and swaps go first, so that no pool thread waits on one; then the writes already
+        # queued are committed before the store closes.
+        self._gen.shutdown(wait=False, cancel_futures=True)
         self._io.shutdown(wait=True, cancel_futures=True)
-        self._gen.shutdown(wait=True, cancel_futures=True)
+        self._gen.shutdown(wait=True)
         self._writer.shutdown(wait=True)
         self.store.close()
 
