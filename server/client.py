@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .framing import frame, read_frame
 from .paths import ALREADY_RUNNING, private_dir, reinf_home, wait_lock
 
 
@@ -162,30 +163,18 @@ class Client:
     # -- wire --------------------------------------------------------------------------------------
 
     def _send(self, obj: dict[str, Any]) -> None:
-        body = json.dumps(obj).encode("utf-8")
+        data = frame(obj)
         with self._send_lock:
             if self._closed.is_set():
                 raise DaemonUnavailable("the connection to the reinf daemon is closed")
-            self._sock.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            self._sock.sendall(data)
 
     def _read_loop(self) -> None:
         buf = self._sock.makefile("rb")
         try:
-            while True:
-                length = None
-                while True:
-                    line = buf.readline()
-                    if not line:
-                        return
-                    if line in (b"\r\n", b"\n"):
-                        break
-                    name, _, value = line.decode("latin-1").partition(":")
-                    if name.strip().lower() == "content-length":
-                        length = int(value.strip())
-                if length is None:
-                    continue
-                self._dispatch(json.loads(buf.read(length)))
-        except (OSError, ValueError):
+            while (body := read_frame(buf)) is not None:
+                self._dispatch(json.loads(body))
+        except (OSError, ValueError):  # FramingError is a ValueError
             return
         finally:
             self._closed.set()

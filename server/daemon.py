@@ -25,12 +25,11 @@ from pygls.protocol.json_rpc import JsonRPCNotification, JsonRPCRequestMessage
 from .backend import Backend
 from .config import Config
 from .features import build_server
+from .framing import MAX_HEADER_LINE, FramingError, Headers, frame
 from .paths import private_dir, try_lock, write_json, write_private
 
 log = logging.getLogger("reinf.daemon")
 
-MAX_HEADER_LINE = 1024
-MAX_HEADERS = 16
 UNAUTHORIZED = -32001
 
 
@@ -42,13 +41,8 @@ class DaemonRunning(DaemonError):
     """Another daemon serves this REINF_HOME, or is starting for it."""
 
 
-def _frame(obj: dict[str, Any]) -> bytes:
-    body = json.dumps(obj).encode("utf-8")
-    return b"Content-Length: %d\r\n\r\n" % len(body) + body
-
-
 def _error(msg_id: Any, code: int, message: str) -> bytes:
-    return _frame({"jsonrpc": "2.0", "id": msg_id, "error": {"code": code, "message": message}})
+    return frame({"jsonrpc": "2.0", "id": msg_id, "error": {"code": code, "message": message}})
 
 
 class _Writer:
@@ -237,29 +231,18 @@ class Daemon:
 
     async def _read_headers(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int | None:
         """Read one header block; returns the content length, or None to close the connection."""
-        length = None
-        for _ in range(MAX_HEADERS):
+        headers = Headers(strict=True)
+        while True:
             line = await reader.readline()
             if not line:
                 return None
-            if len(line) > MAX_HEADER_LINE or not line.endswith(b"\r\n"):
-                writer.write(_error(None, -32700, "Parse error: malformed header"))
+            try:
+                if headers.feed(line):
+                    break
+            except FramingError as exc:
+                writer.write(_error(None, -32700, f"Parse error: {exc}"))
                 return None
-            if line == b"\r\n":
-                break
-            name, _, value = line.decode("latin-1").partition(":")
-            if name.strip().lower() == "content-length":
-                try:
-                    length = int(value.strip())
-                except ValueError:
-                    writer.write(_error(None, -32700, "Parse error: Content-Length is not a number"))
-                    return None
-        else:
-            writer.write(_error(None, -32700, "Parse error: too many headers"))
-            return None
-        if length is None or length < 0:
-            writer.write(_error(None, -32700, "Parse error: missing Content-Length"))
-            return None
+        length = headers.length or 0  # set: feed() ends a block only after a Content-Length
         if length > self.cfg.server.max_message_bytes:
             writer.write(
                 _error(
