@@ -279,7 +279,12 @@ async def _complete_at(
         return None
     prefix, suffix, around = cursor_window(source, offset, backend.completion_window_chars)
     return await backend.complete(
-        prefix, suffix, client=_client_name(ls), uri=uri, language=doc.language_id, around=around,
+        prefix,
+        suffix,
+        client=_client_name(ls),
+        uri=uri,
+        language=doc.language_id,
+        around=around,
         line=position.line + 1,
     )
 
