@@ -50,6 +50,7 @@ def cmd_lsp(args: argparse.Namespace) -> int:
         return 2
     from .client import read_daemon_info, start_daemon
     from .daemon import daemon_alive
+    from .framing import frame, read_frame
 
     home = Path(args.home) if args.home else reinf_home()
     import socket
@@ -57,17 +58,7 @@ def cmd_lsp(args: argparse.Namespace) -> int:
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
 
     def read_message() -> bytes | None:
-        length = None
-        while True:
-            line = stdin.readline()
-            if not line:
-                return None
-            if line in (b"\r\n", b"\n"):
-                break
-            name, _, value = line.decode("latin-1").partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value.strip())
-        return stdin.read(length or 0)
+        return read_frame(stdin)
 
     # Connect only when the editor speaks: the daemon closes a connection that stays silent before its token.
     first = read_message()
@@ -87,7 +78,7 @@ def cmd_lsp(args: argparse.Namespace) -> int:
                 body = json.dumps(msg).encode()
         except ValueError:
             pass  # let the daemon answer the parse error
-        sock.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        sock.sendall(frame(body))
 
     def upstream() -> None:
         try:
@@ -456,6 +447,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        if type(exc).__name__ == "DaemonRunning":
+            from .paths import ALREADY_RUNNING
+
+            print(f"reinf: {exc}", file=sys.stderr)
+            return ALREADY_RUNNING
         if type(exc).__name__ in ("DaemonError", "StoreError", "ModelError"):
             print(f"reinf: {exc}", file=sys.stderr)
             return 1

@@ -114,6 +114,9 @@ class ServerConfig:
     allow_remote: bool = False
     max_field_bytes: int = 256 * 1024
     max_message_bytes: int = 4 * 1024 * 1024
+    # An open document past this is refused (no completions in it): what a completion costs must not grow with
+    # the file, and a completion reads only a window around the cursor anyway.
+    max_document_bytes: int = 1024 * 1024
     auth_timeout_s: float = 10.0  # a connection that shows no token by then is closed
     history_limit_max: int = 500
     redact_secrets: bool = True
@@ -310,6 +313,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"server.auth_timeout_s must be positive, got {s.auth_timeout_s}")
     if s.max_field_bytes <= 0:
         raise ConfigError(f"server.max_field_bytes must be positive, got {s.max_field_bytes}")
+    if s.max_document_bytes <= 0:
+        raise ConfigError(f"server.max_document_bytes must be positive, got {s.max_document_bytes}")
     if cfg.model.seed < -1:
         raise ConfigError(f"model.seed must be -1 (unseeded) or 0 or more, got {cfg.model.seed}")
     _check_learning_ranges(cfg)

@@ -37,8 +37,10 @@ class _Offer:
     interaction_id: str
     conn: Hashable
     uri: str
-    prefix: str
-    suffix: str
+    prefix: str  # the text just before the cursor (all of it, or a window that ends there)
+    suffix: str  # the text just after it (all of it, or a window that starts there)
+    cursor: int  # the cursor's offset in the document
+    after: int  # how much of the document follows the cursor
     lines: int  # how many lines the suggestion had: a correction is not followed past as many
     next_line: bool  # the suggestion began with a line break (a block opened at the cursor)
     source: Callable[[], str | None]  # the document's text now (None once closed)
@@ -82,14 +84,18 @@ class Corrections:
         suffix: str,
         suggestion: str,
         source: Callable[[], str | None],
+        cursor: int | None = None,
+        after: int | None = None,
     ) -> None:
         """A completion was answered at the cursor between `prefix` and `suffix` of document `uri`."""
         if not self.cfg.corrections:
             return
         lines = suggestion.strip("\n").count("\n") + 1
         next_line = suggestion.startswith("\n")
+        cursor = len(prefix) if cursor is None else cursor
+        after = len(suffix) if after is None else after
         self._offers[interaction_id] = _Offer(
-            interaction_id, conn, uri, prefix, suffix, lines, next_line, source
+            interaction_id, conn, uri, prefix, suffix, cursor, after, lines, next_line, source
         )
         while len(self._offers) > self._keep:  # only recent suggestions get feedback
             self._offers.popitem(last=False)
@@ -144,14 +150,15 @@ class Corrections:
         if source is None:
             self._end(f, "closed")
             return
+        end = len(source) - o.after  # where the text that followed the cursor now starts
         if (
-            len(source) < len(o.prefix) + len(o.suffix)
-            or not source.startswith(o.prefix)
-            or not source.endswith(o.suffix)
+            end < o.cursor
+            or not source.startswith(o.prefix, o.cursor - len(o.prefix))
+            or not source.startswith(o.suffix, end)
         ):
             self._end(f, "moved")  # an edit outside the suggestion's place: the user went elsewhere
             return
-        typed = source[len(o.prefix) : len(source) - len(o.suffix)]
+        typed = source[o.cursor : end]
         # A suggestion that opened a block starts on the next line; so may what was written instead of it.
         start = len(typed) - len(typed.lstrip("\n")) if o.next_line else 0
         ends = [i for i in range(start, len(typed)) if typed[i] == "\n"]

@@ -25,12 +25,11 @@ from pygls.protocol.json_rpc import JsonRPCNotification, JsonRPCRequestMessage
 from .backend import Backend
 from .config import Config
 from .features import build_server
-from .paths import private_dir, write_json, write_private
+from .framing import MAX_HEADER_LINE, FramingError, Headers, frame
+from .paths import private_dir, try_lock, write_json, write_private
 
 log = logging.getLogger("reinf.daemon")
 
-MAX_HEADER_LINE = 1024
-MAX_HEADERS = 16
 UNAUTHORIZED = -32001
 
 
@@ -38,13 +37,12 @@ class DaemonError(RuntimeError):
     pass
 
 
-def _frame(obj: dict[str, Any]) -> bytes:
-    body = json.dumps(obj).encode("utf-8")
-    return b"Content-Length: %d\r\n\r\n" % len(body) + body
+class DaemonRunning(DaemonError):
+    """Another daemon serves this REINF_HOME, or is starting for it."""
 
 
 def _error(msg_id: Any, code: int, message: str) -> bytes:
-    return _frame({"jsonrpc": "2.0", "id": msg_id, "error": {"code": code, "message": message}})
+    return frame({"jsonrpc": "2.0", "id": msg_id, "error": {"code": code, "message": message}})
 
 
 class _Writer:
@@ -163,6 +161,7 @@ class Daemon:
         # milliseconds of the event loop), and it has server.auth_timeout_s to do so.
         protocol: Any = None
         notifier: _Notifier | None = None
+        requests: set[Any] = set()  # the ids of this client's requests, to stop them if it goes away
         try:
             while not writer.is_closing():
                 if protocol is None:
@@ -207,6 +206,10 @@ class Daemon:
                     protocol.set_writer(_Writer(writer))
                     notifier = _Notifier(protocol)
                     self.backend.attach(notifier)
+                if "id" in data and "method" in data:
+                    if len(requests) > 1000:  # keep only those still going
+                        requests &= set(getattr(protocol, "_request_futures", {}))
+                    requests.add(data["id"])
                 self._dispatch(protocol, data, writer)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, ValueError):
@@ -214,8 +217,12 @@ class Daemon:
         finally:
             if notifier is not None:
                 self.backend.detach(notifier)
-            for future in list(getattr(protocol, "_request_futures", {}).values()):
-                future.cancel()  # a vanished client stops its generations
+            # A vanished client stops its generations; its notifications (feedback) still finish.
+            futures = getattr(protocol, "_request_futures", {})
+            for msg_id in requests:
+                future = futures.get(msg_id)
+                if future is not None:
+                    future.cancel()
             writer.close()
 
     async def _read_body(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes | None:
@@ -224,29 +231,18 @@ class Daemon:
 
     async def _read_headers(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int | None:
         """Read one header block; returns the content length, or None to close the connection."""
-        length = None
-        for _ in range(MAX_HEADERS):
+        headers = Headers(strict=True)
+        while True:
             line = await reader.readline()
             if not line:
                 return None
-            if len(line) > MAX_HEADER_LINE or not line.endswith(b"\r\n"):
-                writer.write(_error(None, -32700, "Parse error: malformed header"))
+            try:
+                if headers.feed(line):
+                    break
+            except FramingError as exc:
+                writer.write(_error(None, -32700, f"Parse error: {exc}"))
                 return None
-            if line == b"\r\n":
-                break
-            name, _, value = line.decode("latin-1").partition(":")
-            if name.strip().lower() == "content-length":
-                try:
-                    length = int(value.strip())
-                except ValueError:
-                    writer.write(_error(None, -32700, "Parse error: Content-Length is not a number"))
-                    return None
-        else:
-            writer.write(_error(None, -32700, "Parse error: too many headers"))
-            return None
-        if length is None or length < 0:
-            writer.write(_error(None, -32700, "Parse error: missing Content-Length"))
-            return None
+        length = headers.length or 0  # set: feed() ends a block only after a Content-Length
         if length > self.cfg.server.max_message_bytes:
             writer.write(
                 _error(
@@ -355,14 +351,31 @@ def run_daemon(cfg: Config) -> int:
     """Start the daemon in the foreground until SIGTERM or SIGINT."""
     os.umask(0o077)
     _check_home_writable(cfg.home)
-    if (info := daemon_alive(cfg.home)) is not None:
-        raise DaemonError(
-            f"a reinf daemon is already running for {cfg.home} (pid {info.get('pid')}, "
-            f"port {info.get('port')}); stop it first or use another REINF_HOME"
+    # One daemon per home, whoever starts it: this lock is held for the daemon's life, from before the model
+    # loads (the store allows one writer, and a second daemon would lose DuckDB's lock half-way up).
+    lock = try_lock(cfg.home / "daemon.lock")
+    if lock is None:
+        info = daemon_alive(cfg.home) or {}
+        raise DaemonRunning(
+            f"a reinf daemon is already running for {cfg.home} (pid {info.get('pid') or _lock_owner(cfg.home)}"
+            f"{', port ' + str(info['port']) if info.get('port') else ', starting'}); "
+            "stop it first or use another REINF_HOME"
         )
-    daemon = Daemon(cfg)
     try:
-        asyncio.run(daemon.serve())
+        os.ftruncate(lock, 0)
+        os.write(lock, str(os.getpid()).encode())
+        daemon = Daemon(cfg)
+        try:
+            asyncio.run(daemon.serve())
+        finally:
+            daemon.close()
     finally:
-        daemon.close()
+        os.close(lock)
     return 0
+
+
+def _lock_owner(home: Path) -> str:
+    try:
+        return (home / "daemon.lock").read_text().strip() or "?"
+    except OSError:
+        return "?"

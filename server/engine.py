@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .adapters import AdapterError
 from .config import ModelConfig
 from .fim import FimTemplate, PromptCodec, get_template, tokenizer_vocab
 from .lora import LoraLayer, MergedAdapters, read_adapter
@@ -25,10 +26,6 @@ CHAT_STOPS = ("<|im_end|>", "<|endoftext|>", "<|im_start|>")
 
 class ChatUnavailable(RuntimeError):
     """Chat on a model that has no chat template (a base model): the protocol answers "not available"."""
-
-
-class AdapterError(RuntimeError):
-    """An adapter folder that is missing or cannot be loaded; the engine keeps the adapter it had."""
 
 
 @dataclass

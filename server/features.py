@@ -7,12 +7,16 @@ import logging
 from typing import Any
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcException
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol, lsp_method
 
 from . import __version__
+from .adapters import AdapterError
 from .backend import Backend, NotAvailable
+from .engine import ChatUnavailable
+from .scheduler import SchedulerBusy, SchedulerError
+from .store import StoreError
 from .validate import InvalidParams
 
 log = logging.getLogger("reinf.features")
@@ -34,8 +38,72 @@ class FeatureUnavailable(JsonRpcException):
     MESSAGE = "Not available"
 
 
+class DocumentTooLarge(JsonRpcInvalidParams):
+    """A completion asked for in a document that was refused for its size."""
+
+
 class ReinfProtocol(LanguageServerProtocol):
-    """One per connection. `exit` closes this connection only, never the daemon."""
+    """One per connection. `exit` closes this connection only, never the daemon. A document over
+    `max_document_bytes` is not kept: the client is told once, and a completion in it is refused."""
+
+    max_document_bytes = 1024 * 1024
+    oversize: dict[str, int]  # uri → its size in bytes, for the documents refused
+
+    def _refuse(self, uri: str, size: int) -> None:
+        self.oversize[uri] = size
+        self.workspace.remove_text_document(uri)
+        self.notify(
+            types.WINDOW_SHOW_MESSAGE,
+            types.ShowMessageParams(
+                type=types.MessageType.Warning, message=too_large(uri, size, self.max_document_bytes)
+            ),
+        )
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
+    def lsp_text_document__did_open(self, params: types.DidOpenTextDocumentParams) -> Any:
+        size = _utf8_len(params.text_document.text)
+        if size > self.max_document_bytes:
+            self._refuse(params.text_document.uri, size)
+            return
+        self.oversize.pop(params.text_document.uri, None)
+        yield from super().lsp_text_document__did_open(params)
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
+    def lsp_text_document__did_change(self, params: types.DidChangeTextDocumentParams) -> Any:
+        uri = params.text_document.uri
+        if uri in self.oversize:
+            # Edits to a refused document cannot be applied (it was not kept); a whole new text can.
+            whole = [
+                c
+                for c in params.content_changes
+                if isinstance(c, types.TextDocumentContentChangeWholeDocument)
+            ]
+            if not whole:
+                return
+            text = whole[-1].text
+            if _utf8_len(text) > self.max_document_bytes:
+                self.oversize[uri] = _utf8_len(text)
+                return
+            del self.oversize[uri]
+            self.workspace.put_text_document(
+                types.TextDocumentItem(
+                    uri=uri, language_id="", version=params.text_document.version, text=text
+                )
+            )
+            return
+        yield from super().lsp_text_document__did_change(params)
+        doc = self.workspace.get_text_document(uri)
+        if (
+            len(doc.source) * 4 > self.max_document_bytes
+            and (size := _utf8_len(doc.source)) > self.max_document_bytes
+        ):
+            self._refuse(uri, size)
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
+    def lsp_text_document__did_close(self, params: types.DidCloseTextDocumentParams) -> Any:
+        if self.oversize.pop(params.text_document.uri, None) is not None:
+            return
+        yield from super().lsp_text_document__did_close(params)
 
     def _handle_request(self, msg_id: Any, method_name: str, params: Any) -> None:
         # Handlers run inside this call (async ones in a task that copies the context): they can tell a request,
@@ -54,6 +122,23 @@ class ReinfProtocol(LanguageServerProtocol):
             self.writer.close()
 
 
+def _log_refusal(future: Any) -> None:
+    exc = future.exception()
+    if exc is not None:
+        log.warning("reinf/feedback refused: %s", exc)
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def too_large(uri: str, size: int, limit: int) -> str:
+    return (
+        f"reinf: {uri} is {size} bytes, over the limit of {limit} bytes (server.max_document_bytes); "
+        "reinf makes no completions in it"
+    )
+
+
 def _client_name(ls: LanguageServer) -> str:
     return getattr(ls, "reinf_client", None) or "unknown"
 
@@ -67,35 +152,20 @@ def _token(params: Any) -> Any:
 def _errors(fn):  # noqa: ANN001, ANN202
     """Map backend errors onto JSON-RPC errors with a clear message."""
     import functools
-    import inspect
 
     def convert(exc: Exception) -> Exception:
         if isinstance(exc, JsonRpcException):
             return exc
-        if isinstance(exc, NotAvailable):
-            return FeatureUnavailable(str(exc))
-        name = type(exc).__name__
-        if name == "SchedulerBusy":
+        if isinstance(exc, SchedulerBusy):
             return ServerBusy(str(exc))
-        if name in ("SchedulerError", "AdapterError", "StoreError", "UnknownVersion", "ChatUnavailable"):
+        if isinstance(exc, (NotAvailable, SchedulerError, AdapterError, StoreError, ChatUnavailable)):
             return FeatureUnavailable(str(exc))
         return exc
 
-    if inspect.iscoroutinefunction(fn):
-
-        @functools.wraps(fn)
-        async def wrapper_async(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await fn(*args, **kwargs)
-            except Exception as exc:
-                raise convert(exc) from exc
-
-        return wrapper_async
-
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            return await fn(*args, **kwargs)
         except Exception as exc:
             raise convert(exc) from exc
 
@@ -110,6 +180,9 @@ def build_server(backend: Backend) -> LanguageServer:
         protocol_cls=ReinfProtocol,
         text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
     )
+
+    ls.protocol.max_document_bytes = backend.cfg.server.max_document_bytes
+    ls.protocol.oversize = {}
 
     @ls.feature(types.INITIALIZE)
     def initialize(params: types.InitializeParams) -> None:
@@ -206,28 +279,25 @@ def build_server(backend: Backend) -> LanguageServer:
 
         return await backend.chat(params, client=_client_name(ls), on_delta=on_delta)
 
-    @ls.feature("reinf/rate")
-    @_errors
-    def rate(params: Any) -> dict[str, Any]:
-        return backend.rate(params)
-
     @ls.feature("reinf/feedback")
     @_errors
-    def feedback(params: Any) -> dict[str, Any] | None:
+    async def feedback(params: Any) -> dict[str, Any] | None:
         """A notification (the editors' way) or a request, whose answer is the rating id or a -32602."""
+        if _ANSWERING.get():
+            return await backend.feedback(params)
+        # A notification has no answer: a refusal is logged (without the user's text).
         try:
-            return backend.feedback(params)
+            backend.queue_feedback(params).add_done_callback(_log_refusal)
         except JsonRpcException as exc:
-            if _ANSWERING.get():
-                raise
-            log.warning("reinf/feedback refused: %s", exc)  # a notification has no answer
-            return None
+            log.warning("reinf/feedback refused: %s", exc)
+        return None
 
     simple = {
-        "reinf/status": lambda params: backend.status(),
+        "reinf/rate": backend.rate,
+        "reinf/status": backend.status,
         "reinf/history": backend.history,
         "reinf/runs": backend.runs,
-        "reinf/adapters": backend.adapters,
+        "reinf/adapters": backend.list_adapters,
         "reinf/ratingsTimeline": backend.ratings_timeline,
         "reinf/retrain": backend.retrain,
         "reinf/cancelTraining": backend.cancel_training,
@@ -248,16 +318,24 @@ async def _complete_at(
     position: types.Position,
     selected: types.SelectedCompletionInfo | None = None,
 ) -> dict[str, Any] | None:
-    try:
+    protocol = ls.protocol
+    if uri in protocol.oversize:
+        raise DocumentTooLarge(too_large(uri, protocol.oversize[uri], protocol.max_document_bytes))
+    try:  # a document that was not opened is read from its file
         doc = ls.workspace.get_text_document(uri)
         source = doc.source
     except Exception:
-        log.debug("completion for a document that was not opened: %s", uri)
+        log.debug("completion for a document that cannot be read: %s", uri)
         return None
+    if (
+        len(source) * 4 > protocol.max_document_bytes
+        and (size := _utf8_len(source)) > protocol.max_document_bytes
+    ):
+        raise DocumentTooLarge(too_large(uri, size, protocol.max_document_bytes))
     offset = doc.offset_at_position(position)
     if offset < 0 or offset > len(source):
         return None
-    prefix, suffix = source[:offset], source[offset:]
+    prefix, suffix, around = cursor_window(source, offset, backend.completion_window_chars)
     # What the user writes instead is followed from this cursor; not from a suggest-widget entry's, whose text
     # the document does not have.
     follow = (lambda: _source(ls, uri)) if selected is None else None
@@ -265,9 +343,23 @@ async def _complete_at(
         start, end = (doc.offset_at_position(p) for p in (selected.range.start, selected.range.end))
         if not 0 <= start <= offset <= end <= len(source):
             return None
-        prefix, suffix = source[:start] + selected.text, source[end:]
+        prefix, suffix, around = cursor_window(
+            source[:start] + selected.text + source[end:],
+            start + len(selected.text),
+            backend.completion_window_chars,
+        )
     return await backend.complete(
-        prefix, suffix, client=_client_name(ls), uri=uri, language=doc.language_id, conn=ls, source=follow
+        prefix,
+        suffix,
+        client=_client_name(ls),
+        uri=uri,
+        language=doc.language_id,
+        around=around,
+        line=position.line + 1,
+        conn=ls,
+        source=follow,
+        cursor=offset,
+        after=len(source) - offset,
     )
 
 
@@ -275,3 +367,21 @@ def _source(ls: LanguageServer, uri: str) -> str | None:
     """The text of an open document, None if it is not open on this connection."""
     doc = ls.workspace.text_documents.get(uri)
     return None if doc is None else doc.source
+
+
+SECRET_MARGIN = (
+    16 * 1024
+)  # longer than any secret a pattern recognises (a 4096-bit private key is about 3.3 KB)
+
+
+def cursor_window(source: str, offset: int, chars: int) -> tuple[str, str, str]:
+    """The text before and after the cursor that a completion reads: at most `chars` before (from a line start
+    where one is near) and `chars // 2` after, so that its cost does not grow with the document; and that
+    window widened by SECRET_MARGIN each side, where redaction looks for a secret the window's edge cut."""
+    start = max(0, offset - chars)
+    if start > 0:
+        newline = source.find("\n", start, offset)
+        start = newline + 1 if newline >= 0 else start
+    end = offset + chars // 2
+    around = source[max(0, start - SECRET_MARGIN) : end + SECRET_MARGIN]
+    return source[start:offset], source[offset:end], around

@@ -207,6 +207,7 @@ class Store:
                 json.dumps(timings),
             ],
         )
+        self._n_interactions += 1
         return iid
 
     def get_interaction(self, interaction_id: str) -> dict[str, Any] | None:
@@ -219,8 +220,11 @@ class Store:
         row["ts"] = _iso(row["ts"])
         return row
 
+    # The counts that reinf/status reports are kept in memory and read without the lock, so that status never
+    # waits for an export or a forget that holds the connection.
+
     def count_interactions(self) -> int:
-        return self._read("SELECT count(*) FROM interactions")[0][0]
+        return self._n_interactions
 
     # -- ratings --------------------------------------------------------------------------------
 
@@ -248,6 +252,9 @@ class Store:
             rating_id = int(rows[0][0])
             if source == "explicit":
                 self._explicit_ids.append(rating_id)
+                if interaction_id not in self._first_rating:
+                    self._first_rating[interaction_id] = rating_id
+                    self._first_rating_ids.append(rating_id)
         return rating_id
 
     def add_completion_event(
@@ -335,22 +342,33 @@ class Store:
         return int(rows[0][0])
 
     def _load_explicit_ids(self) -> None:
-        # Explicit rating ids, ascending: counts for status and the training threshold without a query.
+        # Explicit rating ids, ascending, and each rated interaction's first one: counts for status and the
+        # training threshold without a query.
         rows = self._con.execute("SELECT id FROM ratings WHERE source = 'explicit' ORDER BY id").fetchall()
         self._explicit_ids = [int(r[0]) for r in rows]
+        rows = self._con.execute(
+            "SELECT interaction_id, min(id) AS first FROM ratings WHERE source = 'explicit' "
+            "GROUP BY interaction_id ORDER BY first"
+        ).fetchall()
+        self._first_rating = {r[0]: int(r[1]) for r in rows}
+        self._first_rating_ids = [int(r[1]) for r in rows]
+        self._n_interactions = int(self._con.execute("SELECT count(*) FROM interactions").fetchone()[0])
+        self._refresh_last_run()
 
     def ratings_total(self) -> int:
         """How many explicit ratings have been given (every one, re-ratings included)."""
-        with self._lock:
-            return len(self._explicit_ids)
+        return len(self._explicit_ids)
 
     def max_rating_id(self) -> int:
         with self._lock:
             return self._explicit_ids[-1] if self._explicit_ids else 0
 
-    def ratings_since(self, watermark: int) -> int:
-        with self._lock:
-            return len(self._explicit_ids) - bisect.bisect_right(self._explicit_ids, watermark)
+    def rated_since(self, watermark: int) -> int:
+        """How many interactions got their first explicit rating after rating id `watermark`: the training
+        threshold counts judgements, so thumbs, stars and a comment on one answer count once, and so does any
+        number of re-ratings of it."""
+        ids = self._first_rating_ids
+        return len(ids) - bisect.bisect_right(ids, watermark)
 
     def ratings_timeline(self) -> list[dict[str, Any]]:
         rows = self._read_dicts(
@@ -516,11 +534,13 @@ class Store:
     # -- training runs and adapters -------------------------------------------------------------
 
     def create_run(self, trigger: str, n_ratings: int, watermark: int) -> int:
-        rows = self._write(
-            "INSERT INTO training_runs (trigger, state, started, n_ratings, rating_watermark, metrics) "
-            "VALUES (?, 'queued', ?, ?, ?, '{}') RETURNING id",
-            [trigger, _now(), n_ratings, watermark],
-        )
+        with self._lock:
+            rows = self._write(
+                "INSERT INTO training_runs (trigger, state, started, n_ratings, rating_watermark, metrics) "
+                "VALUES (?, 'queued', ?, ?, ?, '{}') RETURNING id",
+                [trigger, _now(), n_ratings, watermark],
+            )
+            self._refresh_last_run()
         return int(rows[0][0])
 
     def update_run(self, run_id: int, **fields: Any) -> None:
@@ -533,7 +553,18 @@ class Store:
         if fields.get("finished") is True:
             fields["finished"] = _now()
         sets = ", ".join(f"{k} = ?" for k in fields)
-        self._write(f"UPDATE training_runs SET {sets} WHERE id = ?", [*fields.values(), run_id])
+        with self._lock:
+            self._write(f"UPDATE training_runs SET {sets} WHERE id = ?", [*fields.values(), run_id])
+            self._refresh_last_run()
+
+    def _refresh_last_run(self) -> None:
+        # Read again by whoever changed the runs, under the lock: status then reads it without the lock.
+        self._last_run = self.list_runs(limit=1)
+
+    def last_run(self) -> dict[str, Any] | None:
+        """The newest run, as of the last change to the runs."""
+        cached = self._last_run
+        return cached[0] if cached else None
 
     def get_run(self, run_id: int) -> dict[str, Any] | None:
         rows = self.list_runs(where="r.id = ?", params=[run_id])
@@ -558,21 +589,28 @@ class Store:
     def unfinished_runs(self) -> list[dict[str, Any]]:
         return self.list_runs(limit=1000, where="r.state IN ('queued', 'running')")
 
-    def last_watermark(self) -> int:
-        """The rating watermark of the newest run that trained (or tried to), so new ratings count from there."""
+    def counting_watermark(self) -> int:
+        """The rating watermark that new ratings count from: the newest run's, whatever its state (a failed run
+        is retried only at the next threshold), except a run that the trainer turned down before it used any
+        rating (too few, one kind only; its metrics say `used_ratings: false`): it learnt nothing, so the
+        ratings it saw still count."""
         rows = self._read(
-            "SELECT coalesce(max(rating_watermark), 0) FROM training_runs WHERE state <> 'cancelled'"
+            "SELECT coalesce(rating_watermark, 0) FROM training_runs "
+            "WHERE coalesce(json_extract_string(metrics, '$.used_ratings'), 'true') <> 'false' "
+            "ORDER BY id DESC LIMIT 1"
         )
-        return int(rows[0][0])
+        return int(rows[0][0]) if rows else 0
 
     def next_adapter_version(self) -> int:
         return int(self._read("SELECT coalesce(max(version), 0) + 1 FROM adapters")[0][0])
 
     def add_adapter(self, version: int, run_id: int, path: str, status: str, eval_: dict[str, Any]) -> None:
-        self._write(
-            "INSERT INTO adapters VALUES (?, ?, ?, ?, ?, ?)",
-            [version, run_id, _now(), path, status, json.dumps(eval_)],
-        )
+        with self._lock:
+            self._write(
+                "INSERT INTO adapters VALUES (?, ?, ?, ?, ?, ?)",
+                [version, run_id, _now(), path, status, json.dumps(eval_)],
+            )
+            self._refresh_last_run()  # its run now has an adapter_version
 
     def activate_adapter(self, version: int) -> None:
         """Mark `version` active (0 = the base) and retire the previously active one, in one transaction."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import types
 from typing import Any
@@ -30,6 +31,10 @@ def backend(tmp_path):
     b.close()
 
 
+def _feedback(backend: Any, params: dict[str, Any]) -> dict[str, Any]:
+    return asyncio.run(backend.feedback(params))
+
+
 def _interaction(backend: Any, kind: str = "completion", response: str = "return total") -> str:
     return backend.store.add_interaction(
         kind=kind,
@@ -52,18 +57,21 @@ def _rows(backend: Any) -> list[tuple]:
 
 def test_each_kind_of_event_is_stored_in_typed_columns(backend: Any) -> None:
     ids = [_interaction(backend) for _ in range(4)]
-    backend.feedback({"interaction_id": ids[0], "event": "accepted", "accepted_chars": 12, "shown_ms": 900})
-    backend.feedback(
+    _feedback(backend, {"interaction_id": ids[0], "event": "accepted", "accepted_chars": 12, "shown_ms": 900})
+    _feedback(
+        backend,
         {
             "interaction_id": ids[1],
             "event": "partially_accepted",
             "accepted_chars": 6,
             "accepted_words": 1,
             "shown_ms": 700,
-        }
+        },
     )
-    backend.feedback({"interaction_id": ids[2], "event": "typed_through", "typed_chars": 3, "shown_ms": 500})
-    backend.feedback({"interaction_id": ids[3], "event": "dismissed", "shown_ms": 400})
+    _feedback(
+        backend, {"interaction_id": ids[2], "event": "typed_through", "typed_chars": 3, "shown_ms": 500}
+    )
+    _feedback(backend, {"interaction_id": ids[3], "event": "dismissed", "shown_ms": 400})
     assert _rows(backend) == [
         ("accepted", 900, 12, None, None, None),
         ("partially_accepted", 700, 6, 1, None, None),
@@ -74,8 +82,8 @@ def test_each_kind_of_event_is_stored_in_typed_columns(backend: Any) -> None:
 
 def test_a_partial_accept_may_be_followed_by_an_accept_of_the_rest(backend: Any) -> None:
     iid = _interaction(backend)
-    backend.feedback({"interaction_id": iid, "event": "partially_accepted", "accepted_chars": 6})
-    backend.feedback({"interaction_id": iid, "event": "accepted", "accepted_chars": 12})
+    _feedback(backend, {"interaction_id": iid, "event": "partially_accepted", "accepted_chars": 6})
+    _feedback(backend, {"interaction_id": iid, "event": "accepted", "accepted_chars": 12})
     assert [r[0] for r in _rows(backend)] == ["partially_accepted", "accepted"]
 
 
@@ -87,9 +95,9 @@ def test_an_event_after_the_completion_ended_is_refused_and_nothing_is_written(
     backend: Any, first: str, then: str
 ) -> None:
     iid = _interaction(backend)
-    backend.feedback({"interaction_id": iid, "event": first})
+    _feedback(backend, {"interaction_id": iid, "event": first})
     with pytest.raises(JsonRpcException, match=f"event: '{then}' cannot follow '{first}'") as exc:
-        backend.feedback({"interaction_id": iid, "event": then})
+        _feedback(backend, {"interaction_id": iid, "event": then})
     assert exc.value.code == -32602
     assert [r[0] for r in _rows(backend)] == [first]
 
@@ -99,7 +107,7 @@ def test_feedback_about_a_chat_is_refused_naming_interaction_id(backend: Any) ->
     with pytest.raises(
         JsonRpcException, match="interaction_id: .* is a chat, not an inline completion"
     ) as exc:
-        backend.feedback({"interaction_id": iid, "event": "dismissed"})
+        _feedback(backend, {"interaction_id": iid, "event": "dismissed"})
     assert exc.value.code == -32602
     assert _rows(backend) == []
 
@@ -116,7 +124,7 @@ def test_feedback_about_a_chat_is_refused_naming_interaction_id(backend: Any) ->
 def test_bad_fields_are_named(backend: Any, params: dict[str, Any], field: str) -> None:
     iid = _interaction(backend)
     with pytest.raises(JsonRpcException, match=field):
-        backend.feedback({"interaction_id": iid, **params})
+        _feedback(backend, {"interaction_id": iid, **params})
     assert _rows(backend) == []
 
 
@@ -270,8 +278,6 @@ def test_other_documents_and_connections_do_not_disturb_a_correction() -> None:
 
 
 def test_the_backend_stores_a_redacted_correction_with_the_fim_prompt_and_suggestion(backend: Any) -> None:
-    import asyncio
-
     doc = {"text": PREFIX + SUFFIX}
     result = asyncio.run(
         backend.complete(
@@ -280,12 +286,12 @@ def test_the_backend_stores_a_redacted_correction_with_the_fim_prompt_and_sugges
     )
     assert result is not None
     iid = result["interaction_id"]
-    backend.feedback({"interaction_id": iid, "event": "dismissed", "shown_ms": 800})
+    _feedback(backend, {"interaction_id": iid, "event": "dismissed", "shown_ms": 800})
     key = "sk-" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6"
     doc["text"] = PREFIX + f'return call("{key}")' + SUFFIX
     backend.corrections.changed("c", "u", doc["text"])
     backend.corrections.closed("c", "u")
-    backend.flush()
+    backend._writer.submit(lambda: None).result()  # the writes queued so far are done
     rows = backend.store._read(
         "SELECT i.prompt, i.response, c.typed, c.event, c.truncated FROM corrections c "
         "JOIN interactions i ON i.id = c.interaction_id"
@@ -299,7 +305,7 @@ def test_the_backend_stores_a_redacted_correction_with_the_fim_prompt_and_sugges
     backend.store.export_snapshot(out)
     snap = duckdb.sql(f"SELECT prompt, response, typed, typed_truncated, dismissed FROM '{out}'").fetchall()
     assert snap == [(prompt, response, typed, False, 1)]
-    backend.forget({"before": "2999-01-01T00:00:00+00:00", "keep_adapters": True})
+    asyncio.run(backend.forget({"before": "2999-01-01T00:00:00+00:00", "keep_adapters": True}))
     assert backend.store._read("SELECT count(*) FROM corrections") == [(0,)]
 
 
@@ -319,7 +325,7 @@ def test_status_reports_the_acceptance_rate_by_week_active_adapter_and_base(back
             timings={},
         )
         for event in events:
-            backend.feedback({"interaction_id": iid, "event": event})
+            _feedback(backend, {"interaction_id": iid, "event": event})
 
     for events in [("accepted",), ("dismissed",), ("dismissed",), ("partially_accepted", "accepted")]:
         completion(0, *events)
@@ -327,7 +333,7 @@ def test_status_reports_the_acceptance_rate_by_week_active_adapter_and_base(back
     completion(3, "partially_accepted")
     completion(3)  # never reported on: not counted as shown
     backend.engine.adapter_version = 3
-    acc = backend.status()["acceptance"]
+    acc = asyncio.run(backend.status())["acceptance"]
     assert acc["base"] == {"shown": 4, "accepted": 2, "partially_accepted": 0, "rate": 0.5}
     assert acc["active"] == {
         "shown": 2,

@@ -18,9 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
-import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -30,7 +28,7 @@ import torch
 from torch import nn
 
 from reinf.fim import encode_prompt
-from reinf.scheduler import fsync_tree
+from reinf.paths import atomic_dir
 
 from .data import Example
 from .lm import causal_lm, hidden_states, pad_left, use_adapter
@@ -530,14 +528,6 @@ def _check_consistency(
 
 def _save_atomically(rm: RewardModel, folder: Path, meta: dict[str, Any]) -> None:
     """Write into a temporary folder, then swap it in, so a kill never leaves a half-written judge."""
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True, mode=0o700)
-    rm.save(tmp)
-    (tmp / "meta.json").write_text(json.dumps(meta))
-    fsync_tree(tmp)
-    if folder.exists():
-        os.rename(folder, old)
-    os.rename(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(folder) as tmp:
+        rm.save(tmp)
+        (tmp / "meta.json").write_text(json.dumps(meta))
