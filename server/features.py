@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 from typing import Any
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.exceptions import JsonRpcException, JsonRpcInternalError, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol, lsp_method
 
@@ -105,7 +106,14 @@ class ReinfProtocol(LanguageServerProtocol):
             return
         yield from super().lsp_text_document__did_close(params)
 
+    # reinf/feedback sent as a request: queued the moment it is read, like the notification, and answered when
+    # its write commits (build_server sets this).
+    queue_feedback: Any = None
+
     def _handle_request(self, msg_id: Any, method_name: str, params: Any) -> None:
+        if method_name == "reinf/feedback" and self.queue_feedback is not None:
+            self._answer_feedback(msg_id, params)
+            return
         # Handlers run inside this call (async ones in a task that copies the context): they can tell a request,
         # whose error the client sees, from a notification, which has no answer.
         token = _ANSWERING.set(True)
@@ -113,6 +121,30 @@ class ReinfProtocol(LanguageServerProtocol):
             super()._handle_request(msg_id, method_name, params)
         finally:
             _ANSWERING.reset(token)
+
+    def _answer_feedback(self, msg_id: Any, params: Any) -> None:
+        try:
+            future = self.queue_feedback(params)
+        except JsonRpcException as exc:
+            self._send_response(msg_id, error=exc.to_response_error())
+            return
+        loop = asyncio.get_running_loop()
+
+        def answer(f: Any) -> None:
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is None:
+                loop.call_soon_threadsafe(
+                    lambda: self._send_response(msg_id, result={"rating_id": f.result()})
+                )
+            else:
+                error = exc if isinstance(exc, JsonRpcException) else JsonRpcInternalError(str(exc))
+                loop.call_soon_threadsafe(
+                    lambda: self._send_response(msg_id, error=error.to_response_error())
+                )
+
+        future.add_done_callback(answer)
 
     @lsp_method(types.EXIT)
     def lsp_exit(self, *args: Any) -> Any:
@@ -280,17 +312,15 @@ def build_server(backend: Backend) -> LanguageServer:
         return await backend.chat(params, client=_client_name(ls), on_delta=on_delta)
 
     @ls.feature("reinf/feedback")
-    @_errors
-    async def feedback(params: Any) -> dict[str, Any] | None:
-        """A notification (the editors' way) or a request, whose answer is the rating id or a -32602."""
-        if _ANSWERING.get():
-            return await backend.feedback(params)
+    def feedback(params: Any) -> None:
+        """The notification (the editors' way); a request is answered by the protocol (`_answer_feedback`)."""
         # A notification has no answer: a refusal is logged (without the user's text).
         try:
             backend.queue_feedback(params).add_done_callback(_log_refusal)
         except JsonRpcException as exc:
             log.warning("reinf/feedback refused: %s", exc)
-        return None
+
+    ls.protocol.queue_feedback = backend.queue_feedback
 
     simple = {
         "reinf/rate": backend.rate,
