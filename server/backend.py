@@ -9,17 +9,19 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from .adapters import Adapters
 from .config import Config
+from .corrections import Correction, Corrections
 from .paths import private_dir, write_json
 from .redact import redact, redact_obj, secrets_in
-from .store import Store, UnknownInteraction
+from .store import COMPLETION_EVENTS, RefusedEvent, Store, UnknownInteraction
+from .truncate import completion_scope
 from .validate import InvalidParams, Params
 
 T = TypeVar("T")
@@ -69,6 +71,9 @@ class Backend:
         self._clients: set[Notifier] = set()
         self._clients_lock = threading.Lock()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.corrections = Corrections(
+            cfg.completions, self._store_correction_later, schedule=self._call_later
+        )
         from .scheduler import Scheduler
 
         self.adapters = Adapters(cfg.home, self.store, swap=self.swap_adapter, broadcast=self.broadcast)
@@ -223,19 +228,33 @@ class Backend:
         max_tokens: int | None = None,
         around: str | None = None,
         line: int | None = None,
+        conn: Hashable | None = None,
+        source: Callable[[], str | None] | None = None,
+        cursor: int | None = None,
+        after: int | None = None,
     ) -> dict[str, Any] | None:
         """An inline completion at the cursor; stored, then returned with its interaction id (None if empty).
         Answered after its write commits, so that an accept or dismiss of it always finds it, crash or not.
         `around` is a wider stretch of the document that `prefix` and `suffix` were cut from, where a secret
-        that the cut split is still recognised."""
+        that the cut split is still recognised. With `source` (the document's text now) and the connection
+        `conn` it lives on, what the user writes instead of the suggestion can be followed (corrections.py)."""
         t0 = time.perf_counter()
         n = max_tokens or self.cfg.model.max_new_tokens
+        scope = completion_scope(self.cfg.completions, prefix, suffix, language)
         gen, queue_ms = await self._generate(
             lambda cancel: self.engine.complete(
-                prefix, suffix, max_tokens=n, temperature=self.cfg.model.temperature, cancel=cancel
+                prefix,
+                suffix,
+                max_tokens=n,
+                temperature=self.cfg.model.temperature,
+                cancel=cancel,
+                stop=scope.ended,
             )
         )
-        if gen is None or gen.finish_reason == "cancelled" or not gen.text.strip():
+        if gen is None or gen.finish_reason == "cancelled":
+            return None
+        text = scope.finish(gen.text, gen.finish_reason)
+        if not text:
             return None
         iid = uuid.uuid4().hex
         version = getattr(gen, "adapter_version", 0)
@@ -246,16 +265,34 @@ class Backend:
                 kind="completion",
                 client=client,
                 prompt=gen.prompt,
-                response=gen.text,
-                finish_reason=gen.finish_reason,
+                response=text,
+                finish_reason="stop" if text != gen.text else gen.finish_reason,
                 timings=timings,
-                context={"uri": uri, "language": language, "line": line, "before_cursor": prefix[-400:]},
+                context={
+                    "uri": uri,
+                    "language": language,
+                    "line": line,
+                    "before_cursor": prefix[-400:],
+                    "mode": scope.mode,
+                },
                 adapter_version=version,
                 uncut=[around] if around is not None else [prefix, suffix],
             )
         )
+        if source is not None:
+            self.corrections.offered(
+                iid,
+                conn=conn,
+                uri=uri,
+                prefix=prefix,
+                suffix=suffix,
+                suggestion=text,
+                source=source,
+                cursor=cursor,
+                after=after,
+            )
         timings["total_ms"] = _ms(t0)
-        return {"interaction_id": iid, "text": gen.text, "adapter_version": version, "timings": timings}
+        return {"interaction_id": iid, "text": text, "adapter_version": version, "timings": timings}
 
     def _store_interaction(
         self,
@@ -324,9 +361,10 @@ class Backend:
 
         return await self._off(answer)
 
-    async def feedback(self, params: Any) -> int:
-        """reinf/feedback: an implicit signal (accepted, dismissed, partially accepted)."""
-        return await asyncio.wrap_future(self.queue_feedback(params))
+    async def feedback(self, params: Any) -> dict[str, Any]:
+        """reinf/feedback: what happened to an inline completion (accepted, partially accepted, typed through,
+        dismissed), in typed columns; refused with nothing written when it cannot be true of that interaction."""
+        return {"rating_id": await asyncio.wrap_future(self.queue_feedback(params))}
 
     def queue_feedback(self, params: Any) -> Future[int]:
         """Check a feedback event and queue its write at once. A notification has no answer to wait for, and a
@@ -336,25 +374,54 @@ class Backend:
             params,
             "reinf/feedback",
             self.cfg.server.max_field_bytes,
-            {"interaction_id", "event", "accepted_chars", "shown_ms"},
+            {"interaction_id", "event", "accepted_chars", "accepted_words", "typed_chars", "shown_ms"},
         )
         iid = p.str("interaction_id", required=True)
-        event = p.str("event", required=True, choices=("accepted", "dismissed", "partially_accepted"))
-        accepted_chars = p.int("accepted_chars", 0, 10_000_000)
+        event = p.str("event", required=True, choices=COMPLETION_EVENTS)
+        counts = {k: p.int(k, 0, 10_000_000) for k in ("accepted_chars", "accepted_words", "typed_chars")}
         shown_ms = p.int("shown_ms", 0, 86_400_000)
-        detail = {
-            k: v for k, v in (("accepted_chars", accepted_chars), ("shown_ms", shown_ms)) if v is not None
-        }
 
         def write() -> int:
             try:
-                return self.store.add_rating(
-                    iid, source="implicit", event=event, comment=_json_detail(detail) if detail else None
-                )
+                return self.store.add_completion_event(iid, event, shown_ms=shown_ms, **counts)
             except UnknownInteraction as exc:
                 raise InvalidParams(f"reinf/feedback: interaction_id: {exc}") from exc
+            except RefusedEvent as exc:
+                raise InvalidParams(f"reinf/feedback: {exc.field}: {exc}") from exc
 
-        return self._writer.submit(write)
+        fut = self._writer.submit(write)
+
+        def follow(f: Future[int]) -> None:
+            # After a stored dismissal or partial accept, what the user writes there is followed (on the loop).
+            if f.cancelled() or f.exception() is not None:
+                return
+            if self.loop is not None and self.loop.is_running():
+                self.loop.call_soon_threadsafe(self.corrections.event, iid, event)
+            else:
+                self.corrections.event(iid, event)
+
+        fut.add_done_callback(follow)
+        return fut
+
+    def _call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        if self.loop is not None and self.loop.is_running():
+            self.loop.call_later(delay, fn)
+        # Without a running loop (tests, benchmarks) a correction's time is checked at the next change.
+
+    def _store_correction_later(self, c: Correction) -> None:
+        """Queue a correction's write, redacted like every other text; a failure is logged."""
+
+        def write() -> None:
+            typed = c.typed
+            if self.cfg.server.redact_secrets:
+                typed = redact(typed, secrets_in(c.prefix, c.typed, c.suffix))
+            self.store.add_correction(c.interaction_id, c.event, typed, c.truncated, c.ended)
+
+        def done(f: Future) -> None:
+            if not f.cancelled() and f.exception() is not None:
+                log.error("a correction of %s could not be stored: %s", c.interaction_id, f.exception())
+
+        self._writer.submit(write).add_done_callback(done)
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -372,6 +439,9 @@ class Backend:
             "until_next_training": self.scheduler.until_next_training(),
             "training": self.scheduler.status(),
             "last_run": self.scheduler.last_run(),
+            "acceptance": self.store.acceptance(
+                self.engine.adapter_version, datetime.now(timezone.utc) - timedelta(days=7)
+            ),
         }
 
     async def history(self, params: Any) -> dict[str, Any]:
@@ -513,6 +583,7 @@ class Backend:
         self._gen.shutdown(wait=False, cancel_futures=True)
         self._io.shutdown(wait=True, cancel_futures=True)
         self._gen.shutdown(wait=True)
+        self.corrections.close()
         self._writer.shutdown(wait=True)
         self.store.close()
 
@@ -532,10 +603,6 @@ def _drop_gate_example(path: Path) -> None:
         return
     if isinstance(metrics.get("gate"), dict) and metrics["gate"].pop("example", None) is not None:
         write_json(path, metrics)
-
-
-def _json_detail(detail: dict[str, Any]) -> str:
-    return json.dumps(detail)
 
 
 def _newest_within(messages: list[dict[str, str]], chars: int) -> list[dict[str, str]]:

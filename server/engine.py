@@ -131,6 +131,7 @@ class _Stream:
         self.on_delta = on_delta
         self.ids: list[int] = []
         self.sent = ""
+        self.text = ""  # everything generated so far, up to any stop string
         # Decoding after the prompt's last token keeps a leading space that SentencePiece would drop.
         anchor_text = self._decode(anchor)
         self.anchor, self.anchor_text = (anchor, anchor_text) if "\ufffd" not in anchor_text else ([], "")
@@ -148,6 +149,7 @@ class _Stream:
         """Add a token; send what is now stable. True when a stop string has appeared."""
         self.ids.append(token_id)
         text, stopped = self._text()
+        self.text = text
         if not stopped:
             text = text.rstrip("\ufffd")
             hold = max((n for s in self.stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
@@ -224,12 +226,15 @@ class Engine:
         temperature: float,
         cancel: threading.Event | None = None,
         on_delta: Callable[[str], None] | None = None,
+        stop: Callable[[str], bool] | None = None,
     ) -> Generation:
-        """Fill in the code between `prefix` and `suffix` (the cursor), streaming text to `on_delta`."""
+        """Fill in the code between `prefix` and `suffix` (the cursor), streaming text to `on_delta`.
+
+        `stop(text)` is asked after every token; True ends generation there (the suggestion's scope has ended)."""
         max_tokens, budget = self._budget(max_tokens, temperature)
         prompt, ids = self._fim_prompt(prefix, suffix, budget)
         stops = (*self.fim.stop, self.tokenizer.eos_token or "")
-        return self._generate(prompt, ids, stops, max_tokens, temperature, cancel, on_delta)
+        return self._generate(prompt, ids, stops, max_tokens, temperature, cancel, on_delta, stop)
 
     def chat(
         self,
@@ -264,7 +269,9 @@ class Engine:
         max_tokens = min(max_tokens, self.context_tokens // 2)
         return max_tokens, self.context_tokens - max_tokens
 
-    def _generate(self, prompt, ids, stops, max_tokens, temperature, cancel, on_delta) -> Generation:
+    def _generate(
+        self, prompt, ids, stops, max_tokens, temperature, cancel, on_delta, stop=None
+    ) -> Generation:
         with self._lock:
             t0 = time.perf_counter()
             stop_ids = self._eos_ids | self._token_ids(stops)
@@ -292,7 +299,7 @@ class Engine:
                         finish = "stop"
                         break
                     n_new += 1
-                    if stream.push(next_id):
+                    if stream.push(next_id) or (stop is not None and stop(stream.text)):
                         finish = "stop"
                         break
                     if fast is None:  # the fast path takes the token id itself, into its own buffer

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 from typing import Any
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.exceptions import JsonRpcException, JsonRpcInternalError, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol, lsp_method
 
@@ -16,10 +18,15 @@ from .backend import Backend, NotAvailable
 from .engine import ChatUnavailable
 from .scheduler import SchedulerBusy, SchedulerError
 from .store import StoreError
+from .validate import InvalidParams
 
 log = logging.getLogger("reinf.features")
 
 ACCEPT_COMMAND = "reinf.accepted"
+# textDocument/completion clients (Neovim and others) run an item's command as workspace/executeCommand on the
+# server; VS Code's own inline command above is the extension's, so this one has another name.
+COMPLETION_ACCEPT_COMMAND = "reinf.completionAccepted"
+_ANSWERING = contextvars.ContextVar("reinf_answering_request", default=False)
 
 
 class ServerBusy(JsonRpcException):
@@ -98,6 +105,46 @@ class ReinfProtocol(LanguageServerProtocol):
         if self.oversize.pop(params.text_document.uri, None) is not None:
             return
         yield from super().lsp_text_document__did_close(params)
+
+    # reinf/feedback sent as a request: queued the moment it is read, like the notification, and answered when
+    # its write commits (build_server sets this).
+    queue_feedback: Any = None
+
+    def _handle_request(self, msg_id: Any, method_name: str, params: Any) -> None:
+        if method_name == "reinf/feedback" and self.queue_feedback is not None:
+            self._answer_feedback(msg_id, params)
+            return
+        # Handlers run inside this call (async ones in a task that copies the context): they can tell a request,
+        # whose error the client sees, from a notification, which has no answer.
+        token = _ANSWERING.set(True)
+        try:
+            super()._handle_request(msg_id, method_name, params)
+        finally:
+            _ANSWERING.reset(token)
+
+    def _answer_feedback(self, msg_id: Any, params: Any) -> None:
+        try:
+            future = self.queue_feedback(params)
+        except JsonRpcException as exc:
+            self._send_response(msg_id, error=exc.to_response_error())
+            return
+        loop = asyncio.get_running_loop()
+
+        def answer(f: Any) -> None:
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is None:
+                loop.call_soon_threadsafe(
+                    lambda: self._send_response(msg_id, result={"rating_id": f.result()})
+                )
+            else:
+                error = exc if isinstance(exc, JsonRpcException) else JsonRpcInternalError(str(exc))
+                loop.call_soon_threadsafe(
+                    lambda: self._send_response(msg_id, error=error.to_response_error())
+                )
+
+        future.add_done_callback(answer)
 
     @lsp_method(types.EXIT)
     def lsp_exit(self, *args: Any) -> Any:
@@ -179,20 +226,36 @@ def build_server(backend: Backend) -> LanguageServer:
     def did_open(params: types.DidOpenTextDocumentParams) -> None:
         """pygls keeps the document; nothing else to do."""
 
+    @ls.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(params: types.DidChangeTextDocumentParams) -> None:
+        """pygls has applied the change; a correction being followed in this document looks at it."""
+        uri = params.text_document.uri
+        source = _source(ls, uri)
+        if source is not None:
+            backend.corrections.changed(ls, uri, source)
+
+    @ls.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(params: types.DidCloseTextDocumentParams) -> None:
+        backend.corrections.closed(ls, params.text_document.uri)
+
     @ls.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     @_errors
     async def inline_completion(params: types.InlineCompletionParams) -> types.InlineCompletionList:
-        result = await _complete_at(ls, backend, params.text_document.uri, params.position)
+        # With the suggest widget open, VS Code draws ghost text only for an item that extends the selected
+        # entry: complete as if that entry were inserted, and replace the same range.
+        selected = params.context.selected_completion_info if params.context else None
+        result = await _complete_at(ls, backend, params.text_document.uri, params.position, selected)
         if result is None:
             return types.InlineCompletionList(items=[])
         pos = params.position
+        text = result["text"] if selected is None else selected.text + result["text"]
         item = types.InlineCompletionItem(
-            insert_text=result["text"],
-            range=types.Range(start=pos, end=pos),
+            insert_text=text,
+            range=types.Range(start=pos, end=pos) if selected is None else selected.range,
             command=types.Command(
                 title="reinf: accepted",
                 command=ACCEPT_COMMAND,
-                arguments=[{"interaction_id": result["interaction_id"], "text": result["text"]}],
+                arguments=[{"interaction_id": result["interaction_id"], "text": text}],
             ),
         )
         return types.InlineCompletionList(items=[item])
@@ -211,11 +274,29 @@ def build_server(backend: Backend) -> LanguageServer:
             insert_text=text,
             command=types.Command(
                 title="reinf: accepted",
-                command=ACCEPT_COMMAND,
+                command=COMPLETION_ACCEPT_COMMAND,
                 arguments=[{"interaction_id": result["interaction_id"], "text": text}],
             ),
         )
         return types.CompletionList(is_incomplete=True, items=[item])
+
+    @ls.command(COMPLETION_ACCEPT_COMMAND)
+    @_errors
+    def completion_accepted(*arguments: Any) -> dict[str, Any]:
+        """A completion item was inserted (its command runs after insertion): record the accept."""
+        arg = arguments[0] if arguments else None
+        if not isinstance(arg, dict):
+            raise InvalidParams(
+                f"{COMPLETION_ACCEPT_COMMAND}: arguments[0] must be the item's {{interaction_id, text}}"
+            )
+        text = arg.get("text")
+        return backend.feedback(
+            {
+                "interaction_id": arg.get("interaction_id"),
+                "event": "accepted",
+                **({"accepted_chars": len(text)} if isinstance(text, str) else {}),
+            }
+        )
 
     @ls.feature("reinf/chat")
     @_errors
@@ -232,11 +313,14 @@ def build_server(backend: Backend) -> LanguageServer:
 
     @ls.feature("reinf/feedback")
     def feedback(params: Any) -> None:
+        """The notification (the editors' way); a request is answered by the protocol (`_answer_feedback`)."""
         # A notification has no answer: a refusal is logged (without the user's text).
         try:
             backend.queue_feedback(params).add_done_callback(_log_refusal)
         except JsonRpcException as exc:
             log.warning("reinf/feedback refused: %s", exc)
+
+    ls.protocol.queue_feedback = backend.queue_feedback
 
     simple = {
         "reinf/rate": backend.rate,
@@ -258,7 +342,11 @@ def build_server(backend: Backend) -> LanguageServer:
 
 
 async def _complete_at(
-    ls: LanguageServer, backend: Backend, uri: str, position: types.Position
+    ls: LanguageServer,
+    backend: Backend,
+    uri: str,
+    position: types.Position,
+    selected: types.SelectedCompletionInfo | None = None,
 ) -> dict[str, Any] | None:
     protocol = ls.protocol
     if uri in protocol.oversize:
@@ -278,6 +366,18 @@ async def _complete_at(
     if offset < 0 or offset > len(source):
         return None
     prefix, suffix, around = cursor_window(source, offset, backend.completion_window_chars)
+    # What the user writes instead is followed from this cursor; not from a suggest-widget entry's, whose text
+    # the document does not have.
+    follow = (lambda: _source(ls, uri)) if selected is None else None
+    if selected is not None:
+        start, end = (doc.offset_at_position(p) for p in (selected.range.start, selected.range.end))
+        if not 0 <= start <= offset <= end <= len(source):
+            return None
+        prefix, suffix, around = cursor_window(
+            source[:start] + selected.text + source[end:],
+            start + len(selected.text),
+            backend.completion_window_chars,
+        )
     return await backend.complete(
         prefix,
         suffix,
@@ -286,7 +386,17 @@ async def _complete_at(
         language=doc.language_id,
         around=around,
         line=position.line + 1,
+        conn=ls,
+        source=follow,
+        cursor=offset,
+        after=len(source) - offset,
     )
+
+
+def _source(ls: LanguageServer, uri: str) -> str | None:
+    """The text of an open document, None if it is not open on this connection."""
+    doc = ls.workspace.text_documents.get(uri)
+    return None if doc is None else doc.source
 
 
 SECRET_MARGIN = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import stat
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from lsprotocol import types
+from pygls.exceptions import JsonRpcException
 from pygls.lsp.client import LanguageClient
 
 from reinf.client import Client, DaemonUnavailable, RpcError
@@ -205,7 +207,34 @@ async def _lsp_session(client: LanguageClient, token: str | None) -> None:
     completion = await client.text_document_completion_async(
         types.CompletionParams(text_document=types.TextDocumentIdentifier(uri=uri), position=pos)
     )
-    assert completion.items and completion.items[0].command.command == "reinf.accepted"
+    assert completion.items and completion.items[0].command.command == "reinf.completionAccepted"
+    # With VS Code's suggest widget open on "return", only an item that extends it is drawn: the daemon completes
+    # as if the entry were inserted and replaces the entry's range.
+    selected = types.SelectedCompletionInfo(range=types.Range(start=pos, end=pos), text="return ")
+    consistent = await client.text_document_inline_completion_async(
+        types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri),
+            position=pos,
+            context=types.InlineCompletionContext(
+                trigger_kind=types.InlineCompletionTriggerKind.Automatic, selected_completion_info=selected
+            ),
+        )
+    )
+    drawn = consistent.items if isinstance(consistent, types.InlineCompletionList) else consistent
+    assert drawn, "no completion after the selected entry"
+    assert drawn[0].insert_text.startswith("return ") and len(drawn[0].insert_text) > len("return ")
+    assert drawn[0].range == selected.range
+    # A textDocument/completion client runs the item's command on the server once the item is inserted.
+    accepted = completion.items[0].command
+    done = await client.workspace_execute_command_async(
+        types.ExecuteCommandParams(command=accepted.command, arguments=accepted.arguments)
+    )
+    assert done["rating_id"] > 0
+    # Sent as a request, feedback that cannot be true is answered with -32602 naming the field.
+    again = {"interaction_id": accepted.arguments[0]["interaction_id"], "event": "dismissed"}
+    with pytest.raises(JsonRpcException, match="event") as refused:
+        await client.protocol.send_request_async("reinf/feedback", again)
+    assert refused.value.code == -32602
     client.protocol.notify(
         "reinf/feedback",
         {
@@ -238,6 +267,70 @@ def test_real_lsp_client_over_tcp_completes_and_feedback_is_stored(
     events = [x["event"] for r in completions for x in (r["ratings"] or [])]
     assert "accepted" in events
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def test_what_is_typed_after_a_dismissal_is_stored_as_a_correction(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """The daemon follows didChange at the dismissed suggestion's place and keeps what was written there."""
+    uri = "file:///tmp/corrected.py"
+    text = "import os\n\n\ndef home():\n    "
+
+    async def main() -> None:
+        client = LanguageClient("pygls-test", "1")
+        await client.start_tcp("127.0.0.1", daemon.info["port"])
+        await client.initialize_async(
+            types.InitializeParams(
+                capabilities=types.ClientCapabilities(),
+                initialization_options={"token": daemon.info["token"]},
+            )
+        )
+        client.initialized(types.InitializedParams())
+        doc = types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)
+        client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=doc))
+        pos = types.Position(line=4, character=4)
+        inline = await client.text_document_inline_completion_async(
+            types.InlineCompletionParams(
+                text_document=types.TextDocumentIdentifier(uri=uri),
+                position=pos,
+                context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
+            )
+        )
+        items = inline.items if isinstance(inline, types.InlineCompletionList) else inline
+        assert items, "the tiny model produced no inline completion"
+        iid = items[0].command.arguments[0]["interaction_id"]
+        await client.protocol.send_request_async(
+            "reinf/feedback", {"interaction_id": iid, "event": "dismissed", "shown_ms": 700}
+        )
+        typed = 'return os.environ["HOME"]'
+        # Typed one character at a time, then an edit at the top of the file: the user moved on.
+        edits = [(types.Position(line=4, character=4 + i), ch) for i, ch in enumerate(typed)]
+        for version, (at, ch) in enumerate([*edits, (types.Position(line=0, character=0), "#\n")], start=2):
+            client.text_document_did_change(
+                types.DidChangeTextDocumentParams(
+                    text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+                    content_changes=[
+                        types.TextDocumentContentChangePartial(range=types.Range(start=at, end=at), text=ch)
+                    ],
+                )
+            )
+        await client.protocol.send_request_async("reinf/status", {})  # the changes were read before this
+        await client.shutdown_async(None)
+        client.exit(None)
+        await client.stop()
+
+    _run_async(main)
+    with daemon.client() as c:
+        out = tmp_path / "export.jsonl"
+        c.request("reinf/export", {"format": "jsonl", "path": str(out)})
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    corrected = [
+        r for r in rows if r["context"] and json.loads(r["context"]).get("uri") == uri and r["corrections"]
+    ]
+    assert len(corrected) == 1
+    assert [(x["typed"], x["event"], x["ended"], x["truncated"]) for x in corrected[0]["corrections"]] == [
+        ('return os.environ["HOME"]', "dismissed", "moved", False)
+    ]
 
 
 def test_real_lsp_client_over_stdio(daemon: DaemonProcess) -> None:
@@ -504,7 +597,11 @@ def test_cli_status_history_rate_and_export(daemon: DaemonProcess, tmp_path: Pat
         assert out.returncode == 0, out.stderr
         return out.stdout
 
-    assert "reinf-tiny-test" in reinf("status")
+    status = reinf("status")
+    assert "reinf-tiny-test" in status
+    assert re.search(
+        r"completions +accepted (\d+% of \d+|none shown) in the last 7 days; base \(active\)", status
+    )
     with daemon.client() as c:
         iid = c.chat("def cli():", max_tokens=4)["interaction_id"]
     assert iid in reinf("history", "-n", "50", "--unrated")

@@ -166,6 +166,20 @@ def test_cancel_stops_generation_early(tiny_engine):
     assert g.text == "".join(deltas) and full.text.startswith(g.text)
 
 
+def test_a_stop_check_ends_generation_at_the_token_it_fires_on(tiny_engine):
+    full = tiny_engine.complete(PREFIX, SUFFIX, max_tokens=40, temperature=0)
+    assert full.n_new_tokens == 40 and len(full.text) > 8  # precondition: unchecked, it runs to the limit
+    seen: list[str] = []
+
+    def stop(text: str) -> bool:
+        seen.append(text)
+        return len(text) >= 8
+
+    g = tiny_engine.complete(PREFIX, SUFFIX, max_tokens=40, temperature=0, stop=stop)
+    assert g.finish_reason == "stop" and g.n_new_tokens == len(seen) < 40
+    assert g.text == seen[-1] and full.text.startswith(g.text) and len(g.text) >= 8
+
+
 def test_long_prompts_are_cut_from_the_left_to_fit_the_context(tiny_engine):
     prefix = "".join(f"value_{i} = {i}\n" for i in range(400)) + "total = "
     g = tiny_engine.complete(prefix, "\nprint(total)\n" * 50, max_tokens=16, temperature=0)

@@ -296,13 +296,16 @@ def ok_rate(p: Any, server: Any) -> bool:
     )
 
 
-def ok_feedback(p: Any, server: Any) -> bool:
-    p = object_with(p, {"interaction_id", "event", "accepted_chars", "shown_ms"})
+FEEDBACK_FIELDS = ["interaction_id", "event", "accepted_chars", "accepted_words", "typed_chars", "shown_ms"]
+
+
+def ok_feedback(p: Any, completion_id: str) -> bool:
+    p = object_with(p, set(FEEDBACK_FIELDS))
     return (
         p is not None
-        and p.get("interaction_id") == server.iid
-        and p.get("event") in ("accepted", "dismissed", "partially_accepted")
-        and opt_int(p.get("accepted_chars"), 0, 10_000_000)
+        and p.get("interaction_id") == completion_id
+        and p.get("event") in ("accepted", "dismissed", "partially_accepted", "typed_through")
+        and all(opt_int(p.get(k), 0, 10_000_000) for k in ("accepted_chars", "accepted_words", "typed_chars"))
         and opt_int(p.get("shown_ms"), 0, 86_400_000)
     )
 
@@ -389,9 +392,14 @@ def valid_feedback(server: Any) -> st.SearchStrategy[dict[str, Any]]:
     return st.fixed_dictionaries(
         {
             "interaction_id": st.just(server.iid),
-            "event": st.sampled_from(["accepted", "dismissed", "partially_accepted"]),
+            "event": st.sampled_from(["accepted", "dismissed", "partially_accepted", "typed_through"]),
         },
-        optional={"accepted_chars": st.integers(0, 10_000_000), "shown_ms": st.integers(0, 86_400_000)},
+        optional={
+            "accepted_chars": st.integers(0, 10_000_000),
+            "accepted_words": st.integers(0, 10_000_000),
+            "typed_chars": st.integers(0, 10_000_000),
+            "shown_ms": st.integers(0, 86_400_000),
+        },
     )
 
 
@@ -492,11 +500,23 @@ def test_rate(server: Any, data: st.DataObject) -> None:
 @SETTINGS
 @given(data=st.data())
 def test_feedback(server: Any, data: st.DataObject) -> None:
-    """A notification: the daemon answers nothing, so the backend's own check is what is tested."""
-    params, field = data.draw(
-        mutations(valid_feedback(server), ["interaction_id", "event", "accepted_chars", "shown_ms"])
+    """A notification: the daemon answers nothing, so the backend's own check is what is tested. Each example
+    is about a fresh completion (an event ends one, and the fixture's own interaction is a chat)."""
+    params, field = data.draw(mutations(valid_feedback(server), FEEDBACK_FIELDS))
+    completion_id = server.backend.store.add_interaction(
+        kind="completion",
+        client="fuzz",
+        model="m",
+        adapter_version=0,
+        prompt="p",
+        context={},
+        response="r",
+        finish_reason="stop",
+        timings={},
     )
-    expected = ok_feedback(params, server)
+    if isinstance(params, dict) and params.get("interaction_id") == server.iid:
+        params = {**params, "interaction_id": completion_id}
+    expected = ok_feedback(params, completion_id)
     before = counts(server.backend)
     try:
         asyncio.run(server.backend.feedback(params))
