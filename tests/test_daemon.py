@@ -26,7 +26,7 @@ from .daemon_proc import DaemonProcess, daemon_env, long_context_model
 def daemon(tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("daemon") / "home"
     # Greedy decoding: the tiny test model's answers are then the same on every machine.
-    d = DaemonProcess(home, daemon_env(home, model_temperature="0")).start()
+    d = DaemonProcess(home, daemon_env(home, model_temperature="0", model_chat_temperature="0")).start()
     yield d
     d.stop()
 
@@ -415,7 +415,13 @@ def long_daemon(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("long")
     model = long_context_model(root / "long-model")
     home = root / "home"
-    env = daemon_env(home, model_name=str(model), model_max_context_tokens="65536", model_temperature="0")
+    env = daemon_env(
+        home,
+        model_name=str(model),
+        model_max_context_tokens="65536",
+        model_temperature="0",
+        model_chat_temperature="0",
+    )
     d = DaemonProcess(home, env).start()
     yield d
     d.stop()
