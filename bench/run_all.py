@@ -30,6 +30,10 @@ BENCHMARKS = [
      [("adapter cost per token, x base", "ratio_to_base.merged", "~1"),
       ("PEFT layers' cost, x base", "ratio_to_base.peft_layers", "")]),
     ("ppo_step", "ppo_step.py", [], True, [("PPO step s", "s_per_step", ""), ("peak GiB", "peak_gib", "")]),
+    ("completions", "completions.py", [], False,
+     [("parseable, truncated %", "truncation.scoped.parseable_pct", "> raw"),
+      ("cut mid-identifier %", "truncation.scoped.mid_identifier_pct", "0"),
+      ("acceptance rate", "developer.acceptance_rate", "")]),
     ("learning", "learning.py", [], False,
      [("satisfaction gain, points", "gain_points", ">= 40"),
       ("general loss change %", "general_loss_change_pct", "<= 5"),
@@ -62,7 +66,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="a short version of every benchmark")
     ap.add_argument(
         "--only",
-        help="comma-separated names to run (latency, interference, adapter_cost, ppo_step, learning)",
+        help="comma-separated names to run (latency, interference, adapter_cost, ppo_step, completions, learning)",
     )
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else None

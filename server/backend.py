@@ -5,23 +5,28 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from .adapters import Adapters
 from .config import Config
+from .corrections import Correction, Corrections
 from .paths import export_problem, private_dir, write_json
 from .redact import redact, redact_obj, secrets_at_cursor, secrets_in
-from .store import Store, UnknownInteraction
+from .store import COMPLETION_EVENTS, RefusedEvent, Store, UnknownInteraction
+from .truncate import completion_scope
 from .validate import InvalidParams, Params
 
+T = TypeVar("T")
+
 log = logging.getLogger("reinf.backend")
-WRITE_BEHIND_S = 0.003
 
 
 class NotAvailable(RuntimeError):
@@ -37,7 +42,12 @@ def _ms(start: float, end: float | None = None) -> float:
 
 
 class Backend:
-    """Everything the LSP handlers call. Tests and benchmarks use it without any LSP."""
+    """Everything the LSP handlers call. Tests and benchmarks use it without any LSP.
+
+    Every request method is a coroutine that keeps the event loop free: generation and adapter swaps run on
+    the one inference thread (in order, so a swap waits for the generation before it and holds up no other
+    client), the request path's store writes on the one writer thread (each request waits for its own
+    write's commit), and reads and slow work (export, forget, rollback) on a small pool."""
 
     def __init__(self, cfg: Config, engine: Any | None = None) -> None:
         self.cfg = cfg
@@ -48,50 +58,28 @@ class Backend:
 
             engine = Engine(cfg.model)
         self.engine = engine
-        # One inference thread: requests queue here; the queue time is reported as queue_ms.
+        # A completion reads this much text around the cursor: more than the model's context holds at any
+        # plausible number of characters per token, so the engine still cuts the prompt to its token budget.
+        self.completion_window_chars = 8 * int(
+            getattr(engine, "context_tokens", 0) or cfg.model.max_context_tokens
+        )
+        # One inference thread: requests and adapter swaps queue here; the queue time is reported as queue_ms.
         self._gen = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reinf-generate")
-        # Inline completions are written behind the answer, on this thread, so that the committed DuckDB insert
-        # (about 2 ms) is not in the typing path. Every read and every rating waits for them first (`flush`).
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reinf-store")
-        self._unwritten: set[Future] = set()
-        self._lost: dict[str, str] = {}  # interaction id → why its write failed (the newest few)
+        # Reads and slow work. Rollbacks that wait for a generation each hold one, so there are several.
+        self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="reinf-io")
         self._clients: set[Notifier] = set()
         self._clients_lock = threading.Lock()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.corrections = Corrections(
+            cfg.completions, self._store_correction_later, schedule=self._call_later
+        )
         from .scheduler import Scheduler
 
-        self.scheduler = Scheduler(cfg, self.store, broadcast=self.broadcast, swap_adapter=self.swap_adapter)
-        self._load_start_adapter(*self.scheduler.start())
-
-    def _load_start_adapter(self, version: int, path: Path | None) -> None:
-        """Serve the active adapter. One that will not load is rejected, and the newest good earlier one, or
-        the base, serves instead: a broken adapter must not keep the daemon from starting. (The scheduler has
-        already passed over folders that are missing or whose files are unreadable.)"""
-        failed = False
-        while version:
-            try:
-                self.engine.set_adapter(version, path)
-                return
-            except Exception as exc:
-                log.warning("adapter v%s cannot be loaded (%s); marking it rejected", version, exc)
-                self.store.set_adapter_status(version, "rejected")
-                failed = True
-            from .scheduler import adapter_problem
-
-            earlier = [
-                a
-                for a in self.store.list_adapters()  # newest first
-                if a["status"] == "retired"
-                and a["version"] < version
-                and adapter_problem(Path(a["path"])) is None
-            ]
-            version, path = (earlier[0]["version"], Path(earlier[0]["path"])) if earlier else (0, None)
-            if version:
-                log.warning("falling back to adapter v%s, the newest good one", version)
-                self.store.activate_adapter(version)
-        if failed:
-            log.warning("no earlier adapter can be loaded; serving the base model (version 0)")
-            self.store.activate_adapter(0)
+        self.adapters = Adapters(cfg.home, self.store, swap=self.swap_adapter, broadcast=self.broadcast)
+        self.scheduler = Scheduler(cfg, self.store, adapters=self.adapters, broadcast=self.broadcast)
+        self.scheduler.start()
+        self.adapters.start()
 
     # -- clients and notifications -----------------------------------------------------------------
 
@@ -114,8 +102,24 @@ class Backend:
                 _safe_notify(client, method, params)
 
     def swap_adapter(self, version: int, path: Path | None) -> None:
-        """Hot-swap the engine's adapter between two generations (blocks until done)."""
+        """Hot-swap the engine's adapter: a job on the generation queue, so it runs between two generations.
+        Blocks its caller until done; called from worker threads (never the event loop)."""
         self._gen.submit(self.engine.set_adapter, version, path).result()
+
+    async def _off(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the I/O pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn)
+
+    async def _write(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the store's writer thread; returns once its write is committed (or raises why not).
+        A write once queued is done even if its request is cancelled (its client went away, say)."""
+        return await asyncio.shield(asyncio.get_running_loop().run_in_executor(self._writer, fn))
+
+    async def _after_writes(self, fn: Callable[[], T]) -> T:
+        """A read that must see every write queued before it (a notification's, say, which has no answer to
+        wait for): it waits its turn on the writer, then runs on the I/O pool."""
+        await self._write(lambda: None)
+        return await self._off(fn)
 
     # -- generation -------------------------------------------------------------------------------
 
@@ -169,7 +173,8 @@ class Backend:
         temperature = p.float("temperature", 0.0, 2.0)
         if temperature is None:
             temperature = self.cfg.model.chat_temperature
-        full = _with_context(messages, context)
+        whole = _with_context(messages, context)
+        full = _newest_within(whole, self.completion_window_chars)
         # The interaction id is known up front so that streamed deltas can carry it.
         iid = uuid.uuid4().hex
 
@@ -183,23 +188,25 @@ class Backend:
             ),
             keep_partial=True,
         )
-        version = self.engine.adapter_version
+        # The adapter that made the answer, read with it: a swap after the generation must not relabel it.
+        version = getattr(gen, "adapter_version", 0)
         timings = {"queue_ms": queue_ms, "generate_ms": round(gen.generate_ms, 3)}
         timings["total_ms"] = _ms(t0)
-        # Answered only once committed, so that a full disk is an error here; redaction and the write run on
-        # the store thread, off the event loop.
-        await asyncio.get_running_loop().run_in_executor(self._writer, lambda: self._store_interaction(
-            iid,
-            kind=kind,
-            client=client,
-            prompt=gen.prompt,
-            response=gen.text,
-            finish_reason=gen.finish_reason,
-            context={**context, "messages": messages},
-            timings=timings,
-            adapter_version=version,
-            uncut=[m["content"] for m in full],
-        ))  # fmt: skip
+        # Answered only once committed, so that a full disk is an error here; redaction runs on the writer too.
+        await self._write(
+            lambda: self._store_interaction(
+                iid,
+                kind=kind,
+                client=client,
+                prompt=gen.prompt,
+                response=gen.text,
+                finish_reason=gen.finish_reason,
+                context={**context, "messages": messages},
+                timings=timings,
+                adapter_version=version,
+                uncut=[m["content"] for m in whole],
+            )
+        )
         timings["total_ms"] = _ms(t0)
         return {
             "interaction_id": iid,
@@ -219,76 +226,73 @@ class Backend:
         uri: str,
         language: str | None,
         max_tokens: int | None = None,
+        around: tuple[str, str] | None = None,
+        line: int | None = None,
+        conn: Hashable | None = None,
+        source: Callable[[], str | None] | None = None,
+        cursor: int | None = None,
+        after: int | None = None,
     ) -> dict[str, Any] | None:
-        """An inline completion at the cursor; stored and returned with its interaction id (None if empty)."""
+        """An inline completion at the cursor; stored, then returned with its interaction id (None if empty).
+        Answered after its write commits, so that an accept or dismiss of it always finds it, crash or not.
+        `around` is a wider stretch of the document that `prefix` and `suffix` were cut from, where a secret
+        that the cut split is still recognised. With `source` (the document's text now) and the connection
+        `conn` it lives on, what the user writes instead of the suggestion can be followed (corrections.py)."""
         t0 = time.perf_counter()
         n = max_tokens or self.cfg.model.max_new_tokens
+        scope = completion_scope(self.cfg.completions, prefix, suffix, language)
         gen, queue_ms = await self._generate(
             lambda cancel: self.engine.complete(
-                prefix, suffix, max_tokens=n, temperature=self.cfg.model.temperature, cancel=cancel
+                prefix,
+                suffix,
+                max_tokens=n,
+                temperature=self.cfg.model.temperature,
+                cancel=cancel,
+                stop=scope.ended,
             )
         )
-        if gen is None or gen.finish_reason == "cancelled" or not gen.text.strip():
+        if gen is None or gen.finish_reason == "cancelled":
+            return None
+        text = scope.finish(gen.text, gen.finish_reason)
+        if not text:
             return None
         iid = uuid.uuid4().hex
-        version = self.engine.adapter_version
+        version = getattr(gen, "adapter_version", 0)
         timings = {"queue_ms": queue_ms, "generate_ms": round(gen.generate_ms, 3), "total_ms": _ms(t0)}
-        self._store_later(
-            iid,
-            kind="completion",
-            client=client,
-            prompt=gen.prompt,
-            response=gen.text,
-            finish_reason=gen.finish_reason,
-            timings=timings,
-            context={
-                "uri": uri,
-                "language": language,
-                "line": prefix.count("\n") + 1,
-                "before_cursor": prefix[-400:],
-            },
-            adapter_version=version,
-            uncut=[prefix, suffix],
+        await self._write(
+            lambda: self._store_interaction(
+                iid,
+                kind="completion",
+                client=client,
+                prompt=gen.prompt,
+                response=text,
+                finish_reason="stop" if text != gen.text else gen.finish_reason,
+                timings=timings,
+                context={
+                    "uri": uri,
+                    "language": language,
+                    "line": line,
+                    "before_cursor": prefix[-400:],
+                    "mode": scope.mode,
+                },
+                adapter_version=version,
+                uncut=list(around) if around is not None else [prefix, suffix],
+            )
         )
+        if source is not None:
+            self.corrections.offered(
+                iid,
+                conn=conn,
+                uri=uri,
+                prefix=prefix,
+                suffix=suffix,
+                suggestion=text,
+                source=source,
+                cursor=cursor,
+                after=after,
+            )
         timings["total_ms"] = _ms(t0)
-        return {"interaction_id": iid, "text": gen.text, "adapter_version": version, "timings": timings}
-
-    def _store_later(self, iid: str, **fields: Any) -> None:
-        """Write an interaction on the store thread; a failure is logged and named to a later rating of it."""
-
-        def write() -> None:
-            # Let the event loop put the answer on the wire first: a write started at once took the GIL
-            # from it (overhead p50 2.65 ms against 0.93 ms), and sleeping frees the GIL.
-            time.sleep(WRITE_BEHIND_S)
-            self._store_interaction(iid, **fields)
-
-        fut = self._writer.submit(write)
-        self._unwritten.add(fut)
-
-        def done(f: Future) -> None:
-            self._unwritten.discard(f)
-            exc = f.exception()
-            if exc is not None:
-                log.error("the completion %s could not be stored: %s", iid, exc)
-                self._lost[iid] = str(exc)
-                while len(self._lost) > 100:
-                    self._lost.pop(next(iter(self._lost)))
-
-        fut.add_done_callback(done)
-
-    def flush(self) -> None:
-        """Wait until every interaction answered so far is committed (or has failed, and says why)."""
-        for fut in list(self._unwritten):
-            try:
-                fut.result()
-            except Exception:  # noqa: BLE001 - logged and kept in _lost by the done callback
-                pass
-
-    def _unknown(self, method: str, iid: str, exc: UnknownInteraction) -> InvalidParams:
-        why = self._lost.get(iid)
-        if why is not None:
-            return InvalidParams(f"{method}: interaction_id: that completion could not be stored ({why})")
-        return InvalidParams(f"{method}: interaction_id: {exc}")
+        return {"interaction_id": iid, "text": text, "adapter_version": version, "timings": timings}
 
     def _store_interaction(
         self,
@@ -328,7 +332,7 @@ class Backend:
 
     # -- ratings ----------------------------------------------------------------------------------
 
-    def rate(self, params: Any) -> dict[str, Any]:
+    async def rate(self, params: Any) -> dict[str, Any]:
         """reinf/rate: append an explicit rating; answered only after it is committed."""
         p = Params(
             params,
@@ -342,105 +346,157 @@ class Backend:
         comment = p.str("comment")
         if thumbs is None and stars is None and not comment:
             raise InvalidParams("reinf/rate: give at least one of thumbs, stars or comment")
-        if comment and self.cfg.server.redact_secrets:
-            comment = redact(comment)
-        self.flush()
-        try:
-            rating_id = self.store.add_rating(iid, thumbs=thumbs, stars=stars, comment=comment)
-        except UnknownInteraction as exc:
-            raise self._unknown("reinf/rate", iid, exc) from exc
-        self.scheduler.note_rating()
-        return {
-            "rating_id": rating_id,
-            "ratings_total": self.store.ratings_total(),
-            "until_next_training": self.scheduler.until_next_training(),
-        }
 
-    def feedback(self, params: Any) -> int:
-        """reinf/feedback: an implicit signal (accepted, dismissed, partially accepted)."""
+        def write() -> int:
+            text = redact(comment) if comment and self.cfg.server.redact_secrets else comment
+            try:
+                return self.store.add_rating(iid, thumbs=thumbs, stars=stars, comment=text)
+            except UnknownInteraction as exc:
+                raise InvalidParams(f"reinf/rate: interaction_id: {exc}") from exc
+
+        rating_id = await self._write(write)
+
+        def answer() -> dict[str, Any]:
+            self.scheduler.note_rating()  # may start a run: exports a snapshot and starts the trainer
+            return {
+                "rating_id": rating_id,
+                "ratings_total": self.store.ratings_total(),
+                "until_next_training": self.scheduler.until_next_training(),
+            }
+
+        return await self._off(answer)
+
+    async def feedback(self, params: Any) -> dict[str, Any]:
+        """reinf/feedback: what happened to an inline completion (accepted, partially accepted, typed through,
+        dismissed), in typed columns; refused with nothing written when it cannot be true of that interaction."""
+        return {"rating_id": await asyncio.wrap_future(self.queue_feedback(params))}
+
+    def queue_feedback(self, params: Any) -> Future[int]:
+        """Check a feedback event and queue its write at once. A notification has no answer to wait for, and a
+        client may send `shutdown` straight after it (which cancels what has not started): it is queued, in
+        order, the moment it is read."""
         p = Params(
             params,
             "reinf/feedback",
             self.cfg.server.max_field_bytes,
-            {"interaction_id", "event", "accepted_chars", "shown_ms"},
+            {"interaction_id", "event", "accepted_chars", "accepted_words", "typed_chars", "shown_ms"},
         )
         iid = p.str("interaction_id", required=True)
-        event = p.str("event", required=True, choices=("accepted", "dismissed", "partially_accepted"))
-        accepted_chars = p.int("accepted_chars", 0, 10_000_000)
+        event = p.str("event", required=True, choices=COMPLETION_EVENTS)
+        counts = {k: p.int(k, 0, 10_000_000) for k in ("accepted_chars", "accepted_words", "typed_chars")}
         shown_ms = p.int("shown_ms", 0, 86_400_000)
-        detail = {
-            k: v for k, v in (("accepted_chars", accepted_chars), ("shown_ms", shown_ms)) if v is not None
-        }
-        self.flush()
-        try:
-            return self.store.add_rating(
-                iid, source="implicit", event=event, comment=_json_detail(detail) if detail else None
-            )
-        except UnknownInteraction as exc:
-            raise self._unknown("reinf/feedback", iid, exc) from exc
+
+        def write() -> int:
+            try:
+                return self.store.add_completion_event(iid, event, shown_ms=shown_ms, **counts)
+            except UnknownInteraction as exc:
+                raise InvalidParams(f"reinf/feedback: interaction_id: {exc}") from exc
+            except RefusedEvent as exc:
+                raise InvalidParams(f"reinf/feedback: {exc.field}: {exc}") from exc
+
+        fut = self._writer.submit(write)
+
+        def follow(f: Future[int]) -> None:
+            # After a stored dismissal or partial accept, what the user writes there is followed (on the loop).
+            if f.cancelled() or f.exception() is not None:
+                return
+            if self.loop is not None and self.loop.is_running():
+                self.loop.call_soon_threadsafe(self.corrections.event, iid, event)
+            else:
+                self.corrections.event(iid, event)
+
+        fut.add_done_callback(follow)
+        return fut
+
+    def _call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        if self.loop is not None and self.loop.is_running():
+            self.loop.call_later(delay, fn)
+        # Without a running loop (tests, benchmarks) a correction's time is checked at the next change.
+
+    def _store_correction_later(self, c: Correction) -> None:
+        """Queue a correction's write, redacted like every other text; a failure is logged."""
+
+        def write() -> None:
+            typed = c.typed
+            if self.cfg.server.redact_secrets:
+                typed = redact(typed, secrets_in(c.prefix, c.typed, c.suffix))
+            self.store.add_correction(c.interaction_id, c.event, typed, c.truncated, c.ended)
+
+        def done(f: Future) -> None:
+            if not f.cancelled() and f.exception() is not None:
+                log.error("a correction of %s could not be stored: %s", c.interaction_id, f.exception())
+
+        self._writer.submit(write).add_done_callback(done)
 
     # -- reads ------------------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        self.flush()
+    async def status(self, params: Any = None) -> dict[str, Any]:
+        return await self._off(self._status)
+
+    def _status(self) -> dict[str, Any]:
         return {
             "model": self.engine.model_name,
             "device": self.engine.device,
+            "completions": self.engine.fim.describe() if hasattr(self.engine, "fim") else None,
             "adapter_version": self.engine.adapter_version,
             "ratings_total": self.store.ratings_total(),
             "interactions_total": self.store.count_interactions(),
             "until_next_training": self.scheduler.until_next_training(),
             "training": self.scheduler.status(),
             "last_run": self.scheduler.last_run(),
+            "acceptance": self.store.acceptance(
+                self.engine.adapter_version, datetime.now(timezone.utc) - timedelta(days=7)
+            ),
         }
 
-    def history(self, params: Any) -> dict[str, Any]:
+    async def history(self, params: Any) -> dict[str, Any]:
         p = Params(
             params,
             "reinf/history",
             self.cfg.server.max_field_bytes,
             {"limit", "offset", "unrated_only", "kind"},
         )
-        self.flush()
-        items, total = self.store.history(
-            limit=p.int("limit", 1, self.cfg.server.history_limit_max, default=20),
-            offset=p.int("offset", 0, 2**31, default=0),
-            unrated_only=p.bool("unrated_only"),
-            kind=p.str("kind", choices=("completion", "chat", "ask")),
+        limit = p.int("limit", 1, self.cfg.server.history_limit_max, default=20)
+        offset = p.int("offset", 0, 2**31, default=0)
+        unrated_only = p.bool("unrated_only")
+        kind = p.str("kind", choices=("completion", "chat", "ask"))
+        items, total = await self._after_writes(
+            lambda: self.store.history(limit=limit, offset=offset, unrated_only=unrated_only, kind=kind)
         )
         return {"items": items, "total": total}
 
-    def runs(self, params: Any) -> dict[str, Any]:
+    async def runs(self, params: Any) -> dict[str, Any]:
         p = Params(params, "reinf/runs", self.cfg.server.max_field_bytes, {"limit"})
-        return {"runs": self.store.list_runs(limit=p.int("limit", 1, 1000, default=20))}
+        limit = p.int("limit", 1, 1000, default=20)
+        return {"runs": await self._off(lambda: self.store.list_runs(limit=limit))}
 
-    def adapters(self, params: Any) -> dict[str, Any]:
+    async def list_adapters(self, params: Any) -> dict[str, Any]:
         Params(params, "reinf/adapters", self.cfg.server.max_field_bytes, set())
-        return {"adapters": self.store.list_adapters(), "active": self.engine.adapter_version}
+        return {"adapters": await self._off(self.store.list_adapters), "active": self.engine.adapter_version}
 
-    def ratings_timeline(self, params: Any) -> dict[str, Any]:
+    async def ratings_timeline(self, params: Any) -> dict[str, Any]:
         Params(params, "reinf/ratingsTimeline", self.cfg.server.max_field_bytes, set())
-        return {"points": self.store.ratings_timeline()}
+        return {"points": await self._off(self.store.ratings_timeline)}
 
     # -- training control -------------------------------------------------------------------------
 
-    def retrain(self, params: Any) -> dict[str, Any]:
+    async def retrain(self, params: Any) -> dict[str, Any]:
         p = Params(params, "reinf/retrain", self.cfg.server.max_field_bytes, {"fresh_judge"})
         fresh_judge = p.bool("fresh_judge")
-        self.flush()
-        return {"run_id": self.scheduler.retrain("manual", fresh_judge=fresh_judge)}
+        return {"run_id": await self._off(lambda: self.scheduler.retrain("manual", fresh_judge=fresh_judge))}
 
-    def cancel_training(self, params: Any) -> dict[str, Any]:
+    async def cancel_training(self, params: Any) -> dict[str, Any]:
         Params(params, "reinf/cancelTraining", self.cfg.server.max_field_bytes, set())
-        return {"cancelled": self.scheduler.cancel()}
+        return {"cancelled": await self._off(self.scheduler.cancel)}
 
-    def rollback(self, params: Any) -> dict[str, Any]:
+    async def rollback(self, params: Any) -> dict[str, Any]:
         p = Params(params, "reinf/rollback", self.cfg.server.max_field_bytes, {"version"})
-        return {"adapter_version": self.scheduler.rollback(p.int("version", 0, 2**31))}
+        version = p.int("version", 0, 2**31)
+        return {"adapter_version": await self._off(lambda: self.adapters.rollback(version))}
 
     # -- data management --------------------------------------------------------------------------
 
-    def export(self, params: Any) -> dict[str, Any]:
+    async def export(self, params: Any) -> dict[str, Any]:
         p = Params(params, "reinf/export", self.cfg.server.max_field_bytes, {"format", "path"})
         fmt = p.str("format", choices=("parquet", "jsonl")) or "parquet"
         raw = p.str("path", required=True)
@@ -451,18 +507,20 @@ class Backend:
         path = Path(raw)
         if not path.is_absolute():
             raise InvalidParams(f"reinf/export: path must be absolute, got {str(path)!r}")
-        if not path.parent.is_dir():
-            raise InvalidParams(f"reinf/export: path: folder {str(path.parent)!r} does not exist")
-        if not path.name or path.is_dir():
-            raise InvalidParams(f"reinf/export: path {str(path)!r} is a folder; give the name of a file")
-        self.flush()
-        try:
-            rows = self.store.export(path, fmt)
-        except OSError as exc:
-            raise export_problem(path, exc) from None
-        return {"path": str(path), "rows": rows}
 
-    def forget(self, params: Any) -> dict[str, Any]:
+        def export() -> int:
+            if not path.parent.is_dir():
+                raise InvalidParams(f"reinf/export: path: folder {str(path.parent)!r} does not exist")
+            if not path.name or path.is_dir():
+                raise InvalidParams(f"reinf/export: path {str(path)!r} is a folder; give the name of a file")
+            try:
+                return self.store.export(path, fmt)
+            except OSError as exc:
+                raise export_problem(path, exc) from None
+
+        return {"path": str(path), "rows": await self._after_writes(export)}
+
+    async def forget(self, params: Any) -> dict[str, Any]:
         p = Params(params, "reinf/forget", self.cfg.server.max_field_bytes, {"before", "keep_adapters"})
         text = p.str("before", required=True)
         keep_adapters = p.bool("keep_adapters", default=False)
@@ -475,9 +533,14 @@ class Backend:
                 before = before.astimezone()
             except (ValueError, OverflowError) as exc:  # 0001-01-01 in a zone east of UTC is year 0
                 raise InvalidParams(f"reinf/forget: before is out of range: {text!r}") from exc
-        self.flush()
-        first = self.store.first_rating_before(before)
-        deleted = self.store.forget(before)
+
+        def delete() -> tuple[int | None, int]:
+            return self.store.first_rating_before(before), self.store.forget(before)
+
+        first, deleted = await self._write(delete)
+        return {**await self._off(lambda: self._after_forget(first, keep_adapters)), "deleted": deleted}
+
+    def _after_forget(self, first: int | None, keep_adapters: bool) -> dict[str, Any]:
         # Each run's Parquet snapshot is a copy of the rated text. A run still going trains on text that is
         # now forgotten, so it is cancelled; the snapshots of runs that ended are no longer needed.
         cancelled = self.scheduler.cancel()
@@ -488,21 +551,47 @@ class Backend:
         for path in (self.cfg.home / "runs").glob("*/metrics.json"):
             _drop_gate_example(path)
         # What the model learnt from the forgotten ratings goes too, unless the user asked to keep it.
-        untrained = {"adapters_forgotten": [], "reward_model_deleted": False}
+        untrained: dict[str, Any] = {"adapters_forgotten": [], "reward_model_deleted": False}
         if first is not None and not keep_adapters:
-            untrained = self.scheduler.untrain(first)
+            untrained = self._untrain(first)
         return {
-            "deleted": deleted,
             "training_cancelled": cancelled,
             **untrained,
             "adapter_version": self.engine.adapter_version,
             "ratings_kept": self.store.ratings_total(),
         }
 
+    def _untrain(self, first_rating_id: int) -> dict[str, Any]:
+        """Delete every adapter, and the saved reward model, that a run trained on ratings from
+        `first_rating_id` on. Each run trains on every rating up to its watermark and starts from the active
+        adapter, so an adapter whose run saw a forgotten rating holds what it learnt from it."""
+        runs = self.store.runs_trained_on(first_rating_id)
+        versions, serving = self.adapters.untrain(runs)
+        reward_model = self.cfg.home / "reward_model"
+        rm_deleted = bool(runs) and reward_model.exists()
+        if rm_deleted:
+            shutil.rmtree(reward_model)
+        if versions or rm_deleted:
+            log.warning(
+                "forget: deleted adapters %s and %s, trained on forgotten ratings; serving %s",
+                versions,
+                "the reward model" if rm_deleted else "no reward model",
+                f"v{serving}" if serving else "the base",
+            )
+        return {
+            "adapters_forgotten": versions,
+            "reward_model_deleted": rm_deleted,
+            "adapter_version": serving,
+        }
+
     def close(self) -> None:
         self.scheduler.close()
-        self._gen.shutdown(wait=True, cancel_futures=True)
-        # The completions already answered are written before the store closes.
+        # Queued generations and swaps go first, so that no pool thread waits on one; then the writes already
+        # queued are committed before the store closes.
+        self._gen.shutdown(wait=False, cancel_futures=True)
+        self._io.shutdown(wait=True, cancel_futures=True)
+        self._gen.shutdown(wait=True)
+        self.corrections.close()
         self._writer.shutdown(wait=True)
         self.store.close()
 
@@ -524,8 +613,22 @@ def _drop_gate_example(path: Path) -> None:
         write_json(path, metrics)
 
 
-def _json_detail(detail: dict[str, Any]) -> str:
-    return json.dumps(detail)
+def _newest_within(messages: list[dict[str, str]], chars: int) -> list[dict[str, str]]:
+    """The end of a conversation that the model can see, cut once by characters before the engine cuts it by
+    tokens: the newest turns whole, the oldest one kept cut from its start, the system prompt (if it fits) first.
+    `chars` is more than the context holds, so the engine's own cut decides the exact prompt; the tokenizer then
+    never reads text that cannot be in it."""
+    system = [m for m in messages[:1] if m["role"] == "system" and len(m["content"]) <= chars // 4]
+    budget = chars - sum(len(m["content"]) for m in system)
+    kept: list[dict[str, str]] = []
+    for m in reversed(messages[len(system) :]):
+        if budget <= 0:
+            break
+        if len(m["content"]) > budget:
+            m = {**m, "content": m["content"][-budget:]}
+        kept.append(m)
+        budget -= len(m["content"])
+    return [*system, *reversed(kept)]
 
 
 def _with_context(messages: list[dict[str, str]], context: dict[str, Any]) -> list[dict[str, str]]:

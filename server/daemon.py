@@ -26,13 +26,12 @@ from pygls.protocol.json_rpc import JsonRPCNotification, JsonRPCRequestMessage
 from .backend import Backend
 from .config import Config
 from .features import build_server
+from .framing import MAX_HEADER_LINE, FramingError, Headers, frame
 from .liveness import CHALLENGE, challenge_proof, is_reinf_daemon
-from .paths import UnsafePath, check_home, private_dir, read_private_file, write_json, write_private
+from .paths import UnsafePath, check_home, private_dir, read_private_file, try_lock, write_json, write_private
 
 log = logging.getLogger("reinf.daemon")
 
-MAX_HEADER_LINE = 1024
-MAX_HEADERS = 16
 UNAUTHORIZED = -32001
 # Before initialize with the token. VS Code's initialize, the largest a client sends, is about 10 KiB.
 PRE_AUTH_MAX_MESSAGE = 64 * 1024
@@ -43,13 +42,12 @@ class DaemonError(RuntimeError):
     pass
 
 
-def _frame(obj: dict[str, Any]) -> bytes:
-    body = json.dumps(obj).encode("utf-8")
-    return b"Content-Length: %d\r\n\r\n" % len(body) + body
+class DaemonRunning(DaemonError):
+    """Another daemon serves this REINF_HOME, or is starting for it."""
 
 
 def _error(msg_id: Any, code: int, message: str) -> bytes:
-    return _frame({"jsonrpc": "2.0", "id": msg_id, "error": {"code": code, "message": message}})
+    return frame({"jsonrpc": "2.0", "id": msg_id, "error": {"code": code, "message": message}})
 
 
 class _Writer:
@@ -221,6 +219,7 @@ class Daemon:
             writer.close()
             self.unauthenticated -= 1
             return
+        requests: set[Any] = set()  # the ids of this client's requests, to stop them if it goes away
         try:
             while not writer.is_closing():
                 if protocol is None:
@@ -294,6 +293,10 @@ class Daemon:
                     protocol.set_writer(_Writer(writer))
                     notifier = _Notifier(protocol)
                     self.backend.attach(notifier)
+                if "id" in data and "method" in data:
+                    if len(requests) > 1000:  # keep only those still going
+                        requests &= set(getattr(protocol, "_request_futures", {}))
+                    requests.add(data["id"])
                 self._dispatch(protocol, data, writer)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, ValueError):
@@ -303,8 +306,12 @@ class Daemon:
                 self.unauthenticated -= 1
             if notifier is not None:
                 self.backend.detach(notifier)
-            for future in list(getattr(protocol, "_request_futures", {}).values()):
-                future.cancel()  # a vanished client stops its generations
+            # A vanished client stops its generations; its notifications (feedback) still finish.
+            futures = getattr(protocol, "_request_futures", {})
+            for msg_id in requests:
+                future = futures.get(msg_id)
+                if future is not None:
+                    future.cancel()
             writer.close()
 
     async def _read_body(
@@ -317,29 +324,18 @@ class Daemon:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int | None = None
     ) -> int | None:
         """Read one header block; returns the content length, or None to close the connection."""
-        length = None
-        for _ in range(MAX_HEADERS):
+        headers = Headers(strict=True)
+        while True:
             line = await reader.readline()
             if not line:
                 return None
-            if len(line) > MAX_HEADER_LINE or not line.endswith(b"\r\n"):
-                writer.write(_error(None, -32700, "Parse error: malformed header"))
+            try:
+                if headers.feed(line):
+                    break
+            except FramingError as exc:
+                writer.write(_error(None, -32700, f"Parse error: {exc}"))
                 return None
-            if line == b"\r\n":
-                break
-            name, _, value = line.decode("latin-1").partition(":")
-            if name.strip().lower() == "content-length":
-                try:
-                    length = int(value.strip())
-                except ValueError:
-                    writer.write(_error(None, -32700, "Parse error: Content-Length is not a number"))
-                    return None
-        else:
-            writer.write(_error(None, -32700, "Parse error: too many headers"))
-            return None
-        if length is None or length < 0:
-            writer.write(_error(None, -32700, "Parse error: missing Content-Length"))
-            return None
+        length = headers.length or 0  # set: feed() ends a block only after a Content-Length
         if limit is not None and length > limit:
             writer.write(
                 _error(None, -32600, f"Request too large before initialize: {length} bytes, over {limit}")
@@ -367,7 +363,7 @@ class Daemon:
                 data.get("id"), -32602, f"{CHALLENGE}: nonce must be a string of 16 to 256 characters"
             )
         proof = challenge_proof(self.token, nonce)
-        return _frame({"jsonrpc": "2.0", "id": data["id"], "result": {"proof": proof, "pid": os.getpid()}})
+        return frame({"jsonrpc": "2.0", "id": data["id"], "result": {"proof": proof, "pid": os.getpid()}})
 
     def _check_token(self, data: dict[str, Any]) -> bool:
         if data.get("method") != "initialize" or "id" not in data:
@@ -472,16 +468,33 @@ def run_daemon(cfg: Config) -> int:
     except UnsafePath as exc:
         raise DaemonError(str(exc)) from None
     _check_home_writable(cfg.home)
-    if (info := daemon_alive(cfg.home)) is not None:
-        raise DaemonError(
-            f"a reinf daemon is already running for {cfg.home} (pid {info.get('pid')}, "
-            f"port {info.get('port')}); stop it first or use another REINF_HOME"
+    # One daemon per home, whoever starts it: this lock is held for the daemon's life, from before the model
+    # loads (the store allows one writer, and a second daemon would lose DuckDB's lock half-way up).
+    lock = try_lock(cfg.home / "daemon.lock")
+    if lock is None:
+        info = daemon_alive(cfg.home) or {}
+        raise DaemonRunning(
+            f"a reinf daemon is already running for {cfg.home} (pid {info.get('pid') or _lock_owner(cfg.home)}"
+            f"{', port ' + str(info['port']) if info.get('port') else ', starting'}); "
+            "stop it first or use another REINF_HOME"
         )
     # what a write killed midway left in the staging folder (an export) is not a result of anything
     shutil.rmtree(cfg.home / "tmp", ignore_errors=True)
-    daemon = Daemon(cfg)
     try:
-        asyncio.run(daemon.serve())
+        os.ftruncate(lock, 0)
+        os.write(lock, str(os.getpid()).encode())
+        daemon = Daemon(cfg)
+        try:
+            asyncio.run(daemon.serve())
+        finally:
+            daemon.close()
     finally:
-        daemon.close()
+        os.close(lock)
     return 0
+
+
+def _lock_owner(home: Path) -> str:
+    try:
+        return (home / "daemon.lock").read_text().strip() or "?"
+    except OSError:
+        return "?"

@@ -83,10 +83,39 @@ def m003_forgotten_adapters(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE adapters_new RENAME TO adapters")
 
 
+def m004_completion_events(con: duckdb.DuckDBPyConnection) -> None:
+    # What happened to an inline completion, in typed columns of its implicit rating: how long it was on screen
+    # with the editor focused, how much of it went in through accept commands (characters, words) and how much
+    # the user typed through by hand. Details stored before this migration as JSON in `comment` move there.
+    for column in ("shown_ms", "accepted_chars", "accepted_words", "typed_chars"):
+        con.execute(f"ALTER TABLE ratings ADD COLUMN {column} INTEGER")
+    con.execute("""
+        UPDATE ratings SET
+            shown_ms = TRY_CAST(json_extract_string(comment, '$.shown_ms') AS INTEGER),
+            accepted_chars = TRY_CAST(json_extract_string(comment, '$.accepted_chars') AS INTEGER),
+            comment = NULL
+        WHERE source = 'implicit' AND json_valid(comment) AND left(comment, 1) = '{'
+    """)
+    # What the user wrote at a suggestion's place after dismissing, partly accepting or typing through it.
+    con.execute("CREATE SEQUENCE corrections_id_seq START 1")
+    con.execute("""
+        CREATE TABLE corrections (
+            id BIGINT PRIMARY KEY DEFAULT nextval('corrections_id_seq'),
+            interaction_id VARCHAR NOT NULL,
+            ts TIMESTAMPTZ NOT NULL,
+            event VARCHAR NOT NULL,
+            typed VARCHAR NOT NULL,
+            truncated BOOLEAN NOT NULL,
+            ended VARCHAR NOT NULL CHECK (ended IN ('moved', 'lines', 'timeout', 'size', 'closed'))
+        )""")
+    con.execute("CREATE INDEX corrections_interaction ON corrections (interaction_id)")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     m001_initial,
     m002_rating_watermark,
     m003_forgotten_adapters,
+    m004_completion_events,
 ]
 
 

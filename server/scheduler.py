@@ -1,12 +1,11 @@
-"""The scheduler: decides when to train, runs the trainer as a subprocess, follows it, publishes its adapter.
+"""The scheduler: decides when to train, runs the trainer as a subprocess, follows it, hands its adapter on.
 
-One run at a time. A run starts when `training.min_new_ratings` explicit ratings have come in since the last
-run (cancelled and failed ones included, so a failed run is retried only at the next trigger), or at once on
-`retrain()`. The daemon exports the Parquet snapshot into `runs/<id>/` and starts
-`python -m reinf.training runs/<id>`; a watcher thread tails its `progress.jsonl`, broadcasts
-`reinf/trainingProgress`, and on a clean exit with decision "publish" copies the adapter to
-`adapters/.tmp-v<N>`, fsyncs it and renames it to `adapters/v<N>`, then hot-swaps the engine. Publishing
-happens here, in the daemon, so a trainer killed at any point never leaves a half adapter behind.
+One run at a time. A run starts when `training.min_new_ratings` interactions have been rated since the last
+run (see `Store.counting_watermark`), or at once on `retrain()`. The daemon exports the Parquet snapshot into
+`runs/<id>/` and starts `python -m reinf.training runs/<id>`; a watcher thread tails its `progress.jsonl`,
+broadcasts `reinf/trainingProgress`, and on a clean exit with decision "publish" hands the adapter to
+`Adapters.publish`, which copies it into place atomically and serves it. Publishing happens in the daemon, so
+a trainer killed at any point never leaves a half adapter behind.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .adapters import Adapters
 from .config import Config
 from .paths import private_dir, write_json
 from .store import Store
@@ -41,14 +40,6 @@ class SchedulerError(RuntimeError):
 
 class SchedulerBusy(SchedulerError):
     """A run is already going."""
-
-
-class UnknownVersion(SchedulerError):
-    """A rollback to an adapter version that does not exist (or was never good)."""
-
-
-class AdapterError(SchedulerError):
-    """An adapter folder that is missing or not a loadable PEFT adapter."""
 
 
 @dataclass
@@ -75,18 +66,16 @@ class Scheduler:
         cfg: Config,
         store: Store,
         *,
+        adapters: Adapters,
         broadcast: Callable[[str, dict], None],
-        swap_adapter: Callable[[int, Path | None], None],
     ) -> None:
         self.cfg = cfg
         self.store = store
+        self.adapters = adapters
         self._broadcast = broadcast
-        self._swap = swap_adapter
         self.runs_dir = cfg.home / "runs"
-        self.adapters_dir = cfg.home / "adapters"
         self._lock = threading.RLock()  # guards _run, _closed and _watermark_cache
         self._watermark_cache: int | None = None
-        self._adapter_lock = threading.Lock()  # one publish or rollback at a time
         self._run: _Run | None = None
         self._closed = False
         self.trainer_command = [
@@ -97,13 +86,9 @@ class Scheduler:
 
     # -- start-up -------------------------------------------------------------------------------
 
-    def start(self) -> tuple[int, Path | None]:
-        """Clean up after a crash, then say which adapter the engine should load: `(version, path)` or `(0, None)`."""
+    def start(self) -> None:
+        """Clean up after a crash: a run the daemon was following when it stopped is recorded as failed."""
         private_dir(self.runs_dir)
-        private_dir(self.adapters_dir)
-        for tmp in self.adapters_dir.glob(".tmp-v*"):
-            log.warning("removing %s, left by a publish that did not finish", tmp)
-            shutil.rmtree(tmp, ignore_errors=True)
         for run in self.store.unfinished_runs():
             stopped = _kill_trainer(run.get("pid"), self.runs_dir / str(run["run_id"]))
             error = "the daemon stopped during this run"
@@ -111,42 +96,19 @@ class Scheduler:
                 error += f"; its trainer (pid {run['pid']}) was still running and has been stopped"
             log.warning("run %s: %s", run["run_id"], error)
             self.store.update_run(run["run_id"], state="failed", finished=True, error=error)
-        return self._adapter_to_load()
-
-    def _adapter_to_load(self) -> tuple[int, Path | None]:
-        active = self.store.active_adapter()
-        if active is None:
-            return 0, None
-        problem = adapter_problem(Path(active["path"]))
-        if problem is None:
-            return active["version"], Path(active["path"])
-        log.warning(
-            "active adapter v%s cannot be loaded (%s); marking it rejected", active["version"], problem
-        )
-        self.store.set_adapter_status(active["version"], "rejected")
-        for a in self.store.list_adapters():
-            if a["status"] == "retired" and adapter_problem(Path(a["path"])) is None:
-                log.warning("falling back to adapter v%s, the newest good one", a["version"])
-                self.store.activate_adapter(a["version"])
-                return a["version"], Path(a["path"])
-        log.warning("no earlier adapter can be loaded; serving the base model (version 0)")
-        self.store.activate_adapter(0)
-        return 0, None
 
     # -- triggers ---------------------------------------------------------------------------------
 
     def _watermark(self) -> int:
-        # The newest run's watermark, whatever its state: cancelled and failed runs also reset the count.
-        # Read once, then kept as runs start: the rating path asks for it on every rating.
+        # Read once, then kept as runs start and end: the rating path asks for it on every rating.
         with self._lock:
             if self._watermark_cache is None:
-                runs = self.store.list_runs(limit=1)
-                self._watermark_cache = int(runs[0].get("rating_watermark") or 0) if runs else 0
+                self._watermark_cache = self.store.counting_watermark()
             return self._watermark_cache
 
     def until_next_training(self) -> int:
-        """How many more explicit ratings start the next run by threshold."""
-        new = self.store.ratings_since(self._watermark())
+        """How many more interactions must be rated (explicitly) to start the next run by threshold."""
+        new = self.store.rated_since(self._watermark())
         return max(0, self.cfg.training.min_new_ratings - new)
 
     def note_rating(self) -> None:
@@ -204,7 +166,7 @@ class Scheduler:
         return run_id
 
     def _trainer_config(self, run_id: int) -> dict[str, Any]:
-        active = self.store.active_adapter()
+        active = self.adapters.active()
         config = self.cfg.to_dict()
         config["store"] = {**config["store"], "encryption_key": ""}  # the trainer never opens the database
         return {
@@ -323,7 +285,9 @@ class Scheduler:
             self._end(run, "rejected", metrics=metrics, message="; ".join(map(str, reasons)))
             return
         try:
-            version = self._publish(run, run.run_dir / "adapter", metrics)
+            version = self.adapters.publish(
+                run.run_id, run.run_dir / "adapter", metrics.get("gate") or {}, lambda: run.cancel_requested
+            )
         except Exception as exc:  # noqa: BLE001
             self._end(run, "failed", metrics=metrics, error=f"publishing failed: {exc}")
             return
@@ -344,6 +308,9 @@ class Scheduler:
         if error is not None:
             fields["error"] = error
         self.store.update_run(run.run_id, **fields)
+        watermark = self.store.counting_watermark()  # read here, not by the next status
+        with self._lock:
+            self._watermark_cache = watermark
         log.info("run %s %s%s", run.run_id, state, f": {error or message}" if (error or message) else "")
         run.progress = 1.0 if state == "published" else run.progress
         self._notify(run, state, message=error or message)
@@ -360,116 +327,6 @@ class Scheduler:
                 **_timing(run, running=state == "running"),
             },
         )
-
-    # -- publishing and rollback ------------------------------------------------------------------
-
-    def _publish(self, run: _Run, src: Path, metrics: dict) -> int:
-        run_id = run.run_id
-        problem = adapter_problem(src)
-        if problem:
-            raise AdapterError(f"the candidate adapter in {src} is not loadable: {problem}")
-        with self._adapter_lock:
-            if run.cancel_requested:  # by `forget`, say, whose data this run trained on
-                raise AdapterError("the run was cancelled before its adapter was published")
-            version = self.store.next_adapter_version()
-            tmp, final = self.adapters_dir / f".tmp-v{version}", self.adapters_dir / f"v{version}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            if final.exists():  # left by a crash after the rename but before the store row: not referenced
-                shutil.rmtree(final)
-            shutil.copytree(src, tmp)
-            fsync_tree(tmp)
-            os.rename(tmp, final)
-            _fsync_dir(self.adapters_dir)
-            self.store.add_adapter(version, run_id, str(final), "candidate", metrics.get("gate") or {})
-            try:
-                self._swap(version, final)
-            except Exception as exc:
-                self.store.set_adapter_status(version, "rejected")
-                raise AdapterError(f"the engine could not load adapter v{version}: {exc}") from exc
-            self.store.activate_adapter(version)
-        self._broadcast(
-            "reinf/adapterChanged", {"adapter_version": version, "reason": f"published by run {run_id}"}
-        )
-        return version
-
-    def rollback(self, version: int | None = None) -> int:
-        """Serve an earlier adapter: `version`, or the newest good one before the active one; 0 is the base."""
-        with self._adapter_lock:
-            adapters = {a["version"]: a for a in self.store.list_adapters()}
-            active = self.store.active_adapter()
-            current = active["version"] if active else 0
-            if version is None:
-                if current == 0:
-                    raise SchedulerError(
-                        "the base model (version 0) is already serving; there is nothing earlier"
-                    )
-                earlier = [v for v, a in adapters.items() if v < current and a["status"] == "retired"]
-                earlier = [v for v in earlier if adapter_problem(Path(adapters[v]["path"])) is None]
-                version = max(earlier, default=0)
-            path = None
-            if version != 0:
-                a = adapters.get(version)
-                if a is None or a["status"] not in ("active", "retired"):
-                    good = sorted(v for v, x in adapters.items() if x["status"] in ("active", "retired"))
-                    raise UnknownVersion(
-                        f"there is no good adapter version {version}; known: 0 (the base)"
-                        + "".join(f", {v}" for v in good)
-                    )
-                path = Path(a["path"])
-                problem = adapter_problem(path)
-                if problem:
-                    raise AdapterError(f"adapter v{version} cannot be loaded: {problem}")
-            self._swap(version, path)
-            self.store.activate_adapter(version)
-        self._broadcast("reinf/adapterChanged", {"adapter_version": version, "reason": "rollback"})
-        return version
-
-    def untrain(self, first_rating_id: int) -> dict[str, Any]:
-        """After `forget`: delete every adapter, and the saved reward model, that a run trained on ratings from
-        `first_rating_id` on; serve the newest adapter that no such run made (or the base).
-
-        Each run trains on every rating up to its watermark and starts from the active adapter, so an adapter
-        whose run saw a forgotten rating holds what it learnt from it. Their rows stay, as 'forgotten', so that
-        no version number is used twice."""
-        with self._adapter_lock:
-            runs = self.store.runs_trained_on(first_rating_id)
-            adapters = self.store.list_adapters()  # newest first
-            tainted = [a for a in adapters if a["run_id"] in runs and a["status"] != "forgotten"]
-            active = self.store.active_adapter()
-            serving = active["version"] if active else 0
-            if active is not None and active in tainted:
-                clean = [
-                    a for a in adapters
-                    if a not in tainted and a["status"] == "retired" and adapter_problem(Path(a["path"])) is None
-                ]  # fmt: skip
-                serving = clean[0]["version"] if clean else 0
-                self._swap(serving, Path(clean[0]["path"]) if clean else None)
-                self.store.activate_adapter(serving)
-            for a in tainted:
-                self.store.set_adapter_status(a["version"], "forgotten")
-                shutil.rmtree(a["path"], ignore_errors=True)
-            reward_model = self.cfg.home / "reward_model"
-            rm_deleted = bool(runs) and reward_model.exists()
-            if rm_deleted:
-                shutil.rmtree(reward_model)
-        versions = [a["version"] for a in tainted]
-        if active is not None and active in tainted:
-            self._broadcast(
-                "reinf/adapterChanged",
-                {
-                    "adapter_version": serving,
-                    "reason": f"forget: v{active['version']} was trained on forgotten ratings",
-                },
-            )
-        if versions or rm_deleted:
-            log.warning("forget: deleted adapters %s and %s, trained on forgotten ratings; serving %s",
-                        versions, "the reward model" if rm_deleted else "no reward model",
-                        f"v{serving}" if serving else "the base")  # fmt: skip
-        return {
-            "adapters_forgotten": versions,
-            "reward_model_deleted": rm_deleted,
-            "adapter_version": serving,
-        }
 
     # -- control and reads ------------------------------------------------------------------------
 
@@ -501,8 +358,7 @@ class Scheduler:
             }
 
     def last_run(self) -> dict[str, Any] | None:
-        runs = self.store.list_runs(limit=1)
-        return runs[0] if runs else None
+        return self.store.last_run()
 
     def close(self) -> None:
         """At daemon shutdown: stop a running trainer and record the run as cancelled."""
@@ -533,50 +389,6 @@ def _timing(run: _Run, *, running: bool = True) -> dict[str, Any]:
     if running and ETA_MIN_PROGRESS <= run.progress < 1.0:
         eta = round(elapsed * (1.0 - run.progress) / run.progress, 1)
     return {"trigger": run.trigger, "elapsed_s": round(elapsed, 1), "eta_s": eta}
-
-
-def adapter_problem(path: Path) -> str | None:
-    """None if `path` holds a PEFT adapter (config and weights readable); else what is wrong with it."""
-    if not path.is_dir():
-        return f"{path} does not exist"
-    try:
-        json.loads((path / "adapter_config.json").read_text())
-    except (OSError, ValueError) as exc:
-        return f"adapter_config.json is missing or not JSON ({exc})"
-    weights = path / "adapter_model.safetensors"
-    if weights.exists():
-        try:
-            with open(weights, "rb") as fh:
-                n = int.from_bytes(fh.read(8), "little")
-                if n <= 0 or n > weights.stat().st_size - 8:
-                    return "adapter_model.safetensors is truncated"
-                json.loads(fh.read(n))
-        except (OSError, ValueError) as exc:
-            return f"adapter_model.safetensors is corrupt ({exc})"
-        return None
-    if (path / "adapter_model.bin").is_file():
-        return None
-    return "no adapter_model.safetensors in it"
-
-
-def fsync_tree(root: Path) -> None:
-    """fsync every file and folder under `root`, so that a rename after it publishes whole files."""
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _kill_group(pid: int, sig: int) -> None:

@@ -29,6 +29,20 @@ class UnknownInteraction(StoreError):
     pass
 
 
+class RefusedEvent(StoreError):
+    """A completion event that cannot be true of its interaction; `field` names the parameter at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+# An inline completion ends once: accepted, typed through, or dismissed. Partial accepts may come before an
+# accept of the rest.
+COMPLETION_EVENTS = ("accepted", "partially_accepted", "typed_through", "dismissed")
+FINAL_EVENTS = ("accepted", "typed_through", "dismissed")
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -63,16 +77,23 @@ _SNAPSHOT = f"""
            CAST(i.context AS VARCHAR) AS context,
            e.thumbs, e.stars, e.comment, e.id AS rating_id,
            coalesce(imp.accepted, 0) AS accepted, coalesce(imp.dismissed, 0) AS dismissed,
-           coalesce(imp.partially_accepted, 0) AS partially_accepted
+           coalesce(imp.partially_accepted, 0) AS partially_accepted,
+           coalesce(imp.typed_through, 0) AS typed_through,
+           cor.typed, cor.typed_truncated
     FROM interactions i
     LEFT JOIN ({_LATEST_EXPLICIT}) e ON e.interaction_id = i.id
     LEFT JOIN (
         SELECT interaction_id,
                count(*) FILTER (WHERE event = 'accepted') AS accepted,
                count(*) FILTER (WHERE event = 'dismissed') AS dismissed,
-               count(*) FILTER (WHERE event = 'partially_accepted') AS partially_accepted
+               count(*) FILTER (WHERE event = 'partially_accepted') AS partially_accepted,
+               count(*) FILTER (WHERE event = 'typed_through') AS typed_through
         FROM ratings WHERE source = 'implicit' GROUP BY interaction_id
     ) imp ON imp.interaction_id = i.id
+    LEFT JOIN (
+        SELECT interaction_id, arg_max(typed, id) AS typed, arg_max(truncated, id) AS typed_truncated
+        FROM corrections GROUP BY interaction_id
+    ) cor ON cor.interaction_id = i.id
     WHERE e.id IS NOT NULL OR imp.interaction_id IS NOT NULL
     ORDER BY i.ts
 """
@@ -189,6 +210,7 @@ class Store:
                 json.dumps(timings),
             ],
         )
+        self._n_interactions += 1
         return iid
 
     def get_interaction(self, interaction_id: str) -> dict[str, Any] | None:
@@ -201,8 +223,11 @@ class Store:
         row["ts"] = _iso(row["ts"])
         return row
 
+    # The counts that reinf/status reports are kept in memory and read without the lock, so that status never
+    # waits for an export or a forget that holds the connection.
+
     def count_interactions(self) -> int:
-        return self._read("SELECT count(*) FROM interactions")[0][0]
+        return self._n_interactions
 
     # -- ratings --------------------------------------------------------------------------------
 
@@ -230,25 +255,123 @@ class Store:
             rating_id = int(rows[0][0])
             if source == "explicit":
                 self._explicit_ids.append(rating_id)
+                if interaction_id not in self._first_rating:
+                    self._first_rating[interaction_id] = rating_id
+                    self._first_rating_ids.append(rating_id)
         return rating_id
 
+    def add_completion_event(
+        self,
+        interaction_id: str,
+        event: str,
+        *,
+        shown_ms: int | None = None,
+        accepted_chars: int | None = None,
+        accepted_words: int | None = None,
+        typed_chars: int | None = None,
+    ) -> int:
+        """Append what happened to an inline completion (an implicit rating with typed columns); committed before
+        it returns. Refused, with nothing written, for an interaction that is not a completion or has ended."""
+        with self._lock:
+            found = self._con.execute(
+                "SELECT kind FROM interactions WHERE id = ?", [interaction_id]
+            ).fetchall()
+            if not found:
+                raise UnknownInteraction(f"unknown interaction_id {interaction_id!r}")
+            if found[0][0] != "completion":
+                raise RefusedEvent(
+                    "interaction_id",
+                    f"interaction {interaction_id} is a {found[0][0]}, not an inline completion; "
+                    "rate it with reinf/rate",
+                )
+            earlier = self._con.execute(
+                "SELECT event FROM ratings WHERE interaction_id = ? AND source = 'implicit' AND event IN "
+                f"({', '.join('?' * len(FINAL_EVENTS))}) LIMIT 1",
+                [interaction_id, *FINAL_EVENTS],
+            ).fetchall()
+            if earlier:
+                raise RefusedEvent(
+                    "event",
+                    f"{event!r} cannot follow {earlier[0][0]!r}: completion {interaction_id} has already ended",
+                )
+            with self._commit_errors():
+                rows = self._con.execute(
+                    "INSERT INTO ratings (interaction_id, ts, source, event, shown_ms, accepted_chars, "
+                    "accepted_words, typed_chars) VALUES (?, ?, 'implicit', ?, ?, ?, ?, ?) RETURNING id",
+                    [interaction_id, _now(), event, shown_ms, accepted_chars, accepted_words, typed_chars],
+                ).fetchall()
+            return int(rows[0][0])
+
+    def acceptance(self, active_version: int, since: datetime) -> dict[str, Any]:
+        """How often shown inline completions were accepted: those made since `since`, those the active adapter
+        made, and the base's. A completion counts once, as accepted if it was, whatever came before."""
+        buckets = {
+            "last_7_days": "i.ts >= ?",
+            "active": "i.adapter_version = ?",
+            "base": "i.adapter_version = 0",
+        }
+        aggregates = ", ".join(
+            f"count(*) FILTER (WHERE {cond}), count(*) FILTER (WHERE {cond} AND accepted), "
+            f"count(*) FILTER (WHERE {cond} AND partial AND NOT accepted)"
+            for cond in buckets.values()
+        )
+        row = self._read(
+            f"""SELECT {aggregates} FROM (
+                SELECT interaction_id, bool_or(event = 'accepted') AS accepted,
+                       bool_or(event = 'partially_accepted') AS partial
+                FROM ratings WHERE source = 'implicit' AND event IN ({", ".join("?" * len(COMPLETION_EVENTS))})
+                GROUP BY interaction_id
+            ) ev JOIN interactions i ON i.id = ev.interaction_id WHERE i.kind = 'completion'""",
+            [since, since, since, active_version, active_version, active_version, *COMPLETION_EVENTS],
+        )[0]
+        out: dict[str, Any] = {}
+        for n, name in enumerate(buckets):
+            shown, accepted, partial = (int(v) for v in row[3 * n : 3 * n + 3])
+            rate = round(accepted / shown, 4) if shown else None
+            out[name] = {"shown": shown, "accepted": accepted, "partially_accepted": partial, "rate": rate}
+        out["active"]["adapter_version"] = active_version
+        return out
+
+    def add_correction(self, interaction_id: str, event: str, typed: str, truncated: bool, ended: str) -> int:
+        """Store what the user wrote instead of a completion (already redacted); committed before it returns."""
+        with self._lock, self._commit_errors():
+            rows = self._con.execute(
+                "INSERT INTO corrections (interaction_id, ts, event, typed, truncated, ended) "
+                "SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM interactions WHERE id = ?) RETURNING id",
+                [interaction_id, _now(), event, typed, truncated, ended, interaction_id],
+            ).fetchall()
+        if not rows:
+            raise UnknownInteraction(f"unknown interaction_id {interaction_id!r}")
+        return int(rows[0][0])
+
     def _load_explicit_ids(self) -> None:
-        # Explicit rating ids, ascending: counts for status and the training threshold without a query.
+        # Explicit rating ids, ascending, and each rated interaction's first one: counts for status and the
+        # training threshold without a query.
         rows = self._con.execute("SELECT id FROM ratings WHERE source = 'explicit' ORDER BY id").fetchall()
         self._explicit_ids = [int(r[0]) for r in rows]
+        rows = self._con.execute(
+            "SELECT interaction_id, min(id) AS first FROM ratings WHERE source = 'explicit' "
+            "GROUP BY interaction_id ORDER BY first"
+        ).fetchall()
+        self._first_rating = {r[0]: int(r[1]) for r in rows}
+        self._first_rating_ids = [int(r[1]) for r in rows]
+        self._n_interactions = int(self._con.execute("SELECT count(*) FROM interactions").fetchone()[0])
+        self._refresh_last_run()
 
     def ratings_total(self) -> int:
         """How many explicit ratings have been given (every one, re-ratings included)."""
-        with self._lock:
-            return len(self._explicit_ids)
+        return len(self._explicit_ids)
 
     def max_rating_id(self) -> int:
         with self._lock:
             return self._explicit_ids[-1] if self._explicit_ids else 0
 
-    def ratings_since(self, watermark: int) -> int:
-        with self._lock:
-            return len(self._explicit_ids) - bisect.bisect_right(self._explicit_ids, watermark)
+    def rated_since(self, watermark: int) -> int:
+        """How many interactions got their first explicit rating after rating id `watermark`: the training
+        threshold counts judgements, so thumbs, stars and a comment on one answer count once, and so does any
+        number of re-ratings of it."""
+        ids = self._first_rating_ids
+        return len(ids) - bisect.bisect_right(ids, watermark)
 
     def ratings_timeline(self) -> list[dict[str, Any]]:
         rows = self._read_dicts(
@@ -317,8 +440,13 @@ class Store:
                    CAST(i.context AS VARCHAR) AS context, i.response, i.finish_reason,
                    CAST(i.timings AS VARCHAR) AS timings,
                    list(struct_pack(id := r.id, ts := r.ts, thumbs := r.thumbs, stars := r.stars,
-                                    comment := r.comment, source := r.source, event := r.event)
-                        ORDER BY r.id) FILTER (WHERE r.id IS NOT NULL) AS ratings
+                                    comment := r.comment, source := r.source, event := r.event,
+                                    shown_ms := r.shown_ms, accepted_chars := r.accepted_chars,
+                                    accepted_words := r.accepted_words, typed_chars := r.typed_chars)
+                        ORDER BY r.id) FILTER (WHERE r.id IS NOT NULL) AS ratings,
+                   (SELECT list(struct_pack(id := c.id, ts := c.ts, event := c.event, typed := c.typed,
+                                            truncated := c.truncated, ended := c.ended) ORDER BY c.id)
+                    FROM corrections c WHERE c.interaction_id = i.id) AS corrections
             FROM interactions i LEFT JOIN ratings r ON r.interaction_id = i.id
             GROUP BY ALL ORDER BY i.ts
         """
@@ -357,6 +485,7 @@ class Store:
             try:
                 ids = "SELECT id FROM interactions WHERE ts < ?"
                 self._con.execute(f"DELETE FROM ratings WHERE interaction_id IN ({ids})", [before])
+                self._con.execute(f"DELETE FROM corrections WHERE interaction_id IN ({ids})", [before])
                 n = self._con.execute(
                     "DELETE FROM interactions WHERE ts < ? RETURNING id", [before]
                 ).fetchall()
@@ -422,11 +551,13 @@ class Store:
     # -- training runs and adapters -------------------------------------------------------------
 
     def create_run(self, trigger: str, n_ratings: int, watermark: int) -> int:
-        rows = self._write(
-            "INSERT INTO training_runs (trigger, state, started, n_ratings, rating_watermark, metrics) "
-            "VALUES (?, 'queued', ?, ?, ?, '{}') RETURNING id",
-            [trigger, _now(), n_ratings, watermark],
-        )
+        with self._lock:
+            rows = self._write(
+                "INSERT INTO training_runs (trigger, state, started, n_ratings, rating_watermark, metrics) "
+                "VALUES (?, 'queued', ?, ?, ?, '{}') RETURNING id",
+                [trigger, _now(), n_ratings, watermark],
+            )
+            self._refresh_last_run()
         return int(rows[0][0])
 
     def update_run(self, run_id: int, **fields: Any) -> None:
@@ -439,7 +570,18 @@ class Store:
         if fields.get("finished") is True:
             fields["finished"] = _now()
         sets = ", ".join(f"{k} = ?" for k in fields)
-        self._write(f"UPDATE training_runs SET {sets} WHERE id = ?", [*fields.values(), run_id])
+        with self._lock:
+            self._write(f"UPDATE training_runs SET {sets} WHERE id = ?", [*fields.values(), run_id])
+            self._refresh_last_run()
+
+    def _refresh_last_run(self) -> None:
+        # Read again by whoever changed the runs, under the lock: status then reads it without the lock.
+        self._last_run = self.list_runs(limit=1)
+
+    def last_run(self) -> dict[str, Any] | None:
+        """The newest run, as of the last change to the runs."""
+        cached = self._last_run
+        return cached[0] if cached else None
 
     def get_run(self, run_id: int) -> dict[str, Any] | None:
         rows = self.list_runs(where="r.id = ?", params=[run_id])
@@ -464,21 +606,28 @@ class Store:
     def unfinished_runs(self) -> list[dict[str, Any]]:
         return self.list_runs(limit=1000, where="r.state IN ('queued', 'running')")
 
-    def last_watermark(self) -> int:
-        """The rating watermark of the newest run that trained (or tried to), so new ratings count from there."""
+    def counting_watermark(self) -> int:
+        """The rating watermark that new ratings count from: the newest run's, whatever its state (a failed run
+        is retried only at the next threshold), except a run that the trainer turned down before it used any
+        rating (too few, one kind only; its metrics say `used_ratings: false`): it learnt nothing, so the
+        ratings it saw still count."""
         rows = self._read(
-            "SELECT coalesce(max(rating_watermark), 0) FROM training_runs WHERE state <> 'cancelled'"
+            "SELECT coalesce(rating_watermark, 0) FROM training_runs "
+            "WHERE coalesce(json_extract_string(metrics, '$.used_ratings'), 'true') <> 'false' "
+            "ORDER BY id DESC LIMIT 1"
         )
-        return int(rows[0][0])
+        return int(rows[0][0]) if rows else 0
 
     def next_adapter_version(self) -> int:
         return int(self._read("SELECT coalesce(max(version), 0) + 1 FROM adapters")[0][0])
 
     def add_adapter(self, version: int, run_id: int, path: str, status: str, eval_: dict[str, Any]) -> None:
-        self._write(
-            "INSERT INTO adapters VALUES (?, ?, ?, ?, ?, ?)",
-            [version, run_id, _now(), path, status, json.dumps(eval_)],
-        )
+        with self._lock:
+            self._write(
+                "INSERT INTO adapters VALUES (?, ?, ?, ?, ?, ?)",
+                [version, run_id, _now(), path, status, json.dumps(eval_)],
+            )
+            self._refresh_last_run()  # its run now has an adapter_version
 
     def activate_adapter(self, version: int) -> None:
         """Mark `version` active (0 = the base) and retire the previously active one, in one transaction."""

@@ -102,3 +102,26 @@ def running_daemon(home: Path, **config: str) -> Iterator[DaemonProcess]:
         yield d
     finally:
         d.stop()
+
+
+def long_context_model(dest: Path) -> Path:
+    """A copy of the test model that accepts 65,536 positions (its RoPE has no table to outgrow), so that a
+    generation can run for tens of seconds: greedy decoding then reaches max_tokens instead of a stop token."""
+    import shutil
+
+    from reinf.models import resolve_model_path
+
+    old = os.environ.get("REINF_CACHE")
+    os.environ["REINF_CACHE"] = str(CACHE)
+    try:
+        src = Path(resolve_model_path("reinf-tiny-test"))
+    finally:
+        if old is None:
+            os.environ.pop("REINF_CACHE", None)
+        else:
+            os.environ["REINF_CACHE"] = old
+    shutil.copytree(src, dest)
+    config = json.loads((dest / "config.json").read_text())
+    config["max_position_embeddings"] = 65536
+    (dest / "config.json").write_text(json.dumps(config))
+    return dest

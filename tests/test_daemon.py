@@ -5,27 +5,28 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import stat
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from lsprotocol import types
+from pygls.exceptions import JsonRpcException
 from pygls.lsp.client import LanguageClient
 
 from reinf.client import Client, DaemonUnavailable, RpcError
 
-from .daemon_proc import DaemonProcess, daemon_env
+from .daemon_proc import DaemonProcess, daemon_env, long_context_model
 
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("daemon") / "home"
     # Greedy decoding: the tiny test model's answers are then the same on every machine.
-    d = DaemonProcess(home, daemon_env(home, model_temperature="0")).start()
+    d = DaemonProcess(home, daemon_env(home, model_temperature="0", model_chat_temperature="0")).start()
     yield d
     d.stop()
 
@@ -206,7 +207,34 @@ async def _lsp_session(client: LanguageClient, token: str | None) -> None:
     completion = await client.text_document_completion_async(
         types.CompletionParams(text_document=types.TextDocumentIdentifier(uri=uri), position=pos)
     )
-    assert completion.items and completion.items[0].command.command == "reinf.accepted"
+    assert completion.items and completion.items[0].command.command == "reinf.completionAccepted"
+    # With VS Code's suggest widget open on "return", only an item that extends it is drawn: the daemon completes
+    # as if the entry were inserted and replaces the entry's range.
+    selected = types.SelectedCompletionInfo(range=types.Range(start=pos, end=pos), text="return ")
+    consistent = await client.text_document_inline_completion_async(
+        types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri),
+            position=pos,
+            context=types.InlineCompletionContext(
+                trigger_kind=types.InlineCompletionTriggerKind.Automatic, selected_completion_info=selected
+            ),
+        )
+    )
+    drawn = consistent.items if isinstance(consistent, types.InlineCompletionList) else consistent
+    assert drawn, "no completion after the selected entry"
+    assert drawn[0].insert_text.startswith("return ") and len(drawn[0].insert_text) > len("return ")
+    assert drawn[0].range == selected.range
+    # A textDocument/completion client runs the item's command on the server once the item is inserted.
+    accepted = completion.items[0].command
+    done = await client.workspace_execute_command_async(
+        types.ExecuteCommandParams(command=accepted.command, arguments=accepted.arguments)
+    )
+    assert done["rating_id"] > 0
+    # Sent as a request, feedback that cannot be true is answered with -32602 naming the field.
+    again = {"interaction_id": accepted.arguments[0]["interaction_id"], "event": "dismissed"}
+    with pytest.raises(JsonRpcException, match="event") as refused:
+        await client.protocol.send_request_async("reinf/feedback", again)
+    assert refused.value.code == -32602
     client.protocol.notify(
         "reinf/feedback",
         {
@@ -241,6 +269,70 @@ def test_real_lsp_client_over_tcp_completes_and_feedback_is_stored(
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
 
 
+def test_what_is_typed_after_a_dismissal_is_stored_as_a_correction(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """The daemon follows didChange at the dismissed suggestion's place and keeps what was written there."""
+    uri = "file:///tmp/corrected.py"
+    text = "import os\n\n\ndef home():\n    "
+
+    async def main() -> None:
+        client = LanguageClient("pygls-test", "1")
+        await client.start_tcp("127.0.0.1", daemon.info["port"])
+        await client.initialize_async(
+            types.InitializeParams(
+                capabilities=types.ClientCapabilities(),
+                initialization_options={"token": daemon.info["token"]},
+            )
+        )
+        client.initialized(types.InitializedParams())
+        doc = types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)
+        client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=doc))
+        pos = types.Position(line=4, character=4)
+        inline = await client.text_document_inline_completion_async(
+            types.InlineCompletionParams(
+                text_document=types.TextDocumentIdentifier(uri=uri),
+                position=pos,
+                context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
+            )
+        )
+        items = inline.items if isinstance(inline, types.InlineCompletionList) else inline
+        assert items, "the tiny model produced no inline completion"
+        iid = items[0].command.arguments[0]["interaction_id"]
+        await client.protocol.send_request_async(
+            "reinf/feedback", {"interaction_id": iid, "event": "dismissed", "shown_ms": 700}
+        )
+        typed = 'return os.environ["HOME"]'
+        # Typed one character at a time, then an edit at the top of the file: the user moved on.
+        edits = [(types.Position(line=4, character=4 + i), ch) for i, ch in enumerate(typed)]
+        for version, (at, ch) in enumerate([*edits, (types.Position(line=0, character=0), "#\n")], start=2):
+            client.text_document_did_change(
+                types.DidChangeTextDocumentParams(
+                    text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+                    content_changes=[
+                        types.TextDocumentContentChangePartial(range=types.Range(start=at, end=at), text=ch)
+                    ],
+                )
+            )
+        await client.protocol.send_request_async("reinf/status", {})  # the changes were read before this
+        await client.shutdown_async(None)
+        client.exit(None)
+        await client.stop()
+
+    _run_async(main)
+    with daemon.client() as c:
+        out = tmp_path / "export.jsonl"
+        c.request("reinf/export", {"format": "jsonl", "path": str(out)})
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    corrected = [
+        r for r in rows if r["context"] and json.loads(r["context"]).get("uri") == uri and r["corrections"]
+    ]
+    assert len(corrected) == 1
+    assert [(x["typed"], x["event"], x["ended"], x["truncated"]) for x in corrected[0]["corrections"]] == [
+        ('return os.environ["HOME"]', "dismissed", "moved", False)
+    ]
+
+
 def test_real_lsp_client_over_stdio(daemon: DaemonProcess) -> None:
     async def main() -> None:
         client = LanguageClient("pygls-test", "1")
@@ -256,6 +348,43 @@ def test_real_lsp_client_over_stdio(daemon: DaemonProcess) -> None:
         await client.stop()
 
     _run_async(main)
+
+
+def test_a_document_over_the_size_limit_is_refused_and_a_completion_in_it_says_why(
+    daemon: DaemonProcess,
+) -> None:
+    uri = "file:///tmp/big.py"
+    big = "x = 1\n" * 200_000  # 1.2 MB, over the default 1 MiB
+    with daemon.client() as c:
+        shown: list[dict] = []
+        c.on_notification("window/showMessage", shown.append)
+        c.open_document(uri, big)
+        with pytest.raises(RpcError) as err:
+            c.inline_completion(uri, 200_000, 0)
+        assert err.value.code == -32602 and "server.max_document_bytes" in err.value.message
+        assert "1200000 bytes" in err.value.message
+        assert any("server.max_document_bytes" in m["message"] for m in shown)
+        # Replaced by a small text, it completes again.
+        c.notify(
+            "textDocument/didChange",
+            {"textDocument": {"uri": uri, "version": 2}, "contentChanges": [{"text": "def f():\n    "}]},
+        )
+        c.inline_completion(uri, 1, 4)
+        # An edit that takes it over the limit refuses it again.
+        c.notify(
+            "textDocument/didChange",
+            {
+                "textDocument": {"uri": uri, "version": 3},
+                "contentChanges": [
+                    {
+                        "range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 0}},
+                        "text": big,
+                    }
+                ],
+            },
+        )
+        with pytest.raises(RpcError, match="server.max_document_bytes"):
+            c.inline_completion(uri, 1, 4)
 
 
 def test_several_clients_at_once(daemon: DaemonProcess) -> None:
@@ -279,25 +408,80 @@ def test_several_clients_at_once(daemon: DaemonProcess) -> None:
     assert len({r["rating_id"] for r in results.values()}) == 5
 
 
-def test_cancel_stops_generation_early(daemon: DaemonProcess) -> None:
-    with daemon.client() as c:
-        msg_id, done = c.request_async(
-            "reinf/chat",
-            {
-                "messages": [{"role": "user", "content": "write a long module"}],
-                "max_tokens": 4000,
-                "temperature": 1.0,
-            },
-        )
-        time.sleep(0.3)
-        t0 = time.monotonic()
+@pytest.fixture(scope="module")
+def long_daemon(tmp_path_factory: pytest.TempPathFactory):
+    """A daemon whose chats can run long: greedy decoding on this model runs to max_tokens (4096 tokens, about
+    half a minute here) instead of stopping at a stop token."""
+    root = tmp_path_factory.mktemp("long")
+    model = long_context_model(root / "long-model")
+    home = root / "home"
+    env = daemon_env(
+        home,
+        model_name=str(model),
+        model_max_context_tokens="65536",
+        model_temperature="0",
+        model_chat_temperature="0",
+    )
+    d = DaemonProcess(home, env).start()
+    yield d
+    d.stop()
+
+
+def _start_long_chat(c: Client, token: str) -> tuple[int, threading.Event, list[str]]:
+    """Send a chat of 4096 tokens and wait until it streams; returns its id, its done event and its deltas."""
+    streamed = threading.Event()
+    deltas: list[str] = []
+
+    def on_progress(value: dict) -> None:
+        deltas.append(value["delta"])
+        streamed.set()
+
+    c._progress[token] = on_progress
+    msg_id, done = c.request_async(
+        "reinf/chat",
+        {
+            "messages": [{"role": "user", "content": "write a long module"}],
+            "max_tokens": 4096,
+            "partialResultToken": token,
+        },
+    )
+    assert streamed.wait(60), "the chat never started streaming"
+    return msg_id, done, deltas
+
+
+def test_cancel_stops_generation_early(long_daemon: DaemonProcess) -> None:
+    with long_daemon.client() as c:
+        before = c.status()["interactions_total"]
+        msg_id, done, deltas = _start_long_chat(c, "cancel-test")
         c.notify("$/cancelRequest", {"id": msg_id})
-        assert done.wait(30), "a cancelled chat never answered"
-        elapsed = time.monotonic() - t0
-        # The daemon keeps serving after the cancellation.
-        assert c.status()["model"] == "reinf-tiny-test"
-    # 4000 tokens would take far longer than this on the tiny model's CPU path.
-    assert elapsed < 10
+        assert done.wait(60), "a cancelled chat never answered"
+        answer = c._pending.pop(msg_id)
+        # A chat stopped while it generates answers with what it had, marked cancelled, and is stored (the
+        # chat panel's Stop and an interrupted %%ask keep the partial answer to rate).
+        assert answer["result"]["finish_reason"] == "cancelled", answer
+        partial = answer["result"]["text"]
+        # One inference thread: this chat is answered only after the cancelled one stopped generating, so
+        # the deltas streamed by then are all it ever made. Uncancelled it streams one per token, 4096.
+        r = c.chat("x = ", max_tokens=4)
+        assert r["finish_reason"] == "length" and r["interaction_id"]
+        assert len(deltas) < 1000, f"the cancelled chat went on for {len(deltas)} tokens"
+        assert partial == "".join(deltas)  # the answer is what streamed, no more
+        assert c.status()["interactions_total"] == before + 2
+
+
+def test_a_rollback_waiting_for_a_long_chat_holds_up_no_other_client(long_daemon: DaemonProcess) -> None:
+    with long_daemon.client("chatter") as chatter, long_daemon.client("roller") as roller:
+        chat_id, chat_done, _ = _start_long_chat(chatter, "rollback-test")
+        # The swap is a job behind the chat on the inference thread: the rollback waits for the chat.
+        rollback_id, rollback_done = roller.request_async("reinf/rollback", {"version": 0})
+        # Meanwhile a new client connects, asks for its status and lists the history: all answered at once.
+        with long_daemon.client("watcher") as watcher:
+            assert watcher.status()["model"].endswith("long-model")
+            watcher.request("reinf/history", {"limit": 5})
+            assert not rollback_done.is_set() and not chat_done.is_set(), "the status waited for the chat"
+        chatter.notify("$/cancelRequest", {"id": chat_id})
+        assert rollback_done.wait(60), "the rollback never finished"
+        assert roller._pending.pop(rollback_id)["result"] == {"adapter_version": 0}
 
 
 def test_a_stopped_chat_answers_with_what_it_had_and_stores_it(daemon: DaemonProcess) -> None:
@@ -378,6 +562,35 @@ def test_restart_and_kill9_keep_every_acknowledged_rating(tmp_path: Path) -> Non
         assert items[iid]["rating"] is not None
 
 
+def test_kill9_after_acknowledged_completions_loses_none_of_their_feedback(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    d = DaemonProcess(home, daemon_env(home)).start()
+    try:
+        uri = "file:///tmp/crash.py"
+        with d.client() as c:
+            c.open_document(uri, "import os\n\n\ndef read_config(path):\n    ")
+            shown = []
+            for _ in range(15):
+                items = c.inline_completion(uri, 4, 4)
+                if items:
+                    shown.append(items[0]["command"]["arguments"][0]["interaction_id"])
+            assert shown, "the tiny model produced no completion"
+            d.kill9()  # straight after the last answer
+        d.start()
+        with d.client() as c:
+            for iid in shown:  # what the editor sends once the user accepts or dismisses what it showed
+                c.notify("reinf/feedback", {"interaction_id": iid, "event": "dismissed"})
+                c.rate(iid, thumbs="down")  # answered with an error if the completion were unknown
+            out = tmp_path / "after.jsonl"
+            c.request("reinf/export", {"format": "jsonl", "path": str(out)})
+    finally:
+        d.stop()
+    rows = {r["interaction_id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    for iid in shown:
+        events = [x["event"] for x in rows[iid]["ratings"]]
+        assert "dismissed" in events, (iid, events)
+
+
 def test_cli_status_history_rate_and_export(daemon: DaemonProcess, tmp_path: Path) -> None:
     import subprocess
 
@@ -390,7 +603,11 @@ def test_cli_status_history_rate_and_export(daemon: DaemonProcess, tmp_path: Pat
         assert out.returncode == 0, out.stderr
         return out.stdout
 
-    assert "reinf-tiny-test" in reinf("status")
+    status = reinf("status")
+    assert "reinf-tiny-test" in status
+    assert re.search(
+        r"completions +accepted (\d+% of \d+|none shown) in the last 7 days; base \(active\)", status
+    )
     with daemon.client() as c:
         iid = c.chat("def cli():", max_tokens=4)["interaction_id"]
     assert iid in reinf("history", "-n", "50", "--unrated")

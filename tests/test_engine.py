@@ -37,16 +37,16 @@ def test_fim_template_renders_prefix_suffix_middle(name, expected):
 @pytest.mark.parametrize(
     ("vocab", "model_name", "expected", "stop"),
     [
-        ({"<|fim_prefix|>", "<|im_start|>"}, "Qwen/Qwen2.5-Coder-0.5B-Instruct", "qwen", "<|fim_pad|>"),
-        ({"<|fim_prefix|>", "<|im_start|>"}, "/home/me/models/reinf-tiny", "reinf", "<|endoftext|>"),
+        ({"<|fim_prefix|>", "<|file_sep|>"}, "/home/me/models/coder-0.5b", "qwen", "<|file_sep|>"),
+        ({"<|fim_prefix|>", "<|im_start|>"}, "Qwen/Qwen2.5-Coder-0.5B-Instruct", "reinf", "<|im_start|>"),
         ({"<fim_prefix>", "<fim_suffix>"}, "bigcode/starcoder2-3b", "starcoder", "<file_sep>"),
         ({"<｜fim▁begin｜>"}, "deepseek-ai/deepseek-coder-1.3b-base", "deepseek", "<｜end▁of▁sentence｜>"),
         ({"▁<PRE>", "▁<SUF>"}, "codellama/CodeLlama-7b-hf", "codellama", "<EOT>"),
-        (set(), "some/starcoder-finetune", "starcoder", "<|endoftext|>"),
+        (set(), "some/starcoder-finetune", "plain", "<file_sep>"),  # no FIM tokens: the name does not count
         (set(), "gpt2", "plain", "<|endoftext|>"),
     ],
 )
-def test_fim_template_is_detected_from_tokens_or_name(vocab, model_name, expected, stop):
+def test_fim_template_is_detected_from_the_tokens_not_the_name(vocab, model_name, expected, stop):
     template = detect_template(vocab, model_name)
     assert template.name == expected
     assert stop in template.stop
@@ -164,6 +164,20 @@ def test_cancel_stops_generation_early(tiny_engine):
     assert g.finish_reason == "cancelled"
     assert g.n_new_tokens < 10
     assert g.text == "".join(deltas) and full.text.startswith(g.text)
+
+
+def test_a_stop_check_ends_generation_at_the_token_it_fires_on(tiny_engine):
+    full = tiny_engine.complete(PREFIX, SUFFIX, max_tokens=40, temperature=0)
+    assert full.n_new_tokens == 40 and len(full.text) > 8  # precondition: unchecked, it runs to the limit
+    seen: list[str] = []
+
+    def stop(text: str) -> bool:
+        seen.append(text)
+        return len(text) >= 8
+
+    g = tiny_engine.complete(PREFIX, SUFFIX, max_tokens=40, temperature=0, stop=stop)
+    assert g.finish_reason == "stop" and g.n_new_tokens == len(seen) < 40
+    assert g.text == seen[-1] and full.text.startswith(g.text) and len(g.text) >= 8
 
 
 def test_long_prompts_are_cut_from_the_left_to_fit_the_context(tiny_engine):

@@ -328,16 +328,18 @@ def wait_for_run(client: Any, run_id: int, timeout: float = 600) -> dict[str, An
 
 def assert_adapters_consistent(home: Path, client: Any) -> None:
     """No half-published adapter: no temporary folder, no folder without its row, every good row loadable."""
-    from reinf.scheduler import adapter_problem
+    from reinf.adapters import adapter_problem
+    from reinf.paths import under_home
 
     folders = {p.name for p in (home / "adapters").iterdir()}
-    assert not [f for f in folders if f.startswith(".tmp")], folders
+    assert not [f for f in folders if f.startswith(".")], folders  # a publish's temporary folder
     listing = client.request("reinf/adapters", {})
     rows = {f"v{a['version']}": a for a in listing["adapters"]}
     assert folders <= set(rows), f"adapter folders without a row: {folders - set(rows)}"
     for name, a in rows.items():
         if a["status"] in ("active", "retired"):
-            assert adapter_problem(Path(a["path"])) is None, (name, adapter_problem(Path(a["path"])))
+            path = under_home(a["path"], home)
+            assert adapter_problem(path) is None, (name, adapter_problem(path))
     active = [a["version"] for a in listing["adapters"] if a["status"] == "active"]
     assert client.status()["adapter_version"] == (active[0] if active else 0)
     assert client.chat("def still_answers():", max_tokens=2)["adapter_version"] == (

@@ -70,11 +70,11 @@ class FakeEngine:
 
 
 class FakeScheduler:
-    def __init__(self, cfg: Config, store: Any, broadcast: Any, swap_adapter: Any) -> None:
+    def __init__(self, cfg: Config, store: Any, adapters: Any, broadcast: Any) -> None:
         self.runs = 0
 
-    def start(self) -> tuple[int, Path | None]:
-        return 0, None
+    def start(self) -> None:
+        pass
 
     def note_rating(self) -> None:
         pass
@@ -95,9 +95,6 @@ class FakeScheduler:
     def cancel(self) -> bool:
         return False
 
-    def rollback(self, version: int | None) -> int:
-        return version or 0
-
     def close(self) -> None:
         pass
 
@@ -108,7 +105,10 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("fuzz") / "home"
     cfg = Config(home=home)
     cfg.server.max_field_bytes = LIMIT
+    import reinf.scheduler
+
     fake = types.ModuleType("reinf.scheduler")
+    fake.__dict__.update({k: v for k, v in vars(reinf.scheduler).items() if not k.startswith("__")})
     fake.Scheduler = FakeScheduler
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(sys.modules, "reinf.scheduler", fake)
@@ -117,6 +117,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 
         backend = Backend(cfg, engine=FakeEngine())
         ls = build_server(backend)
+    # Parameters are what is fuzzed here; rollback itself is tested in test_scheduler.py.
+    backend.adapters.rollback = lambda version=None: version or 0
     iid = backend.store.add_interaction(
         kind="chat",
         client="fuzz",
@@ -134,7 +136,6 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 
 
 def counts(backend: Any) -> tuple[int, ...]:
-    backend.flush()  # completions are written behind their answer
     one = backend.store._read
     return (
         one("SELECT count(*) FROM interactions")[0][0],
@@ -295,13 +296,16 @@ def ok_rate(p: Any, server: Any) -> bool:
     )
 
 
-def ok_feedback(p: Any, server: Any) -> bool:
-    p = object_with(p, {"interaction_id", "event", "accepted_chars", "shown_ms"})
+FEEDBACK_FIELDS = ["interaction_id", "event", "accepted_chars", "accepted_words", "typed_chars", "shown_ms"]
+
+
+def ok_feedback(p: Any, completion_id: str) -> bool:
+    p = object_with(p, set(FEEDBACK_FIELDS))
     return (
         p is not None
-        and p.get("interaction_id") == server.iid
-        and p.get("event") in ("accepted", "dismissed", "partially_accepted")
-        and opt_int(p.get("accepted_chars"), 0, 10_000_000)
+        and p.get("interaction_id") == completion_id
+        and p.get("event") in ("accepted", "dismissed", "partially_accepted", "typed_through")
+        and all(opt_int(p.get(k), 0, 10_000_000) for k in ("accepted_chars", "accepted_words", "typed_chars"))
         and opt_int(p.get("shown_ms"), 0, 86_400_000)
     )
 
@@ -388,9 +392,14 @@ def valid_feedback(server: Any) -> st.SearchStrategy[dict[str, Any]]:
     return st.fixed_dictionaries(
         {
             "interaction_id": st.just(server.iid),
-            "event": st.sampled_from(["accepted", "dismissed", "partially_accepted"]),
+            "event": st.sampled_from(["accepted", "dismissed", "partially_accepted", "typed_through"]),
         },
-        optional={"accepted_chars": st.integers(0, 10_000_000), "shown_ms": st.integers(0, 86_400_000)},
+        optional={
+            "accepted_chars": st.integers(0, 10_000_000),
+            "accepted_words": st.integers(0, 10_000_000),
+            "typed_chars": st.integers(0, 10_000_000),
+            "shown_ms": st.integers(0, 86_400_000),
+        },
     )
 
 
@@ -491,14 +500,26 @@ def test_rate(server: Any, data: st.DataObject) -> None:
 @SETTINGS
 @given(data=st.data())
 def test_feedback(server: Any, data: st.DataObject) -> None:
-    """A notification: the daemon answers nothing, so the backend's own check is what is tested."""
-    params, field = data.draw(
-        mutations(valid_feedback(server), ["interaction_id", "event", "accepted_chars", "shown_ms"])
+    """A notification: the daemon answers nothing, so the backend's own check is what is tested. Each example
+    is about a fresh completion (an event ends one, and the fixture's own interaction is a chat)."""
+    params, field = data.draw(mutations(valid_feedback(server), FEEDBACK_FIELDS))
+    completion_id = server.backend.store.add_interaction(
+        kind="completion",
+        client="fuzz",
+        model="m",
+        adapter_version=0,
+        prompt="p",
+        context={},
+        response="r",
+        finish_reason="stop",
+        timings={},
     )
-    expected = ok_feedback(params, server)
+    if isinstance(params, dict) and params.get("interaction_id") == server.iid:
+        params = {**params, "interaction_id": completion_id}
+    expected = ok_feedback(params, completion_id)
     before = counts(server.backend)
     try:
-        server.backend.feedback(params)
+        asyncio.run(server.backend.feedback(params))
     except JsonRpcException as exc:
         assert exc.code == -32602 and not expected, f"{params!r}: {exc}"
         assert field is None or field in str(exc), str(exc)
@@ -648,26 +669,24 @@ def test_forget_at_the_edge_of_the_calendar_is_an_answer_not_a_crash(server: Any
     assert counts(server.backend) == before_counts
 
 
-def test_a_completion_is_written_behind_its_answer_and_a_rating_waits_for_it(server: Any) -> None:
-    from reinf.validate import InvalidParams
+def test_a_completion_is_stored_before_its_answer_and_a_failed_write_is_an_error(server: Any) -> None:
+    from reinf.store import StoreError
 
     backend = server.backend
     before = counts(backend)
     answer = asyncio.run(
         backend.complete("def f():\n    ", "", client="t", uri="file:///a.py", language="python")
     )
-    rating = backend.rate(
-        {"interaction_id": answer["interaction_id"], "stars": 4}
-    )  # no wait needed by the caller
+    assert counts(backend)[0] == before[0] + 1  # committed by the time it is answered
+    rating = asyncio.run(backend.rate({"interaction_id": answer["interaction_id"], "stars": 4}))
     assert rating["rating_id"] > 0 and counts(backend)[:2] == (before[0] + 1, before[1] + 1)
 
-    # A write that fails is logged, and a later rating of that completion says why it cannot be rated.
+    # A write that fails is the answer's error: the client never sees a completion that was not stored.
     real = backend.store.add_interaction
-    backend.store.add_interaction = lambda **kw: (_ for _ in ()).throw(OSError(28, "No space left on device"))
+    backend.store.add_interaction = lambda **kw: (_ for _ in ()).throw(StoreError("No space left on device"))
     try:
-        lost = asyncio.run(backend.complete("x = ", "", client="t", uri="file:///a.py", language="python"))
-        with pytest.raises(InvalidParams, match=r"could not be stored \(.*No space left on device\)"):
-            backend.rate({"interaction_id": lost["interaction_id"], "stars": 2})
+        with pytest.raises(StoreError, match="No space left on device"):
+            asyncio.run(backend.complete("x = ", "", client="t", uri="file:///a.py", language="python"))
     finally:
         backend.store.add_interaction = real
     assert counts(backend)[:2] == (before[0] + 1, before[1] + 1)

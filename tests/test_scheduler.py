@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from reinf.adapters import AdapterError, Adapters, UnknownVersion
 from reinf.config import Config
-from reinf.scheduler import Scheduler, SchedulerBusy, SchedulerError, UnknownVersion
+from reinf.scheduler import Scheduler, SchedulerBusy, SchedulerError
 from reinf.store import Store
 
 FAKE_TRAINER = r"""
@@ -30,6 +31,12 @@ def progress(phase, p, msg):
 
 json.loads((run / "config.json").read_text())
 assert (run / "data.parquet").exists()
+if mode == "too_few":  # as the trainer does: turned down at the snapshot, before any model loads
+    progress("snapshot", 0.0, "reading the snapshot")
+    reason = "too few explicit ratings to train on: 2, need at least 8"
+    metrics = {"decision": "reject", "reasons": [reason], "used_ratings": False}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    sys.exit(0)
 progress("reward_model", 0.2, "judging")
 if mode == "sleep":
     time.sleep(60)
@@ -56,7 +63,9 @@ progress("done", 1.0, "done")
 class Harness:
     def __init__(self, tmp_path: Path, **training) -> None:
         self.cfg = Config(home=tmp_path / "home")
-        self.cfg.model.name = str(tmp_path / "model")  # a folder name: nothing to build
+        self.cfg.model.name = str(tmp_path / "model")  # a model folder: nothing to build or fetch
+        (tmp_path / "model").mkdir()
+        (tmp_path / "model" / "config.json").write_text("{}")
         self.cfg.training.min_new_ratings = 3
         for k, v in training.items():
             setattr(self.cfg.training, k, v)
@@ -71,7 +80,8 @@ class Harness:
         self.sched = self.new_scheduler()
 
     def new_scheduler(self) -> Scheduler:
-        s = Scheduler(self.cfg, self.store, broadcast=self.broadcast, swap_adapter=self.swap)
+        self.adapters = Adapters(self.cfg.home, self.store, swap=self.swap, broadcast=self.broadcast)
+        s = Scheduler(self.cfg, self.store, adapters=self.adapters, broadcast=self.broadcast)
         s.trainer_command = [sys.executable, str(self.fake)]
         return s
 
@@ -84,11 +94,19 @@ class Harness:
             raise self.swap_error
         self.swaps.append((version, path))
 
-    def rate(self, n: int = 1) -> None:
+    def start(self) -> int:
+        """As the daemon starts: the scheduler cleans up, then the adapters say which version serves."""
+        self.sched = self.new_scheduler()
+        self.sched.start()
+        return self.adapters.start()
+
+    def answer(self) -> str:
+        return self.store.add_interaction(kind="chat", client="t", model="m", adapter_version=0, prompt="p",
+                                          context={}, response="r", finish_reason="stop", timings={})  # fmt: skip
+
+    def rate(self, n: int = 1, iid: str | None = None, **rating) -> None:
         for _ in range(n):
-            iid = self.store.add_interaction(kind="chat", client="t", model="m", adapter_version=0, prompt="p",
-                                             context={}, response="r", finish_reason="stop", timings={})  # fmt: skip
-            self.store.add_rating(iid, stars=4)
+            self.store.add_rating(iid or self.answer(), **(rating or {"stars": 4}))
             self.sched.note_rating()
 
     def wait(self, run_id: int, timeout: float = 30.0) -> dict:
@@ -109,7 +127,7 @@ class Harness:
 def h(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_MODE", "publish")
     harness = Harness(tmp_path)
-    assert harness.sched.start() == (0, None)
+    assert harness.start() == 0
     yield harness
     harness.sched.close()
     harness.store.close()
@@ -208,7 +226,7 @@ def test_an_adapter_the_engine_refuses_is_marked_rejected(h):
 def test_a_run_past_its_time_limit_is_stopped(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_MODE", "sleep")
     h = Harness(tmp_path, timeout_s=1)
-    h.sched.start()
+    h.start()
     run = h.wait(h.sched.retrain())
     assert run["state"] == "failed" and "training.timeout_s = 1" in run["error"]
     h.store.close()
@@ -218,15 +236,17 @@ def test_rollback(h):
     for _ in range(3):
         h.wait(h.sched.retrain())
     assert h.store.active_adapter()["version"] == 3
-    assert h.sched.rollback() == 2 and h.swaps[-1] == (2, h.cfg.home / "adapters" / "v2")
-    assert h.sched.rollback(3) == 3
-    assert h.sched.rollback(0) == 0 and h.swaps[-1] == (0, None) and h.store.active_adapter() is None
+    assert h.adapters.rollback() == 2 and h.swaps[-1] == (2, h.cfg.home / "adapters" / "v2")
+    assert h.adapters.rollback(3) == 3
+    assert h.adapters.rollback(0) == 0 and h.swaps[-1] == (0, None) and h.store.active_adapter() is None
     assert h.notes("reinf/adapterChanged")[-1] == {"adapter_version": 0, "reason": "rollback"}
-    with pytest.raises(SchedulerError, match="already serving"):
-        h.sched.rollback()
+    with pytest.raises(AdapterError, match="already serving"):
+        h.adapters.rollback()
     with pytest.raises(UnknownVersion, match="no good adapter version 7; known: 0 \\(the base\\), 1, 2, 3"):
-        h.sched.rollback(7)
-    assert h.sched.rollback(1) == 1
+        h.adapters.rollback(7)
+    assert h.adapters.rollback(1) == 1
+    # Stored relative to REINF_HOME: a copied home finds its adapters.
+    assert {a["path"] for a in h.store.list_adapters()} == {"adapters/v1", "adapters/v2", "adapters/v3"}
 
 
 def test_untrain_deletes_what_runs_learnt_from_a_forgotten_rating_and_serves_the_newest_clean_adapter(h):
@@ -236,25 +256,19 @@ def test_untrain_deletes_what_runs_learnt_from_a_forgotten_rating_and_serves_the
     h.wait(h.store.list_runs()[0]["run_id"])
     adapters = h.cfg.home / "adapters"
     assert h.store.active_adapter()["version"] == 2 and (adapters / "v2").is_dir()
-    (h.cfg.home / "reward_model").mkdir()
 
     # Rating 5 is forgotten (a late rating of an old answer, say): run 2 saw it, run 1 did not.
-    assert h.sched.untrain(5) == {
-        "adapters_forgotten": [2],
-        "reward_model_deleted": True,
-        "adapter_version": 1,
-    }
+    assert h.adapters.untrain(h.store.runs_trained_on(5)) == ([2], 1)
     assert h.swaps[-1] == (1, adapters / "v1") and h.store.active_adapter()["version"] == 1
     assert not (adapters / "v2").exists() and (adapters / "v1").is_dir()
-    assert not (h.cfg.home / "reward_model").exists()
     assert {a["version"]: a["status"] for a in h.store.list_adapters()} == {2: "forgotten", 1: "active"}
     assert h.notes("reinf/adapterChanged")[-1] == {
         "adapter_version": 1, "reason": "forget: v2 was trained on forgotten ratings"
     }  # fmt: skip
     with pytest.raises(UnknownVersion, match="no good adapter version 2; known: 0 \\(the base\\), 1$"):
-        h.sched.rollback(2)
+        h.adapters.rollback(2)
 
-    assert h.sched.untrain(1)["adapters_forgotten"] == [1]  # rating 1: every run saw it
+    assert h.adapters.untrain(h.store.runs_trained_on(1))[0] == [1]  # rating 1: every run saw it
     assert h.swaps[-1] == (0, None) and h.store.active_adapter() is None and not list(adapters.iterdir())
     h.wait(h.sched.retrain())  # a new adapter never takes a forgotten one's number
     assert h.store.active_adapter()["version"] == 3
@@ -279,7 +293,7 @@ def _orphan(run_dir: Path) -> subprocess.Popen:
 def test_start_after_a_daemon_crash(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_MODE", "publish")
     h = Harness(tmp_path)
-    h.sched.start()
+    h.start()
     for _ in range(2):
         h.wait(h.sched.retrain())
     # The daemon dies (kill -9) with a run going: its row says running, its trainer lives on.
@@ -294,22 +308,46 @@ def test_start_after_a_daemon_crash(tmp_path, monkeypatch):
     (h.cfg.home / "adapters" / "v2" / "adapter_model.safetensors").unlink()
     (h.cfg.home / "adapters" / ".tmp-v3").mkdir()
     try:
-        version, path = h.new_scheduler().start()
+        version = h.start()
         assert orphan.wait(5) == -signal.SIGKILL
         assert bystander.poll() is None
         assert h.store.get_run(orphan_id)["state"] == "failed"
         assert "still running and has been stopped" in h.store.get_run(orphan_id)["error"]
         assert h.store.get_run(stale_id)["state"] == "failed"
-        assert (version, path) == (1, h.cfg.home / "adapters" / "v1")
+        assert version == 1 and h.swaps[-1] == (1, h.cfg.home / "adapters" / "v1")
         assert h.store.active_adapter()["version"] == 1
         assert {a["version"]: a["status"] for a in h.store.list_adapters()} == {1: "active", 2: "rejected"}
         assert not (h.cfg.home / "adapters" / ".tmp-v3").exists()
         # With v1 gone too, the base model serves.
         (h.cfg.home / "adapters" / "v1" / "adapter_config.json").unlink()
-        assert h.new_scheduler().start() == (0, None) and h.store.active_adapter() is None
+        assert h.start() == 0 and h.store.active_adapter() is None
     finally:
         for p in (orphan, bystander):
             if p.poll() is None:
                 os.kill(p.pid, signal.SIGKILL)
                 p.wait()
         h.store.close()
+
+
+def test_the_threshold_counts_rated_answers_not_clicks(h, monkeypatch):
+    # Thumbs, then stars, then a comment on one answer: one judgement.
+    iid = h.answer()
+    for rating in ({"thumbs": "up"}, {"stars": 4}, {"comment": "clear"}):
+        h.rate(iid=iid, **rating)
+    assert h.sched.until_next_training() == 2
+    # However often one answer is re-rated, it never starts a run.
+    h.rate(1000, iid=iid, stars=2)
+    assert h.store.list_runs() == [] and h.sched.until_next_training() == 2
+    # A manual run the trainer turns down before training (too few ratings) leaves the count as it was.
+    monkeypatch.setenv("FAKE_MODE", "too_few")
+    run = h.wait(h.sched.retrain())
+    assert run["state"] == "rejected" and "too few" in run["metrics"]["reasons"][0]
+    assert h.sched.until_next_training() == 2
+    # Two more rated answers start a run by threshold, which then resets the count.
+    monkeypatch.setenv("FAKE_MODE", "reject")
+    h.rate(2)
+    run = h.wait(h.store.list_runs()[0]["run_id"])
+    assert run["trigger"] == "threshold" and run["state"] == "rejected"
+    assert h.sched.until_next_training() == 3
+    h.rate(1, iid=iid, stars=5)  # a re-rating of an answer counted before counts no more
+    assert h.sched.until_next_training() == 3

@@ -108,6 +108,6 @@ def test_a_cached_build_wins_over_the_committed_model(tmp_path, monkeypatch, tin
     assert resolve_model_path(TINY) == str(tmp_path / "models" / TINY)
 
 
-def test_other_names_pass_through(tmp_path):
-    assert resolve_model_path("Qwen/Qwen2.5-Coder-0.5B-Instruct") == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
-    assert resolve_model_path(str(tmp_path)) == str(tmp_path)
+def test_a_model_folder_resolves_to_itself(tmp_path, tiny_model_path):
+    # Hub ids and .gguf files are resolved to local folders too (tests/test_models.py).
+    assert resolve_model_path(str(tiny_model_path)) == str(tiny_model_path)

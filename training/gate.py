@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from reinf.fim import encode_prompt
+
 from .data import Example
 from .imitate import LIKED_TARGET, answer_logp, encoded
 from .lm import decode_responses, hidden_states, lm_head, pad_left, sample, use_adapter
@@ -92,7 +94,7 @@ def general_loss(model: nn.Module, tokenizer: Any, texts: Sequence[str], max_tok
     """Mean next-token loss (nats per token) on general text, with the adapters as currently switched."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
-    seqs = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts]
+    seqs = [encode_prompt(tokenizer, t)[:max_tokens] for t in texts]
     seqs = [s for s in seqs if len(s) > 1]
     losses = []
     for s in seqs:  # one at a time: no padding, and little memory for a large vocabulary

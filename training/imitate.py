@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from reinf.fim import encode_prompt
+
 from .data import Example
 from .lm import pad_left, use_adapter
 from .ppo import masked_mean, response_logprobs
@@ -33,7 +35,7 @@ def encode(
     tokenizer: Any, ex: Example, max_prompt_tokens: int, max_response_tokens: int, stop_id: int | None
 ) -> tuple[list[int], list[int]]:
     """(prompt ids, answer ids) as the policy saw and wrote them; a finished answer ends with the stop token."""
-    prompt = tokenizer(ex.prompt, add_special_tokens=False)["input_ids"][-max_prompt_tokens:]
+    prompt = encode_prompt(tokenizer, ex.prompt, keep_last=max_prompt_tokens)
     answer = tokenizer(ex.response, add_special_tokens=False)["input_ids"]
     if ex.finished and stop_id is not None:
         answer = answer + [stop_id]

@@ -18,9 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
-import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -29,7 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from reinf.scheduler import fsync_tree
+from reinf.fim import encode_prompt
+from reinf.paths import atomic_dir
 
 from .data import Example
 from .lm import causal_lm, hidden_states, pad_left, use_adapter
@@ -61,9 +60,8 @@ class PolicyRewardModel:
         seqs, lengths = [], []
         for p, r in zip(prompts, responses, strict=True):
             r_ids = self.tokenizer(r, add_special_tokens=False)["input_ids"][: self.max_length - 1]
-            p_ids = self.tokenizer(p, add_special_tokens=False)["input_ids"]
-            keep = self.max_length - len(r_ids)
-            seqs.append(p_ids[-keep:] + r_ids)  # the prompt's end matters most
+            p_ids = encode_prompt(self.tokenizer, p, keep_last=self.max_length - len(r_ids))
+            seqs.append(p_ids + r_ids)  # the prompt's end matters most
             lengths.append(len(r_ids))
         ids, mask = pad_left(seqs, self.pad_id, self.head.weight.device)
         cols = torch.arange(ids.shape[1], device=ids.device)
@@ -530,14 +528,6 @@ def _check_consistency(
 
 def _save_atomically(rm: RewardModel, folder: Path, meta: dict[str, Any]) -> None:
     """Write into a temporary folder, then swap it in, so a kill never leaves a half-written judge."""
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True, mode=0o700)
-    rm.save(tmp)
-    (tmp / "meta.json").write_text(json.dumps(meta))
-    fsync_tree(tmp)
-    if folder.exists():
-        os.rename(folder, old)
-    os.rename(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(folder) as tmp:
+        rm.save(tmp)
+        (tmp / "meta.json").write_text(json.dumps(meta))

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import sys
 import threading
 import time
@@ -19,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from reinf.config import Config
-from reinf.paths import write_json
-from reinf.scheduler import fsync_tree
+from reinf.paths import atomic_dir, write_json
 
 log = logging.getLogger("reinf.training")
 
@@ -476,12 +474,8 @@ def target_modules(model: Any) -> Any:
 
 def save_adapter(model: Any, dest: Path) -> None:
     """Write the policy adapter to `dest` through a temporary folder, so it is whole or absent."""
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), selected_adapters=[POLICY])
-    fsync_tree(tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.rename(tmp, dest)
+    with atomic_dir(dest) as tmp:
+        model.save_pretrained(str(tmp), selected_adapters=[POLICY])
 
 
 def _rm_identity(cfg: Config, extras: dict[str, Any]) -> dict[str, Any]:
@@ -526,8 +520,10 @@ def _hidden_size(model: Any) -> int:
 
 def _encode_prompt(tokenizer: Any, text: str, max_tokens: int) -> list[int]:
     """The prompt's last `max_tokens` tokens, exactly as the daemon fed it to the model."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return ids[-max_tokens:] if ids else [_pad_id(tokenizer)]
+    from reinf.fim import encode_prompt
+
+    ids = encode_prompt(tokenizer, text, keep_last=max_tokens)
+    return ids if ids else [_pad_id(tokenizer)]
 
 
 def _ppo_summary(history: list[dict]) -> dict[str, Any]:

@@ -15,9 +15,7 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import random
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -29,6 +27,8 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from reinf.paths import atomic_dir
 
 from .tokenizer_build import (
     EOT,
@@ -352,11 +352,7 @@ def _reproduce(command: str, steps: int) -> str:
 
 def _save(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, info: dict, out: Path) -> None:
     """Write into a temporary sibling folder, then rename it into place, so `out` is never half-written."""
-    out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(out.resolve()) as tmp:
         model = model.to("cpu", dtype=torch.bfloat16)
         model.generation_config = GenerationConfig(
             eos_token_id=model.config.eos_token_id, pad_token_id=model.config.pad_token_id
@@ -364,15 +360,6 @@ def _save(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, info: dict, out
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

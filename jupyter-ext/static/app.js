@@ -88,10 +88,21 @@
         `${typeof t.eta_s === "number" ? ", about " + Math.max(1, Math.round(t.eta_s / 60)) + " min left" : ""})`;
       if (status.last_run) text += `. Last run: ${status.last_run.run_id} ${status.last_run.state}`;
       training.textContent = text + ".";
+      const acceptance = document.getElementById("acceptance");
+      if (acceptance) acceptance.textContent = status.acceptance ? acceptanceText(status.acceptance) : "";
       model.classList.remove("error");
     } catch (error) {
       show(model, `Cannot reach the reinf daemon: ${error.message}`, false);
     }
+  }
+
+  // How often shown inline completions were accepted: this week, since the active adapter went live, the base's.
+  function acceptanceText(a) {
+    const rate = (b) => (b.shown ? `${Math.round(b.rate * 100)}% of ${b.shown}` : "none shown");
+    const week = `Completions accepted: ${rate(a.last_7_days)} in the last 7 days`;
+    return a.active.adapter_version
+      ? `${week}; since adapter v${a.active.adapter_version}: ${rate(a.active)}; base: ${rate(a.base)}.`
+      : `${week}; base (active): ${rate(a.base)}.`;
   }
 
   async function action(path, body, done) {

@@ -69,10 +69,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_missing_setup() is not None, 
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
+def daemon(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[DaemonProcess]:
     home = tmp_path / "home"
-    # Greedy decoding: the same answers on every run.
-    d = DaemonProcess(home, daemon_env(home, model_temperature="0")).start()
+    # Greedy decoding, completions and chat: the same answers on every run (a chat sampled at the shipped 0.8
+    # sometimes ended before its first delta). A test may ask for other settings (parametrize, indirect).
+    settings = {"model_temperature": "0", "model_chat_temperature": "0", **getattr(request, "param", {})}
+    d = DaemonProcess(home, daemon_env(home, **settings)).start()
     try:
         yield d
     finally:
@@ -285,7 +287,7 @@ def test_chat_rate_retrain_and_inline_completion(
         client.request("reinf/export", {"format": "jsonl", "path": str(out)})
         rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
         return [
-            {"interaction_id": row["interaction_id"], "response": row["response"], **json.loads(r["comment"])}
+            {"interaction_id": row["interaction_id"], "response": row["response"], **r}
             for row in rows
             if row["kind"] == "completion"
             for r in row.get("ratings") or []
@@ -422,6 +424,98 @@ def _status_texts_while(item, done: Callable[[list[str]], bool], timeout: float)
             texts.append(text)
         time.sleep(0.1)
     return texts
+
+
+# The default model (committed, 5.3M parameters): the test preset's suggestions are a character or two.
+@pytest.mark.parametrize("daemon", [{"model_name": str(REPO / "models" / "reinf-tiny")}], indirect=True)
+def test_inline_feedback_is_what_was_seen_and_done(
+    daemon: DaemonProcess, code_server: str, page, tmp_path: Path
+) -> None:
+    """Accept-word stores the characters and words it took; with the suggest widget open nothing is recorded as
+    shown unless ghost text was drawn; typing instead of a dismissed suggestion is stored as its correction."""
+    from urllib.parse import parse_qs, urlparse
+
+    from playwright.sync_api import expect
+
+    workspace = Path(parse_qs(urlparse(code_server).query)["folder"][0])
+    (workspace / ".vscode").mkdir()
+    # Words of the file in the suggest widget, opened only by Ctrl+Space; no automatic indentation, so that the
+    # document is exactly what the test types (and the greedy model's suggestions the same on every run).
+    settings = {"editor.wordBasedSuggestions": "currentDocument", "editor.autoIndent": "none"}
+    (workspace / ".vscode" / "settings.json").write_text(json.dumps(settings))
+    client = daemon.client("e2e-check")
+    page.set_default_timeout(30_000)
+    page.goto(code_server)
+    page.locator(".monaco-workbench").wait_for()
+    expect(page.locator(".statusbar-item", has_text="to train")).to_be_visible(timeout=60_000)
+    _open_file(page, "main.py")
+    editor = page.locator(".monaco-editor .view-lines").first
+    ghost = page.locator(".monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text").first
+    editor.click()
+    page.keyboard.press("Control+End")
+
+    def exported() -> list[dict[str, Any]]:
+        out = tmp_path / "export.jsonl"
+        client.request("reinf/export", {"format": "jsonl", "path": str(out)})
+        rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+        return [r for r in rows if r["kind"] == "completion"]
+
+    def events() -> list[dict[str, Any]]:
+        return [{**e, "response": r["response"]} for r in exported() for e in r.get("ratings") or []]
+
+    # 1. Accept-word (Ctrl+Right) on a suggestion of several words, then Escape: a partial accept.
+    page.keyboard.type("a\n\ndef main(args):\n    ")
+    expect(ghost).to_be_visible(timeout=60_000)
+    page.wait_for_timeout(400)  # long enough to count as seen
+    page.keyboard.press("Control+ArrowRight")
+    page.wait_for_timeout(300)
+    page.keyboard.press("Escape")
+    _wait_for(lambda: any(e["event"] == "partially_accepted" for e in events()), 20, "the partial accept")
+    partial = next(e for e in events() if e["event"] == "partially_accepted")
+    assert 1 <= partial["accepted_chars"] < len(partial["response"]), partial
+    assert partial["accepted_words"] == 1 and partial["shown_ms"] >= 250, partial
+    assert partial["response"][: partial["accepted_chars"]] in "".join(_document_lines(editor))
+
+    # 2. The suggest widget, open on a word of the file: what VS Code does not draw is not recorded.
+    page.keyboard.press("End")
+    page.keyboard.type("\n    product_value = 2\n    return pro")
+    page.wait_for_timeout(1500)
+    page.keyboard.press("Escape")
+    page.wait_for_timeout(500)
+    before = len(events())
+    page.keyboard.press("Control+Space")
+    expect(page.locator(".suggest-widget .monaco-list-row", has_text="product_value").first).to_be_visible()
+    drawn = False
+    for _ in range(30):  # three seconds of looking for ghost text beside the widget
+        drawn = drawn or ghost.is_visible()
+        page.wait_for_timeout(100)
+    page.keyboard.press("Escape")
+    page.keyboard.press("Escape")
+    page.wait_for_timeout(1000)
+    if not drawn:
+        assert len(events()) == before, events()[before:]
+
+    # 3. A suggestion on an empty line, dismissed by typing something else: what was typed is its correction.
+    page.keyboard.press("End")
+    page.keyboard.type("\n    ")
+    expect(ghost).to_be_visible(timeout=60_000)
+    page.wait_for_timeout(400)
+    first = ghost.text_content() or ""
+    word = "zeta = 0" if not first.lstrip().startswith("z") else "qeta = 0"
+    page.keyboard.type(word)
+    page.wait_for_timeout(300)
+    page.keyboard.press("Escape")
+    page.keyboard.press("Control+Home")
+    page.keyboard.type("#")  # an edit elsewhere: the user moved on
+
+    def corrections() -> list[dict[str, Any]]:
+        return [c for r in exported() for c in r.get("corrections") or []]
+
+    _wait_for(lambda: any(c["typed"] == word for c in corrections()), 20, "the correction to be stored")
+    correction = next(c for c in corrections() if c["typed"] == word)
+    assert (
+        correction["event"] == "dismissed" and correction["ended"] == "moved" and not correction["truncated"]
+    )
 
 
 def _document_lines(view_lines) -> list[str]:  # noqa: ANN001

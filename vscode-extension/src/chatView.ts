@@ -37,6 +37,9 @@ export class ChatView implements vscode.WebviewViewProvider {
   private thread: KeptTurn[];
   private turn: number;
   private running: vscode.CancellationTokenSource | undefined;
+  private readonly focus = new vscode.EventEmitter<boolean>();
+  /** The panel took (true) or gave back (false) the keyboard focus. */
+  readonly onDidChangeFocus = this.focus.event;
 
   constructor(
     private readonly extensionUri: vscode.Uri,
@@ -112,6 +115,9 @@ export class ChatView implements vscode.WebviewViewProvider {
         return;
       case 'insert':
         return insertCode(m.code);
+      case 'focus':
+        this.focus.fire(m.focused);
+        return;
     }
   }
 

@@ -226,7 +226,9 @@ export class Daemon implements vscode.Disposable {
     let last = '';
     while (Date.now() < deadline && !this.disposed) {
       await delay(500);
-      if (child.exitCode !== null || child.signalCode !== null) {
+      // Exit code 3: another daemon has this home (another window or the notebook started it at the same
+      // moment); it answers through daemon.json like any other.
+      if ((child.exitCode !== null && child.exitCode !== ALREADY_RUNNING) || child.signalCode !== null) {
         throw new Error(
           `'${command}' exited (${child.exitCode ?? child.signalCode}) before the daemon answered. ` +
             `Its output is in ${serveLog(home)}:\n${tail(serveLog(home))}`,
@@ -276,6 +278,9 @@ export class Daemon implements vscode.Disposable {
     });
   }
 }
+
+/** `reinf serve`'s exit code when another daemon serves (or is starting for) the same REINF_HOME. */
+const ALREADY_RUNNING = 3;
 
 function serveLog(home: string): string {
   return path.join(home, 'vscode-serve.log');

@@ -26,6 +26,7 @@ export function activate(context: vscode.ExtensionContext): void {
     ...statusBar.attach(),
     vscode.window.registerWebviewViewProvider(ChatView.viewId, chat, { webviewOptions: { retainContextWhenHidden: true } }),
     daemon.onState((s) => chat.setConnection(s.kind === 'connected', s.message)),
+    chat.onDidChangeFocus((focused) => inline.panelFocused(focused)),
     statusBar.onStatus((s) => {
       chat.statusChanged(s);
       ReviewPanel.statusChanged(s);

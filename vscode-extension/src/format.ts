@@ -1,6 +1,15 @@
 // Text the UI shows, computed from protocol results. Pure functions, unit-tested.
 import * as path from 'path';
-import type { AdapterChanged, AdapterInfo, RateResult, RunInfo, StatusResult, TrainingProgress } from './protocol';
+import type {
+  Acceptance,
+  AcceptanceBucket,
+  AdapterChanged,
+  AdapterInfo,
+  RateResult,
+  RunInfo,
+  StatusResult,
+  TrainingProgress,
+} from './protocol';
 
 const ACTIVE_STATES = new Set(['queued', 'running']);
 
@@ -72,6 +81,9 @@ export function statusBarText(s: StatusResult, progress?: TrainingProgress): Sta
   } else {
     lines.push(s.last_run ? `last run ${s.last_run.run_id}: ${s.last_run.state}` : 'no training run yet');
   }
+  if (s.acceptance) {
+    lines.push(acceptanceText(s.acceptance));
+  }
   const tooltip = [...lines, 'Click for details and actions'].join('\n');
   if (training) {
     const words = [phaseWords(training.phase), percent(training.progress), timeLeft(training.eta_s)].filter(Boolean);
@@ -79,6 +91,15 @@ export function statusBarText(s: StatusResult, progress?: TrainingProgress): Sta
   }
   const version = s.adapter_version > 0 ? `v${s.adapter_version}` : 'base';
   return { text: `$(sparkle) ${model} ${version} · ${s.until_next_training} to train`, tooltip };
+}
+
+/** "Completions accepted: 34% of 120 in the last 7 days; since adapter v3: 41% of 52; base: 28% of 300". */
+export function acceptanceText(a: Acceptance): string {
+  const rate = (b: AcceptanceBucket) => (b.shown > 0 && b.rate !== null ? `${Math.round(b.rate * 100)}% of ${b.shown}` : 'none shown');
+  const week = `Completions accepted: ${rate(a.last_7_days)} in the last 7 days`;
+  return a.active.adapter_version > 0
+    ? `${week}; since adapter v${a.active.adapter_version}: ${rate(a.active)}; base: ${rate(a.base)}`
+    : `${week}; base (active): ${rate(a.base)}`;
 }
 
 export interface StatusItem {
@@ -100,6 +121,7 @@ export function statusItems(s: StatusResult): StatusItem[] {
     { label: '$(server) Model', description: `${s.model} on ${s.device}` },
     { label: '$(versions) Answering with', description: s.adapter_version > 0 ? `adapter v${s.adapter_version}` : 'the base model (no adapter yet)' },
     { label: '$(star) Ratings', description: `${s.ratings_total}; ${s.until_next_training} more until the next training` },
+    ...(s.acceptance ? [{ label: '$(check) Inline completions', description: acceptanceText(s.acceptance) }] : []),
     { label: '$(sync) Training', description: running ? `run ${t.run_id}: ${training}` : training, detail: running && t.message ? t.message : undefined },
   ];
   if (s.last_run) {

@@ -30,10 +30,14 @@ export class InlineFeedback implements vscode.Disposable {
         return null;
       }
       const items = Array.isArray(result) ? result : result.items;
-      if (items.length > 0) {
-        this.noteShown(document, position, items[0]);
+      // With the suggest widget open, VS Code draws an inline item only if it extends the selected entry. One
+      // that does not would never be seen: show nothing rather than record it as shown.
+      const drawn = items.filter((item) => extendsSelected(item, context.selectedCompletionInfo));
+      if (drawn.length === 0) {
+        return null;
       }
-      return result;
+      this.noteShown(document, position, drawn[0]);
+      return drawn;
     },
     // VS Code shows inline completions; the daemon's textDocument/completion fallback would only duplicate them.
     provideCompletionItem: () => undefined,
@@ -62,7 +66,13 @@ export class InlineFeedback implements vscode.Disposable {
         }
       }),
       vscode.window.onDidChangeActiveTextEditor(() => this.tracker.dismissed(now())),
+      vscode.window.onDidChangeWindowState((s) => this.tracker.focusChanged(s.focused, now())),
     );
+  }
+
+  /** A panel of ours (the chat) took or gave back the focus: the editor's ghost text is not being looked at. */
+  panelFocused(focused: boolean): void {
+    this.tracker.focusChanged(!focused && vscode.window.state.focused, Date.now());
   }
 
   dispose(): void {
@@ -75,16 +85,29 @@ export class InlineFeedback implements vscode.Disposable {
       return;
     }
     let text = typeof item.insertText === 'string' ? item.insertText : item.insertText.value;
+    let before: string | undefined;
     // An item whose range starts before the cursor repeats what is already typed; keep what it adds.
     if (item.range && item.range.start.isBefore(position)) {
       const typed = document.getText(new vscode.Range(item.range.start, position));
-      text = text.startsWith(typed) ? text.slice(typed.length) : text;
+      if (text.startsWith(typed)) {
+        text = text.slice(typed.length);
+        before = item.range.start.line === position.line ? typed : undefined;
+      }
     }
     this.tracker.shown(
-      { interactionId: arg.interaction_id, text, uri: document.uri.toString(), at: position },
+      { interactionId: arg.interaction_id, text, uri: document.uri.toString(), at: position, before },
       Date.now(),
     );
   }
+}
+
+/** Whether VS Code draws `item` while the suggest widget has `selected` highlighted (always, without one). */
+export function extendsSelected(item: vscode.InlineCompletionItem, selected: vscode.SelectedCompletionInfo | undefined): boolean {
+  if (!selected) {
+    return true;
+  }
+  const text = typeof item.insertText === 'string' ? item.insertText : item.insertText.value;
+  return !!item.range && item.range.start.isEqual(selected.range.start) && text.startsWith(selected.text) && text.length > selected.text.length;
 }
 
 function isCode(doc: vscode.TextDocument): boolean {

@@ -53,7 +53,8 @@ export type FromChat =
   | { type: 'newChat' }
   | { type: 'rate'; rating: RatingInput }
   | { type: 'copy'; code: string }
-  | { type: 'insert'; code: string };
+  | { type: 'insert'; code: string }
+  | { type: 'focus'; focused: boolean };
 
 export interface ReviewEntry {
   interactionId: string;

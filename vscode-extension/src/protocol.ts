@@ -51,12 +51,17 @@ export interface RateResult {
   until_next_training: number;
 }
 
-export type FeedbackKind = 'accepted' | 'dismissed' | 'partially_accepted';
+export type FeedbackKind = 'accepted' | 'dismissed' | 'partially_accepted' | 'typed_through';
 
 export interface FeedbackParams {
   interaction_id: string;
   event: FeedbackKind;
+  /** Characters (and words) put in by accepting: all of it, or what accept-word/accept-line inserted. */
   accepted_chars?: number;
+  accepted_words?: number;
+  /** Characters of the suggestion the user typed by hand. */
+  typed_chars?: number;
+  /** Time on screen with the editor focused. */
   shown_ms?: number;
 }
 
@@ -83,6 +88,21 @@ export interface StatusResult {
   until_next_training: number;
   training: TrainingState;
   last_run?: RunInfo | null;
+  acceptance?: Acceptance;
+}
+
+/** How often shown inline completions were accepted. */
+export interface AcceptanceBucket {
+  shown: number;
+  accepted: number;
+  partially_accepted: number;
+  rate: number | null;
+}
+
+export interface Acceptance {
+  last_7_days: AcceptanceBucket;
+  active: AcceptanceBucket & { adapter_version: number };
+  base: AcceptanceBucket;
 }
 
 export interface RunInfo {

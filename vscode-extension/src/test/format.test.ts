@@ -60,6 +60,18 @@ test('time left reads seconds, minutes and hours', () => {
   assert.equal(phaseWords('something_new'), 'training');
 });
 
+test('the tooltip says how often completions were accepted: this week, since the adapter went live, the base', () => {
+  const bucket = (shown: number, accepted: number) => ({ shown, accepted, partially_accepted: 0, rate: shown ? accepted / shown : null });
+  const acceptance = { last_7_days: bucket(120, 41), active: { ...bucket(52, 21), adapter_version: 3 }, base: bucket(300, 84) };
+  const { tooltip } = statusBarText({ ...idle, acceptance });
+  assert.match(tooltip, /Completions accepted: 34% of 120 in the last 7 days; since adapter v3: 40% of 52; base: 28% of 300/);
+  const base = { ...acceptance, last_7_days: bucket(0, 0), active: { ...bucket(0, 0), adapter_version: 0 } };
+  const items = statusItems({ ...idle, adapter_version: 0, acceptance: base });
+  const line = items.find((i) => i.label.includes('Inline completions'));
+  assert.match(line?.description ?? '', /^Completions accepted: none shown in the last 7 days; base \(active\): 28% of 300$/);
+  assert.doesNotMatch(statusBarText(idle).tooltip, /accepted/);
+});
+
 test('percent reads fractions and percentages', () => {
   assert.deepEqual([percent(0), percent(0.5), percent(1), percent(37), percent(null)], ['0%', '50%', '100%', '37%', '']);
 });

@@ -152,4 +152,7 @@ window.addEventListener('message', (event: MessageEvent<ToChat>) => {
   }
 });
 
+// While the panel has the focus, the editor's ghost text is not being looked at: the extension stops its clock.
+window.addEventListener('focus', () => say({ type: 'focus', focused: true }));
+window.addEventListener('blur', () => say({ type: 'focus', focused: false }));
 say({ type: 'ready' });
