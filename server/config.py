@@ -57,6 +57,10 @@ class TrainingConfig:
     warm_start_epochs: int = 2
     warm_start_learning_rate: float = 0.0  # 0: derived from the model's hidden size
     kto_beta: float = 0.1
+    # Completions in the warm start: DPO on what the user wrote or took at the cursor over what they turned down.
+    dpo_beta: float = 0.1
+    # Also a next-token fine-tune on what the user took or wrote at each cursor (the project's names and idioms).
+    fim_finetune: bool = False
     ptx_coef: float = (
         0.5  # PPO-ptx: weight of a next-token loss on general Python in every PPO update (0: off)
     )
@@ -407,6 +411,7 @@ _LEARNING_RANGES: dict[str, dict[str, tuple[float, float, bool]]] = {
         "warm_start_epochs": (0, 100, True),
         "warm_start_learning_rate": (0, 1, True),
         "kto_beta": (0, 100, False),
+        "dpo_beta": (0, 100, False),
         "ptx_coef": (0, 100, True),
         "lora_r": (1, 1024, True),
         "lora_alpha": (0, 1e6, False),

@@ -177,7 +177,9 @@ def test_the_trainer_encodes_a_stored_prompt_into_the_ids_the_daemon_fed_the_mod
     if not engine.fim.fills_in:
         assert _encode_prompt(engine.tokenizer, prompt, len(bos) + 4) == bos + fed[-4:]
         return
-    pre, suf, mid = (engine._codec.markers[m] for m in (engine.fim.prefix, engine.fim.suffix, engine.fim.middle))
+    pre, suf, mid = (
+        engine._codec.markers[m] for m in (engine.fim.prefix, engine.fim.suffix, engine.fim.middle)
+    )
     prefix_ids = fed[len(bos) + 1 : fed.index(suf)]
     suffix_ids = fed[fed.index(suf) + 1 : -1]
     budget = len(bos) + 3 + 9
