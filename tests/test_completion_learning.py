@@ -221,3 +221,23 @@ def test_too_few_ratings_and_completions_is_a_rejection_that_says_both(tmp_path,
     assert metrics["decision"] == "reject"
     assert "too few ratings" in metrics["reasons"][0] and "too few completions" in metrics["reasons"][0]
     store.close()
+
+
+def test_the_simulated_developer_takes_what_they_would_type_and_types_the_rest():
+    from bench.completion_baselines import ask_positions, decide, figures, type_file
+
+    assert decide("total = 0", "total = 0\n") == ({"event": "accepted", "accepted_chars": 9}, 9)
+    # The matching part, back to a word's end: "total" of "totals = []" against "total_count = 0".
+    assert decide("total_sum = 1", "total_count = 0") == ({"event": "dismissed"}, 0)
+    assert decide("log.info(x)", "log.warning(x)") == (
+        {"event": "partially_accepted", "accepted_chars": 4, "accepted_words": 1}, 4,
+    )  # fmt: skip
+    truth = "def f(a):\n    return a\n"
+    assert ask_positions(truth) == [0, 6, 14]
+    right = type_file(truth, lambda pos: (truth[pos:].split("\n")[0], pos))
+    # "def f(a):" taken whole from 0 passes the place at 6; typed by hand: the line break and indent, the last "\n".
+    assert (right["asked"], right["accepted"], right["typed_by_hand"]) == (2, 2, 6), right
+    events = []
+    wrong = type_file(truth, lambda pos: ("zzz", pos), lambda h, e: events.append((h, e["event"])))
+    assert events == [(0, "dismissed"), (6, "dismissed"), (14, "dismissed")]
+    assert wrong["typed_by_hand"] == len(truth) and figures([wrong])["acceptance_rate"] == 0.0
