@@ -241,3 +241,32 @@ def test_the_simulated_developer_takes_what_they_would_type_and_types_the_rest()
     wrong = type_file(truth, lambda pos: ("zzz", pos), lambda h, e: events.append((h, e["event"])))
     assert events == [(0, "dismissed"), (6, "dismissed"), (14, "dismissed")]
     assert wrong["typed_by_hand"] == len(truth) and figures([wrong])["acceptance_rate"] == 0.0
+
+
+def test_the_judge_learns_that_what_was_typed_beats_the_suggestion(model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reinf.training import reward
+    from reinf.training.data import Example
+    from reinf.training.run import target_modules
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=target_modules(base)))
+    rm = reward.PolicyRewardModel.create(model, tok, 8, 128, target_modules(base))
+    pairs = [(FIM.render(pre, "\n"), typed, suggested) for pre, suggested, typed in CASES]
+    # A few rated chats, as a judge always has some; they say nothing about the completions.
+    rated = [Example(str(i), f"q{i}", "an answer" if i % 2 else "another", (-1.0) ** i, 1.0, True, i + 1, 0)
+             for i in range(8)]  # fmt: skip
+
+    def wins() -> int:
+        typed = reward.score(rm, [p for p, _, _ in pairs], [t for _, t, _ in pairs])
+        suggested = reward.score(rm, [p for p, _, _ in pairs], [s for _, _, s in pairs])
+        return int((typed > suggested).sum())
+
+    out = reward.fit(rm, rated, epochs=3, batch_size=4, learning_rate=3e-3, seed=0, text_pairs=pairs)
+    assert out["n_completion_pairs"] == len(pairs)
+    assert wins() == len(pairs)

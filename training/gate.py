@@ -256,8 +256,10 @@ def run_gate(model: nn.Module, tokenizer: Any, rm: RewardModel | None, spec: Gat
         kl_base = kl_to(model, cand_batches)
         kl = kl_to(model, cand_batches, spec.active) if spec.active else kl_base
         cand_general = general_loss(model, tokenizer, spec.general, spec.general_max_tokens)
-    with use_adapter(model, spec.active):
-        active_texts, _ = sample_texts(model, tokenizer, ids, **kw)
+    active_texts = [""] * len(ids)  # sampled only for the judge to score
+    if rm is not None:
+        with use_adapter(model, spec.active):
+            active_texts, _ = sample_texts(model, tokenizer, ids, **kw)
     with use_adapter(model, None):
         base_general = general_loss(model, tokenizer, spec.general, spec.general_max_tokens)
     lo, hi = spec.score_range if spec.score_range is not None else (-float("inf"), float("inf"))
