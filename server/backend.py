@@ -20,7 +20,7 @@ from .config import Config
 from .corrections import Correction, Corrections
 from .paths import export_problem, private_dir, write_json
 from .redact import redact, redact_obj, secrets_at_cursor, secrets_in
-from .store import COMPLETION_EVENTS, RefusedEvent, Store, UnknownInteraction
+from .store import COMPLETION_EVENTS, FINAL_EVENTS, RefusedEvent, Store, UnknownInteraction
 from .truncate import completion_scope
 from .validate import InvalidParams, Params
 
@@ -400,6 +400,11 @@ class Backend:
             # After a stored dismissal or partial accept, what the user writes there is followed (on the loop).
             if f.cancelled() or f.exception() is not None:
                 return
+            if event in FINAL_EVENTS:  # may start a run: off the writer's thread
+                try:
+                    self._io.submit(self.scheduler.note_completion)
+                except RuntimeError:  # shutting down: no new run
+                    pass
             if self.loop is not None and self.loop.is_running():
                 self.loop.call_soon_threadsafe(self.corrections.event, iid, event)
             else:

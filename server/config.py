@@ -47,6 +47,9 @@ class TrainingConfig:
     the model's size (`reinf.training.hparams`) unless set."""
 
     min_new_ratings: int = 32  # rated answers since the last run that start the next one
+    # Inline suggestions accepted, typed through or dismissed since the last run started that start the next
+    # one (what the user did with them teaches the policy; see training/run.py). 0: never.
+    min_new_completions: int = 200
     batch_size: int = 16  # PPO rollouts per step
     minibatch_size: int = 8
     ppo_epochs: int = 2
@@ -403,6 +406,7 @@ def _check_ranges(cfg: Config) -> None:
 _LEARNING_RANGES: dict[str, dict[str, tuple[float, float, bool]]] = {
     "training": {
         "min_new_ratings": (1, 1e9, True),
+        "min_new_completions": (0, 1e9, True),
         "batch_size": (1, 4096, True),
         "minibatch_size": (1, 4096, True),
         "ppo_epochs": (1, 100, True),
