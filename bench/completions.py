@@ -14,8 +14,9 @@ Two parts:
   request latency p50/p95, corrections stored.
 
 - **learning**: the same developer types the project's other files while the daemon learns from what they do:
-  every K events (accepts, partial accepts, dismissals) a training run starts (`reinf/retrain`) and the adapter
-  it publishes is hot-swapped in, as a user's threshold would do it. Before the first run and after every run,
+  every K suggestions with their final event (accepted, or dismissed after a partial accept or none) the
+  daemon's threshold (training.min_new_completions = K) starts a training run, and the adapter it publishes is
+  hot-swapped in. Before the first run and after every run,
   the developer's figures on held-out files of the same project, which no run saw (bench/completion_baselines.py,
   offline through the daemon's Engine, greedy); and baselines trained offline on the same events: no learning
   (the base), SFT on the accepted suggestions, and a FIM fine-tune on the files typed so far. Writes a PNG
@@ -158,8 +159,9 @@ BUDGET = {"training_nice": "0"}
 
 
 class Developer:
-    """Types files through a real daemon over the real protocol; every `every` events, a run is started and
-    waited for (0: never)."""
+    """Types files through a real daemon over the real protocol. Every suggestion gets one final event (after a
+    partial accept, the rest is dismissed); every `every` of them the daemon's threshold
+    (training.min_new_completions) starts a run, which the developer waits for, as a user would not notice."""
 
     def __init__(self, daemon: DaemonProcess, every: int) -> None:
         self.c = daemon.client("bench-developer")
@@ -194,20 +196,26 @@ class Developer:
 
         def feedback(iid: str, event: dict) -> None:
             self.c.request("reinf/feedback", {"interaction_id": iid, "shown_ms": 600, **event})
+            if event["event"] == "partially_accepted":
+                self.c.request("reinf/feedback", {"interaction_id": iid, "event": "dismissed"})
             self.events += 1
             if self.every and self.events % self.every == 0:
-                self.train()
+                self.wait_for_run()
 
         counts = type_file(truth, suggest, feedback)
         change(truth)
         self.c.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
         return counts
 
-    def train(self) -> None:
-        """A run now, as the threshold would start it; waits for it and notes which adapter serves after."""
-        before = self.c.request("reinf/runs", {"limit": 1})["runs"]
-        self.c.request("reinf/retrain", {})
-        run = run_summary(wait_for_run(self.c, before[0]["run_id"] if before else 0, timeout=3600))
+    def wait_for_run(self) -> None:
+        """Wait for the run the threshold starts, and note which adapter serves after it."""
+        before = self.checkpoints[-1]["run"]["run_id"] if self.checkpoints[-1]["run"] else 0
+        deadline = time.monotonic() + 60
+        while not self._runs_after(before):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no run started after {self.events} completion events")
+            time.sleep(0.5)
+        run = run_summary(wait_for_run(self.c, before, timeout=3600))
         version = self.c.status()["adapter_version"]
         self.checkpoints.append({"events": self.events, "adapter_version": version, "run": run})
         print(
@@ -215,6 +223,10 @@ class Developer:
             + (f" ({'; '.join(run.get('reasons') or [])[:200]})" if run.get("reasons") else ""),
             flush=True,
         )
+
+    def _runs_after(self, run_id: int) -> bool:
+        runs = self.c.request("reinf/runs", {"limit": 1})["runs"]
+        return bool(runs) and runs[0]["run_id"] > run_id
 
     def corrections(self, tmp: Path) -> tuple[list[dict], Path]:
         out = tmp / "export.jsonl"
@@ -227,8 +239,11 @@ def learn(train: dict[str, str], heldout: dict[str, str], every: int, parent: st
     """The developer types `train` while the daemon learns; then every checkpoint and baseline on `heldout`."""
     with tempfile.TemporaryDirectory(dir=parent) as tmp:
         home = Path(tmp) / "home"
-        # The shipped defaults but for a seed (reproducible sampling) and the trainer's priority (speed only).
-        env = daemon_env(home, model_name="reinf-tiny", model_seed="0", **BUDGET)
+        # The shipped defaults but for a seed (reproducible sampling), the trainer's priority (speed only) and
+        # how many events start a run.
+        env = daemon_env(
+            home, model_name="reinf-tiny", model_seed="0", training_min_new_completions=str(every), **BUDGET
+        )
         daemon = DaemonProcess(home, env).start()
         t_loop = time.time()
         try:
@@ -327,6 +342,8 @@ def plot(result: dict, out: Path) -> None:
         for name, marker in (("sft_accepted", "s"), ("fim_files_seen", "^")):
             ax.scatter([xs[-1] + lr["every"] / 10], [scale * lr["baselines"][name][key]], marker=marker, s=45,
                        zorder=3, label={"sft_accepted": "SFT on accepted", "fim_files_seen": "FIM fine-tune on files seen"}[name])  # fmt: skip
+        shown = [scale * p[key] for p in lr["curve"]] + [scale * b[key] for b in lr["baselines"].values()]
+        ax.set_ylim(0, max(1.0 if scale == 1 else 5.0, 1.2 * max(shown)))
         ax.set_xlabel("completion events")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
