@@ -183,7 +183,8 @@ def _completion_home(tmp_path: Path, model_dir: Path, n: int) -> tuple[Config, S
         pre, suggested, typed = CASES[i % len(CASES)]
         pre = f"# file {i}\n{pre}"
         take = i % 4 == 0
-        iid = store.add_interaction(kind="completion", client="test", model="reinf-tiny-test", adapter_version=0,
+        iid = store.add_interaction(interaction_id=f"c{i:031x}",  # fixed: the held-out split is the same each time
+                                    kind="completion", client="test", model="reinf-tiny-test", adapter_version=0,
                                     prompt=FIM.render(pre, "\n"), context={}, response=typed if take else suggested,
                                     finish_reason="stop", timings={})  # fmt: skip
         if take:
@@ -270,3 +271,22 @@ def test_the_judge_learns_that_what_was_typed_beats_the_suggestion(model_dir):
     out = reward.fit(rm, rated, epochs=3, batch_size=4, learning_rate=3e-3, seed=0, text_pairs=pairs)
     assert out["n_completion_pairs"] == len(pairs)
     assert wins() == len(pairs)
+
+
+def test_ratings_and_completions_train_together(tmp_path, model_dir):
+    from tests.test_trainer import _prepare_run, _train
+    from tests.trainer_fixtures import fill_home
+
+    cfg, store = _completion_home(tmp_path, model_dir, 48)
+    fill_home(store, model_dir, 64)
+    metrics = _train(_prepare_run(cfg, store, model_dir))
+    assert metrics["used_ratings"] is True and metrics["imitation"]["method"] == "kto"
+    # The judge had the corrections as pairs, the warm start had DPO on them, PPO rolled out their FIM prompts.
+    assert metrics["reward_model"]["n_completion_pairs"] > 0
+    assert metrics["completions"]["dpo"]["steps"] > 0
+    prompts = metrics["ppo"]["prompts"]
+    assert metrics["ppo"]["steps"] == 6 and 0 < prompts["of_completions"] < prompts["user"], prompts
+    completions = metrics["gate"]["completions"]
+    assert not completions["skipped"] and completions["n_events"] >= 8
+    assert any("held-out completions: what you wrote or took" in line for line in metrics["checks"])
+    store.close()

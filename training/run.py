@@ -408,6 +408,12 @@ class Run:
             ptx=demos.loss if demos else None,
         )
         self.metrics["ppo"] = _ppo_summary(history)
+        fim = {e.prompt for e in self.train_events}
+        self.metrics["ppo"]["prompts"] = {
+            "user": len(train_prompts),
+            "of_completions": sum(p in fim for p in train_prompts),
+            "replay": len(self.replay),
+        }
 
     def gate(self, progress: Progress) -> dict[str, Any]:
         """Held-out prompts (topped up with replay prompts) and ratings, KL to the active adapter, general loss."""
