@@ -290,3 +290,18 @@ def test_ratings_and_completions_train_together(tmp_path, model_dir):
     assert not completions["skipped"] and completions["n_events"] >= 8
     assert any("held-out completions: what you wrote or took" in line for line in metrics["checks"])
     store.close()
+
+
+def test_the_fim_finetune_makes_what_was_taken_or_written_likelier(model_dir):
+    from reinf.training.gate import wanted_logps
+    from reinf.training.imitate import fim_finetune
+
+    model, tok = _policy(model_dir)
+    wanted = [(FIM.render(pre, "\n"), typed) for pre, _, typed in CASES]
+    kw = dict(max_prompt_tokens=64, max_response_tokens=24)
+    before = wanted_logps(model, tok, wanted, "default", **kw)
+    out = fim_finetune(model, tok, wanted, epochs=4, learning_rate=5e-3, batch_size=4, pad_id=tok.eos_token_id,
+                       seed=0, **kw)  # fmt: skip
+    after = wanted_logps(model, tok, wanted, "default", **kw)
+    assert out["n_examples"] == len(wanted) and out["loss_last_epoch"] < out["loss_first_epoch"], out
+    assert (after > before).all() and (after - before).mean() > 1.0, (before, after)
