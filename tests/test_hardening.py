@@ -22,7 +22,7 @@ import reinf.daemon as daemon_module
 from reinf.client import Client, DaemonUnavailable, RpcError
 from reinf.config import ConfigError, load_config
 from reinf.paths import write_json
-from reinf.store import Store
+from reinf.store import Store, StoreError
 
 from .daemon_proc import DaemonProcess, daemon_env
 from .test_redact import CASES
@@ -460,6 +460,61 @@ def test_an_export_to_a_full_disk_is_a_clear_error_and_leaves_nothing(
         _no_traceback_since(daemon, offset)
     finally:
         subprocess.run(["umount", "-l", str(full)], capture_output=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_disk_at_a_checkpoint_is_survived_and_loses_nothing(tmp_path: Path) -> None:
+    """A checkpoint that a full disk cannot take made DuckDB invalidate the database ("database has been
+    invalidated"): every later request failed with -32603, even after space was freed."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        home = _home(disk)
+        store = Store(home / "reinf.duckdb")
+        # A checkpoint every few rows: the first one the full disk cannot take comes early.
+        store._con.execute("SET checkpoint_threshold = '64KB'")
+        acked: list[str] = []  # the ratings acknowledged, by the interaction each rates
+
+        def rate() -> None:
+            iid = store.add_interaction(kind="chat", client="t", model="m", adapter_version=0, prompt="p" * 3000,
+                                        context={}, response="r" * 3000, finish_reason="stop", timings={})  # fmt: skip
+            store.add_rating(iid, stars=4)
+            acked.append(iid)
+
+        for _ in range(5):
+            rate()
+        # Leave less than the next checkpoint needs (the file grows in 256 KiB blocks) and more than the WAL
+        # between checkpoints: commits still fit, and a checkpoint soon does not.
+        free = os.statvfs(disk)
+        with open(disk / "filler", "wb", buffering=0) as fh:
+            fh.write(b"\0" * (free.f_bavail * free.f_frsize - (192 << 10)))
+        failure = None
+        for _ in range(2000):
+            try:
+                rate()
+            except StoreError as exc:
+                failure = str(exc)
+                break
+        assert failure is not None, "the disk never filled: the test proves nothing"
+        assert store._con.reopened >= 1, f"no checkpoint failed, so the test proves nothing: {failure}"
+        assert "fatal error" in failure and "nothing was stored" in failure and "space" in failure, failure
+        # Still full: each request gets a clear error, never the invalidated database's.
+        with pytest.raises(StoreError, match="space"):
+            for _ in range(50):
+                rate()
+        (disk / "filler").unlink()
+        rate()  # space again: the same store object works, as the daemon's would, without a restart
+        rated = [r[0] for r in store._read("SELECT interaction_id FROM ratings ORDER BY id")]
+        assert rated == acked  # every acknowledged rating, and no other
+        assert store.ratings_total() == len(acked)  # the counts kept beside the database were read again
+        store.close()
+        again = Store(home / "reinf.duckdb")
+        assert [r[0] for r in again._read("SELECT interaction_id FROM ratings ORDER BY id")] == acked
+        again.close()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 @pytest.mark.skipif(not LONG, reason="about two minutes: in make test-long")
