@@ -106,7 +106,9 @@ class Store:
         self.path = Path(path)
         self._lock = threading.RLock()
         self._encrypted = bool(encryption_key)
-        self._con = _Connection(self.path, lambda: self._open(encryption_key), on_reopen=self._load_explicit_ids)
+        self._con = _Connection(
+            self.path, lambda: self._open(encryption_key), on_reopen=self._load_explicit_ids
+        )
         for p in (self.path, self.path.with_name(self.path.name + ".wal")):
             if p.exists():
                 os.chmod(p, 0o600)
@@ -546,6 +548,7 @@ class Store:
         if self._encrypted:
             tmp.unlink(missing_ok=True)  # an encrypted file holds no readable text; keep it as it is
             return
+
         def replace() -> None:
             os.replace(tmp, self.path)
             self.path.with_name(self.path.name + ".wal").unlink(missing_ok=True)

@@ -468,7 +468,9 @@ def test_a_full_disk_at_a_checkpoint_is_survived_and_loses_nothing(tmp_path: Pat
     invalidated"): every later request failed with -32603, even after space was freed."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True
+    ).returncode:
         pytest.skip("cannot mount a tmpfs here")
     try:
         home = _home(disk)
