@@ -18,13 +18,16 @@ from typing import Any, Protocol, TypeVar
 from .adapters import Adapters
 from .config import Config
 from .corrections import Correction, Corrections
-from .paths import export_problem, private_dir, write_json
+from .logs import discard_logs
+from .paths import export_problem, private_dir, read_private_file, write_json
 from .redact import redact, redact_obj, secrets_at_cursor, secrets_in
 from .store import COMPLETION_EVENTS, RefusedEvent, Store, UnknownInteraction
 from .truncate import completion_scope
 from .validate import InvalidParams, Params
 
 T = TypeVar("T")
+
+FORGET_MARKER = "forget.json"  # what a forget that has not finished is to forget; start-up finishes it
 
 log = logging.getLogger("reinf.backend")
 
@@ -80,6 +83,7 @@ class Backend:
         self.scheduler = Scheduler(cfg, self.store, adapters=self.adapters, broadcast=self.broadcast)
         self.scheduler.start()
         self.adapters.start()
+        self._finish_forget()
 
     # -- clients and notifications -----------------------------------------------------------------
 
@@ -534,13 +538,68 @@ class Backend:
             except (ValueError, OverflowError) as exc:  # 0001-01-01 in a zone east of UTC is year 0
                 raise InvalidParams(f"reinf/forget: before is out of range: {text!r}") from exc
 
-        def delete() -> tuple[int | None, int]:
-            return self.store.first_rating_before(before), self.store.forget(before)
+        def delete() -> tuple[dict[str, Any], int]:
+            # Recorded before anything is deleted: a forget killed at any point is finished at the next start.
+            pending = self._record_forget(before, self.store.first_rating_before(before), keep_adapters)
+            return pending, self.store.forget(before)
 
-        first, deleted = await self._write(delete)
-        return {**await self._off(lambda: self._after_forget(first, keep_adapters)), "deleted": deleted}
+        pending, deleted = await self._write(delete)
+        return {**await self._off(lambda: self._after_forget(pending)), "deleted": deleted}
 
-    def _after_forget(self, first: int | None, keep_adapters: bool) -> dict[str, Any]:
+    def _record_forget(self, before: datetime, first: int | None, keep_adapters: bool) -> dict[str, Any]:
+        """Write the forget marker; one left by a forget that did not finish is merged in (the later date, the
+        earlier first rating, adapters kept only if both kept them)."""
+        pending = {"before": before.isoformat(), "first_rating_id": first, "keep_adapters": keep_adapters}
+        earlier = self._pending_forget()
+        if earlier is not None:
+            firsts = [f for f in (first, earlier["first_rating_id"]) if f is not None]
+            pending = {
+                "before": max(before, datetime.fromisoformat(earlier["before"])).isoformat(),
+                "first_rating_id": min(firsts) if firsts else None,
+                "keep_adapters": keep_adapters and earlier["keep_adapters"],
+            }
+        write_json(self.cfg.home / FORGET_MARKER, pending)
+        return pending
+
+    def _pending_forget(self) -> dict[str, Any] | None:
+        """The marker of a forget that has not finished, or None. One that cannot be read is reported and
+        dropped: it names no data, so there is nothing to finish."""
+        path = self.cfg.home / FORGET_MARKER
+        try:
+            raw = read_private_file(path, "the forget marker")
+        except OSError as exc:
+            log.error("forget: ignoring %s: %s", path, exc)
+            return None
+        if raw is None:
+            return None
+        try:
+            marker = json.loads(raw)
+            datetime.fromisoformat(marker["before"])
+            first = marker["first_rating_id"]
+            if not (first is None or (isinstance(first, int) and not isinstance(first, bool))):
+                raise ValueError("first_rating_id is not a rating id")
+            return {
+                "before": marker["before"],
+                "first_rating_id": first,
+                "keep_adapters": marker["keep_adapters"] is True,
+            }
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("forget: %s is not a forget marker (%s); dropped it: run the forget again", path, exc)
+            path.unlink(missing_ok=True)
+            return None
+
+    def _finish_forget(self) -> None:
+        """At start-up: finish a forget that a crash or kill -9 interrupted, before any client is served."""
+        pending = self._pending_forget()
+        if pending is None:
+            return
+        log.warning(
+            "forget: finishing the forget of everything before %s that did not finish", pending["before"]
+        )
+        self.store.forget(datetime.fromisoformat(pending["before"]))
+        self._after_forget(pending)
+
+    def _after_forget(self, pending: dict[str, Any]) -> dict[str, Any]:
         # Each run's Parquet snapshot is a copy of the rated text. A run still going trains on text that is
         # now forgotten, so it is cancelled; the snapshots of runs that ended are no longer needed.
         cancelled = self.scheduler.cancel()
@@ -552,11 +611,18 @@ class Backend:
             _drop_gate_example(path)
         # What the model learnt from the forgotten ratings goes too, unless the user asked to keep it.
         untrained: dict[str, Any] = {"adapters_forgotten": [], "reward_model_deleted": False}
-        if first is not None and not keep_adapters:
+        first = pending["first_rating_id"]
+        if first is not None and not pending["keep_adapters"]:
             untrained = self._untrain(first)
+        # Text reaches the log only at DEBUG, but a log from such a session would keep it.
+        logs = discard_logs()
+        if logs:
+            log.warning("forget: discarded the daemon's log from before the forget")
+        (self.cfg.home / FORGET_MARKER).unlink(missing_ok=True)
         return {
             "training_cancelled": cancelled,
             **untrained,
+            "logs_discarded": bool(logs),
             "adapter_version": self.engine.adapter_version,
             "ratings_kept": self.store.ratings_total(),
         }
@@ -567,6 +633,9 @@ class Backend:
         adapter, so an adapter whose run saw a forgotten rating holds what it learnt from it."""
         runs = self.store.runs_trained_on(first_rating_id)
         versions, serving = self.adapters.untrain(runs)
+        for run_id in runs:  # each run's own copy of its candidate, published or not
+            for name in ("adapter", ".adapter.tmp"):
+                shutil.rmtree(self.cfg.home / "runs" / str(run_id) / name, ignore_errors=True)
         reward_model = self.cfg.home / "reward_model"
         rm_deleted = bool(runs) and reward_model.exists()
         if rm_deleted:

@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -767,3 +770,134 @@ def test_unauthenticated_connections_are_capped(tmp_path: Path) -> None:
         return busy
 
     assert _serve_connections(d, body) == 80 - daemon_module.MAX_UNAUTHENTICATED
+
+
+# -- forget that forgets ----------------------------------------------------------------------------------
+
+
+def _backend_with_fake_trainer(cfg: Any, fake: Path) -> Any:
+    from reinf.backend import Backend
+
+    from .test_fuzz import FakeEngine
+
+    backend = Backend(cfg, engine=FakeEngine())
+    backend.scheduler.trainer_command = [sys.executable, str(fake)]
+    return backend
+
+
+def test_a_forget_killed_after_its_rewrite_is_finished_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forget killed after the database rewrite left the adapter trained on the forgotten ratings serving, and a
+    second forget found nothing to delete, so it never untrained. Now the forget is recorded first, and start-up
+    finishes it: the adapter, the run's own copy of it and the judge go."""
+    from reinf.backend import FORGET_MARKER
+
+    from .test_scheduler import Harness
+
+    monkeypatch.setenv("FAKE_MODE", "publish")
+    h = Harness(tmp_path)  # a home and a fake trainer that publishes a (fake) PEFT adapter
+    h.store.close()
+    backend = _backend_with_fake_trainer(h.cfg, h.fake)
+    iid = backend.store.add_interaction(kind="chat", client="t", model="m", adapter_version=0, prompt="forget me",
+                                        context={}, response="r", finish_reason="stop", timings={})  # fmt: skip
+    asyncio.run(backend.rate({"interaction_id": iid, "stars": 5}))
+    run_id = backend.scheduler.retrain("manual")
+    deadline = time.monotonic() + 60
+    while (
+        backend.store.get_run(run_id)["state"] in ("queued", "running") or backend.engine.adapter_version != 1
+    ):
+        assert time.monotonic() < deadline, backend.store.get_run(run_id)
+        time.sleep(0.05)
+    home = h.cfg.home
+    (home / "reward_model").mkdir()  # the judge the run trained
+    run_copy = home / "runs" / str(run_id) / "adapter"
+    assert run_copy.is_dir() and (home / "adapters" / "v1").is_dir()
+
+    def killed(pending: dict[str, Any]) -> dict[str, Any]:
+        raise KeyboardInterrupt("killed after the rewrite")
+
+    monkeypatch.setattr(backend, "_after_forget", killed)
+    everything = (datetime.now(timezone.utc) + timedelta(minutes=1)).isoformat()
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(backend.forget({"before": everything}))
+    # As the kill left it: the text is gone, the adapter trained on it serves.
+    assert backend.store.count_interactions() == 0 and backend.engine.adapter_version == 1
+    assert (home / FORGET_MARKER).exists()
+    backend.close()
+
+    again = _backend_with_fake_trainer(h.cfg, h.fake)  # the next start
+    try:
+        assert not (home / FORGET_MARKER).exists()
+        assert again.engine.adapter_version == 0 and again.store.active_adapter() is None
+        assert {a["version"]: a["status"] for a in again.store.list_adapters()} == {1: "forgotten"}
+        assert not (home / "adapters" / "v1").exists() and not run_copy.exists()
+        assert not (home / "reward_model").exists()
+        assert again.store.get_run(run_id)["state"] == "published"  # the run's row, its history, stays
+    finally:
+        again.close()
+
+
+def test_a_second_forget_finishes_what_a_failed_one_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same interruption, and then, without a restart, the user runs forget again: it untrains."""
+    from reinf.backend import FORGET_MARKER
+
+    from .test_scheduler import Harness
+
+    monkeypatch.setenv("FAKE_MODE", "publish")
+    h = Harness(tmp_path)
+    h.store.close()
+    backend = _backend_with_fake_trainer(h.cfg, h.fake)
+    try:
+        iid = backend.store.add_interaction(kind="chat", client="t", model="m", adapter_version=0, prompt="p",
+                                            context={}, response="r", finish_reason="stop", timings={})  # fmt: skip
+        asyncio.run(backend.rate({"interaction_id": iid, "stars": 5}))
+        run_id = backend.scheduler.retrain("manual")
+        deadline = time.monotonic() + 60
+        while backend.engine.adapter_version != 1:
+            assert time.monotonic() < deadline, backend.store.get_run(run_id)
+            time.sleep(0.05)
+        after_forget = backend._after_forget
+        monkeypatch.setattr(
+            backend, "_after_forget", lambda pending: (_ for _ in ()).throw(OSError("disk error"))
+        )
+        everything = (datetime.now(timezone.utc) + timedelta(minutes=1)).isoformat()
+        with pytest.raises(OSError):
+            asyncio.run(backend.forget({"before": everything}))
+        monkeypatch.setattr(backend, "_after_forget", after_forget)
+        result = asyncio.run(backend.forget({"before": "2001-01-01T00:00:00+00:00"}))
+        assert result["deleted"] == 0 and result["adapters_forgotten"] == [1]
+        assert backend.engine.adapter_version == 0 and not (h.cfg.home / FORGET_MARKER).exists()
+    finally:
+        backend.close()
+
+
+def test_forget_empties_a_log_that_holds_what_clients_sent(tmp_path: Path) -> None:
+    """At DEBUG the daemon logs what clients send; that text stayed in daemon.log after a forget."""
+    home = _home(tmp_path)
+    env = daemon_env(home, server_log_level="DEBUG")
+    marker = f"forget-this-{os.getpid()}-text"
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        c = Client.connect(home, start=True, start_timeout=180)  # as clients start it: logging to daemon.log
+    try:
+        c.chat(f"# {marker}\n", max_tokens=2)
+        c.request("reinf/history", {"limit": 5})  # its answer, with the prompt, is logged as it is sent
+        log = home / "daemon.log"
+        assert marker in log.read_text(errors="replace"), "the control: at DEBUG the text is in the log"
+        everything = (datetime.now(timezone.utc) + timedelta(minutes=1)).isoformat()
+        assert c.request("reinf/forget", {"before": everything})["logs_discarded"] is True
+        for path in (log, log.with_name("daemon.log.1")):
+            assert not path.exists() or marker not in path.read_text(errors="replace"), path
+        c.status()
+        assert "discarded the daemon's log" in log.read_text()  # it logs on, from the new start
+    finally:
+        c.close()
+        pid = json.loads((home / "daemon.json").read_text())["pid"]
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
