@@ -901,3 +901,35 @@ def test_forget_empties_a_log_that_holds_what_clients_sent(tmp_path: Path) -> No
         deadline = time.monotonic() + 30
         while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
             time.sleep(0.1)
+
+
+def test_a_client_that_never_reads_its_error_answers_is_dropped(tmp_path: Path) -> None:
+    """Before the token, each bad message is answered; a client that sent and never read made those answers
+    pile up in the daemon's memory (32 MB sent: +159 MB) until the auth timeout. Now the connection is dropped
+    once a few of its answers are waiting."""
+    from .test_security import _daemon_in_process, _serve_connections
+
+    d = _daemon_in_process(tmp_path, auth_timeout_s=120)
+    junk = b"Content-Length: 1\r\n\r\nx" * 4096  # 4096 parse errors, each answered with about 90 bytes
+
+    async def body(port: int) -> tuple[int, float]:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # it reads nothing: keep its buffer small
+        sock.connect(("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        t0 = time.monotonic()
+        sent = 0
+        try:
+            while sent < 32 << 20 and time.monotonic() - t0 < 60:
+                writer.write(junk)
+                await asyncio.wait_for(writer.drain(), 60)
+                sent += len(junk)
+                await asyncio.sleep(0)
+        except (ConnectionError, asyncio.TimeoutError):
+            pass
+        finally:
+            writer.close()
+        return sent, time.monotonic() - t0
+
+    sent, seconds = _serve_connections(d, body)
+    assert sent < 32 << 20 and seconds < 60, f"still connected after {sent} bytes and {seconds:.1f} s"
