@@ -408,7 +408,7 @@ class Daemon:
                     message = JsonRPCNotification(method=method, jsonrpc="2.0", params=params)
             else:
                 message = protocol.structure_message(data)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a message pygls cannot structure is answered, not a crash
             if "id" in data and "method" in data:
                 writer.write(_error(data["id"], -32602, f"Invalid params for {data.get('method')}: {exc}"))
             return

@@ -88,7 +88,7 @@ def _n_params(folder: str) -> int | None:
     total = 0
     for f in files:
         with safe_open(str(f), "pt") as st:
-            for key in st.keys():  # noqa: SIM118 - safe_open is not a mapping
+            for key in st.keys():  # safe_open is not a mapping
                 n = 1
                 for d in st.get_slice(key).get_shape():
                     n *= d
@@ -331,7 +331,7 @@ class Engine:
             self._fast_error = f"fast decoding is off: {type(exc).__name__}: {exc}"[:400]
             log.warning("%s", self._fast_error)
 
-    def _fast_decoder(self):  # noqa: ANN202
+    def _fast_decoder(self):
         """The checked static decoder for the model as it is now, else None: decode eagerly.
 
         Made and compiled once: an adapter is written into the same weights, so the decoder keeps its graphs and

@@ -183,7 +183,7 @@ def _token(params: Any) -> Any:
     return None
 
 
-def _errors(fn):  # noqa: ANN001, ANN202
+def _errors(fn):
     """Map backend errors onto JSON-RPC errors with a clear message."""
     import functools
 
@@ -346,7 +346,7 @@ async def _complete_at(
     try:  # a document that was not opened is read from its file
         doc = ls.workspace.get_text_document(uri)
         source = doc.source
-    except Exception:
+    except Exception:  # noqa: BLE001 - a document that cannot be read gets no completion
         log.debug("completion for a document that cannot be read: %s", uri)
         return None
     if (
