@@ -365,8 +365,9 @@ class Store:
         self._refresh_last_run()
 
     def ratings_total(self) -> int:
-        """How many explicit ratings have been given (every one, re-ratings included)."""
-        return len(self._explicit_ids)
+        """How many answers the user has rated: thumbs, stars and a comment on one answer, or a re-rating of it,
+        count once, as they do towards the next training run."""
+        return len(self._first_rating)
 
     def max_rating_id(self) -> int:
         with self._lock:
