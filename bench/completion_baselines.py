@@ -152,7 +152,7 @@ class Suggester:
     def fim_prompt(self, prefix: str) -> str:
         """The FIM prompt the daemon would give the model for a cursor after `prefix` (nothing after it)."""
         budget = self.engine._budget(self.cfg.model.max_new_tokens, 0.0)[1]
-        return self.engine._fim_prompt(prefix, "", budget)[0]
+        return self.engine.prompts.fim(prefix, "", budget)[0]
 
 
 def read_export(path: Path) -> list[dict[str, Any]]:
