@@ -96,9 +96,15 @@ def _completions_learning(d: dict[str, Any]) -> tuple[str, str]:
         f"({lr['gain_points']:+.1f} points) after {lr['events']} events and {runs} runs ({lr['published']} "
         f"published, {lr['published_regressions']} published regressions); accepted chars per suggestion "
         f"{base['accepted_chars_per_suggestion']} → {last['accepted_chars_per_suggestion']}; typed by hand per file "
-        f"{base['typed_by_hand_per_file']:.0f} → {last['typed_by_hand_per_file']:.0f}; SFT on accepted "
-        f"{100 * b['sft_accepted']['acceptance_rate']:.1f}%, FIM fine-tune on files seen "
-        f"{100 * b['fim_files_seen']['acceptance_rate']:.1f}%"
+        f"{base['typed_by_hand_per_file']:.0f} → {last['typed_by_hand_per_file']:.0f}; baselines on the same events: "
+        + "; ".join(
+            f"{label} {100 * b[k]['acceptance_rate']:.1f}% (partly {100 * b[k]['partial_rate']:.1f}%, "
+            f"{b[k]['accepted_chars_per_suggestion']} chars)"
+            for k, label in (
+                ("sft_accepted", "SFT on accepted"),
+                ("fim_files_seen", "FIM fine-tune on files seen"),
+            )
+        )
     )
     best = max(b["sft_accepted"]["acceptance_rate"], b["fim_files_seen"]["acceptance_rate"])
     met = (
