@@ -389,15 +389,15 @@ class Backend:
             # After a stored dismissal or partial accept, what the user writes there is followed (on the loop).
             if f.cancelled() or f.exception() is not None:
                 return
+            if self.loop is not None and self.loop.is_running():
+                self.loop.call_soon_threadsafe(self.corrections.event, iid, event)
+            else:
+                self.corrections.event(iid, event)
             if event in FINAL_EVENTS:  # may start a run: off the writer's thread
                 try:
                     self._io.submit(self.scheduler.note_completion)
                 except RuntimeError:  # shutting down: no new run
                     pass
-            if self.loop is not None and self.loop.is_running():
-                self.loop.call_soon_threadsafe(self.corrections.event, iid, event)
-            else:
-                self.corrections.event(iid, event)
 
         fut.add_done_callback(follow)
         return fut
