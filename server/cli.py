@@ -488,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"reinf: {exc}", file=sys.stderr)
             return ALREADY_RUNNING
-        if type(exc).__name__ in ("DaemonError", "StoreError", "ModelError"):
+        if type(exc).__name__ in ("DaemonError", "StoreError", "ModelError", "VllmUnavailable"):
             print(f"reinf: {exc}", file=sys.stderr)
             return 1
         raise

@@ -69,7 +69,8 @@ class VllmEngine(Engine):
         self._adapter_path: Path | None = None
         self._base = m.name  # the served name of the base model (vLLM's own id for it, once it answers)
         self._serving = self._base  # the `model` of the next request
-        self._state = threading.Lock()  # _serving and adapter_version, read and written together
+        self._serving_version = 0  # the adapter behind it (0 while an adapter that would not load waits)
+        self._state = threading.Lock()  # _serving and the versions, read and written together
         self._adapters = threading.Lock()  # one load, unload or switch at a time
         self._loaded: set[str] = set()  # names of this home's adapters in vLLM
         self._unloads: dict[str, threading.Timer] = {}
@@ -207,7 +208,7 @@ class VllmEngine(Engine):
                     self._unload(name)
                 self._loaded.clear()
             mine = self._serving
-            if self.adapter_version and (first or mine not in names):
+            if self._serving_version and (first or mine not in names):
                 # A restarted server has lost the runtime-loaded adapter: load it again before serving.
                 self._loaded.discard(mine)
                 try:
@@ -217,8 +218,8 @@ class VllmEngine(Engine):
                     self.problem = str(exc)
                     log.error("%s; serving the base model until an adapter loads", exc)
                     with self._state:
-                        self._serving = self._base
-            elif not self.adapter_version:
+                        self._serving, self._serving_version = self._base, 0
+            elif not self._serving_version:
                 with self._state:
                     self._serving = self._base
         if first or self.health != "ready":
@@ -297,7 +298,7 @@ class VllmEngine(Engine):
             raise NotAvailable(f"no generation: {self.health}")
         t0 = time.perf_counter()
         with self._state:
-            model, version = self._serving, self.adapter_version
+            model, version = self._serving, self._serving_version
         stops = tuple(s for s in stops if s)
         stop_ids, stop_texts = self._split_stops(stops)
         body: dict[str, Any] = {
@@ -390,6 +391,7 @@ class VllmEngine(Engine):
             with self._state:
                 old = self._serving
                 self._serving, self.adapter_version, self._adapter_path = name, version, path
+                self._serving_version = version
             self.problem = ""
             if old != name and old in self._loaded:
                 self._unload_later(old)

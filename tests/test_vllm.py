@@ -262,3 +262,25 @@ def test_a_daemon_with_vllm_status_names_the_backend(fake, tiny_model_path, tmp_
         assert vllm_status_text(b) == f"vLLM at {fake.url} (external): ready, serving {tiny_model_path}"
     finally:
         backend.close()
+
+
+def test_an_adapter_that_waited_for_the_server_and_is_refused_serves_the_base_and_says_so(
+    tiny_model_path, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(vllm_engine, "WATCH_EVERY_S", 0.1)
+    port = free_port()
+    engine = VllmEngine(_cfg(tmp_path, tiny_model_path, f"http://127.0.0.1:{port}"))
+    fake = None
+    try:
+        engine.set_adapter(1, _adapter(tmp_path / "a1", rank=16))
+        fake = FakeVllm(str(tiny_model_path), port=port)
+        deadline = time.monotonic() + 10
+        while engine.health != "ready" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "greater than max_lora_rank 8" in engine.backend_status()["problem"]
+        gen = engine.complete(PREFIX, SUFFIX, max_tokens=4, temperature=0)
+        assert fake.requests[-1]["model"] == engine.model_name and gen.adapter_version == 0
+    finally:
+        engine.close()
+        if fake is not None:
+            fake.close()
