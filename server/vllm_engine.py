@@ -130,6 +130,7 @@ class VllmEngine(Engine):
             "2",  # the active adapter and, for UNLOAD_GRACE_S, the one before it
             "--generation-config",
             "vllm",  # vLLM's neutral sampling defaults, not the model's: the request's settings are all there is
+            "--disable-uvicorn-access-log",  # a line per request and per health check would grow vllm.log for ever
             *(["--trust-remote-code"] if m.trust_remote_code else []),
             *extra,
         ]
