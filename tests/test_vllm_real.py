@@ -181,9 +181,11 @@ def test_a_daemon_on_vllm_completes_chats_cancels_and_hot_loads_a_trained_adapte
             # The adapter changes vLLM's logits, to what the local engine computes with it merged.
             from transformers import AutoTokenizer
 
+            from reinf.fim import PromptCodec
+
             tok = AutoTokenizer.from_pretrained(MODEL)
-            ids = tok.apply_chat_template(PROMPT, add_generation_prompt=True)
-            ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
+            text = tok.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)
+            ids = PromptCodec(tok).encode(text)  # as the daemon encodes it
             base_lp = _first_logprobs(backend, str(MODEL), ids)
             tuned_lp = _first_logprobs(backend, name, ids)
             shared = base_lp.keys() & tuned_lp.keys()
