@@ -191,7 +191,7 @@ def prefix_of(engine, n_tokens: int, budget: int) -> str:  # noqa: ANN001
     k = n_tokens
     for _ in range(20):
         prefix = engine.tokenizer.decode(ids[:k])
-        got = len(engine._fim_prompt(prefix, "", budget)[1])
+        got = len(engine.prompts.fim(prefix, "", budget)[1])
         if got == n_tokens:
             break
         k += n_tokens - got
@@ -258,7 +258,7 @@ def main() -> int:
             engine.fast_decode = True
         adapters = [make_adapter(folder, Path(tmp) / f"adapter{k}", k) for k in (1, 2)]
         prefix = prefix_of(engine, args.prompt, engine.context_tokens - args.new)
-        prompt_ids = engine._fim_prompt(prefix, "", engine.context_tokens - args.new)[1]
+        prompt_ids = engine.prompts.fim(prefix, "", engine.context_tokens - args.new)[1]
         n_params = sum(p.numel() for p in engine.model.parameters())
 
         def complete():  # noqa: ANN202

@@ -61,7 +61,7 @@ class Connection:
             stale, self._client = self._client, None
         try:
             stale.close()
-        except Exception:  # it is already broken; closing is a courtesy
+        except Exception:  # noqa: BLE001 - it is already broken; closing is a courtesy
             pass
 
 

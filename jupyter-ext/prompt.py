@@ -75,7 +75,7 @@ def _clip(text: str, limit: int) -> str:
 def _output_text(value: Any) -> str:
     try:
         return repr(value)
-    except Exception as exc:  # a broken __repr__ must not break the question
+    except Exception as exc:  # noqa: BLE001 - a broken __repr__ must not break the question
         return f"<{type(value).__name__}: repr failed: {exc}>"
 
 

@@ -53,7 +53,7 @@ def run_streaming(
     def work() -> None:
         try:
             events.put(("result", request(progress)))
-        except BaseException as exc:  # handed over to the cell's thread, which raises it
+        except BaseException as exc:  # noqa: BLE001 - handed over to the cell's thread, which raises it
             events.put(("error", exc))
 
     threading.Thread(target=work, name="reinf-ask", daemon=True).start()

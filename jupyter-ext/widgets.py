@@ -192,7 +192,7 @@ class RatingWidget(widgets.VBox):
         self.status.value = "Saving…"
         try:
             result = self._rate(params)
-        except Exception as exc:  # shown in the widget, so the user can try again
+        except Exception as exc:  # noqa: BLE001 - shown in the widget, so the user can try again
             self._show(f"Not saved: {exc}", ok=False)
             return False
         self.saves += 1
@@ -246,7 +246,7 @@ class TrainingProgress(widgets.VBox):
             try:
                 self.update(self._request("reinf/status"))
                 failures = 0
-            except Exception as exc:  # shown, and tried again: the daemon may be restarting
+            except Exception as exc:  # noqa: BLE001 - shown, and tried again: the daemon may be restarting
                 failures += 1
                 self.line.value = html.escape(f"cannot ask the daemon: {exc}")
                 if failures >= 30:

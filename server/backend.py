@@ -15,16 +15,22 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import attrs
+
+from . import protocol as P
 from .adapters import Adapters
 from .config import Config
 from .corrections import Correction, Corrections
-from .paths import export_problem, private_dir, write_json
+from .logs import discard_logs
+from .paths import export_problem, private_dir, read_private_file, write_json
 from .redact import redact, redact_obj, secrets_at_cursor, secrets_in
-from .store import COMPLETION_EVENTS, RefusedEvent, Store, UnknownInteraction
+from .store import RefusedEvent, Store, UnknownInteraction
 from .truncate import completion_scope
-from .validate import InvalidParams, Params
+from .validate import InvalidParams
 
 T = TypeVar("T")
+
+FORGET_MARKER = "forget.json"  # what a forget that has not finished is to forget; start-up finishes it
 
 log = logging.getLogger("reinf.backend")
 
@@ -87,6 +93,7 @@ class Backend:
         self.scheduler = Scheduler(cfg, self.store, adapters=self.adapters, broadcast=self.broadcast)
         self.scheduler.start()
         self.adapters.start()
+        self._finish_forget()
 
     # -- clients and notifications -----------------------------------------------------------------
 
@@ -162,24 +169,17 @@ class Backend:
             raise
         return result, _ms(queued, started[0] if started else None)
 
+    @P.method("reinf/chat", P.ChatParams, P.ChatResult)
     async def chat(
-        self, params: Any, *, client: str, on_delta: Callable[[dict[str, Any]], None] | None = None
+        self, p: P.ChatParams, *, client: str, on_delta: Callable[[dict[str, Any]], None] | None = None
     ) -> dict[str, Any]:
         """reinf/chat: generate, stream deltas, store the interaction, answer."""
         t0 = time.perf_counter()
-        p = Params(
-            params,
-            "reinf/chat",
-            self.cfg.server.max_field_bytes,
-            {"messages", "kind", "context", "max_tokens", "temperature"},
-        )
-        messages = p.messages()
-        kind = p.str("kind", choices=("chat", "ask")) or "chat"
-        context = p.context()
-        max_tokens = p.int("max_tokens", 1, 4096) or self.cfg.model.chat_max_new_tokens
-        temperature = p.float("temperature", 0.0, 2.0)
-        if temperature is None:
-            temperature = self.cfg.model.chat_temperature
+        messages = [attrs.asdict(m) for m in p.messages]
+        kind = p.kind
+        context = attrs.asdict(p.context, filter=lambda _, v: v is not None) if p.context else {}
+        max_tokens = p.max_tokens or self.cfg.model.chat_max_new_tokens
+        temperature = self.cfg.model.chat_temperature if p.temperature is None else p.temperature
         whole = _with_context(messages, context)
         full = _newest_within(whole, self.completion_window_chars)
         # The interaction id is known up front so that streamed deltas can carry it.
@@ -339,18 +339,10 @@ class Backend:
 
     # -- ratings ----------------------------------------------------------------------------------
 
-    async def rate(self, params: Any) -> dict[str, Any]:
+    @P.method("reinf/rate", P.RateParams, P.RateResult)
+    async def rate(self, p: P.RateParams) -> dict[str, Any]:
         """reinf/rate: append an explicit rating; answered only after it is committed."""
-        p = Params(
-            params,
-            "reinf/rate",
-            self.cfg.server.max_field_bytes,
-            {"interaction_id", "thumbs", "stars", "comment"},
-        )
-        iid = p.str("interaction_id", required=True)
-        thumbs = p.str("thumbs", choices=("up", "down"))
-        stars = p.int("stars", 1, 5)
-        comment = p.str("comment")
+        iid, thumbs, stars, comment = p.interaction_id, p.thumbs, p.stars, p.comment
         if thumbs is None and stars is None and not comment:
             raise InvalidParams("reinf/rate: give at least one of thumbs, stars or comment")
 
@@ -373,7 +365,7 @@ class Backend:
 
         return await self._off(answer)
 
-    async def feedback(self, params: Any) -> dict[str, Any]:
+    async def feedback(self, params: Any) -> dict[str, Any]:  # declared by queue_feedback's decode
         """reinf/feedback: what happened to an inline completion (accepted, partially accepted, typed through,
         dismissed), in typed columns; refused with nothing written when it cannot be true of that interaction."""
         return {"rating_id": await asyncio.wrap_future(self.queue_feedback(params))}
@@ -382,16 +374,13 @@ class Backend:
         """Check a feedback event and queue its write at once. A notification has no answer to wait for, and a
         client may send `shutdown` straight after it (which cancels what has not started): it is queued, in
         order, the moment it is read."""
-        p = Params(
-            params,
-            "reinf/feedback",
-            self.cfg.server.max_field_bytes,
-            {"interaction_id", "event", "accepted_chars", "accepted_words", "typed_chars", "shown_ms"},
-        )
-        iid = p.str("interaction_id", required=True)
-        event = p.str("event", required=True, choices=COMPLETION_EVENTS)
-        counts = {k: p.int(k, 0, 10_000_000) for k in ("accepted_chars", "accepted_words", "typed_chars")}
-        shown_ms = p.int("shown_ms", 0, 86_400_000)
+        p = P.decode(P.FeedbackParams, params, "reinf/feedback", self.cfg.server)
+        iid, event, shown_ms = p.interaction_id, p.event, p.shown_ms
+        counts = {
+            "accepted_chars": p.accepted_chars,
+            "accepted_words": p.accepted_words,
+            "typed_chars": p.typed_chars,
+        }
 
         def write() -> int:
             try:
@@ -437,7 +426,8 @@ class Backend:
 
     # -- reads ------------------------------------------------------------------------------------
 
-    async def status(self, params: Any = None) -> dict[str, Any]:
+    @P.method("reinf/status", P.NoParams, P.StatusResult)
+    async def status(self, p: P.NoParams) -> dict[str, Any]:
         return await self._off(self._status)
 
     def _status(self) -> dict[str, Any]:
@@ -457,57 +447,48 @@ class Backend:
             ),
         }
 
-    async def history(self, params: Any) -> dict[str, Any]:
-        p = Params(
-            params,
-            "reinf/history",
-            self.cfg.server.max_field_bytes,
-            {"limit", "offset", "unrated_only", "kind"},
-        )
-        limit = p.int("limit", 1, self.cfg.server.history_limit_max, default=20)
-        offset = p.int("offset", 0, 2**31, default=0)
-        unrated_only = p.bool("unrated_only")
-        kind = p.str("kind", choices=("completion", "chat", "ask"))
+    @P.method("reinf/history", P.HistoryParams, P.HistoryResult)
+    async def history(self, p: P.HistoryParams) -> dict[str, Any]:
         items, total = await self._after_writes(
-            lambda: self.store.history(limit=limit, offset=offset, unrated_only=unrated_only, kind=kind)
+            lambda: self.store.history(
+                limit=p.limit, offset=p.offset, unrated_only=p.unrated_only, kind=p.kind
+            )
         )
         return {"items": items, "total": total}
 
-    async def runs(self, params: Any) -> dict[str, Any]:
-        p = Params(params, "reinf/runs", self.cfg.server.max_field_bytes, {"limit"})
-        limit = p.int("limit", 1, 1000, default=20)
-        return {"runs": await self._off(lambda: self.store.list_runs(limit=limit))}
+    @P.method("reinf/runs", P.RunsParams, P.RunsResult)
+    async def runs(self, p: P.RunsParams) -> dict[str, Any]:
+        return {"runs": await self._off(lambda: self.store.list_runs(limit=p.limit))}
 
-    async def list_adapters(self, params: Any) -> dict[str, Any]:
-        Params(params, "reinf/adapters", self.cfg.server.max_field_bytes, set())
+    @P.method("reinf/adapters", P.NoParams, P.AdaptersResult)
+    async def list_adapters(self, p: P.NoParams) -> dict[str, Any]:
         return {"adapters": await self._off(self.store.list_adapters), "active": self.engine.adapter_version}
 
-    async def ratings_timeline(self, params: Any) -> dict[str, Any]:
-        Params(params, "reinf/ratingsTimeline", self.cfg.server.max_field_bytes, set())
+    @P.method("reinf/ratingsTimeline", P.NoParams, P.TimelineResult)
+    async def ratings_timeline(self, p: P.NoParams) -> dict[str, Any]:
         return {"points": await self._off(self.store.ratings_timeline)}
 
     # -- training control -------------------------------------------------------------------------
 
-    async def retrain(self, params: Any) -> dict[str, Any]:
-        p = Params(params, "reinf/retrain", self.cfg.server.max_field_bytes, {"fresh_judge"})
-        fresh_judge = p.bool("fresh_judge")
-        return {"run_id": await self._off(lambda: self.scheduler.retrain("manual", fresh_judge=fresh_judge))}
+    @P.method("reinf/retrain", P.RetrainParams, P.RetrainResult)
+    async def retrain(self, p: P.RetrainParams) -> dict[str, Any]:
+        return {
+            "run_id": await self._off(lambda: self.scheduler.retrain("manual", fresh_judge=p.fresh_judge))
+        }
 
-    async def cancel_training(self, params: Any) -> dict[str, Any]:
-        Params(params, "reinf/cancelTraining", self.cfg.server.max_field_bytes, set())
+    @P.method("reinf/cancelTraining", P.NoParams, P.CancelResult)
+    async def cancel_training(self, p: P.NoParams) -> dict[str, Any]:
         return {"cancelled": await self._off(self.scheduler.cancel)}
 
-    async def rollback(self, params: Any) -> dict[str, Any]:
-        p = Params(params, "reinf/rollback", self.cfg.server.max_field_bytes, {"version"})
-        version = p.int("version", 0, 2**31)
-        return {"adapter_version": await self._off(lambda: self.adapters.rollback(version))}
+    @P.method("reinf/rollback", P.RollbackParams, P.RollbackResult)
+    async def rollback(self, p: P.RollbackParams) -> dict[str, Any]:
+        return {"adapter_version": await self._off(lambda: self.adapters.rollback(p.version))}
 
     # -- data management --------------------------------------------------------------------------
 
-    async def export(self, params: Any) -> dict[str, Any]:
-        p = Params(params, "reinf/export", self.cfg.server.max_field_bytes, {"format", "path"})
-        fmt = p.str("format", choices=("parquet", "jsonl")) or "parquet"
-        raw = p.str("path", required=True)
+    @P.method("reinf/export", P.ExportParams, P.ExportResult)
+    async def export(self, p: P.ExportParams) -> dict[str, Any]:
+        fmt, raw = p.format, p.path
         if "\x00" in raw or "'" in raw:  # neither can reach DuckDB's COPY TO
             raise InvalidParams(
                 f"reinf/export: path must not contain a NUL byte or a single quote, got {raw!r}"
@@ -528,27 +509,72 @@ class Backend:
 
         return {"path": str(path), "rows": await self._after_writes(export)}
 
-    async def forget(self, params: Any) -> dict[str, Any]:
-        p = Params(params, "reinf/forget", self.cfg.server.max_field_bytes, {"before", "keep_adapters"})
-        text = p.str("before", required=True)
-        keep_adapters = p.bool("keep_adapters", default=False)
+    @P.method("reinf/forget", P.ForgetParams, P.ForgetResult)
+    async def forget(self, p: P.ForgetParams) -> dict[str, Any]:
+        before, keep_adapters = p.before, p.keep_adapters
+
+        def delete() -> tuple[dict[str, Any], int]:
+            # Recorded before anything is deleted: a forget killed at any point is finished at the next start.
+            pending = self._record_forget(before, self.store.first_rating_before(before), keep_adapters)
+            return pending, self.store.forget(before)
+
+        pending, deleted = await self._write(delete)
+        return {**await self._off(lambda: self._after_forget(pending)), "deleted": deleted}
+
+    def _record_forget(self, before: datetime, first: int | None, keep_adapters: bool) -> dict[str, Any]:
+        """Write the forget marker; one left by a forget that did not finish is merged in (the later date, the
+        earlier first rating, adapters kept only if both kept them)."""
+        pending = {"before": before.isoformat(), "first_rating_id": first, "keep_adapters": keep_adapters}
+        earlier = self._pending_forget()
+        if earlier is not None:
+            firsts = [f for f in (first, earlier["first_rating_id"]) if f is not None]
+            pending = {
+                "before": max(before, datetime.fromisoformat(earlier["before"])).isoformat(),
+                "first_rating_id": min(firsts) if firsts else None,
+                "keep_adapters": keep_adapters and earlier["keep_adapters"],
+            }
+        write_json(self.cfg.home / FORGET_MARKER, pending)
+        return pending
+
+    def _pending_forget(self) -> dict[str, Any] | None:
+        """The marker of a forget that has not finished, or None. One that cannot be read is reported and
+        dropped: it names no data, so there is nothing to finish."""
+        path = self.cfg.home / FORGET_MARKER
         try:
-            before = datetime.fromisoformat(text)
-        except ValueError as exc:
-            raise InvalidParams(f"reinf/forget: before must be an ISO date, got {text!r}") from exc
-        if before.tzinfo is None:
-            try:
-                before = before.astimezone()
-            except (ValueError, OverflowError) as exc:  # 0001-01-01 in a zone east of UTC is year 0
-                raise InvalidParams(f"reinf/forget: before is out of range: {text!r}") from exc
+            raw = read_private_file(path, "the forget marker")
+        except OSError as exc:
+            log.error("forget: ignoring %s: %s", path, exc)
+            return None
+        if raw is None:
+            return None
+        try:
+            marker = json.loads(raw)
+            datetime.fromisoformat(marker["before"])
+            first = marker["first_rating_id"]
+            if not (first is None or (isinstance(first, int) and not isinstance(first, bool))):
+                raise ValueError("first_rating_id is not a rating id")
+            return {
+                "before": marker["before"],
+                "first_rating_id": first,
+                "keep_adapters": marker["keep_adapters"] is True,
+            }
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("forget: %s is not a forget marker (%s); dropped it: run the forget again", path, exc)
+            path.unlink(missing_ok=True)
+            return None
 
-        def delete() -> tuple[int | None, int]:
-            return self.store.first_rating_before(before), self.store.forget(before)
+    def _finish_forget(self) -> None:
+        """At start-up: finish a forget that a crash or kill -9 interrupted, before any client is served."""
+        pending = self._pending_forget()
+        if pending is None:
+            return
+        log.warning(
+            "forget: finishing the forget of everything before %s that did not finish", pending["before"]
+        )
+        self.store.forget(datetime.fromisoformat(pending["before"]))
+        self._after_forget(pending)
 
-        first, deleted = await self._write(delete)
-        return {**await self._off(lambda: self._after_forget(first, keep_adapters)), "deleted": deleted}
-
-    def _after_forget(self, first: int | None, keep_adapters: bool) -> dict[str, Any]:
+    def _after_forget(self, pending: dict[str, Any]) -> dict[str, Any]:
         # Each run's Parquet snapshot is a copy of the rated text. A run still going trains on text that is
         # now forgotten, so it is cancelled; the snapshots of runs that ended are no longer needed.
         cancelled = self.scheduler.cancel()
@@ -560,11 +586,18 @@ class Backend:
             _drop_gate_example(path)
         # What the model learnt from the forgotten ratings goes too, unless the user asked to keep it.
         untrained: dict[str, Any] = {"adapters_forgotten": [], "reward_model_deleted": False}
-        if first is not None and not keep_adapters:
+        first = pending["first_rating_id"]
+        if first is not None and not pending["keep_adapters"]:
             untrained = self._untrain(first)
+        # Text reaches the log only at DEBUG, but a log from such a session would keep it.
+        logs = discard_logs()
+        if logs:
+            log.warning("forget: discarded the daemon's log from before the forget")
+        (self.cfg.home / FORGET_MARKER).unlink(missing_ok=True)
         return {
             "training_cancelled": cancelled,
             **untrained,
+            "logs_discarded": bool(logs),
             "adapter_version": self.engine.adapter_version,
             "ratings_kept": self.store.ratings_total(),
         }
@@ -575,6 +608,9 @@ class Backend:
         adapter, so an adapter whose run saw a forgotten rating holds what it learnt from it."""
         runs = self.store.runs_trained_on(first_rating_id)
         versions, serving = self.adapters.untrain(runs)
+        for run_id in runs:  # each run's own copy of its candidate, published or not
+            for name in ("adapter", ".adapter.tmp"):
+                shutil.rmtree(self.cfg.home / "runs" / str(run_id) / name, ignore_errors=True)
         reward_model = self.cfg.home / "reward_model"
         rm_deleted = bool(runs) and reward_model.exists()
         if rm_deleted:

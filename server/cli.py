@@ -315,6 +315,8 @@ def cmd_forget(args: argparse.Namespace) -> int:
         )
     if r["reward_model_deleted"]:
         print("deleted the reward model trained on them")
+    if r.get("logs_discarded"):
+        print("emptied the daemon's log, which may have held them")
     version = r["adapter_version"]
     print(f"serving {'the base model' if version == 0 else f'adapter v{version}'}")
     if r["adapters_forgotten"] and r["ratings_kept"]:

@@ -262,7 +262,7 @@ class Client:
         for handler in list(self._handlers.get(method, [])):
             try:
                 handler(params)
-            except Exception:  # a user's callback must not stop the reader
+            except Exception:  # noqa: BLE001 - a user's callback must not stop the reader
                 pass
 
     # -- API ---------------------------------------------------------------------------------------

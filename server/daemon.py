@@ -224,7 +224,10 @@ class Daemon:
             while not writer.is_closing():
                 if protocol is None:
                     if writer.transport.get_write_buffer_size() > PRE_AUTH_MAX_MESSAGE:
-                        break  # it sends and never reads: its answers would pile up in memory
+                        # It sends and never reads: its answers would pile up in memory. Dropped at once with
+                        # them (a close would wait, with the socket open, for it to read them).
+                        writer.transport.abort()
+                        break
                     left = deadline - asyncio.get_running_loop().time()
                     try:
                         if left <= 0:
@@ -405,7 +408,7 @@ class Daemon:
                     message = JsonRPCNotification(method=method, jsonrpc="2.0", params=params)
             else:
                 message = protocol.structure_message(data)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a message pygls cannot structure is answered, not a crash
             if "id" in data and "method" in data:
                 writer.write(_error(data["id"], -32602, f"Invalid params for {data.get('method')}: {exc}"))
             return

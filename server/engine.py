@@ -18,6 +18,7 @@ from .config import ModelConfig
 from .fim import FimTemplate, PromptCodec, get_template, tokenizer_vocab
 from .lora import LoraLayer, MergedAdapters, read_adapter
 from .models import resolve_model, resolve_model_path
+from .prompts import Prompts
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def _n_params(folder: str) -> int | None:
     total = 0
     for f in files:
         with safe_open(str(f), "pt") as st:
-            for key in st.keys():  # noqa: SIM118 - safe_open is not a mapping
+            for key in st.keys():  # safe_open is not a mapping
                 n = 1
                 for d in st.get_slice(key).get_shape():
                     n *= d
@@ -197,6 +198,7 @@ class Engine:
         self.fim: FimTemplate = get_template(cfg.fim_template, vocab, cfg.name)
         # Prompts become ids through the codec the trainer uses too (fim.encode_prompt), BOS included.
         self._codec = self.tokenizer._reinf_prompt_codec = PromptCodec(self.tokenizer, vocab)
+        self.prompts = Prompts(self.tokenizer, self.fim, self._codec)
         log.info("completions: %s", self.fim.describe())
         self._eos_ids = self._collect_eos_ids()
         self._stop_ids: dict[tuple[str, ...], set[int]] = {}
@@ -232,7 +234,7 @@ class Engine:
 
         `stop(text)` is asked after every token; True ends generation there (the suggestion's scope has ended)."""
         max_tokens, budget = self._budget(max_tokens, temperature)
-        prompt, ids = self._fim_prompt(prefix, suffix, budget)
+        prompt, ids = self.prompts.fim(prefix, suffix, budget)
         stops = (*self.fim.stop, self.tokenizer.eos_token or "")
         return self._generate(prompt, ids, stops, max_tokens, temperature, cancel, on_delta, stop)
 
@@ -257,7 +259,7 @@ class Engine:
                 "completions work, and an instruct model (e.g. smollm2-135m-instruct) chats"
             )
         max_tokens, budget = self._budget(max_tokens, temperature)
-        prompt, ids = self._chat_prompt([dict(m) for m in messages], budget)
+        prompt, ids = self.prompts.chat([dict(m) for m in messages], budget)
         stops = (*CHAT_STOPS, self.tokenizer.eos_token or "")
         return self._generate(prompt, ids, stops, max_tokens, temperature, cancel, on_delta)
 
@@ -331,7 +333,7 @@ class Engine:
             self._fast_error = f"fast decoding is off: {type(exc).__name__}: {exc}"[:400]
             log.warning("%s", self._fast_error)
 
-    def _fast_decoder(self):  # noqa: ANN202
+    def _fast_decoder(self):
         """The checked static decoder for the model as it is now, else None: decode eagerly.
 
         Made and compiled once: an adapter is written into the same weights, so the decoder keeps its graphs and
@@ -358,7 +360,7 @@ class Engine:
         return fast if fast.ready else None
 
     def _check_ids(self) -> list[int]:
-        return self._encode("def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n", special=False)
+        return self.prompts.encode("def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n", special=False)
 
     def warm_up(self) -> str:
         """Compile and check the fast decode path now rather than on the first request; says which path serves."""
@@ -369,67 +371,6 @@ class Engine:
             if self._fast is not None:
                 return self._fast.note
             return self._fast_error or f"eager decoding on {self.device}"
-
-    # -- prompts -------------------------------------------------------------------------------------
-
-    def _encode(self, text: str, special: bool = True) -> list[int]:
-        """A whole prompt's ids (`special`), or a piece of text's alone."""
-        if special:
-            return self._codec.encode(text)
-        return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-
-    def _keep_tail(self, text: str, n: int) -> str:
-        """The end of `text` that is at most about `n` tokens long."""
-        if n <= 0:
-            return ""
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        offsets = enc["offset_mapping"]
-        return text if len(offsets) <= n else text[offsets[-n][0] :]
-
-    def _keep_head(self, text: str, n: int) -> str:
-        """The start of `text` that is at most about `n` tokens long."""
-        if n <= 0:
-            return ""
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        offsets = enc["offset_mapping"]
-        return text if len(offsets) <= n else text[: offsets[n - 1][1]]
-
-    def _fim_prompt(self, prefix: str, suffix: str, budget: int) -> tuple[str, list[int]]:
-        """Render the FIM prompt; when too long, cut the prefix from the left and the suffix from the right."""
-        if not self.fim.fills_in:
-            suffix = ""
-        prompt = self.fim.render(prefix, suffix)
-        ids = self._encode(prompt)
-        if len(ids) <= budget:
-            return prompt, ids
-        overhead = len(self._encode(self.fim.render("", "")))
-        n_suffix = len(self._encode(suffix, special=False))
-        keep_suffix = min(n_suffix, (budget - overhead) // 4)  # the code after the cursor matters less
-        suffix = self._keep_head(suffix, keep_suffix)
-        keep_prefix = budget - overhead - keep_suffix
-        for _ in range(4):  # joint tokenization can differ by a token or two at the seams
-            prompt = self.fim.render(self._keep_tail(prefix, keep_prefix), suffix)
-            ids = self._encode(prompt)
-            if len(ids) <= budget:
-                return prompt, ids
-            keep_prefix -= len(ids) - budget
-        return self.tokenizer.decode(ids[-budget:]), ids[-budget:]
-
-    def _chat_prompt(self, messages: list[dict], budget: int) -> tuple[str, list[int]]:
-        """Render with the chat template; when too long, drop the oldest turns, then cut the last one's start."""
-        for _ in range(len(messages) + 4):
-            prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            ids = self._encode(prompt)
-            if len(ids) <= budget:
-                return prompt, ids
-            turns = [i for i, m in enumerate(messages) if m["role"] != "system"]
-            if len(turns) > 1:
-                del messages[turns[0]]
-            else:
-                last = messages[-1]
-                n = len(self._encode(last["content"], special=False))
-                last["content"] = self._keep_tail(last["content"], n - (len(ids) - budget) - 2)
-        return self.tokenizer.decode(ids[-budget:]), ids[-budget:]
 
     def _collect_eos_ids(self) -> set[int]:
         found: set[int] = set()

@@ -13,6 +13,7 @@ from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol, lsp_method
 
 from . import __version__
+from . import protocol as P
 from .adapters import AdapterError
 from .backend import Backend, NotAvailable
 from .engine import ChatUnavailable
@@ -182,7 +183,7 @@ def _token(params: Any) -> Any:
     return None
 
 
-def _errors(fn):  # noqa: ANN001, ANN202
+def _errors(fn):
     """Map backend errors onto JSON-RPC errors with a clear message."""
     import functools
 
@@ -324,21 +325,10 @@ def build_server(backend: Backend) -> LanguageServer:
 
     ls.protocol.queue_feedback = backend.queue_feedback
 
-    simple = {
-        "reinf/rate": backend.rate,
-        "reinf/status": backend.status,
-        "reinf/history": backend.history,
-        "reinf/runs": backend.runs,
-        "reinf/adapters": backend.list_adapters,
-        "reinf/ratingsTimeline": backend.ratings_timeline,
-        "reinf/retrain": backend.retrain,
-        "reinf/cancelTraining": backend.cancel_training,
-        "reinf/rollback": backend.rollback,
-        "reinf/export": backend.export,
-        "reinf/forget": backend.forget,
-    }
-    for method, fn in simple.items():
-        ls.feature(method)(_errors(fn))
+    # Every other declared method (server/protocol.py) is one request, one answer.
+    for name, declared in P.METHODS.items():
+        if name not in ("reinf/chat", "reinf/feedback"):
+            ls.feature(name)(_errors(getattr(backend, declared.attr)))
 
     return ls
 
@@ -356,7 +346,7 @@ async def _complete_at(
     try:  # a document that was not opened is read from its file
         doc = ls.workspace.get_text_document(uri)
         source = doc.source
-    except Exception:
+    except Exception:  # noqa: BLE001 - a document that cannot be read gets no completion
         log.debug("completion for a document that cannot be read: %s", uri)
         return None
     if (

@@ -136,7 +136,7 @@ def convert(src: Path, out: Path) -> None:
     os.replace(tmp, out)
 
 
-def _tied_keys(model) -> set[str]:  # noqa: ANN001
+def _tied_keys(model) -> set[str]:
     tied = getattr(model, "_tied_weights_keys", None) or []
     return set(tied if not isinstance(tied, dict) else tied.keys())
 

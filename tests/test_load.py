@@ -56,7 +56,7 @@ class Worker(threading.Thread):
                 c.open_document(uri, f"import os\n\n\ndef handler_{self.n}(event):\n    ")
                 while time.monotonic() < self.deadline:
                     self.step(c, uri)
-        except BaseException as exc:  # reported by the test
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
             self.error = exc
 
     def step(self, c: Client, uri: str) -> None:

@@ -348,3 +348,16 @@ def test_code_being_typed_is_not_a_secret(prefix: str) -> None:
     """An identifier that only begins like a key shape's fixed text, or code after a secret's name."""
     found = secrets_at_cursor(prefix, "\n")
     assert redact(prefix, found) == prefix
+
+
+def test_named_patterns_are_run_on_the_lines_that_name_a_secret_and_the_two_below() -> None:
+    """They run on those lines alone (a whole document cost tens of milliseconds per completion): a value on the
+    line below its name, a name in a long file of other code, and names next to letters whose lower case is
+    longer (the offsets of a lower-cased text would not line up) are all still found."""
+    code = "\n".join(f"x{i} = compute({i})" for i in range(400))
+    below = '{"api_key":\n    "s3cr3t-value-42"}'  # JSON written with the value on the next line
+    assert "s3cr3t-value-42" not in redact(code + "\n" + below + "\n" + code)
+    assert "s3cr3t-value-42" not in redact("İİİ " * 50 + "\npassword = 's3cr3t-value-42'\n")
+    assert secrets_in(code + "\nDB_PASSWORD=hunter2hunter2\n" + code) == {"hunter2hunter2"}
+    # and far from any name, nothing is taken for a secret
+    assert redact(code + '\nvalue = "s3cr3t-value-42"\n') == code + '\nvalue = "s3cr3t-value-42"\n'

@@ -54,7 +54,7 @@ def test_starters_at_once_start_one_daemon(
             with Client.connect(home, start=True, client_name=name, start_timeout=300) as c:
                 c.status()
                 ports[name] = c._sock.getpeername()[1]
-        except BaseException as exc:  # reported below
+        except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=starter, args=(f"starter-{i}",)) for i in range(2)]

@@ -159,16 +159,27 @@ class CompiledDecoder:
     def step(
         self, ids: torch.Tensor, pos: torch.Tensor, cache_pos: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        out = self.trunk(input_ids=ids, attention_mask=mask, position_ids=pos, cache_position=cache_pos,
-                         use_cache=True, **{self.cache_kw: self.cache})  # fmt: skip
+        out = self.trunk(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            cache_position=cache_pos,
+            use_cache=True,
+            **{self.cache_kw: self.cache},
+        )
         return self.head(out.last_hidden_state[:, -1]).float()
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         self.cache.reset()
         width = ids.shape[1]
-        out = self.trunk(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask[:, :width]),
-                         cache_position=torch.arange(width, device=ids.device), use_cache=True,
-                         **{self.cache_kw: self.cache})  # fmt: skip
+        out = self.trunk(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids(mask[:, :width]),
+            cache_position=torch.arange(width, device=ids.device),
+            use_cache=True,
+            **{self.cache_kw: self.cache},
+        )
         return self.head(out.last_hidden_state[:, -1]).float()
 
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
@@ -178,8 +189,11 @@ class CompiledDecoder:
             self.checks_left -= 1
             # The eager step writes the slot the compiled step then writes again; put back the position
             # counters (newer transformers keep them in the cache) so that both write the same place.
-            counters = [c for c in (getattr(x, "cumulative_length", None) for x in getattr(self.cache, "layers", []))
-                        if isinstance(c, torch.Tensor)]  # fmt: skip
+            counters = [
+                c
+                for c in (getattr(x, "cumulative_length", None) for x in getattr(self.cache, "layers", []))
+                if isinstance(c, torch.Tensor)
+            ]
             saved = [c.clone() for c in counters]
             eager = self.step(*args)
             for c, v in zip(counters, saved, strict=True):
@@ -247,8 +261,13 @@ def sample(
 
         cache = DynamicCache()
         mask = prompt_mask
-        out = trunk(input_ids=prompt_ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True,
-                    **{cache_kw: cache})  # fmt: skip
+        out = trunk(
+            input_ids=prompt_ids,
+            attention_mask=mask,
+            position_ids=position_ids(mask),
+            use_cache=True,
+            **{cache_kw: cache},
+        )
         logits = head(out.last_hidden_state[:, -1]).float()
     for t in range(max_new_tokens):
         nxt = torch.where(
@@ -267,8 +286,13 @@ def sample(
             logits = compiled(nxt[:, None], last_pos, torch.full((1,), width + t, device=device), mask)
         else:
             mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
-            out = trunk(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos, use_cache=True,
-                        **{cache_kw: cache})  # fmt: skip
+            out = trunk(
+                input_ids=nxt[:, None],
+                attention_mask=mask,
+                position_ids=last_pos,
+                use_cache=True,
+                **{cache_kw: cache},
+            )
             logits = head(out.last_hidden_state[:, -1]).float()
     return torch.stack(tokens, 1), torch.stack(alive, 1).long()
 

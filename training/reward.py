@@ -169,7 +169,7 @@ class ClassifierRewardModel:
     def close(self) -> None:
         """Nothing shared to release: the classifier is its own model."""
 
-    def active(self):  # noqa: ANN201 - nothing to switch: the classifier has one adapter
+    def active(self):  # nothing to switch: the classifier has one adapter
         return nullcontext()
 
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -404,7 +404,7 @@ def _one_sided(n: int, liked: int, disliked: int) -> str:
     return f"{told}: there is nothing to tell good answers from bad ones yet; rate some answers you {want}"
 
 
-def ppo_args(cfg: Config, learning_rate: float):  # noqa: ANN201
+def ppo_args(cfg: Config, learning_rate: float):
     """PPO's hyperparameters: every `PPOArgs` field that `[training]` has, by name, and the run's rate."""
     from dataclasses import fields
 
@@ -415,7 +415,7 @@ def ppo_args(cfg: Config, learning_rate: float):  # noqa: ANN201
     return PPOArgs(**{**shared, "learning_rate": learning_rate})
 
 
-def _ptx_data(cfg: Config, model: Any, tokenizer: Any):  # noqa: ANN202
+def _ptx_data(cfg: Config, model: Any, tokenizer: Any):
     """PPO-ptx's data: windows of ordinary Python."""
     from .data import replay_texts
     from .imitate import Demonstrations
@@ -433,7 +433,7 @@ def _ptx_data(cfg: Config, model: Any, tokenizer: Any):  # noqa: ANN202
     )
 
 
-def load_policy(cfg: Config, extras: dict[str, Any]):  # noqa: ANN201
+def load_policy(cfg: Config, extras: dict[str, Any]):
     """The base on the device (bf16 on CUDA) with the policy adapter, and the active adapter for the gate."""
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -488,7 +488,7 @@ def _rm_identity(cfg: Config, extras: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _make_rm(cfg: Config, model: Any, tokenizer: Any, device: Any):  # noqa: ANN202
+def _make_rm(cfg: Config, model: Any, tokenizer: Any, device: Any):
     from .reward import ClassifierRewardModel, PolicyRewardModel
 
     rc = cfg.reward_model
@@ -499,7 +499,7 @@ def _make_rm(cfg: Config, model: Any, tokenizer: Any, device: Any):  # noqa: ANN
     )
 
 
-def _load_rm(cfg: Config, folder: Path, model: Any, tokenizer: Any, device: Any):  # noqa: ANN202
+def _load_rm(cfg: Config, folder: Path, model: Any, tokenizer: Any, device: Any):
     from .reward import ClassifierRewardModel, PolicyRewardModel
 
     rc = cfg.reward_model

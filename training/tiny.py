@@ -67,17 +67,39 @@ class Preset:
 PRESETS = {
     # Builds in seconds on 2 CPU cores; the test suite uses it.
     "test": Preset(
-        vocab_size=1024, d_model=64, n_layers=2, n_heads=4, d_ff=172, seq_len=128, batch_size=16,
-        lr=3e-3, warmup_steps=20, steps=120, minutes=1.0, corpus_every=8, corpus_max_chars=1_500_000,
+        vocab_size=1024,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        d_ff=172,
+        seq_len=128,
+        batch_size=16,
+        lr=3e-3,
+        warmup_steps=20,
+        steps=120,
+        minutes=1.0,
+        corpus_every=8,
+        corpus_max_chars=1_500_000,
         eval_batches=4,
     ),
     # What the daemon serves by default (DESIGN.md: 8k vocab, 4 layers, d=256, about 5.3M parameters).
     "default": Preset(
-        vocab_size=8192, d_model=256, n_layers=4, n_heads=4, d_ff=688, seq_len=512, batch_size=8,
-        lr=1.5e-3, warmup_steps=100, steps=None, minutes=10.0, corpus_every=1, corpus_max_chars=None,
+        vocab_size=8192,
+        d_model=256,
+        n_layers=4,
+        n_heads=4,
+        d_ff=688,
+        seq_len=512,
+        batch_size=8,
+        lr=1.5e-3,
+        warmup_steps=100,
+        steps=None,
+        minutes=10.0,
+        corpus_every=1,
+        corpus_max_chars=None,
         eval_batches=16,
     ),
-}  # fmt: skip
+}
 
 
 class Corpus:
@@ -375,14 +397,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="exact number of steps (overrides --minutes; reproducible)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                        help="bf16 autocast (default: on for CUDA, off for CPU)")  # fmt: skip
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast (default: on for CUDA, off for CPU)",
+    )
     parser.add_argument("--corpus", type=Path, help="folder of .py files to train on (default: this stdlib)")
     parser.add_argument("--batch-size", type=int, help="rows per step (default: the preset's)")
     parser.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
     parser.add_argument("--eval-every", type=int, default=0, help="print held-out loss every N steps")
-    parser.add_argument("--keep-best", action="store_true",
-                        help="with --eval-every: keep the step with the lowest validation loss")  # fmt: skip
+    parser.add_argument(
+        "--keep-best",
+        action="store_true",
+        help="with --eval-every: keep the step with the lowest validation loss",
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     command = "python -m reinf.training.tiny " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -115,7 +115,7 @@ def page(chromium, spawn: Spawn, request: pytest.FixtureRequest, tmp_path: Path)
     if report is None or report.failed:
         try:
             page.screenshot(path=str(tmp_path / "failure.png"))
-        except Exception as exc:  # the page may be gone; the logs still help
+        except Exception as exc:  # noqa: BLE001 - the page may be gone; the logs still help
             print(f"no failure screenshot: {exc}")
         print(f"\nartifacts of {request.node.name} in {tmp_path}:")
         for path in sorted(tmp_path.glob("*")):

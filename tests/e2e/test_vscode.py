@@ -418,7 +418,7 @@ def _status_texts_while(item, done: Callable[[list[str]], bool], timeout: float)
     while time.monotonic() < deadline and not done(texts):
         try:
             text = " ".join(item.inner_text(timeout=2000).split())
-        except Exception:  # redrawn between the lookup and the read
+        except Exception:  # noqa: BLE001 - redrawn between the lookup and the read
             continue
         if text and text not in texts:
             texts.append(text)
@@ -562,7 +562,7 @@ def _run_command(page, title: str, timeout: float = 60.0) -> None:  # noqa: ANN0
             box.wait_for(state="visible", timeout=3000)
             box.fill(">" + title)
             row.wait_for(timeout=3000)
-        except Exception:
+        except Exception:  # noqa: BLE001 - not shown yet: closed, and tried again
             page.keyboard.press("Escape")
             if time.monotonic() > deadline:
                 raise AssertionError(f"no command {title!r} in the palette after {timeout:.0f} s") from None

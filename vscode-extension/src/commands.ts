@@ -19,14 +19,14 @@ export function registerCommands(
   const refresh = () => void statusBar.refresh();
   const commands: Record<string, () => Promise<unknown>> = {
     'reinf.retrain': async () => {
-      const r = await daemon.request<{ run_id: string | number }>('reinf/retrain', {});
+      const r = await daemon.request<{ run_id: number }>('reinf/retrain', {});
       refresh();
       void vscode.window.showInformationMessage(
         `reinf: training run ${r.run_id} started. It runs in the background; the status bar shows how far it has got.`,
       );
     },
     'reinf.retrainFreshJudge': async () => {
-      const r = await daemon.request<{ run_id: string | number }>('reinf/retrain', { fresh_judge: true });
+      const r = await daemon.request<{ run_id: number }>('reinf/retrain', { fresh_judge: true });
       refresh();
       void vscode.window.showInformationMessage(`reinf: training run ${r.run_id} started, with a new judge of your ratings.`);
     },

@@ -46,7 +46,7 @@ export interface RateParams {
 }
 
 export interface RateResult {
-  rating_id: string | number;
+  rating_id: number;
   ratings_total: number;
   until_next_training: number;
 }
@@ -74,7 +74,7 @@ export interface RunTiming {
 
 export interface TrainingState extends RunTiming {
   state: string;
-  run_id?: string | number | null;
+  run_id?: number | null;
   phase?: string | null;
   progress?: number | null;
   message?: string | null;
@@ -106,7 +106,7 @@ export interface Acceptance {
 }
 
 export interface RunInfo {
-  run_id: string | number;
+  run_id: number;
   state: string;
   trigger: string;
   started?: string | null;
@@ -122,7 +122,7 @@ export interface RunsResult {
 
 export interface AdapterInfo {
   version: number;
-  run_id?: string | number | null;
+  run_id?: number | null;
   created?: string | null;
   status: string;
 }
@@ -150,7 +150,7 @@ export interface HistoryResult {
 }
 
 export interface TrainingProgress extends RunTiming {
-  run_id: string | number;
+  run_id: number;
   state: string;
   phase?: string | null;
   progress?: number | null;
