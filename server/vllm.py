@@ -271,7 +271,7 @@ class Child:
                 env=self.env,
                 cwd=self.log_path.parent,
                 start_new_session=True,  # its workers are one process group, stopped together
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         finally:
             os.close(fd)

@@ -28,6 +28,7 @@ from .config import Config
 from .engine import Engine, Generation, _check_adapter_folder, _n_params, load_tokenizer, resolve_dtype
 from .fim import PromptCodec, get_template, tokenizer_vocab
 from .models import resolve_model
+from .prompts import Prompts
 from .vllm import Child, Http, VllmUnavailable, arg_value, find_vllm, lora_rank_for
 
 log = logging.getLogger("reinf.vllm")
@@ -51,7 +52,7 @@ class VllmEngine(Engine):
 
     parallel_requests = 8
 
-    def __init__(self, cfg: Config) -> None:  # noqa: PLR0915 - the start-up reads top to bottom
+    def __init__(self, cfg: Config) -> None:
         m = cfg.model
         self.cfg = m
         self.model_name = m.name
@@ -62,6 +63,7 @@ class VllmEngine(Engine):
         vocab = tokenizer_vocab(self.tokenizer)
         self.fim = get_template(m.fim_template, vocab, m.name)
         self._codec = self.tokenizer._reinf_prompt_codec = PromptCodec(self.tokenizer, vocab)
+        self.prompts = Prompts(self.tokenizer, self.fim, self._codec)
         positions = _positions(Path(self.path))
         self.context_tokens = min(m.max_context_tokens, positions or m.max_context_tokens)
         self.prefix = home_prefix(cfg.home)

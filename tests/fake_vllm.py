@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 
@@ -45,7 +46,7 @@ class FakeVllm:
             def _body(self) -> dict[str, Any]:
                 return json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 if self.path == "/v1/models":
                     data = [{"id": fake.model, "root": fake.model, "parent": None, "max_model_len": 512}]
                     data += [{"id": n, "root": p, "parent": fake.model} for n, p in fake.adapters.items()]
@@ -55,7 +56,7 @@ class FakeVllm:
                 else:
                     self._json(404, {"error": {"message": f"no route {self.path}"}})
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self._body()
                 if self.path == "/v1/load_lora_adapter":
                     name, path = body["lora_name"], body["lora_path"]
@@ -63,7 +64,7 @@ class FakeVllm:
                         return self._json(400, {"error": {"message": fake.refuse_load, "code": 400}})
                     if name in fake.adapters:
                         return self._json(400, {"error": {"message": f"The lora adapter '{name}' has already been loaded."}})  # fmt: skip
-                    rank = json.loads(open(f"{path}/adapter_config.json").read())["r"]  # noqa: PTH123, SIM115
+                    rank = json.loads((Path(path) / "adapter_config.json").read_text())["r"]
                     if rank > fake.max_lora_rank:
                         msg = f"LoRA rank {rank} is greater than max_lora_rank {fake.max_lora_rank}."
                         return self._json(400, {"error": {"message": msg, "code": 400}})

@@ -87,7 +87,7 @@ def test_a_completion_sends_the_local_engines_prompt_ids_and_streams_until_a_sto
     gen = engine.complete(PREFIX, SUFFIX, max_tokens=12, temperature=0, on_delta=deltas.append)
     assert gen.text == "x = 1\ny " and "".join(deltas) == gen.text and gen.finish_reason == "stop"
     # The prompt the local engine would build, as the ids the local engine would feed.
-    local_prompt, local_ids = tiny_engine._fim_prompt(PREFIX, SUFFIX, tiny_engine.context_tokens - 12)
+    local_prompt, local_ids = tiny_engine.prompts.fim(PREFIX, SUFFIX, tiny_engine.context_tokens - 12)
     sent = fake.requests[-1]
     assert gen.prompt == local_prompt and sent["prompt"] == local_ids
     assert sent["model"] == engine.model_name and sent["stream"] is True and sent["max_tokens"] == 12
@@ -100,7 +100,7 @@ def test_long_prompts_are_cut_as_the_local_engine_cuts_them(engine, fake, tiny_e
     long_prefix = "x = 1\n" * 400
     gen = engine.complete(long_prefix, SUFFIX, max_tokens=8, temperature=0)
     assert len(fake.requests[-1]["prompt"]) <= engine.context_tokens - 8
-    assert gen.prompt == tiny_engine._fim_prompt(long_prefix, SUFFIX, tiny_engine.context_tokens - 8)[0]
+    assert gen.prompt == tiny_engine.prompts.fim(long_prefix, SUFFIX, tiny_engine.context_tokens - 8)[0]
 
 
 def test_chat_uses_the_chat_template_and_streams(engine, fake, tiny_engine):
@@ -109,7 +109,7 @@ def test_chat_uses_the_chat_template_and_streams(engine, fake, tiny_engine):
     msgs = [{"role": "user", "content": "hi"}]
     gen = engine.chat(msgs, max_tokens=8, temperature=0.5, on_delta=deltas.append)
     assert gen.text == "Hello" and deltas and "".join(deltas) == "Hello"
-    assert fake.requests[-1]["prompt"] == tiny_engine._chat_prompt([dict(m) for m in msgs], 128 - 8)[1]
+    assert fake.requests[-1]["prompt"] == tiny_engine.prompts.chat([dict(m) for m in msgs], 128 - 8)[1]
 
 
 def test_a_stop_check_closes_the_stream(engine, fake):
