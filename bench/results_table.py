@@ -87,6 +87,16 @@ def _completions(d: dict[str, Any]) -> tuple[str, str]:
     )
 
 
+def _vllm_latency(d: dict[str, Any]) -> tuple[str, str]:
+    v, loc, r = d["vllm"]["latency"], d["local"]["latency"], d["ratio_vllm_over_local"]
+    return (
+        f"inline completion through vLLM p50 {v['p50_ms']:.0f} ms, p95 {v['p95_ms']:.0f} ms; local engine "
+        f"p50 {loc['p50_ms']:.0f} ms, p95 {loc['p95_ms']:.0f} ms: {r['p50']:.2f}× / {r['p95']:.2f}× "
+        f"({d['model']}, {100 * d['identical_suggestions']:.0f}% identical suggestions)",
+        "—",
+    )
+
+
 # (what is measured, result file, figure and target from its JSON, the command where the JSON does not say)
 ROWS: list[tuple[str, str, Callable[[dict[str, Any]], tuple[str, str]], str]] = [
     (
@@ -102,6 +112,7 @@ ROWS: list[tuple[str, str, Callable[[dict[str, Any]], tuple[str, str]], str]] = 
     ("PPO step on a GPU", "ppo_step_h100_mb8.json", _ppo_step, "python bench/ppo_step.py --gpu --steps 3"),
     ("PPO step on the CPU", "ppo_step.json", _ppo_step, "python bench/ppo_step.py"),
     ("completion latency on a GPU", "gpu_latency.json", _gpu_latency, "python bench/gpu_latency.py"),
+    ("completion through vLLM, CPU", "vllm_latency.json", _vllm_latency, "python bench/vllm_latency.py"),
     (
         "where inline completions end, held-out code",
         "completions.json",
