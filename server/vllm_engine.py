@@ -174,8 +174,12 @@ class VllmEngine(Engine):
                 )
             if now - last >= PROGRESS_EVERY_S:
                 last = now
-                log.info("waiting for vLLM to start (pid %d, %.0f s so far; its log: %s)", child.proc.pid,
-                         now - t0, child.log_path)  # fmt: skip
+                log.info(
+                    "waiting for vLLM to start (pid %d, %.0f s so far; its log: %s)",
+                    child.proc.pid,
+                    now - t0,
+                    child.log_path,
+                )
             time.sleep(0.5)
 
     def _check(self, quiet: bool = False) -> None:
@@ -248,8 +252,11 @@ class VllmEngine(Engine):
     def _restart(self, child: Child) -> None:
         code = child.exit_code()
         wait = RESTART_BACKOFF_S[min(self._restarts, len(RESTART_BACKOFF_S) - 1)]
-        self._down(f"vLLM (pid {child.proc.pid}) exited with code {code}; restarting it in {wait:g} s "
-                   f"(its log: {child.log_path})", quiet=False)  # fmt: skip
+        self._down(
+            f"vLLM (pid {child.proc.pid}) exited with code {code}; restarting it in {wait:g} s "
+            f"(its log: {child.log_path})",
+            quiet=False,
+        )
         if self._closing.wait(wait):
             return
         self._restarts += 1
