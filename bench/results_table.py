@@ -30,12 +30,17 @@ def _learning(d: dict[str, Any]) -> tuple[str, str]:
         )
     b = d["baselines"]
     users = d["spread"]["users"]
+    plan = d.get("plan") or {}
+    seeds = plan.get("seeds") or []
+    who = f"{users} user{'s' if users != 1 else ''}"
+    if plan.get("tastes") and seeds:
+        who += f" ({len(plan['tastes'])} taste{'s' if len(plan['tastes']) != 1 else ''} × seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds))})"
     left = (
         f"; left out (the base never satisfies them): {', '.join(d['left_out'])}" if d.get("left_out") else ""
     )
     partial = "" if d.get("complete", True) else " (incomplete run)"
     figure = (
-        f"**{d['gain_points']:+.1f} ± {d['gain_se']:.1f} points** over {users} user{'s' if users != 1 else ''}{partial} "
+        f"**{d['gain_points']:+.1f} ± {d['gain_se']:.1f} points** over {who}{partial} "
         f"({100 * d['satisfaction_before']:.1f}% → {100 * d['satisfaction_after']:.1f}% satisfied); "
         f"SFT on liked {b['sft_liked']:+.1f}, KTO {b['kto']:+.1f}; general loss {d['general_loss_change_pct']:+.1f}%; "
         f"published regressions {d['published_regressions']}{left}"
