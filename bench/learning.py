@@ -488,6 +488,7 @@ def combine(paths: list[Path], out: Path) -> tuple[dict[str, Any], Path, float]:
     )
     extra = {
         "seconds": sum(p["seconds"] for p in parts),
+        "complete": all(p.get("complete", True) for p in parts),  # each part finished what it was asked
         "combined_from": [p["command"] for p in parts],
         "load_average_at_end": [p.get("load_average_at_end") for p in parts],
     }

@@ -30,12 +30,17 @@ def _learning(d: dict[str, Any]) -> tuple[str, str]:
         )
     b = d["baselines"]
     users = d["spread"]["users"]
+    plan = d.get("plan") or {}
+    seeds = plan.get("seeds") or []
+    who = f"{users} user{'s' if users != 1 else ''}"
+    if plan.get("tastes") and seeds:
+        who += f" ({len(plan['tastes'])} taste{'s' if len(plan['tastes']) != 1 else ''} × seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds))})"
     left = (
         f"; left out (the base never satisfies them): {', '.join(d['left_out'])}" if d.get("left_out") else ""
     )
     partial = "" if d.get("complete", True) else " (incomplete run)"
     figure = (
-        f"**{d['gain_points']:+.1f} ± {d['gain_se']:.1f} points** over {users} user{'s' if users != 1 else ''}{partial} "
+        f"**{d['gain_points']:+.1f} ± {d['gain_se']:.1f} points** over {who}{partial} "
         f"({100 * d['satisfaction_before']:.1f}% → {100 * d['satisfaction_after']:.1f}% satisfied); "
         f"SFT on liked {b['sft_liked']:+.1f}, KTO {b['kto']:+.1f}; general loss {d['general_loss_change_pct']:+.1f}%; "
         f"published regressions {d['published_regressions']}{left}"
@@ -118,6 +123,16 @@ def _completions_learning(d: dict[str, Any]) -> tuple[str, str]:
     )
 
 
+def _vllm_latency(d: dict[str, Any]) -> tuple[str, str]:
+    v, loc, r = d["vllm"]["latency"], d["local"]["latency"], d["ratio_vllm_over_local"]
+    return (
+        f"inline completion through vLLM p50 {v['p50_ms']:.0f} ms, p95 {v['p95_ms']:.0f} ms; local engine "
+        f"p50 {loc['p50_ms']:.0f} ms, p95 {loc['p95_ms']:.0f} ms: {r['p50']:.2f}× / {r['p95']:.2f}× "
+        f"({d['model']}, {100 * d['identical_suggestions']:.0f}% identical suggestions)",
+        "—",
+    )
+
+
 # (what is measured, result file, figure and target from its JSON, the command where the JSON does not say)
 ROWS: list[tuple[str, str, Callable[[dict[str, Any]], tuple[str, str]], str]] = [
     (
@@ -133,6 +148,7 @@ ROWS: list[tuple[str, str, Callable[[dict[str, Any]], tuple[str, str]], str]] = 
     ("PPO step on a GPU", "ppo_step_h100_mb8.json", _ppo_step, "python bench/ppo_step.py --gpu --steps 3"),
     ("PPO step on the CPU", "ppo_step.json", _ppo_step, "python bench/ppo_step.py"),
     ("completion latency on a GPU", "gpu_latency.json", _gpu_latency, "python bench/gpu_latency.py"),
+    ("completion through vLLM, CPU", "vllm_latency.json", _vllm_latency, "python bench/vllm_latency.py"),
     (
         "where inline completions end, held-out code",
         "completions.json",

@@ -59,7 +59,11 @@ class Backend:
         self.cfg = cfg
         private_dir(cfg.home)
         self.store = Store(cfg.home / "reinf.duckdb", cfg.store.encryption_key)
-        if engine is None:
+        if engine is None and cfg.model.backend == "vllm":
+            from .vllm_engine import VllmEngine
+
+            engine = VllmEngine(cfg)
+        elif engine is None:
             from .engine import Engine
 
             engine = Engine(cfg.model)
@@ -70,7 +74,10 @@ class Backend:
             getattr(engine, "context_tokens", 0) or cfg.model.max_context_tokens
         )
         # One inference thread: requests and adapter swaps queue here; the queue time is reported as queue_ms.
-        self._gen = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reinf-generate")
+        # An engine that batches requests itself (vLLM) says how many it takes at once.
+        self._gen = ThreadPoolExecutor(
+            max_workers=getattr(engine, "parallel_requests", 1), thread_name_prefix="reinf-generate"
+        )
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reinf-store")
         # Reads and slow work. Rollbacks that wait for a generation each hold one, so there are several.
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="reinf-io")
@@ -433,6 +440,7 @@ class Backend:
             "model": self.engine.model_name,
             "device": self.engine.device,
             "completions": self.engine.fim.describe() if hasattr(self.engine, "fim") else None,
+            "backend": getattr(self.engine, "backend_status", lambda: {"name": "local"})(),
             "adapter_version": self.engine.adapter_version,
             "ratings_total": self.store.ratings_total(),
             "interactions_total": self.store.count_interactions(),
@@ -635,6 +643,8 @@ class Backend:
         self.corrections.close()
         self._writer.shutdown(wait=True)
         self.store.close()
+        if hasattr(self.engine, "close"):
+            self.engine.close()  # a vLLM server the daemon started stops with it
 
 
 def _safe_notify(client: Notifier, method: str, params: Any) -> None:

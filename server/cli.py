@@ -128,6 +128,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"model            {s['model']} on {s['device']}")
     if s.get("completions"):
         print(f"completions      {s['completions']}")
+    if s.get("backend", {}).get("name") == "vllm":
+        print(f"backend          {vllm_status_text(s['backend'])}")
     print(f"adapter          v{s['adapter_version']}" + (" (base)" if s["adapter_version"] == 0 else ""))
     print(f"ratings          {s['ratings_total']} ({s['until_next_training']} until the next training)")
     print(
@@ -144,6 +146,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     if s.get("acceptance"):
         print(f"completions      {acceptance_text(s['acceptance'])}")
     return 0
+
+
+def vllm_status_text(b: dict[str, Any]) -> str:
+    """One line for `reinf status`: "vLLM at URL (started by the daemon, pid N): ready, serving NAME"."""
+    who = f"started by the daemon, pid {b.get('pid')}" if b.get("started_by_daemon") else "external"
+    text = f"vLLM at {b['url']} ({who}): {b['health']}"
+    if b["health"] == "ready":
+        text += f", serving {b['serving']}"
+    return text + (f"; {b['problem']}" if b.get("problem") else "")
 
 
 def acceptance_text(a: dict[str, Any]) -> str:
@@ -479,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"reinf: {exc}", file=sys.stderr)
             return ALREADY_RUNNING
-        if type(exc).__name__ in ("DaemonError", "StoreError", "ModelError"):
+        if type(exc).__name__ in ("DaemonError", "StoreError", "ModelError", "VllmUnavailable"):
             print(f"reinf: {exc}", file=sys.stderr)
             return 1
         raise

@@ -39,6 +39,15 @@ class ModelConfig:
     # Sampling seed: -1 draws fresh randomness; 0 or more makes the daemon's answers reproducible (the same
     # requests in the same order get the same answers), for tests and benchmarks.
     seed: int = -1
+    # Who generates: "local" (this process) or "vllm" (a vLLM OpenAI-compatible server, vllm.py). vllm_url
+    # empty: the daemon starts `vllm_command serve` itself on 127.0.0.1, with vllm_args added (such as
+    # "--tensor-parallel-size 2"); vllm_command empty is `vllm` on PATH, else this checkout's .venv-vllm.
+    backend: str = "local"
+    vllm_url: str = ""
+    vllm_api_key: str = ""  # for a server at vllm_url started with --api-key
+    vllm_command: str = ""
+    vllm_args: str = ""
+    vllm_start_timeout_s: float = 900.0
 
 
 @dataclass
@@ -341,6 +350,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"completions.correction_timeout_s must be positive, got {c.correction_timeout_s}")
     if cfg.model.device not in ("auto", "cpu", "cuda") and not cfg.model.device.startswith("cuda:"):
         raise ConfigError(f"model.device must be auto, cpu, cuda or cuda:N, got {cfg.model.device!r}")
+    from .vllm import check_vllm_config
+
+    check_vllm_config(cfg.model, ConfigError)
 
 
 # -- the file's encoding, and the ranges of [server] and [model] values ------------------------------------
@@ -373,6 +385,7 @@ _RANGES: dict[tuple[str, str], tuple[float, float, str]] = {
     ("model", "temperature"): (0.0, 2.0, "0 is greedy"),
     ("model", "max_context_tokens"): (16, 1 << 20, "tokens"),
     ("model", "inference_threads"): (1, 1024, "threads"),
+    ("model", "vllm_start_timeout_s"): (1.0, 86_400.0, "seconds"),
 }
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 

@@ -226,6 +226,23 @@ class Acceptance:
 
 
 @attrs.frozen
+class BackendStatus:
+    """Who generates: the daemon's own engine ("local"), or a vLLM server: its URL, whether it serves, the name
+    requests go to in it (the base model's, or this home's adapter's), and why an adapter would not load."""
+
+    name: Literal["local", "vllm"]
+    url: str | None = None
+    health: str | None = None
+    started_by_daemon: bool | None = None
+    serving: str | None = None
+    adapter_prefix: str | None = None
+    pid: int | None = None
+    log: str | None = None
+    restarts: int | None = None
+    problem: str | None = None
+
+
+@attrs.frozen
 class StatusResult:
     model: str
     device: str
@@ -237,6 +254,7 @@ class StatusResult:
     training: TrainingState
     last_run: RunInfo | None
     acceptance: Acceptance
+    backend: BackendStatus
 
 
 @attrs.frozen

@@ -137,7 +137,7 @@ def test_kill_9_during_a_rating_burst_keeps_every_acknowledged_rating(tmp_path: 
                 if (stored[rid]["interaction_id"], stored[rid]["stars"]) != (iid, stars)
             }
             assert not wrong, wrong
-            assert total >= len(acked)
+            assert total >= len({iid for iid, _ in acked.values()})  # rated answers: a re-rating counts once
         print(f"\nkill -9: {KILL_ROUNDS} rounds, {len(acked)} acknowledged ratings, all of them kept")
     finally:
         d.stop()
@@ -177,7 +177,8 @@ def test_a_full_disk_is_a_clear_error_the_daemon_survives_and_nothing_is_lost(tm
                 ratings = export_ratings(c, tmp_path)
                 assert kept in ratings and after in ratings
                 assert [r["stars"] for r in ratings.values() if r["source"] == "explicit"] == [2, 4]
-                assert c.status()["ratings_total"] == status["ratings_total"] + 1
+                # the same answer rated again: stored, and still one rated answer
+                assert c.status()["ratings_total"] == status["ratings_total"]
         finally:
             d.stop()
 
