@@ -13,8 +13,14 @@ Two parts:
   corrections. Figures: acceptance rate, accepted characters per suggestion, characters typed by hand per file,
   request latency p50/p95, corrections stored.
 
-Learning from these events (a run every K events, before/after figures and baselines) is not measured here: the
-trainer does not train on completion events yet.
+- **learning**: the same developer types the project's other files while the daemon learns from what they do:
+  every K suggestions with their final event (accepted, or dismissed after a partial accept or none) the
+  daemon's threshold (training.min_new_completions = K) starts a training run, and the adapter it publishes is
+  hot-swapped in. Before the first run and after every run,
+  the developer's figures on held-out files of the same project, which no run saw (bench/completion_baselines.py,
+  offline through the daemon's Engine, greedy); and baselines trained offline on the same events: no learning
+  (the base), SFT on the accepted suggestions, and a FIM fine-tune on the files typed so far. Writes a PNG
+  beside the JSON.
 
     python bench/completions.py [--quick] [--out bench/results/completions.json]
 """
@@ -34,35 +40,22 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from completion_baselines import (  # noqa: E402
+    Suggester,
+    _ident,
+    accepted_pairs,
+    ask_positions,
+    figures,
+    file_pairs,
+    read_export,
+    train_lora,
+    type_file,
+)
 from house_style import generate  # noqa: E402
 from latency import summarise  # noqa: E402
+from learning import run_summary, wait_for_run  # noqa: E402
 
 from tests.daemon_proc import DaemonProcess, daemon_env  # noqa: E402
-
-MIN_ACCEPT = 4  # characters: a shorter suggestion is quicker typed than read
-MIN_PARTIAL = 3
-
-
-def ask_positions(text: str) -> list[int]:
-    """Offsets where an editor asks for a completion: after a line's indentation, after `= `, `(` and `: `."""
-    out, start = [], 0
-    for line in text.split("\n"):
-        stripped = line.lstrip()
-        if stripped:
-            out.append(start + len(line) - len(stripped))
-            for token in ("= ", "(", ": "):
-                i = line.find(token)
-                while i >= 0:
-                    j = start + i + len(token)
-                    if j < start + len(line.rstrip()):
-                        out.append(j)
-                    i = line.find(token, i + 1)
-        start += len(line) + 1
-    return sorted(set(out))
-
-
-def _ident(ch: str) -> bool:
-    return ch.isalnum() or ch == "_"
 
 
 def parses(source: str) -> bool:
@@ -71,15 +64,6 @@ def parses(source: str) -> bool:
     except SyntaxError:
         return False
     return True
-
-
-def common_prefix(a: str, b: str) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def line_col(text: str, offset: int) -> tuple[int, int]:
@@ -168,130 +152,251 @@ def measure_truncation(files: dict[str, str], limit: int) -> dict:
     }
 
 
-# -- the simulated developer -------------------------------------------------------------------------
+# -- the simulated developer, and the daemon learning from them ------------------------------------------
+
+# Speed only: the benchmark waits while a run trains, so the trainer runs at normal priority (as learning.py).
+BUDGET = {"training_nice": "0"}
 
 
-def simulate_developer(files: dict[str, str], parent: str | None) -> dict:
+class Developer:
+    """Types files through a real daemon over the real protocol. Every suggestion gets one final event (after a
+    partial accept, the rest is dismissed); every `every` of them the daemon's threshold
+    (training.min_new_completions) starts a run, which the developer waits for, as a user would not notice."""
+
+    def __init__(self, daemon: DaemonProcess, every: int) -> None:
+        self.c = daemon.client("bench-developer")
+        self.every = every
+        self.latencies: list[float] = []
+        self.events = 0
+        self.checkpoints: list[dict] = [{"events": 0, "adapter_version": 0, "run": None}]
+
+    def type_files(self, files: dict[str, str]) -> list[dict]:
+        return [self.type_file(name, truth) for name, truth in files.items()]
+
+    def type_file(self, name: str, truth: str) -> dict:
+        uri, version = f"file:///house/{name}", [1]
+        self.c.open_document(uri, "", version=1)
+
+        def change(text: str) -> None:
+            version[0] += 1
+            self.c.notify(
+                "textDocument/didChange",
+                {"textDocument": {"uri": uri, "version": version[0]}, "contentChanges": [{"text": text}]},
+            )
+
+        def suggest(pos: int) -> tuple[str, str] | None:
+            change(truth[:pos])
+            line, col = line_col(truth, pos)
+            t0 = time.perf_counter()
+            items = self.c.inline_completion(uri, line, col)
+            self.latencies.append((time.perf_counter() - t0) * 1000)
+            if not items:
+                return None
+            return items[0]["insertText"], items[0]["command"]["arguments"][0]["interaction_id"]
+
+        def feedback(iid: str, event: dict) -> None:
+            self.c.request("reinf/feedback", {"interaction_id": iid, "shown_ms": 600, **event})
+            if event["event"] == "partially_accepted":
+                self.c.request("reinf/feedback", {"interaction_id": iid, "event": "dismissed"})
+            self.events += 1
+            if self.every and self.events % self.every == 0:
+                self.wait_for_run()
+
+        counts = type_file(truth, suggest, feedback)
+        change(truth)
+        self.c.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
+        return counts
+
+    def wait_for_run(self) -> None:
+        """Wait for the run the threshold starts, and note which adapter serves after it."""
+        before = self.checkpoints[-1]["run"]["run_id"] if self.checkpoints[-1]["run"] else 0
+        deadline = time.monotonic() + 60
+        while not self._runs_after(before):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no run started after {self.events} completion events")
+            time.sleep(0.5)
+        run = run_summary(wait_for_run(self.c, before, timeout=3600))
+        version = self.c.status()["adapter_version"]
+        self.checkpoints.append({"events": self.events, "adapter_version": version, "run": run})
+        print(
+            f"  {self.events} events: run {run.get('run_id')} {run['state']}, adapter v{version}"
+            + (f" ({'; '.join(run.get('reasons') or [])[:200]})" if run.get("reasons") else ""),
+            flush=True,
+        )
+
+    def _runs_after(self, run_id: int) -> bool:
+        runs = self.c.request("reinf/runs", {"limit": 1})["runs"]
+        return bool(runs) and runs[0]["run_id"] > run_id
+
+    def corrections(self, tmp: Path) -> tuple[list[dict], Path]:
+        out = tmp / "export.jsonl"
+        self.c.request("reinf/export", {"format": "jsonl", "path": str(out)})
+        rows = read_export(out)
+        return [x for r in rows for x in (r.get("corrections") or [])], out
+
+
+def learn(train: dict[str, str], heldout: dict[str, str], every: int, parent: str | None) -> dict:
+    """The developer types `train` while the daemon learns; then every checkpoint and baseline on `heldout`."""
     with tempfile.TemporaryDirectory(dir=parent) as tmp:
         home = Path(tmp) / "home"
-        # The shipped defaults but for a seed (reproducible sampling) and no training run.
-        daemon = DaemonProcess(home, daemon_env(home, model_name="reinf-tiny", model_seed="0")).start()
+        # The shipped defaults but for a seed (reproducible sampling), the trainer's priority (speed only) and
+        # how many events start a run.
+        env = daemon_env(
+            home, model_name="reinf-tiny", model_seed="0", training_min_new_completions=str(every), **BUDGET
+        )
+        daemon = DaemonProcess(home, env).start()
+        t_loop = time.time()
         try:
-            return _type_files(daemon, files, Path(tmp))
+            dev = Developer(daemon, every)
+            counts = dev.type_files(train)
+            corrections, export = dev.corrections(Path(tmp))
         finally:
             daemon.stop()
+        loop_s = time.time() - t_loop
+        shown = max(1, sum(c["shown"] for c in counts))
+        live = {
+            **figures(counts),
+            "latency": summarise(dev.latencies) if dev.latencies else {},
+            "corrections_stored": len(corrections),
+            "corrections_per_suggestion": round(len(corrections) / shown, 3),
+            "corrections_truncated": sum(bool(x["truncated"]) for x in corrections),
+            "correction_examples": [x["typed"][:80] for x in corrections[:5]],
+        }
+        t_eval = time.time()
+        suggester = Suggester()
+        curve = []
+        for cp in dev.checkpoints:
+            v = cp["adapter_version"]
+            suggester.use(v, home / "adapters" / f"v{v}" if v else None)
+            fig = suggester.measure(heldout)
+            curve.append({"events": cp["events"], "adapter_version": v, **fig, "run": cp["run"]})
+            print(f"  held-out after {cp['events']} events (v{v}): {_line(fig)}", flush=True)
+        from reinf.models import resolve_model_path
+
+        model_path = str(resolve_model_path(suggester.cfg.model.name))
+        rows = read_export(export)
+        systems = {
+            "sft_accepted": accepted_pairs(rows),
+            "fim_files_seen": file_pairs(suggester, train),
+        }
+        baselines = {}
+        for name, pairs in systems.items():
+            folder = Path(tmp) / name
+            trained = train_lora(model_path, pairs, folder)
+            if "skipped" in trained:
+                suggester.use(0, None)
+            else:
+                suggester.use(1000 + len(baselines), folder)
+            fig = suggester.measure(heldout)
+            baselines[name] = {**fig, "training": trained}
+            print(f"  held-out, baseline {name} ({len(pairs)} examples): {_line(fig)}", flush=True)
+        base, last = curve[0], curve[-1]
+        return {
+            "events": dev.events,
+            "every": every,
+            "train_files": list(train),
+            "heldout_files": list(heldout),
+            "live": live,
+            "curve": curve,
+            "baselines": {"no_learning": {k: v for k, v in base.items() if k != "run"}, **baselines},
+            "gain_points": round(100 * (last["acceptance_rate"] - base["acceptance_rate"]), 1),
+            "accepted_chars_gain": round(
+                last["accepted_chars_per_suggestion"] - base["accepted_chars_per_suggestion"], 2
+            ),
+            "published": sum(1 for c in curve[1:] if (c["run"] or {}).get("state") == "published"),
+            "published_regressions": sum(
+                1
+                for a, b in zip(curve, curve[1:], strict=False)
+                if (b["run"] or {}).get("state") == "published"
+                and b["acceptance_rate"] < a["acceptance_rate"]
+            ),
+            "loop_s": round(loop_s, 1),
+            "eval_s": round(time.time() - t_eval, 1),
+        }
 
 
-def _type_files(daemon: DaemonProcess, files: dict[str, str], tmp: Path) -> dict:
-    c = daemon.client("bench-developer")
-    latencies: list[float] = []
-    counts = {"asked": 0, "shown": 0, "accepted": 0, "partially_accepted": 0, "dismissed": 0}
-    accepted_chars, typed_by_hand = 0, {}
-    for name, truth in files.items():
-        uri = f"file:///house/{name}"
-        version = 1
-        c.open_document(uri, "", version=version)
-        asks = ask_positions(truth)
-        pos, hand = 0, 0
-        while pos < len(truth):
-            if pos in asks:
-                version += 1
-                c.notify(
-                    "textDocument/didChange",
-                    {
-                        "textDocument": {"uri": uri, "version": version},
-                        "contentChanges": [{"text": truth[:pos]}],
-                    },
-                )
-                line, col = line_col(truth, pos)
-                t0 = time.perf_counter()
-                items = c.inline_completion(uri, line, col)
-                latencies.append((time.perf_counter() - t0) * 1000)
-                counts["asked"] += 1
-                if items:
-                    s, iid = items[0]["insertText"], items[0]["command"]["arguments"][0]["interaction_id"]
-                    counts["shown"] += 1
-                    k = common_prefix(s, truth[pos:])
-                    if k == len(s) and k >= MIN_ACCEPT:
-                        event = {"event": "accepted", "accepted_chars": k}
-                    else:
-                        # Accept-word stops at word ends: keep the match up to the last one.
-                        while 0 < k < len(s) and _ident(s[k - 1]) and _ident(s[k]):
-                            k -= 1
-                        if k >= MIN_PARTIAL:
-                            words = len(
-                                [w for w in "".join(ch if _ident(ch) else " " for ch in s[:k]).split()]
-                            )
-                            event = {
-                                "event": "partially_accepted",
-                                "accepted_chars": k,
-                                "accepted_words": words,
-                            }
-                        else:
-                            k, event = 0, {"event": "dismissed"}
-                    c.request("reinf/feedback", {"interaction_id": iid, "shown_ms": 600, **event})
-                    counts[event["event"]] += 1
-                    accepted_chars += k
-                    pos += k
-                    if k and event["event"] == "accepted":
-                        continue
-            nxt = next((a for a in asks if a > pos), len(truth))
-            hand += nxt - pos
-            pos = nxt
-        version += 1
-        c.notify(
-            "textDocument/didChange",
-            {"textDocument": {"uri": uri, "version": version}, "contentChanges": [{"text": truth}]},
-        )
-        c.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
-        typed_by_hand[name] = hand
-    out = tmp / "export.jsonl"
-    c.request("reinf/export", {"format": "jsonl", "path": str(out)})
-    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
-    corrections = [x for r in rows for x in (r.get("corrections") or [])]
-    shown = max(1, counts["shown"])
-    return {
-        **counts,
-        "acceptance_rate": round(counts["accepted"] / shown, 4),
-        "partial_rate": round(counts["partially_accepted"] / shown, 4),
-        "accepted_chars_per_suggestion": round(accepted_chars / shown, 2),
-        "typed_by_hand_per_file": round(sum(typed_by_hand.values()) / max(1, len(typed_by_hand)), 1),
-        "file_chars_per_file": round(sum(len(t) for t in files.values()) / max(1, len(files)), 1),
-        "latency": summarise(latencies) if latencies else {},
-        "corrections_stored": len(corrections),
-        "corrections_truncated": sum(bool(x["truncated"]) for x in corrections),
-        "correction_examples": [x["typed"][:80] for x in corrections[:5]],
-    }
+def _line(f: dict) -> str:
+    return (
+        f"accepted {100 * f['acceptance_rate']:.1f}% of {f['shown']} shown, partly {100 * f['partial_rate']:.1f}%, "
+        f"{f['accepted_chars_per_suggestion']} accepted chars per suggestion, "
+        f"{f['typed_by_hand_per_file']} chars typed by hand per file"
+    )
+
+
+def plot(result: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lr = result["learning"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    xs = [p["events"] for p in lr["curve"]]
+    for ax, key, label in (
+        (axes[0], "acceptance_rate", "acceptance rate on held-out files (%)"),
+        (axes[1], "accepted_chars_per_suggestion", "accepted characters per suggestion"),
+    ):
+        scale = 100 if key == "acceptance_rate" else 1
+        ax.plot(xs, [scale * p[key] for p in lr["curve"]], marker="o", lw=2, label="reinf: a run every "
+                f"{lr['every']} events (DPO warm start on completions)")  # fmt: skip
+        for name, marker in (("sft_accepted", "s"), ("fim_files_seen", "^")):
+            ax.scatter([xs[-1] + lr["every"] / 10], [scale * lr["baselines"][name][key]], marker=marker, s=45,
+                       zorder=3, label={"sft_accepted": "SFT on accepted", "fim_files_seen": "FIM fine-tune on files seen"}[name])  # fmt: skip
+        shown = [scale * p[key] for p in lr["curve"]] + [scale * b[key] for b in lr["baselines"].values()]
+        ax.set_ylim(0, max(1.0 if scale == 1 else 5.0, 1.2 * max(shown)))
+        ax.set_xlabel("completion events")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"completions that learn: reinf-tiny, shipped defaults, house-style project seed {result['seed']}"
+                 f"{' (quick)' if result['quick'] else ''}", fontsize=8)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="two files, fewer places")
+    ap.add_argument(
+        "--quick", action="store_true", help="two files to learn from, one held out, fewer places"
+    )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--train-files", type=int, default=None, help="files the developer types (default 10; quick 2)"
+    )
+    ap.add_argument("--heldout-files", type=int, default=None, help="files measured on (default 2; quick 1)")
+    ap.add_argument("--every", type=int, default=None, help="events between runs (default 100; quick 50)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "completions.json")
     ap.add_argument("--tmp", default=None, help="parent folder for the daemon's REINF_HOME")
     args = ap.parse_args()
-    files = {k: v for k, v in generate(args.seed, 6).items() if k != "errors.py"}
-    if args.quick:
-        files = dict(list(files.items())[:2])
+    n_train = args.train_files or (2 if args.quick else 10)
+    n_held = args.heldout_files or (1 if args.quick else 2)
+    every = args.every or (50 if args.quick else 100)
+    files = {k: v for k, v in generate(args.seed, n_train + n_held).items() if k != "errors.py"}
+    names = list(files)
+    heldout = {k: files[k] for k in names[:n_held]}
+    train = {k: files[k] for k in names[n_held : n_held + n_train]}
     t0 = time.time()
-    truncation = measure_truncation(files, limit=30 if args.quick else 10_000)
-    developer = simulate_developer(files, args.tmp)
+    truncation = measure_truncation(heldout, limit=30 if args.quick else 10_000)
+    learning = learn(train, heldout, every, args.tmp)
     result = {
         "benchmark": "completions",
         "quick": args.quick,
         "seed": args.seed,
-        "files": len(files),
+        "command": "python " + " ".join(sys.argv).replace(str(REPO) + "/", ""),
+        "files": {"train": n_train, "heldout": n_held},
         "model": "reinf-tiny (default)",
         "machine": platform.platform(),
         "wall_s": round(time.time() - t0, 1),
         "truncation": truncation,
-        "developer": developer,
-        "learning": "not measured: the trainer does not train on completion events yet",
+        "developer": learning["live"],
+        "learning": learning,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    t, d = truncation, developer
+    png = args.out.with_suffix(".png")
+    plot(result, png)
+    t, d, lr = truncation, learning["live"], learning
     print(
         f"truncation, {t['positions']} places ({t['nothing_inserted_parseable_pct']}% parse with nothing put back):"
     )
@@ -303,13 +408,20 @@ def main() -> int:
             f"{t['tokens_per_request'][key]:5.1f} tokens"
         )
     print(
-        f"developer: {d['shown']} shown of {d['asked']} asked; accepted {100 * d['acceptance_rate']:.1f}%, "
-        f"partly {100 * d['partial_rate']:.1f}%; {d['accepted_chars_per_suggestion']} accepted chars per suggestion; "
-        f"{d['typed_by_hand_per_file']} of {d['file_chars_per_file']} chars typed by hand per file; "
-        f"latency p50 {d['latency'].get('p50_ms')} ms p95 {d['latency'].get('p95_ms')} ms; "
-        f"{d['corrections_stored']} corrections stored"
+        f"developer, live while learning: {_line(d)}; latency p50 {d['latency'].get('p50_ms')} ms "
+        f"p95 {d['latency'].get('p95_ms')} ms; {d['corrections_stored']} corrections stored"
     )
-    print(f"wrote {args.out}")
+    base, last = lr["curve"][0], lr["curve"][-1]
+    print(
+        f"held-out, after {lr['events']} events and {len(lr['curve']) - 1} runs ({lr['published']} published, "
+        f"{lr['published_regressions']} published regressions): acceptance {100 * base['acceptance_rate']:.1f}% -> "
+        f"{100 * last['acceptance_rate']:.1f}% ({lr['gain_points']:+.1f} points); accepted chars per suggestion "
+        f"{base['accepted_chars_per_suggestion']} -> {last['accepted_chars_per_suggestion']}; typed by hand per file "
+        f"{base['typed_by_hand_per_file']} -> {last['typed_by_hand_per_file']}"
+    )
+    for name, f in lr["baselines"].items():
+        print(f"  baseline {name}: {_line(f)}")
+    print(f"wrote {args.out} and {png}")
     return 0
 
 

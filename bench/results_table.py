@@ -92,6 +92,37 @@ def _completions(d: dict[str, Any]) -> tuple[str, str]:
     )
 
 
+def _completions_learning(d: dict[str, Any]) -> tuple[str, str]:
+    lr = d["learning"]
+    base, last, b = lr["curve"][0], lr["curve"][-1], lr["baselines"]
+    runs = len(lr["curve"]) - 1
+    figure = (
+        f"held-out acceptance **{100 * base['acceptance_rate']:.1f}% → {100 * last['acceptance_rate']:.1f}%** "
+        f"({lr['gain_points']:+.1f} points) after {lr['events']} events and {runs} runs ({lr['published']} "
+        f"published, {lr['published_regressions']} published regressions); accepted chars per suggestion "
+        f"{base['accepted_chars_per_suggestion']} → {last['accepted_chars_per_suggestion']}; typed by hand per file "
+        f"{base['typed_by_hand_per_file']:.0f} → {last['typed_by_hand_per_file']:.0f}; baselines on the same events: "
+        + "; ".join(
+            f"{label} {100 * b[k]['acceptance_rate']:.1f}% (partly {100 * b[k]['partial_rate']:.1f}%, "
+            f"{b[k]['accepted_chars_per_suggestion']} chars)"
+            for k, label in (
+                ("sft_accepted", "SFT on accepted"),
+                ("fim_files_seen", "FIM fine-tune on files seen"),
+            )
+        )
+    )
+    best = max(b["sft_accepted"]["acceptance_rate"], b["fim_files_seen"]["acceptance_rate"])
+    met = (
+        lr["gain_points"] >= 15
+        and lr["events"] >= 500
+        and last["acceptance_rate"] > best
+        and lr["published_regressions"] == 0
+    )
+    return figure, "≥ +15 points after 500 events, ahead of both baselines, 0 regressions: " + (
+        "met" if met else "not met"
+    )
+
+
 def _vllm_latency(d: dict[str, Any]) -> tuple[str, str]:
     v, loc, r = d["vllm"]["latency"], d["local"]["latency"], d["ratio_vllm_over_local"]
     return (
@@ -122,6 +153,12 @@ ROWS: list[tuple[str, str, Callable[[dict[str, Any]], tuple[str, str]], str]] = 
         "where inline completions end, held-out code",
         "completions.json",
         _completions,
+        "python bench/completions.py",
+    ),
+    (
+        "completions that learn, short run (simulated developer)",
+        "completions_short.json",
+        _completions_learning,
         "python bench/completions.py",
     ),
 ]

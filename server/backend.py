@@ -24,7 +24,7 @@ from .corrections import Correction, Corrections
 from .logs import discard_logs
 from .paths import export_problem, private_dir, read_private_file, write_json
 from .redact import redact, redact_obj, secrets_at_cursor, secrets_in
-from .store import RefusedEvent, Store, UnknownInteraction
+from .store import FINAL_EVENTS, RefusedEvent, Store, UnknownInteraction
 from .truncate import completion_scope
 from .validate import InvalidParams
 
@@ -400,6 +400,11 @@ class Backend:
                 self.loop.call_soon_threadsafe(self.corrections.event, iid, event)
             else:
                 self.corrections.event(iid, event)
+            if event in FINAL_EVENTS:  # may start a run: off the writer's thread
+                try:
+                    self._io.submit(self.scheduler.note_completion)
+                except RuntimeError:  # shutting down: no new run
+                    pass
 
         fut.add_done_callback(follow)
         return fut

@@ -56,6 +56,9 @@ class TrainingConfig:
     the model's size (`reinf.training.hparams`) unless set."""
 
     min_new_ratings: int = 32  # rated answers since the last run that start the next one
+    # Inline suggestions accepted, typed through or dismissed since the last run started that start the next
+    # one (what the user did with them teaches the policy; see training/run.py). 0: never.
+    min_new_completions: int = 200
     batch_size: int = 16  # PPO rollouts per step
     minibatch_size: int = 8
     ppo_epochs: int = 2
@@ -66,6 +69,10 @@ class TrainingConfig:
     warm_start_epochs: int = 2
     warm_start_learning_rate: float = 0.0  # 0: derived from the model's hidden size
     kto_beta: float = 0.1
+    # Completions in the warm start: DPO on what the user wrote or took at the cursor over what they turned down.
+    dpo_beta: float = 0.1
+    # Also a next-token fine-tune on what the user took or wrote at each cursor (the project's names and idioms).
+    fim_finetune: bool = False
     ptx_coef: float = (
         0.5  # PPO-ptx: weight of a next-token loss on general Python in every PPO update (0: off)
     )
@@ -412,6 +419,7 @@ def _check_ranges(cfg: Config) -> None:
 _LEARNING_RANGES: dict[str, dict[str, tuple[float, float, bool]]] = {
     "training": {
         "min_new_ratings": (1, 1e9, True),
+        "min_new_completions": (0, 1e9, True),
         "batch_size": (1, 4096, True),
         "minibatch_size": (1, 4096, True),
         "ppo_epochs": (1, 100, True),
@@ -420,6 +428,7 @@ _LEARNING_RANGES: dict[str, dict[str, tuple[float, float, bool]]] = {
         "warm_start_epochs": (0, 100, True),
         "warm_start_learning_rate": (0, 1, True),
         "kto_beta": (0, 100, False),
+        "dpo_beta": (0, 100, False),
         "ptx_coef": (0, 100, True),
         "lora_r": (1, 1024, True),
         "lora_alpha": (0, 1e6, False),

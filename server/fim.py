@@ -151,22 +151,45 @@ class PromptCodec:
         # Longest first, so that " <SUF>" wins over a shorter marker it contains.
         names = sorted(self.markers, key=len, reverse=True)
         self._split = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
+        self._fim_orders = {(t.prefix, t.suffix, t.middle) for t in TEMPLATES.values() if t.fills_in}
         self.bos_id = _added_bos(tokenizer)
 
     def encode(self, text: str, keep_last: int | None = None) -> list[int]:
-        """The ids of `text` as a prompt; with `keep_last`, its last tokens, the BOS kept in front."""
+        """The ids of `text` as a prompt; with `keep_last`, at most that many: a FIM prompt keeps its markers, the
+        end of the code before the cursor and the start of the code after it (as the daemon cuts one); any other
+        prompt keeps its last tokens. The BOS stays in front."""
+        pieces = self._split.split(text) if self._split else [text]
         ids: list[int] = []
-        for i, piece in enumerate(self._split.split(text) if self._split else [text]):
+        for i, piece in enumerate(pieces):
             if i % 2:
                 ids.append(self.markers[piece])
             elif piece:
-                ids += self.tokenizer(piece, add_special_tokens=False)["input_ids"]
+                ids += self._text_ids(piece)
         bos = [self.bos_id] if self.bos_id is not None and (not ids or ids[0] != self.bos_id) else []
         if not bos and self.bos_id is not None:
             bos, ids = ids[:1], ids[1:]  # the prompt brought its own (a chat template that writes it)
-        if keep_last is not None:
-            ids = ids[max(0, len(ids) - max(0, keep_last - len(bos))) :]
+        if keep_last is not None and len(bos) + len(ids) > keep_last:
+            fim = self._fim_cut(pieces, keep_last - len(bos))
+            ids = fim if fim is not None else ids[max(0, len(ids) - max(0, keep_last - len(bos))) :]
         return bos + ids
+
+    def _text_ids(self, piece: str) -> list[int]:
+        return self.tokenizer(piece, add_special_tokens=False)["input_ids"]
+
+    def _fim_cut(self, pieces: list[str], budget: int) -> list[int] | None:
+        """A prefix-suffix-middle prompt in `budget` ids: the suffix's start gets at most a quarter of what the
+        three markers leave, the prefix's end the rest. None when `pieces` are not one such prompt."""
+        if len(pieces) != 7 or pieces[6] or tuple(pieces[1:6:2]) not in self._fim_orders or budget < 3:
+            return None
+        lead = pieces[0]  # a BOS written as text, if anything
+        if lead and (self.bos_id is None or self._text_ids(lead) != [self.bos_id]):
+            return None
+        prefix, suffix = self._text_ids(pieces[2]), self._text_ids(pieces[4])
+        room = budget - 3
+        keep_suffix = min(len(suffix), room // 4)
+        keep_prefix = min(len(prefix), room - keep_suffix)
+        p, s, m = (self.markers[x] for x in pieces[1:6:2])
+        return [p, *prefix[len(prefix) - keep_prefix :], s, *suffix[:keep_suffix], m]
 
 
 def _added_bos(tokenizer: Any) -> int | None:

@@ -1,7 +1,8 @@
 """The scheduler: decides when to train, runs the trainer as a subprocess, follows it, hands its adapter on.
 
 One run at a time. A run starts when `training.min_new_ratings` interactions have been rated since the last
-run (see `Store.counting_watermark`), or at once on `retrain()`. The daemon exports the Parquet snapshot into
+run (see `Store.counting_watermark`), when `training.min_new_completions` inline suggestions got their final
+event since the last run started, or at once on `retrain()`. The daemon exports the Parquet snapshot into
 `runs/<id>/` and starts `python -m reinf.training runs/<id>`; a watcher thread tails its `progress.jsonl`,
 broadcasts `reinf/trainingProgress`, and on a clean exit with decision "publish" hands the adapter to
 `Adapters.publish`, which copies it into place atomically and serves it. Publishing happens in the daemon, so
@@ -76,6 +77,7 @@ class Scheduler:
         self.runs_dir = cfg.home / "runs"
         self._lock = threading.RLock()  # guards _run, _closed and _watermark_cache
         self._watermark_cache: int | None = None
+        self._completions_cache: int | None = None  # final completion events since the newest run started
         self._run: _Run | None = None
         self._closed = False
         self.trainer_command = [
@@ -123,6 +125,23 @@ class Scheduler:
         except Exception:  # the rating itself is committed; a run that cannot start must not fail it
             log.exception("could not start a training run at the rating threshold")
 
+    def note_completion(self) -> None:
+        """Called after each committed final completion event: start a run at `training.min_new_completions`."""
+        try:
+            with self._lock:
+                if self._completions_cache is None:  # read once (this event included), then counted here
+                    self._completions_cache = self.store.completions_since_last_run()
+                else:
+                    self._completions_cache += 1
+                need = self.cfg.training.min_new_completions
+                if need <= 0 or self._run is not None or self._closed or self._completions_cache < need:
+                    return
+            self.retrain("threshold")
+        except SchedulerBusy:
+            pass
+        except Exception:  # the event itself is committed; a run that cannot start must not fail it
+            log.exception("could not start a training run at the completions threshold")
+
     def retrain(self, trigger: str = "manual", fresh_judge: bool = False) -> int:
         """Start a run now; returns its id. Raises `SchedulerBusy` while another run is going. With
         `fresh_judge` the run trains a new reward model and ignores the saved one (a user whose taste changed)."""
@@ -138,6 +157,7 @@ class Scheduler:
             watermark = self.store.max_rating_id()
             run_id = self.store.create_run(trigger, self.store.ratings_total(), watermark)
             self._watermark_cache = watermark
+            self._completions_cache = 0
             run = self._run = _Run(run_id, private_dir(self.runs_dir / str(run_id)), trigger)
         self._notify(run, "running")
         try:

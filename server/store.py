@@ -380,6 +380,16 @@ class Store:
         ids = self._first_rating_ids
         return len(ids) - bisect.bisect_right(ids, watermark)
 
+    def completions_since_last_run(self) -> int:
+        """Inline suggestions that got their final event (accepted, typed through, dismissed) since the newest
+        training run started: what `training.min_new_completions` counts."""
+        events = ", ".join(f"'{e}'" for e in FINAL_EVENTS)
+        rows = self._read(
+            f"SELECT count(*) FROM ratings WHERE source = 'implicit' AND event IN ({events}) "
+            "AND ts > coalesce((SELECT max(started) FROM training_runs), TIMESTAMPTZ '1970-01-01 00:00:00+00')"
+        )
+        return int(rows[0][0])
+
     def ratings_timeline(self) -> list[dict[str, Any]]:
         rows = self._read_dicts(
             "SELECT CAST(date_trunc('day', ts) AS DATE) AS day, count(*) AS count, avg(stars) AS mean_stars, "

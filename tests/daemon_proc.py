@@ -88,6 +88,7 @@ def daemon_env(home: Path, **config: str) -> dict[str, str]:
             "REINF_CACHE": str(CACHE),
             "REINF_MODEL_NAME": "reinf-tiny-test",
             "REINF_TRAINING_MIN_NEW_RATINGS": "1000",
+            "REINF_TRAINING_MIN_NEW_COMPLETIONS": "0",
             "OMP_NUM_THREADS": "1",
         }
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 import types
 from typing import Any
 
@@ -347,3 +348,15 @@ def test_status_reports_the_acceptance_rate_by_week_active_adapter_and_base(back
         acceptance_text(acc)
         == "accepted 50% of 6 in the last 7 days; since adapter v3: 50% of 2; base: 50% of 4"
     )
+
+
+def test_a_suggestion_s_final_event_counts_towards_the_completions_threshold(backend: Any) -> None:
+    iid = _interaction(backend)
+    _feedback(backend, {"interaction_id": iid, "event": "partially_accepted", "accepted_chars": 3})
+    backend._io.submit(lambda: None).result()
+    assert backend.scheduler.completions == 0  # not over yet
+    _feedback(backend, {"interaction_id": iid, "event": "dismissed"})
+    deadline = time.monotonic() + 5
+    while backend.scheduler.completions == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert backend.scheduler.completions == 1

@@ -171,10 +171,20 @@ def test_the_trainer_encodes_a_stored_prompt_into_the_ids_the_daemon_fed_the_mod
     ids, mask, _ = rm._encode([prompt], [" a + b"])
     answer = engine.tokenizer(" a + b", add_special_tokens=False)["input_ids"]
     assert ids[0][mask[0].bool()].tolist() == fed + answer
-    # Cut to its last tokens for training, a prompt keeps the BOS in front.
-    if fed[0] == engine.tokenizer.bos_token_id:
-        cut = _encode_prompt(engine.tokenizer, prompt, 5)
-        assert cut == fed[:1] + fed[-4:]
+    # Cut short for training, a FIM prompt keeps the BOS, its three markers, the prefix's end and the suffix's
+    # start (a quarter of what the markers leave), as the daemon cuts one; a plain prompt keeps its last tokens.
+    bos = fed[:1] if fed[0] == engine.tokenizer.bos_token_id else []
+    if not engine.fim.fills_in:
+        assert _encode_prompt(engine.tokenizer, prompt, len(bos) + 4) == bos + fed[-4:]
+        return
+    pre, suf, mid = (
+        engine._codec.markers[m] for m in (engine.fim.prefix, engine.fim.suffix, engine.fim.middle)
+    )
+    prefix_ids = fed[len(bos) + 1 : fed.index(suf)]
+    suffix_ids = fed[fed.index(suf) + 1 : -1]
+    budget = len(bos) + 3 + 9
+    cut = _encode_prompt(engine.tokenizer, prompt, budget)
+    assert cut == bos + [pre, *prefix_ids[-7:], suf, *suffix_ids[:2], mid] and len(cut) == budget
 
 
 def test_a_chat_template_that_writes_the_bos_gets_no_second_one(toks, tmp_path):

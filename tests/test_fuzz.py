@@ -72,12 +72,16 @@ class FakeEngine:
 class FakeScheduler:
     def __init__(self, cfg: Config, store: Any, adapters: Any, broadcast: Any) -> None:
         self.runs = 0
+        self.completions = 0
 
     def start(self) -> None:
         pass
 
     def note_rating(self) -> None:
         pass
+
+    def note_completion(self) -> None:
+        self.completions += 1
 
     def until_next_training(self) -> int:
         return 1000

@@ -351,3 +351,29 @@ def test_the_threshold_counts_rated_answers_not_clicks(h, monkeypatch):
     assert h.sched.until_next_training() == 3
     h.rate(1, iid=iid, stars=5)  # a re-rating of an answer counted before counts no more
     assert h.sched.until_next_training() == 3
+
+
+def test_the_completions_threshold_counts_suggestions_with_their_final_event(h, monkeypatch):
+    h.cfg.training.min_new_completions = 3
+
+    def complete(*events: str) -> None:
+        iid = h.store.add_interaction(kind="completion", client="t", model="m", adapter_version=0, prompt="p",
+                                      context={}, response="r", finish_reason="stop", timings={})  # fmt: skip
+        for event in events:
+            h.store.add_completion_event(
+                iid, event, shown_ms=100, accepted_chars=1 if "accept" in event else None
+            )
+        h.sched.note_completion()  # as the daemon calls it after each final event
+
+    complete("partially_accepted", "accepted")
+    complete("dismissed")
+    assert h.store.completions_since_last_run() == 2 and h.store.list_runs() == []
+    complete("typed_through")
+    run = h.wait(h.store.list_runs()[0]["run_id"])
+    assert run["trigger"] == "threshold" and run["state"] == "published"
+    # The count starts again from that run; 0 turns the threshold off.
+    assert h.store.completions_since_last_run() == 0
+    h.cfg.training.min_new_completions = 0
+    for _ in range(4):
+        complete("dismissed")
+    assert len(h.store.list_runs()) == 1

@@ -105,6 +105,84 @@ def split(items: Sequence[Example], fraction: float) -> tuple[list[Example], lis
     return [e for e in items if e.interaction_id not in ids], held
 
 
+@dataclass
+class CompletionEvent:
+    """An inline suggestion and what became of it. `wanted` is what the user wanted at the cursor: what they
+    wrote instead (a correction), or the suggestion itself when they took it whole; None for a plain dismissal."""
+
+    interaction_id: str
+    prompt: str  # the FIM prompt exactly as the model was given it
+    suggested: str
+    outcome: str  # "accepted" | "corrected" | "dismissed"
+    wanted: str | None
+
+
+def completion_events(rows: Sequence[dict[str, Any]]) -> list[CompletionEvent]:
+    """The completion rows of a snapshot that say what the user wanted: accepted or typed through whole, corrected
+    (what they wrote after a dismissal, a partial accept or typing through), or dismissed with nothing written.
+    A partial accept with no correction says too little (how much was taken is not in the snapshot)."""
+    out = []
+    for row in rows:
+        suggested = str(row.get("response") or "")
+        if row.get("kind") != "completion" or not suggested or not str(row.get("prompt") or ""):
+            continue
+        typed = row.get("typed") or None
+        took = int(row.get("accepted") or 0) > 0 or (int(row.get("typed_through") or 0) > 0 and typed is None)
+        if typed is not None and typed != suggested and typed.strip():
+            outcome, wanted = "corrected", typed
+        elif took or typed == suggested:
+            outcome, wanted = "accepted", suggested
+        elif int(row.get("dismissed") or 0) > 0:
+            outcome, wanted = "dismissed", None
+        else:
+            continue
+        out.append(
+            CompletionEvent(str(row["interaction_id"]), str(row["prompt"]), suggested, outcome, wanted)
+        )
+    return out
+
+
+def split_events(
+    events: Sequence[CompletionEvent], fraction: float
+) -> tuple[list[CompletionEvent], list[CompletionEvent]]:
+    """(train, held-out) by a stable hash of each interaction, as the ratings are split."""
+    held = [e for e in events if _unit_hash(e.interaction_id) < fraction]
+    ids = {e.interaction_id for e in held}
+    return [e for e in events if e.interaction_id not in ids], held
+
+
+def completion_pairs(events: Sequence[CompletionEvent]) -> list[tuple[str, str, str]]:
+    """(FIM prompt, preferred, rejected) for the policy: what the user wrote over the suggestion they turned
+    down, and a suggestion they took over an empty one (showing nothing: the rejected text is "", which the
+    policy scores as stopping at once)."""
+    pairs = []
+    for e in events:
+        if e.outcome == "corrected" and e.wanted:
+            pairs.append((e.prompt, e.wanted, e.suggested))
+        elif e.outcome == "accepted":
+            pairs.append((e.prompt, e.suggested, ""))
+    return pairs
+
+
+def judge_pairs(events: Sequence[CompletionEvent]) -> list[tuple[str, str, str]]:
+    """(FIM prompt, preferred, rejected) for the judge's pairwise term: what the user wrote over the suggestion,
+    and at a prompt asked more than once, a suggestion taken over one dismissed. An empty answer is no pair for
+    the judge: it reads the response's states, and there are none."""
+    pairs = [(e.prompt, e.wanted, e.suggested) for e in events if e.outcome == "corrected" and e.wanted]
+    taken: dict[str, set[str]] = {}
+    for e in events:
+        if e.outcome == "accepted":
+            taken.setdefault(e.prompt, set()).add(e.suggested)
+    for e in events:
+        if e.outcome == "dismissed":
+            pairs += [
+                (e.prompt, good, e.suggested)
+                for good in sorted(taken.get(e.prompt, ()))
+                if good != e.suggested
+            ]
+    return pairs
+
+
 def user_prompts(rows: Sequence[dict[str, Any]], heldout_ids: set[str]) -> tuple[list[str], list[str]]:
     """Distinct prompts of the user's interactions: (for rollouts, for the gate), split like the ratings."""
     train, held, seen = [], [], set()

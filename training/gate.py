@@ -7,6 +7,9 @@
    answers' log-likelihood over the disliked ones, relative to the active adapter, beyond the same tolerance
    (the implicit reward of DPO and KTO). The judge is a model of a few dozen ratings and can be wrong; this
    check reads the ratings themselves.
+2b. Completions: on held-out completion events, the candidate does not lower the log-likelihood of what the
+   user wrote or took at the cursor (given the FIM prompt), relative to the active adapter, beyond the same
+   tolerance in paired standard errors. Skipped, and says so, with fewer than MIN_COMPLETION_EVENTS.
 3. Its KL to the active adapter (the base when none), summed over a response and averaged, stays under
    `training.max_kl`: each run is one bounded step from what the user rated. A bound on the KL to the base would
    stop all learning once earlier runs had used it up (each run starts from the active adapter), and the
@@ -165,6 +168,46 @@ def rated_logps(
     return logp, torch.tensor([good for _, _, good in rows], dtype=torch.bool)
 
 
+MIN_COMPLETION_EVENTS = 8  # held-out completion events below which the completions check is skipped
+
+
+def completions_margin(candidate_logp: torch.Tensor, active_logp: torch.Tensor) -> tuple[float, float]:
+    """How much more likely the candidate makes what the users wrote or took than the active adapter does: the
+    mean of d = log π_cand(y|x) − log π_active(y|x) over held-out events, and its standard error (paired: each
+    event is scored by both)."""
+    d = candidate_logp.double() - active_logp.double()
+    if len(d) == 0:
+        raise ValueError("the completions margin needs at least one event")
+    se = math.sqrt(float(d.var(correction=1)) / len(d)) if len(d) > 1 else 0.0
+    return float(d.mean()), se
+
+
+@torch.no_grad()
+def wanted_logps(
+    model: nn.Module,
+    tokenizer: Any,
+    wanted: Sequence[tuple[str, str]],
+    adapter: str | None,
+    *,
+    max_prompt_tokens: int,
+    max_response_tokens: int,
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """log π(y|x) of each (FIM prompt, text the user wanted there) with `adapter` switched on (None: the base)."""
+    rows = []
+    for prompt, text in wanted:
+        p = encode_prompt(tokenizer, prompt, keep_last=max_prompt_tokens)
+        a = tokenizer(text, add_special_tokens=False)["input_ids"][:max_response_tokens]
+        if p and a:
+            rows.append((p, a))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = []
+    with use_adapter(model, adapter):
+        for i in range(0, len(rows), batch_size):
+            out.append(answer_logp(model, rows[i : i + batch_size], pad).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
 @dataclass
 class GateSpec:
     """What the gate compares, on what, and its bounds (see the module's docstring for the checks)."""
@@ -185,16 +228,20 @@ class GateSpec:
     max_general_loss_increase: float
     seed: int
     samples: int = 4
+    # Held-out completion events: (FIM prompt, what the user wrote or took there), for the completions check.
+    completions: Sequence[tuple[str, str]] = ()
+    no_judge: str = ""  # why this run has no judge (its score check is skipped), if it has none
     score_range: tuple[float, float] | None = None
     length_floor: float = 0.0
     tolerance_se: float = 0.0
 
 
-def run_gate(model: nn.Module, tokenizer: Any, rm: RewardModel, spec: GateSpec) -> dict[str, Any]:
+def run_gate(model: nn.Module, tokenizer: Any, rm: RewardModel | None, spec: GateSpec) -> dict[str, Any]:
     """Compare the candidate adapter with the active one (None: the base); returns the checks and reasons.
 
     Scores are clipped to `spec.score_range`, the judge's range on the answers it was trained on: beyond it, it
-    extrapolates, and that is where a policy games it.
+    extrapolates, and that is where a policy games it. Without a judge (`rm` None, a run that learnt from
+    completions alone) its check is skipped and says why.
     """
     texts = [t for t in spec.prompt_texts for _ in range(spec.samples)]
     ids = [p for p in spec.prompt_ids for _ in range(spec.samples)]
@@ -209,33 +256,44 @@ def run_gate(model: nn.Module, tokenizer: Any, rm: RewardModel, spec: GateSpec) 
         kl_base = kl_to(model, cand_batches)
         kl = kl_to(model, cand_batches, spec.active) if spec.active else kl_base
         cand_general = general_loss(model, tokenizer, spec.general, spec.general_max_tokens)
-    with use_adapter(model, spec.active):
-        active_texts, _ = sample_texts(model, tokenizer, ids, **kw)
+    active_texts = [""] * len(ids)  # sampled only for the judge to score
+    if rm is not None:
+        with use_adapter(model, spec.active):
+            active_texts, _ = sample_texts(model, tokenizer, ids, **kw)
     with use_adapter(model, None):
         base_general = general_loss(model, tokenizer, spec.general, spec.general_max_tokens)
     lo, hi = spec.score_range if spec.score_range is not None else (-float("inf"), float("inf"))
-    cand_scores = score(rm, texts, cand_texts).clamp(lo, hi)
-    active_scores = score(rm, texts, active_texts).clamp(lo, hi)
-    cand_score, active_score = float(cand_scores.mean()), float(active_scores.mean())
-    passes, se = not_worse(cand_scores, active_scores, len(spec.prompt_texts), spec.tolerance_se)
+    if rm is not None:
+        cand_scores = score(rm, texts, cand_texts).clamp(lo, hi)
+        active_scores = score(rm, texts, active_texts).clamp(lo, hi)
+        cand_score, active_score = float(cand_scores.mean()), float(active_scores.mean())
+        passes, se = not_worse(cand_scores, active_scores, len(spec.prompt_texts), spec.tolerance_se)
+    else:
+        cand_score = active_score = se = float("nan")
+        passes = True
     cand_length = (
         float(torch.cat([b[3].sum(1) for b in cand_batches]).float().median()) if cand_batches else 0.0
     )
     increase = (cand_general - base_general) / base_general if base_general > 0 else 0.0
     against = f"the active adapter v{spec.active_version}" if spec.active else "the base model"
     ratings = ratings_check(model, tokenizer, spec, against)
+    completions = completions_check(model, tokenizer, spec, against)
     tol = spec.tolerance_se
     checks = {
         "reward_not_worse": passes,
         "ratings_not_worse": ratings["passed"],
+        "completions_not_worse": completions["passed"],
         "kl_within_bound": kl <= spec.max_kl,
         "general_loss_ok": increase <= spec.max_general_loss_increase,
         "length_ok": cand_length >= spec.length_floor,
     }
     lines = {
         "reward_not_worse": f"judge's score on {len(spec.prompt_texts)} held-out prompts: {cand_score:.3f} against "
-        f"{active_score:.3f} for {against} (it may be up to {tol:g} × its standard error {se:.3f} lower)",
+        f"{active_score:.3f} for {against} (it may be up to {tol:g} × its standard error {se:.3f} lower)"
+        if rm is not None
+        else f"judge's score: not checked ({spec.no_judge or 'this run has no judge'})",
         "ratings_not_worse": ratings["line"],
+        "completions_not_worse": completions["line"],
         "kl_within_bound": f"KL to {against}: {kl:.1f} nats per answer (at most {spec.max_kl:g})",
         "general_loss_ok": f"loss on general code: {100 * increase:+.1f}% against the base "
         f"({base_general:.4f} → {cand_general:.4f}; at most +{100 * spec.max_general_loss_increase:g}%)",
@@ -251,6 +309,8 @@ def run_gate(model: nn.Module, tokenizer: Any, rm: RewardModel, spec: GateSpec) 
         )
     if not checks["ratings_not_worse"]:
         reasons.append(ratings["reason"])
+    if not checks["completions_not_worse"]:
+        reasons.append(completions["reason"])
     if not checks["kl_within_bound"]:
         reasons.append(
             f"KL to {against} is {kl:.3f} nats per response, over training.max_kl = {spec.max_kl:g}"
@@ -280,6 +340,7 @@ def run_gate(model: nn.Module, tokenizer: Any, rm: RewardModel, spec: GateSpec) 
         "tolerance_se": tol,
         "compared_with": spec.active_version,
         "ratings": {k: v for k, v in ratings.items() if k not in ("line", "reason")},
+        "completions": {k: v for k, v in completions.items() if k not in ("line", "reason")},
         "kl_to_active": kl,
         "kl_to_base": kl_base,
         "max_kl": spec.max_kl,
@@ -334,6 +395,38 @@ def ratings_check(model: nn.Module, tokenizer: Any, spec: GateSpec, against: str
         "reason": f"on {n_liked + n_disliked} held-out answers you rated, the candidate moved towards the ones you "
         f"disliked: the liked-over-disliked log-likelihood margin fell {-margin:.2f} nats against {against}, "
         f"more than {spec.tolerance_se:g} standard errors ({se:.2f})",
+    }
+
+
+def completions_check(model: nn.Module, tokenizer: Any, spec: GateSpec, against: str) -> dict[str, Any]:
+    """Check 2b on the held-out completion events; skipped, and says so, with too few of them."""
+    n = len(spec.completions)
+    if n < MIN_COMPLETION_EVENTS:
+        return {
+            "passed": True,
+            "skipped": True,
+            "n_events": n,
+            "line": f"your held-out completions: not checked ({n} held-out events where you took a suggestion or "
+            f"wrote your own; the check needs {MIN_COMPLETION_EVENTS})",
+            "reason": "",
+        }
+    kw = dict(max_prompt_tokens=spec.max_prompt_tokens, max_response_tokens=spec.max_new_tokens)
+    cand = wanted_logps(model, tokenizer, spec.completions, spec.candidate, **kw)
+    active = wanted_logps(model, tokenizer, spec.completions, spec.active, **kw)
+    margin, se = completions_margin(cand, active)
+    passed = margin >= -spec.tolerance_se * se
+    return {
+        "passed": passed,
+        "skipped": False,
+        "n_events": len(cand),
+        "margin": margin,
+        "margin_se": se,
+        "line": f"your {len(cand)} held-out completions: what you wrote or took at the cursor is {margin:+.2f} nats "
+        f"more likely under the candidate than under {against} (it may be up to {spec.tolerance_se:g} × its "
+        f"standard error {se:.2f} lower)",
+        "reason": f"on {len(cand)} held-out completions, the candidate makes what you wrote or took at the cursor "
+        f"less likely than {against} does: {margin:.2f} nats per completion, more than {spec.tolerance_se:g} "
+        f"standard errors ({se:.2f})",
     }
 
 

@@ -245,3 +245,126 @@ def kto(
         "margin_last_epoch": sum(margins[-k:]) / len(margins[-k:]) if margins else None,
         "time_s": time.time() - t0,
     }
+
+
+# -- completions: what the user wrote or took at the cursor -----------------------------------------------
+
+
+def encode_pair(
+    tokenizer: Any,
+    pair: tuple[str, str, str],
+    max_prompt_tokens: int,
+    max_response_tokens: int,
+    stop_id: int | None,
+) -> tuple[list[int], list[int], list[int]] | None:
+    """(prompt ids, preferred ids, rejected ids) of a (FIM prompt, preferred, rejected) pair; an empty text is
+    the stop token alone (showing nothing). None when a side is left empty or both are the same."""
+
+    def side(text: str) -> list[int]:
+        if not text:
+            return [stop_id] if stop_id is not None else []
+        return tokenizer(text, add_special_tokens=False)["input_ids"][:max_response_tokens]
+
+    prompt = encode_prompt(tokenizer, pair[0], keep_last=max_prompt_tokens)
+    good, bad = side(pair[1]), side(pair[2])
+    if not prompt or not good or not bad or good == bad:
+        return None
+    return prompt, good, bad
+
+
+def dpo(
+    model: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[tuple[str, str, str]],
+    *,
+    reference: str | None,
+    epochs: int,
+    learning_rate: float,
+    beta: float,
+    batch_size: int,
+    max_prompt_tokens: int,
+    max_response_tokens: int,
+    stop_id: int | None,
+    pad_id: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The completions' warm start: DPO (Rafailov et al. 2023) on (FIM prompt, preferred, rejected) pairs.
+
+    With h = [log π(y_w|x) − log π_ref(y_w|x)] − [log π(y_l|x) − log π_ref(y_l|x)], each pair costs
+    −log σ(β·h): the policy moves towards what the user wrote or took, away from what they turned down, and no
+    further from π_ref (adapter `reference`, None: the base) than the pairs ask.
+    """
+    rows = [
+        r
+        for r in (encode_pair(tokenizer, p, max_prompt_tokens, max_response_tokens, stop_id) for p in pairs)
+        if r
+    ]
+    if epochs <= 0 or not rows:
+        return {"n_pairs": len(rows), "steps": 0}
+    t0 = time.time()
+    margins: list[float] = []
+
+    def loss_fn(chunk: list) -> torch.Tensor:
+        good = [(p, w) for p, w, _ in chunk]
+        bad = [(p, rej) for p, _, rej in chunk]
+        with torch.no_grad(), use_adapter(model, reference):
+            ref_good, ref_bad = answer_logp(model, good, pad_id), answer_logp(model, bad, pad_id)
+        h = (answer_logp(model, good, pad_id) - ref_good) - (answer_logp(model, bad, pad_id) - ref_bad)
+        margins.append(h.mean().item())
+        return -nn.functional.logsigmoid(beta * h).mean()
+
+    losses = _fit(
+        model, rows, loss_fn, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed
+    )
+    first, last = _first_and_last_epoch(losses, epochs)
+    return {
+        "n_pairs": len(rows),
+        "steps": len(losses),
+        "loss_first_epoch": first,
+        "loss_last_epoch": last,
+        "margin_last_epoch": _first_and_last_epoch(margins, epochs)[1],
+        "time_s": time.time() - t0,
+    }
+
+
+def fim_finetune(
+    model: nn.Module,
+    tokenizer: Any,
+    wanted: Sequence[tuple[str, str]],
+    *,
+    epochs: int,
+    learning_rate: float,
+    batch_size: int,
+    max_prompt_tokens: int,
+    max_response_tokens: int,
+    pad_id: int,
+    seed: int,
+) -> dict[str, Any]:
+    """`training.fim_finetune`: next-token loss on what the user took or wrote at each cursor, given its FIM
+    prompt, so that the model picks up the project's names and idioms. Only the policy adapter learns."""
+    rows = []
+    for prompt, text in wanted:
+        p = encode_prompt(tokenizer, prompt, keep_last=max_prompt_tokens)
+        a = tokenizer(text, add_special_tokens=False)["input_ids"][:max_response_tokens]
+        if p and a:
+            rows.append((p, a))
+    if epochs <= 0 or not rows:
+        return {"n_examples": len(rows), "steps": 0}
+    t0 = time.time()
+    losses = _fit(
+        model,
+        rows,
+        lambda chunk: demo_loss(model, chunk, pad_id),
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    first, last = _first_and_last_epoch(losses, epochs)
+    return {
+        "n_examples": len(rows),
+        "steps": len(losses),
+        "loss_first_epoch": first,
+        "loss_last_epoch": last,
+        "time_s": time.time() - t0,
+    }

@@ -6,7 +6,8 @@ reference, value and reward, and the judge reads code with the policy's tokenize
 `AutoModelForSequenceClassification` (hub id or folder) and trains a LoRA on it.
 
 Loss: weighted squared error to the rating in [-1, 1], plus a Bradley–Terry term −log σ(r_w − r_l) for pairs of
-differently rated responses to the same prompt. Every rating counts, whichever adapter or model wrote the
+differently rated responses to the same prompt, and for completions (data.judge_pairs): what the user wrote at
+the cursor over the suggestion they turned down. Every rating counts, whichever adapter or model wrote the
 answer: the judge scores text, not the policy that wrote it.
 
 It is saved in `$REINF_HOME/reward_model/` with the rating watermark it was trained at, and retrained only
@@ -257,12 +258,16 @@ def fit(
     learning_rate: float,
     seed: int,
     on_progress: Callable[[float, str], None] | None = None,
+    text_pairs: Sequence[tuple[str, str, str]] = (),
 ) -> dict[str, float]:
-    """Train on the examples: weighted MSE to the rating, plus Bradley–Terry on same-prompt pairs."""
+    """Train on the examples: weighted MSE to the rating, plus Bradley–Terry on same-prompt pairs and on
+    `text_pairs` (prompt, preferred, rejected): what a user wrote at a completion's cursor over the suggestion."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     pairs = preference_pairs(examples)
-    total = max(1, epochs * (math.ceil(len(examples) / batch_size) + math.ceil(len(pairs) / batch_size)))
+    text_pairs = list(text_pairs)
+    steps = math.ceil(len(examples) / batch_size) + math.ceil(len(pairs) / batch_size)
+    total = max(1, epochs * (steps + math.ceil(len(text_pairs) / batch_size)))
     done, losses = 0, []
     with rm.active():
         if isinstance(rm, PolicyRewardModel):
@@ -290,12 +295,25 @@ def fit(
                 loss = -nn.functional.logsigmoid(s[: len(chunk)] - s[len(chunk) :]).mean()
                 _step(opt, params, loss)
                 done += 1
+            rng.shuffle(text_pairs)
+            for i in range(0, len(text_pairs), batch_size):
+                chunk = text_pairs[i : i + batch_size]
+                s = rm.forward(
+                    [p for p, _, _ in chunk] * 2, [w for _, w, _ in chunk] + [r for _, _, r in chunk]
+                )
+                loss = -nn.functional.logsigmoid(s[: len(chunk)] - s[len(chunk) :]).mean()
+                _step(opt, params, loss)
+                done += 1
             if on_progress is not None:
                 on_progress(
                     done / total,
                     f"reward model epoch {epoch + 1}/{epochs}, loss {sum(losses[-8:]) / max(1, len(losses[-8:])):.3f}",
                 )
-    return {"train_loss": sum(losses[-8:]) / max(1, len(losses[-8:])), "n_pairs": len(pairs)}
+    return {
+        "train_loss": sum(losses[-8:]) / max(1, len(losses[-8:])),
+        "n_pairs": len(pairs),
+        "n_completion_pairs": len(text_pairs),
+    }
 
 
 def _step(opt: torch.optim.Optimizer, params: list[nn.Parameter], loss: torch.Tensor) -> None:

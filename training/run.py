@@ -1,7 +1,9 @@
 """One training run, from the run folder in to `metrics.json` and `adapter/` out (see __init__ for the contract).
 
-snapshot → reward model (lazily retrained, kept only when it predicts) → KTO warm start → PPO → gate →
-adapter written via a temp folder. Each phase is a method of `Run`, in that order.
+snapshot → reward model (lazily retrained, kept only when it predicts) → warm start (KTO on the ratings, DPO on
+the completions) → PPO → gate → adapter written via a temp folder. Each phase is a method of `Run`, in that
+order. A user who gave too few ratings for a judge but enough completion events (accepted suggestions and
+corrections) gets a run on those alone: the DPO warm start and the gate, without a judge or PPO.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ POLICY = "default"  # PEFT saves the adapter of this name at the folder's top le
 ACTIVE = "active"
 REFERENCE = "reference"
 MIN_RATINGS = 8
+MIN_COMPLETION_PAIRS = 8  # completion pairs that make a run without enough ratings worth it
 
 
 class Progress:
@@ -176,6 +179,8 @@ class Run:
     def __init__(self, cfg: Config, extras: dict[str, Any], metrics: dict[str, Any]) -> None:
         self.cfg, self.extras, self.metrics = cfg, extras, metrics
         self.active = extras.get("active_adapter")
+        self.rm: Any = None
+        self.no_judge = ""  # why the run has no judge (it learns from completions alone), if so
 
     def timed(self, name: str, phase: Any) -> Any:
         t0 = time.time()
@@ -201,12 +206,34 @@ class Run:
             "disliked": disliked,
             "off_policy": sum(e.adapter_version != (self.active or {}).get("version", 0) for e in examples),
         }
+        events = data.completion_events(self.rows)
+        self.train_events, self.held_events = data.split_events(
+            events, self.cfg.reward_model.holdout_fraction
+        )
+        self.completion_pairs = data.completion_pairs(self.train_events)
+        self.metrics["data"]["completions"] = {
+            **{k: sum(e.outcome == k for e in events) for k in ("accepted", "corrected", "dismissed")},
+            "held_out": len(self.held_events),
+            "pairs": len(self.completion_pairs),
+        }
         # Rejected here, the run used none of the ratings: the daemon's count towards the next run stays.
         self.metrics["used_ratings"] = False
+        why = ""
         if len(explicit) < MIN_RATINGS:
-            raise Rejected(f"too few ratings to train on: {len(explicit)}, need at least {MIN_RATINGS}")
-        if liked == 0 or disliked == 0:
-            raise Rejected(_one_sided(len(explicit), liked, disliked))
+            why = f"too few ratings to train on: {len(explicit)}, need at least {MIN_RATINGS}"
+        elif liked == 0 or disliked == 0:
+            why = _one_sided(len(explicit), liked, disliked)
+        if why and len(self.completion_pairs) < MIN_COMPLETION_PAIRS:
+            raise Rejected(
+                f"{why}; and too few completions to learn from without them: {len(self.completion_pairs)} "
+                f"accepted or corrected suggestions, need at least {MIN_COMPLETION_PAIRS}"
+            )
+        if why:
+            self.no_judge = (
+                f"no judge: {why}; this run learnt from {len(self.completion_pairs)} completions alone"
+            )
+            self.train_ex, self.held_ex = examples, []
+            return
         self.metrics["used_ratings"] = True
         self.train_ex, self.held_ex = data.split(examples, self.cfg.reward_model.holdout_fraction)
 
@@ -225,9 +252,13 @@ class Run:
 
     def judge(self, progress: Progress) -> None:
         """The reward model, retrained only when enough new ratings came in, and kept only when it predicts."""
-        from . import reward
+        from . import data, reward
 
         cfg, rc = self.cfg, self.cfg.reward_model
+        if self.no_judge:
+            self.metrics["reward_model"] = {"skipped": self.no_judge}
+            progress("reward_model", 1.0, self.no_judge)
+            return
         self.rm, rm_metrics = reward.load_or_train(
             folder=cfg.home / "reward_model",
             identity=_rm_identity(cfg, self.extras),
@@ -241,6 +272,7 @@ class Run:
                 batch_size=rc.batch_size,
                 learning_rate=rc.learning_rate,
                 seed=cfg.training.seed,
+                text_pairs=data.judge_pairs(self.train_events),
             ),
             on_progress=lambda f, m: progress("reward_model", f, m),
             contradiction_p=rc.contradiction_p,
@@ -263,40 +295,70 @@ class Run:
             raise Rejected(f"the reward model is {check['note']}; it was not kept, and PPO was not run")
 
     def warm_start(self, progress: Progress) -> None:
-        """KTO on the liked and disliked answers of the training split; π_ref is the policy as the run starts."""
+        """KTO on the liked and disliked answers of the training split, then DPO on the completion pairs (and,
+        with training.fim_finetune, a next-token fine-tune on what the user took or wrote); π_ref is the active
+        adapter, which the policy equals as the run starts."""
         from . import imitate
 
         tc = self.cfg.training
-        progress("ppo", 0.0, f"KTO on the liked and disliked answers ({tc.warm_start_epochs} epochs)")
-        self.metrics["imitation"] = imitate.kto(
-            self.model,
-            self.tokenizer,
-            self.train_ex,
-            reference=ACTIVE if self.active else None,
-            beta=tc.kto_beta,
+        kw = dict(
             epochs=tc.warm_start_epochs,
             learning_rate=self.rates.warm_start,
             batch_size=tc.minibatch_size,
             max_prompt_tokens=tc.max_prompt_tokens,
             max_response_tokens=tc.max_response_tokens,
-            stop_id=self.stop_id,
             pad_id=_pad_id(self.tokenizer),
             seed=tc.seed,
         )
-        self.metrics["imitation"]["method"] = "kto"
+        reference = ACTIVE if self.active else None
+        if not self.no_judge:
+            progress("ppo", 0.0, f"KTO on the liked and disliked answers ({tc.warm_start_epochs} epochs)")
+            self.metrics["imitation"] = imitate.kto(
+                self.model,
+                self.tokenizer,
+                self.train_ex,
+                reference=reference,
+                beta=tc.kto_beta,
+                stop_id=self.stop_id,
+                **kw,
+            )
+            self.metrics["imitation"]["method"] = "kto"
+        progress(
+            "ppo", 0.0, f"DPO on {len(self.completion_pairs)} completions ({tc.warm_start_epochs} epochs)"
+        )
+        self.metrics["completions"] = {
+            "dpo": imitate.dpo(
+                self.model,
+                self.tokenizer,
+                self.completion_pairs,
+                reference=reference,
+                beta=tc.dpo_beta,
+                stop_id=self.stop_id,
+                **kw,
+            )
+        }
+        if tc.fim_finetune:
+            wanted = [(e.prompt, e.wanted) for e in self.train_events if e.wanted]
+            self.metrics["completions"]["fim_finetune"] = imitate.fim_finetune(
+                self.model, self.tokenizer, wanted, **kw
+            )
 
     def ppo(self, progress: Progress) -> None:
-        """PPO on fresh rollouts from the user's prompts, mixed with general replay prompts."""
+        """PPO on fresh rollouts from the user's prompts (chats, and the FIM prompts of their completions), mixed
+        with general replay prompts."""
         import torch
 
         from . import data, gate, imitate, ppo, reward
         from .lm import decode_responses, freeze_copy
 
         tc, tok = self.cfg.training, self.tokenizer
-        train_prompts, self.held_prompts = data.user_prompts(
-            self.rows, {e.interaction_id for e in self.held_ex}
-        )
+        held_ids = {e.interaction_id for e in [*self.held_ex, *self.held_events]}
+        train_prompts, self.held_prompts = data.user_prompts(self.rows, held_ids)
         self.replay = data.replay_prompts(tok)
+        self.score_range, self.floor = None, 0.0
+        if self.no_judge:
+            self.metrics["ppo"] = {"skipped": f"{self.no_judge}: PPO needs a judge"}
+            return
         prompts = train_prompts + self.replay
         prompt_ids = [_encode_prompt(tok, p, tc.max_prompt_tokens) for p in prompts]
 
@@ -351,6 +413,12 @@ class Run:
             ptx=demos.loss if demos else None,
         )
         self.metrics["ppo"] = _ppo_summary(history)
+        fim = {e.prompt for e in self.train_events}
+        self.metrics["ppo"]["prompts"] = {
+            "user": len(train_prompts),
+            "of_completions": sum(p in fim for p in train_prompts),
+            "replay": len(self.replay),
+        }
 
     def gate(self, progress: Progress) -> dict[str, Any]:
         """Held-out prompts (topped up with replay prompts) and ratings, KL to the active adapter, general loss."""
@@ -373,6 +441,8 @@ class Run:
             max_prompt_tokens=tc.max_prompt_tokens,
             temperature=tc.temperature,
             stop_ids=self.stop_ids,
+            completions=[(e.prompt, e.wanted) for e in self.held_events if e.wanted],
+            no_judge=self.no_judge,
             max_kl=tc.max_kl,
             max_general_loss_increase=tc.max_general_loss_increase,
             seed=tc.seed + 1,

@@ -1,0 +1,307 @@
+"""Learning from completions: what the user wrote or took at the cursor trains the policy, the judge and the gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from reinf.config import Config
+from reinf.fim import TEMPLATES
+from reinf.store import Store
+from reinf.training import data
+from tests.trainer_fixtures import FAST_TRAINING, tiny_model
+
+FIM = TEMPLATES["reinf"]  # reinf-tiny's markers
+# (code before the cursor, the suggestion turned down, what the user wrote instead)
+CASES = [
+    (f"def load_{n}(path):\n    ", "pass", f"log.info('loading {n}')") for n in ("users", "orders", "items", "jobs")
+] + [(f"class {n.title()}Store:\n    def save(self, row):\n        ", "return None", "self._rows.append(row)")
+     for n in ("user", "order", "item", "job")]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Path:
+    return tiny_model()
+
+
+def _policy(model_dir: Path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reinf.training.lm import freeze_copy
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    model = get_peft_model(
+        base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    )
+    freeze_copy(model, "default", "active")  # as a run that starts from the active adapter
+    return model, tok
+
+
+def _margins(model, tok, pairs, adapter: str) -> torch.Tensor:
+    """log π(typed | FIM prompt) − log π(suggested | FIM prompt) per pair, under `adapter`."""
+    from reinf.training.gate import wanted_logps
+
+    kw = dict(max_prompt_tokens=64, max_response_tokens=24)
+    typed = wanted_logps(model, tok, [(p, w) for p, w, _ in pairs], adapter, **kw)
+    suggested = wanted_logps(model, tok, [(p, s) for p, _, s in pairs], adapter, **kw)
+    return typed - suggested
+
+
+def _dpo(model, tok, pairs, epochs: int = 6):
+    from reinf.training.imitate import dpo
+
+    return dpo(model, tok, pairs, reference="active", epochs=epochs, learning_rate=5e-3, beta=0.1, batch_size=4,
+               max_prompt_tokens=64, max_response_tokens=24, stop_id=tok.eos_token_id, pad_id=tok.eos_token_id,
+               seed=0)  # fmt: skip
+
+
+def test_completion_events_say_what_the_user_wanted():
+    def row(i, response, **kw):
+        return {"interaction_id": str(i), "kind": "completion", "prompt": FIM.render("x = ", ""), "response": response,
+                "accepted": 0, "dismissed": 0, "partially_accepted": 0, "typed_through": 0, "typed": None, **kw}  # fmt: skip
+
+    rows = [
+        row(1, "foo()", accepted=1),
+        row(2, "bar()", dismissed=1, typed="baz()"),
+        row(3, "qux()", dismissed=1),
+        row(4, "foo(1)", partially_accepted=1, typed="foo(2)"),
+        row(5, "foo(", partially_accepted=1),  # how much was taken is unknown: nothing to learn
+        row(6, "zap()", typed_through=1),  # typed it all through: what they wanted
+        {**row(7, "no"), "kind": "chat", "accepted": 1},
+    ]
+    events = data.completion_events(rows)
+    assert [(e.interaction_id, e.outcome, e.wanted) for e in events] == [
+        ("1", "accepted", "foo()"), ("2", "corrected", "baz()"), ("3", "dismissed", None),
+        ("4", "corrected", "foo(2)"), ("6", "accepted", "zap()"),
+    ]  # fmt: skip
+    p = FIM.render("x = ", "")
+    assert data.completion_pairs(events) == [
+        (p, "foo()", ""), (p, "baz()", "bar()"), (p, "foo(2)", "foo(1)"), (p, "zap()", ""),
+    ]  # fmt: skip
+    # The judge: corrections, and a suggestion taken over one dismissed at the same prompt; no empty answers.
+    assert data.judge_pairs(events) == [
+        (p, "baz()", "bar()"), (p, "foo(2)", "foo(1)"), (p, "foo()", "qux()"), (p, "zap()", "qux()"),
+    ]  # fmt: skip
+    train, held = data.split_events(events, 0.5)
+    assert sorted(e.interaction_id for e in train + held) == ["1", "2", "3", "4", "6"] and not {
+        e.interaction_id for e in train
+    } & {e.interaction_id for e in held}
+
+
+def test_corrections_move_the_policy_towards_what_was_typed(model_dir):
+    model, tok = _policy(model_dir)
+    pairs = [(FIM.render(pre, "\n"), typed, suggested) for pre, suggested, typed in CASES]
+    before = _margins(model, tok, pairs, "default")
+    out = _dpo(model, tok, pairs)
+    after = _margins(model, tok, pairs, "default")
+    assert out["n_pairs"] == len(pairs) and out["loss_last_epoch"] < out["loss_first_epoch"], out
+    # Every pair: what the user typed gained on the suggestion they turned down, by over a nat on average.
+    assert (after > before).all() and (after - before).mean() > 1.0, (before, after)
+    # The reference (the active adapter) did not move.
+    assert torch.allclose(_margins(model, tok, pairs, "active"), before, atol=1e-4)
+
+
+def test_an_accepted_suggestion_is_preferred_over_showing_nothing(model_dir):
+    from reinf.training.imitate import answer_logp, encode_pair
+
+    model, tok = _policy(model_dir)
+    pairs = [(FIM.render(pre, "\n"), typed, "") for pre, _, typed in CASES]  # taken whole: over nothing
+    enc = [encode_pair(tok, p, 64, 24, tok.eos_token_id) for p in pairs]
+    assert all(bad == [tok.eos_token_id] for _, _, bad in enc)  # nothing = stopping at once
+
+    def stop_logp() -> float:
+        with torch.no_grad():
+            return float(answer_logp(model, [(p, bad) for p, _, bad in enc], tok.eos_token_id).mean())
+
+    before = stop_logp()
+    _dpo(model, tok, pairs)
+    assert stop_logp() < before - 0.5
+
+
+def _spec(completions):
+    from reinf.training.gate import GateSpec
+
+    return GateSpec(prompt_texts=[], prompt_ids=[], rated=[], candidate="default", active="active",
+                    active_version=1, general=[], general_max_tokens=8, max_new_tokens=24, max_prompt_tokens=64,
+                    temperature=1.0, stop_ids=[0], max_kl=1.0, max_general_loss_increase=0.05, seed=0,
+                    tolerance_se=1.0, completions=completions)  # fmt: skip
+
+
+def test_the_completions_margin_by_hand():
+    from reinf.training.gate import completions_margin
+
+    # d = candidate − active = [−1, −1, −1, −1]: what users typed fell by one nat everywhere; se 0.
+    margin, se = completions_margin(torch.tensor([-3.0, -4, -5, -6]), torch.tensor([-2.0, -3, -4, -5]))
+    assert margin == pytest.approx(-1.0) and se == pytest.approx(0.0)
+    # d = [1, 3, −1, 1]: mean 1, sample variance 8/3, over 4 events: se = sqrt(2/3).
+    margin, se = completions_margin(torch.tensor([1.0, 3, -1, 1]), torch.zeros(4))
+    assert margin == pytest.approx(1.0) and se == pytest.approx((2 / 3) ** 0.5)
+    assert completions_margin(torch.zeros(3), torch.zeros(3)) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="at least one event"):
+        completions_margin(torch.zeros(0), torch.zeros(0))
+
+
+def test_the_gate_rejects_a_candidate_that_makes_what_users_typed_less_likely(model_dir):
+    from reinf.training.gate import MIN_COMPLETION_EVENTS, completions_check
+
+    model, tok = _policy(model_dir)
+    held = [(FIM.render(pre, "\n"), typed) for pre, _, typed in CASES]
+    same = completions_check(model, tok, _spec(held), "the active adapter v1")
+    assert same["passed"] and not same["skipped"] and same["margin"] == pytest.approx(0.0, abs=1e-4), same
+    assert "8 held-out completions" in same["line"] and "+0.00 nats" in same["line"]
+    # Trained the wrong way round (the suggestions over what was typed), it must be turned down.
+    _dpo(model, tok, [(FIM.render(pre, "\n"), suggested, typed) for pre, suggested, typed in CASES])
+    worse = completions_check(model, tok, _spec(held), "the active adapter v1")
+    assert not worse["passed"] and worse["margin"] < -worse["margin_se"], worse
+    assert "less likely than the active adapter v1" in worse["reason"]
+    few = completions_check(model, tok, _spec(held[: MIN_COMPLETION_EVENTS - 1]), "the base model")
+    assert few["passed"] and few["skipped"] and f"needs {MIN_COMPLETION_EVENTS}" in few["line"]
+
+
+def _completion_home(tmp_path: Path, model_dir: Path, n: int) -> tuple[Config, Store]:
+    """A home where the user only completed code: each suggestion dismissed and corrected, or taken."""
+    d = Config(home=tmp_path / "home").to_dict()
+    for section, values in FAST_TRAINING.items():
+        d[section].update(values)
+    cfg = Config.from_dict(d)
+    cfg.home.mkdir()
+    store = Store(cfg.home / "reinf.duckdb")
+    for i in range(n):
+        pre, suggested, typed = CASES[i % len(CASES)]
+        pre = f"# file {i}\n{pre}"
+        take = i % 4 == 0
+        iid = store.add_interaction(interaction_id=f"c{i:031x}",  # fixed: the held-out split is the same each time
+                                    kind="completion", client="test", model="reinf-tiny-test", adapter_version=0,
+                                    prompt=FIM.render(pre, "\n"), context={}, response=typed if take else suggested,
+                                    finish_reason="stop", timings={})  # fmt: skip
+        if take:
+            store.add_completion_event(iid, "accepted", shown_ms=500, accepted_chars=len(typed))
+        else:
+            store.add_completion_event(iid, "dismissed", shown_ms=500)
+            store.add_correction(iid, "dismissed", typed, False, "lines")
+    return cfg, store
+
+
+def test_a_user_who_only_completes_code_gets_a_run_from_the_completions(tmp_path, model_dir):
+    from tests.test_trainer import _prepare_run, _train
+
+    cfg, store = _completion_home(tmp_path, model_dir, 48)
+    metrics = _train(_prepare_run(cfg, store, model_dir))
+    assert metrics["data"]["completions"]["corrected"] + metrics["data"]["completions"]["accepted"] == 48
+    assert metrics["used_ratings"] is False  # no rating was used: the count towards a rated run stays
+    assert "completions alone" in metrics["reward_model"]["skipped"] and "skipped" in metrics["ppo"]
+    dpo = metrics["completions"]["dpo"]
+    assert dpo["steps"] > 0 and dpo["loss_last_epoch"] < dpo["loss_first_epoch"], dpo
+    lines = "\n".join(metrics["checks"])
+    assert "judge's score: not checked (no judge: too few ratings" in lines
+    assert "held-out completions: what you wrote or took at the cursor is +" in lines, lines
+    assert metrics["gate"]["completions"]["margin"] > 0 and metrics["decision"] == "publish", metrics[
+        "reasons"
+    ]
+    store.close()
+
+
+def test_too_few_ratings_and_completions_is_a_rejection_that_says_both(tmp_path, model_dir):
+    from tests.test_trainer import _prepare_run, _train
+
+    cfg, store = _completion_home(tmp_path, model_dir, 4)
+    metrics = _train(_prepare_run(cfg, store, model_dir))
+    assert metrics["decision"] == "reject"
+    assert "too few ratings" in metrics["reasons"][0] and "too few completions" in metrics["reasons"][0]
+    store.close()
+
+
+def test_the_simulated_developer_takes_what_they_would_type_and_types_the_rest():
+    from bench.completion_baselines import ask_positions, decide, figures, type_file
+
+    assert decide("total = 0", "total = 0\n") == ({"event": "accepted", "accepted_chars": 9}, 9)
+    # The matching part, back to a word's end: "total" of "totals = []" against "total_count = 0".
+    assert decide("total_sum = 1", "total_count = 0") == ({"event": "dismissed"}, 0)
+    assert decide("log.info(x)", "log.warning(x)") == (
+        {"event": "partially_accepted", "accepted_chars": 4, "accepted_words": 1}, 4,
+    )  # fmt: skip
+    truth = "def f(a):\n    return a\n"
+    assert ask_positions(truth) == [0, 6, 14]
+    right = type_file(truth, lambda pos: (truth[pos:].split("\n")[0], pos))
+    # "def f(a):" taken whole from 0 passes the place at 6; typed by hand: the line break and indent, the last "\n".
+    assert (right["asked"], right["accepted"], right["typed_by_hand"]) == (2, 2, 6), right
+    events = []
+    wrong = type_file(truth, lambda pos: ("zzz", pos), lambda h, e: events.append((h, e["event"])))
+    assert events == [(0, "dismissed"), (6, "dismissed"), (14, "dismissed")]
+    assert wrong["typed_by_hand"] == len(truth) and figures([wrong])["acceptance_rate"] == 0.0
+
+
+def test_the_judge_learns_that_what_was_typed_beats_the_suggestion(model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reinf.training import reward
+    from reinf.training.data import Example
+    from reinf.training.run import target_modules
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=target_modules(base)))
+    rm = reward.PolicyRewardModel.create(model, tok, 8, 128, target_modules(base))
+    pairs = [(FIM.render(pre, "\n"), typed, suggested) for pre, suggested, typed in CASES]
+    # A few rated chats, as a judge always has some; they say nothing about the completions.
+    rated = [Example(str(i), f"q{i}", "an answer" if i % 2 else "another", (-1.0) ** i, 1.0, True, i + 1, 0)
+             for i in range(8)]  # fmt: skip
+
+    def wins() -> int:
+        typed = reward.score(rm, [p for p, _, _ in pairs], [t for _, t, _ in pairs])
+        suggested = reward.score(rm, [p for p, _, _ in pairs], [s for _, _, s in pairs])
+        return int((typed > suggested).sum())
+
+    out = reward.fit(rm, rated, epochs=3, batch_size=4, learning_rate=3e-3, seed=0, text_pairs=pairs)
+    assert out["n_completion_pairs"] == len(pairs)
+    assert wins() == len(pairs)
+
+
+def test_ratings_and_completions_train_together(tmp_path, model_dir):
+    from tests.test_trainer import _prepare_run, _train
+    from tests.trainer_fixtures import fill_home
+
+    cfg, store = _completion_home(tmp_path, model_dir, 48)
+    fill_home(store, model_dir, 64)
+    metrics = _train(_prepare_run(cfg, store, model_dir))
+    assert metrics["used_ratings"] is True and metrics["imitation"]["method"] == "kto"
+    # The judge had the corrections as pairs, the warm start had DPO on them, PPO rolled out their FIM prompts.
+    assert metrics["reward_model"]["n_completion_pairs"] > 0
+    assert metrics["completions"]["dpo"]["steps"] > 0
+    prompts = metrics["ppo"]["prompts"]
+    assert metrics["ppo"]["steps"] == 6 and 0 < prompts["of_completions"] < prompts["user"], prompts
+    completions = metrics["gate"]["completions"]
+    assert not completions["skipped"] and completions["n_events"] >= 8
+    assert any("held-out completions: what you wrote or took" in line for line in metrics["checks"])
+    store.close()
+
+
+def test_the_fim_finetune_makes_what_was_taken_or_written_likelier(model_dir):
+    from reinf.training.gate import wanted_logps
+    from reinf.training.imitate import fim_finetune
+
+    model, tok = _policy(model_dir)
+    wanted = [(FIM.render(pre, "\n"), typed) for pre, _, typed in CASES]
+    kw = dict(max_prompt_tokens=64, max_response_tokens=24)
+    before = wanted_logps(model, tok, wanted, "default", **kw)
+    out = fim_finetune(model, tok, wanted, epochs=4, learning_rate=5e-3, batch_size=4, pad_id=tok.eos_token_id,
+                       seed=0, **kw)  # fmt: skip
+    after = wanted_logps(model, tok, wanted, "default", **kw)
+    assert out["n_examples"] == len(wanted) and out["loss_last_epoch"] < out["loss_first_epoch"], out
+    assert (after > before).all() and (after - before).mean() > 1.0, (before, after)
