@@ -11,7 +11,7 @@ export REINF_CACHE ?= $(CURDIR)/.cache
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml jupyter-ext/labextension/package.json jupyter-ext/labextension/static/remoteEntry.js
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# The pinned CPU torch first: an unpinned one pulls a multi-GB CUDA build.

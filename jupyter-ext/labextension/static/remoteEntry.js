@@ -277,7 +277,9 @@ var _JUPYTERLAB = (window._JUPYTERLAB = window._JUPYTERLAB || {});
             if (rendermime && r.text.trim()) {
               const renderer = rendermime.createRenderer("text/markdown");
               await renderer.renderModel(rendermime.createModel({ data: { "text/markdown": r.text }, trusted: false }));
-              answer.append(renderer.node);
+              // Markdown that renders to nothing visible (an HTML tag the sanitizer drops, say) is shown as text.
+              const visible = renderer.node.textContent.trim() || renderer.node.querySelector("img, hr, table");
+              answer.append(visible ? renderer.node : el("div", { class: "reinf-chat-question" }, r.text));
             } else {
               answer.append(el("div", { class: "reinf-chat-question" }, r.text.trim() ? r.text : "(The model answered with blank text.)"));
             }
