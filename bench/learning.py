@@ -369,6 +369,9 @@ def summarise(users: list[dict[str, Any]], plan: Plan) -> dict[str, Any]:
         "general_loss_change_pct": overall["general_loss_change_pct"]["mean"],
         "published_regressions": regressions,
         "baselines": {"no_training": 0.0, "sft_liked": sft, "kto": kto},
+        "baselines_not_run": sorted(
+            {name for u in users for name, b in (u.get("baselines") or {}).items() if "skipped" in b}
+        ),
         "overrides": dict(plan.overrides),
         "left_out": sorted({u["taste"] for u in users if not u["base_ever_satisfies"]}),
         "targets": {
@@ -376,7 +379,8 @@ def summarise(users: list[dict[str, Any]], plan: Plan) -> dict[str, Any]:
             "general_loss_change_pct": TARGET_LOSS_CHANGE_PCT,
             "met_gain": gain >= TARGET_GAIN_POINTS,
             "met_general_loss": overall["general_loss_change_pct"]["mean"] <= TARGET_LOSS_CHANGE_PCT,
-            "beats_baselines": all(gain > b for b in (0.0, sft, kto) if b == b),
+            # A baseline that was not run (TRL missing, say) is not beaten: the claim needs both measured.
+            "beats_baselines": all(b == b and gain > b for b in (0.0, sft, kto)),
             "no_published_regressions": regressions == 0,
         },
         "spread": overall,

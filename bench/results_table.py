@@ -29,6 +29,13 @@ def _learning(d: dict[str, Any]) -> tuple[str, str]:
             "≥ +40 points, ahead of both baselines, 0 regressions",
         )
     b = d["baselines"]
+
+    def baseline(name: str, label: str) -> str:
+        value = b.get(name)
+        if name in d.get("baselines_not_run", []) or value is None or value != value:
+            return f"{label} not run"
+        return f"{label} {value:+.1f}"
+
     users = d["spread"]["users"]
     plan = d.get("plan") or {}
     seeds = plan.get("seeds") or []
@@ -42,7 +49,7 @@ def _learning(d: dict[str, Any]) -> tuple[str, str]:
     figure = (
         f"**{d['gain_points']:+.1f} ± {d['gain_se']:.1f} points** over {who}{partial} "
         f"({100 * d['satisfaction_before']:.1f}% → {100 * d['satisfaction_after']:.1f}% satisfied); "
-        f"SFT on liked {b['sft_liked']:+.1f}, KTO {b['kto']:+.1f}; general loss {d['general_loss_change_pct']:+.1f}%; "
+        f"{baseline('sft_liked', 'SFT on liked')}, {baseline('kto', 'KTO')}; general loss {d['general_loss_change_pct']:+.1f}%; "
         f"published regressions {d['published_regressions']}{left}"
     )
     t = d["targets"]
