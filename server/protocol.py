@@ -308,13 +308,18 @@ class AdaptersResult:
 
 @attrs.frozen
 class TimelinePoint:
-    ts: str
-    ratings: int
+    """Explicit ratings given on one day."""
+
+    day: str
+    count: int
+    mean_stars: float | None
+    thumbs_up: int
+    thumbs_down: int
 
 
 @attrs.frozen
 class TimelineResult:
-    points: list[dict[str, Any]]
+    points: list[TimelinePoint]
 
 
 @attrs.frozen

@@ -775,30 +775,30 @@ def test_unauthenticated_connections_are_capped(tmp_path: Path) -> None:
 # -- forget that forgets ----------------------------------------------------------------------------------
 
 
-def _backend_with_fake_trainer(cfg: Any, fake: Path) -> Any:
-    from reinf.backend import Backend
-
-    from .test_fuzz import FakeEngine
-
-    backend = Backend(cfg, engine=FakeEngine())
-    backend.scheduler.trainer_command = [sys.executable, str(fake)]
-    return backend
-
-
-def test_a_forget_killed_after_its_rewrite_is_finished_at_the_next_start(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A forget killed after the database rewrite left the adapter trained on the forgotten ratings serving, and a
-    second forget found nothing to delete, so it never untrained. Now the forget is recorded first, and start-up
-    finishes it: the adapter, the run's own copy of it and the judge go."""
-    from reinf.backend import FORGET_MARKER
-
+def _backend_with_fake_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    """A real Backend (store, scheduler, adapters) on a fake engine, whose trainer is the scheduler tests' fake
+    that publishes; and the harness that made its home."""
     from .test_scheduler import Harness
 
     monkeypatch.setenv("FAKE_MODE", "publish")
     h = Harness(tmp_path)  # a home and a fake trainer that publishes a (fake) PEFT adapter
     h.store.close()
-    backend = _backend_with_fake_trainer(h.cfg, h.fake)
+    return _start_backend(h), h
+
+
+def _start_backend(h: Any) -> Any:
+    """A Backend on the harness's home, as the daemon starts one."""
+    from reinf.backend import Backend
+
+    from .test_fuzz import FakeEngine
+
+    backend = Backend(h.cfg, engine=FakeEngine())
+    backend.scheduler.trainer_command = [sys.executable, str(h.fake)]
+    return backend
+
+
+def _publish_one(backend: Any) -> int:
+    """Rate one answer and train on it until adapter v1 serves; the run's id."""
     iid = backend.store.add_interaction(kind="chat", client="t", model="m", adapter_version=0, prompt="forget me",
                                         context={}, response="r", finish_reason="stop", timings={})  # fmt: skip
     asyncio.run(backend.rate({"interaction_id": iid, "stars": 5}))
@@ -809,6 +809,19 @@ def test_a_forget_killed_after_its_rewrite_is_finished_at_the_next_start(
     ):
         assert time.monotonic() < deadline, backend.store.get_run(run_id)
         time.sleep(0.05)
+    return run_id
+
+
+def test_a_forget_killed_after_its_rewrite_is_finished_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forget killed after the database rewrite left the adapter trained on the forgotten ratings serving, and a
+    second forget found nothing to delete, so it never untrained. Now the forget is recorded first, and start-up
+    finishes it: the adapter, the run's own copy of it and the judge go."""
+    from reinf.backend import FORGET_MARKER
+
+    backend, h = _backend_with_fake_trainer(tmp_path, monkeypatch)
+    run_id = _publish_one(backend)
     home = h.cfg.home
     (home / "reward_model").mkdir()  # the judge the run trained
     run_copy = home / "runs" / str(run_id) / "adapter"
@@ -826,7 +839,7 @@ def test_a_forget_killed_after_its_rewrite_is_finished_at_the_next_start(
     assert (home / FORGET_MARKER).exists()
     backend.close()
 
-    again = _backend_with_fake_trainer(h.cfg, h.fake)  # the next start
+    again = _start_backend(h)  # the next start
     try:
         assert not (home / FORGET_MARKER).exists()
         assert again.engine.adapter_version == 0 and again.store.active_adapter() is None
@@ -844,21 +857,9 @@ def test_a_second_forget_finishes_what_a_failed_one_left(
     """The same interruption, and then, without a restart, the user runs forget again: it untrains."""
     from reinf.backend import FORGET_MARKER
 
-    from .test_scheduler import Harness
-
-    monkeypatch.setenv("FAKE_MODE", "publish")
-    h = Harness(tmp_path)
-    h.store.close()
-    backend = _backend_with_fake_trainer(h.cfg, h.fake)
+    backend, h = _backend_with_fake_trainer(tmp_path, monkeypatch)
     try:
-        iid = backend.store.add_interaction(kind="chat", client="t", model="m", adapter_version=0, prompt="p",
-                                            context={}, response="r", finish_reason="stop", timings={})  # fmt: skip
-        asyncio.run(backend.rate({"interaction_id": iid, "stars": 5}))
-        run_id = backend.scheduler.retrain("manual")
-        deadline = time.monotonic() + 60
-        while backend.engine.adapter_version != 1:
-            assert time.monotonic() < deadline, backend.store.get_run(run_id)
-            time.sleep(0.05)
+        _publish_one(backend)
         after_forget = backend._after_forget
         monkeypatch.setattr(
             backend, "_after_forget", lambda pending: (_ for _ in ()).throw(OSError("disk error"))

@@ -245,12 +245,8 @@ def test_the_backend_answers_exactly_what_is_declared(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from .test_hardening import _backend_with_fake_trainer
-    from .test_scheduler import Harness
 
-    monkeypatch.setenv("FAKE_MODE", "publish")
-    h = Harness(tmp_path)
-    h.store.close()
-    backend = _backend_with_fake_trainer(h.cfg, h.fake)
+    backend, _ = _backend_with_fake_trainer(tmp_path, monkeypatch)
     answers: dict[str, Any] = {}
 
     def call(name: str, params: Any = None, **kw: Any) -> Any:
