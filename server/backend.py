@@ -79,6 +79,7 @@ class Backend:
             max_workers=getattr(engine, "parallel_requests", 1), thread_name_prefix="reinf-generate"
         )
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reinf-store")
+        self._take_in_queued = False
         # Reads and slow work. Rollbacks that wait for a generation each hold one, so there are several.
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="reinf-io")
         self._clients: set[Notifier] = set()
@@ -119,6 +120,21 @@ class Backend:
         """Hot-swap the engine's adapter: a job on the generation queue, so it runs between two generations.
         Blocks its caller until done; called from worker threads (never the event loop)."""
         self._gen.submit(self.engine.set_adapter, version, path).result()
+
+    def answered(self) -> None:
+        """An answer went out: completions the journal holds now go into DuckDB on the writer. Not before: that
+        insert would hold the interpreter while the answer is being sent."""
+        if self._take_in_queued or not self.store.journal_waiting():
+            return
+        self._take_in_queued = True
+        try:
+            self._writer.submit(self._take_in)
+        except RuntimeError:  # shutting down: the store takes it in as it closes
+            pass
+
+    def _take_in(self) -> None:
+        self._take_in_queued = False  # first: a row journaled from now on is taken in here or queues another
+        self.store.take_in_journal()
 
     async def _off(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the I/O pool."""
@@ -197,12 +213,16 @@ class Backend:
         )
         # The adapter that made the answer, read with it: a swap after the generation must not relabel it.
         version = getattr(gen, "adapter_version", 0)
-        timings = {"queue_ms": queue_ms, "generate_ms": round(gen.generate_ms, 3)}
-        timings["total_ms"] = _ms(t0)
+        timings = {
+            "queue_ms": queue_ms,
+            "prompt_ms": round(getattr(gen, "prompt_ms", 0.0), 3),
+            "generate_ms": round(gen.generate_ms, 3),
+            "total_ms": _ms(t0),
+        }
         # Answered only once committed, so that a full disk is an error here; redaction runs on the writer too.
         await self._write(
             lambda: self._store_interaction(
-                iid,
+                interaction_id=iid,
                 kind=kind,
                 client=client,
                 prompt=gen.prompt,
@@ -241,15 +261,27 @@ class Backend:
         after: int | None = None,
     ) -> dict[str, Any] | None:
         """An inline completion at the cursor; stored, then returned with its interaction id (None if empty).
-        Answered after its write commits, so that an accept or dismiss of it always finds it, crash or not.
+        Answered after it is committed to the store's journal, so that an accept or dismiss of it always finds
+        it, crash or not.
         `around` is a wider stretch of the document that `prefix` and `suffix` were cut from, where a secret
         that the cut split is still recognised. With `source` (the document's text now) and the connection
         `conn` it lives on, what the user writes instead of the suggestion can be followed (corrections.py)."""
         t0 = time.perf_counter()
         n = max_tokens or self.cfg.model.max_new_tokens
         scope = completion_scope(self.cfg.completions, prefix, suffix, language)
-        gen, queue_ms = await self._generate(
-            lambda cancel: self.engine.complete(
+        context = {
+            "uri": uri,
+            "language": language,
+            "line": line,
+            "before_cursor": prefix[-400:],
+            "mode": scope.mode,
+        }
+
+        def generate_and_store(cancel: threading.Event) -> tuple[str, str, int, dict[str, float]] | None:
+            started = time.perf_counter()
+            # Stored on the inference thread, in the journal (a fsync'd append, not a DuckDB commit): the answer
+            # waits for no other client's write, and the writer takes it into DuckDB once it is sent.
+            gen = self.engine.complete(
                 prefix,
                 suffix,
                 max_tokens=n,
@@ -257,35 +289,37 @@ class Backend:
                 cancel=cancel,
                 stop=scope.ended,
             )
-        )
-        if gen is None or gen.finish_reason == "cancelled":
-            return None
-        text = scope.finish(gen.text, gen.finish_reason)
-        if not text:
-            return None
-        iid = uuid.uuid4().hex
-        version = getattr(gen, "adapter_version", 0)
-        timings = {"queue_ms": queue_ms, "generate_ms": round(gen.generate_ms, 3), "total_ms": _ms(t0)}
-        await self._write(
-            lambda: self._store_interaction(
-                iid,
+            if gen.finish_reason == "cancelled":
+                return None
+            text = scope.finish(gen.text, gen.finish_reason)
+            if not text:
+                return None
+            version = getattr(gen, "adapter_version", 0)
+            timings = {
+                "queue_ms": _ms(queued, started),
+                "prompt_ms": round(getattr(gen, "prompt_ms", 0.0), 3),
+                "generate_ms": round(gen.generate_ms, 3),
+                "total_ms": _ms(t0),
+            }
+            iid = self._store_interaction(
                 kind="completion",
                 client=client,
                 prompt=gen.prompt,
                 response=text,
                 finish_reason="stop" if text != gen.text else gen.finish_reason,
                 timings=timings,
-                context={
-                    "uri": uri,
-                    "language": language,
-                    "line": line,
-                    "before_cursor": prefix[-400:],
-                    "mode": scope.mode,
-                },
+                context=context,
                 adapter_version=version,
                 uncut=list(around) if around is not None else [prefix, suffix],
+                journal=True,
             )
-        )
+            return iid, text, version, timings
+
+        queued = time.perf_counter()
+        stored, _ = await self._generate(generate_and_store)
+        if stored is None:
+            return None
+        iid, text, version, timings = stored
         if source is not None:
             self.corrections.offered(
                 iid,
@@ -303,7 +337,6 @@ class Backend:
 
     def _store_interaction(
         self,
-        iid: str,
         *,
         kind: str,
         client: str,
@@ -314,9 +347,12 @@ class Backend:
         timings: dict[str, float],
         adapter_version: int,
         uncut: list[str],
-    ) -> None:
-        """`uncut` is the text the prompt and context were cut from: a secret that a cut split in two is
-        recognised there, and its piece is redacted too."""
+        interaction_id: str | None = None,
+        journal: bool = False,
+    ) -> str:
+        """Redact and store one interaction; its id. `uncut` is the text the prompt and context were cut from: a
+        secret that a cut split in two is recognised there, and its piece is redacted too. With `journal` it is
+        committed to the store's journal, without waiting for the store."""
         redacting = self.cfg.server.redact_secrets
         # a completion's uncut text is its document split at the cursor, where a secret may straddle or be typed
         found = (
@@ -324,8 +360,8 @@ class Backend:
             if redacting
             else set()
         )
-        self.store.add_interaction(
-            interaction_id=iid,
+        store = self.store.journal_interaction if journal else self.store.add_interaction
+        return store(
             kind=kind,
             client=redact(client, found) if redacting else client,
             model=self.engine.model_name,
@@ -335,6 +371,7 @@ class Backend:
             response=redact(response, found) if redacting else response,
             finish_reason=finish_reason,
             timings=timings,
+            interaction_id=interaction_id,
         )
 
     # -- ratings ----------------------------------------------------------------------------------

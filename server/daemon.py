@@ -17,6 +17,7 @@ import secrets
 import shutil
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +52,17 @@ def _error(msg_id: Any, code: int, message: str) -> bytes:
 
 
 class _Writer:
-    """pygls writes str-encoded bytes here; a closed socket must not raise into the handlers."""
+    """pygls writes str-encoded bytes here; a closed socket must not raise into the handlers. `after` runs once
+    a message is handed to the socket (work that must not delay an answer goes then)."""
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, after: Callable[[], None]) -> None:
         self._w = writer
+        self._after = after
 
     def write(self, data: bytes) -> None:
         if not self._w.is_closing():
             self._w.write(data)
+        self._after()
 
     def close(self) -> None:
         if not self._w.is_closing():
@@ -293,7 +297,7 @@ class Daemon:
                     self.unauthenticated -= 1
                     pending = False
                     protocol = build_server(self.backend).protocol
-                    protocol.set_writer(_Writer(writer))
+                    protocol.set_writer(_Writer(writer, self.backend.answered))
                     notifier = _Notifier(protocol)
                     self.backend.attach(notifier)
                 if "id" in data and "method" in data:

@@ -36,8 +36,9 @@ class Generation:
     prompt: str  # the rendered prompt, after truncation
     n_prompt_tokens: int
     n_new_tokens: int
-    generate_ms: float
+    generate_ms: float  # the generation itself
     adapter_version: int = 0  # the adapter that produced it (0 = base)
+    prompt_ms: float = 0.0  # building and encoding the prompt, before the generation
 
 
 def pick_device(cfg_device: str = "auto") -> str:
@@ -234,9 +235,13 @@ class Engine:
 
         `stop(text)` is asked after every token; True ends generation there (the suggestion's scope has ended)."""
         max_tokens, budget = self._budget(max_tokens, temperature)
+        t0 = time.perf_counter()
         prompt, ids = self.prompts.fim(prefix, suffix, budget)
+        prompt_ms = (time.perf_counter() - t0) * 1000.0
         stops = (*self.fim.stop, self.tokenizer.eos_token or "")
-        return self._generate(prompt, ids, stops, max_tokens, temperature, cancel, on_delta, stop)
+        gen = self._generate(prompt, ids, stops, max_tokens, temperature, cancel, on_delta, stop)
+        gen.prompt_ms = prompt_ms
+        return gen
 
     def chat(
         self,
@@ -259,9 +264,13 @@ class Engine:
                 "completions work, and an instruct model (e.g. smollm2-135m-instruct) chats"
             )
         max_tokens, budget = self._budget(max_tokens, temperature)
+        t0 = time.perf_counter()
         prompt, ids = self.prompts.chat([dict(m) for m in messages], budget)
+        prompt_ms = (time.perf_counter() - t0) * 1000.0
         stops = (*CHAT_STOPS, self.tokenizer.eos_token or "")
-        return self._generate(prompt, ids, stops, max_tokens, temperature, cancel, on_delta)
+        gen = self._generate(prompt, ids, stops, max_tokens, temperature, cancel, on_delta)
+        gen.prompt_ms = prompt_ms
+        return gen
 
     def _budget(self, max_tokens: int, temperature: float) -> tuple[int, int]:
         if max_tokens < 1:

@@ -140,6 +140,7 @@ class ForgetParams:
 @attrs.frozen
 class Timings:
     queue_ms: float | None = None
+    prompt_ms: float | None = None
     generate_ms: float | None = None
     total_ms: float | None = None
 

@@ -1,4 +1,5 @@
-"""The DuckDB store. The daemon holds the only read-write connection; every write commits before it returns."""
+"""The DuckDB store. The daemon holds the only read-write connection; every write commits before it returns
+(an inline completion's commit is its journal line: server/journal.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 
 import duckdb
 
+from .journal import FIELDS, Journal, row_values
 from .migrations import migrate
 from .paths import open_unnamed, publish_unnamed, staging_dir
 
@@ -104,8 +106,9 @@ class Store:
 
     def __init__(self, path: Path, encryption_key: str = "") -> None:
         self.path = Path(path)
-        self._lock = threading.RLock()
+        self._lock = _Lock(self._take_in)
         self._encrypted = bool(encryption_key)
+        self._journal: Journal | None = None
         self._con = _Connection(
             self.path, lambda: self._open(encryption_key), on_reopen=self._load_explicit_ids
         )
@@ -115,6 +118,11 @@ class Store:
         with self._lock:
             migrate(self._con)
             self._load_explicit_ids()
+        # An encrypted store gets no journal: the file would hold in plain text what the database encrypts.
+        if not self._encrypted:
+            self._journal = Journal(self.path.with_name(self.path.stem + ".journal"))
+            with self._lock:  # what a crash left in the journal goes in now
+                pass
 
     def _open(self, encryption_key: str) -> duckdb.DuckDBPyConnection:
         old_umask = os.umask(0o077)
@@ -149,12 +157,15 @@ class Store:
             raise StoreError(f"cannot open the store at {self.path}: {_first_line(exc)}") from exc
 
     def close(self) -> None:
-        with self._lock:
-            try:
+        try:
+            with self._lock:
                 self._con.execute("CHECKPOINT")
-            except (duckdb.Error, StoreError):
-                pass
+        except (duckdb.Error, StoreError):
+            pass  # what the journal still holds is taken in at the next start
+        with self._lock.without_taking_in():
             self._con.close()
+        if self._journal is not None:
+            self._journal.close()
 
     def _write(self, sql: str, params: list[Any] | None = None) -> list[tuple]:
         """Run one write statement; DuckDB autocommits it, so it is durable when this returns."""
@@ -184,40 +195,53 @@ class Store:
 
     # -- interactions ---------------------------------------------------------------------------
 
-    def add_interaction(
-        self,
-        *,
-        kind: str,
-        client: str,
-        model: str,
-        adapter_version: int,
-        prompt: str,
-        context: dict[str, Any] | None,
-        response: str,
-        finish_reason: str,
-        timings: dict[str, float],
-        interaction_id: str | None = None,
-    ) -> str:
-        """Store one completion, chat or ask; returns its id."""
-        iid = interaction_id or uuid.uuid4().hex
-        self._write(
-            "INSERT INTO interactions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                iid,
-                _now(),
-                kind,
-                client,
-                model,
-                adapter_version,
-                prompt,
-                json.dumps(context or {}),
-                response,
-                finish_reason,
-                json.dumps(timings),
-            ],
-        )
+    def add_interaction(self, **fields: Any) -> str:
+        """Store one completion, chat or ask (`_row`'s fields) in DuckDB; returns its id."""
+        row = _row(**fields)
+        self._write(f"INSERT INTO interactions VALUES ({', '.join('?' * len(FIELDS))})", row_values(row))
         self._n_interactions += 1
-        return iid
+        return row["id"]
+
+    def journal_interaction(self, **fields: Any) -> str:
+        """Commit one interaction (`_row`'s fields) to the journal, without waiting for DuckDB or for this
+        store's lock; returns its id. Every later statement sees it (it is taken in first)."""
+        if self._journal is None:
+            return self.add_interaction(**fields)
+        row = _row(**fields)
+        try:
+            self._journal.append(row)
+        except OSError as exc:
+            raise StoreError(
+                f"could not write to the store's journal {self._journal.path}: {exc.strerror}; nothing was stored"
+            ) from exc
+        return row["id"]
+
+    def journal_waiting(self) -> bool:
+        """Whether the journal holds rows that DuckDB does not have yet."""
+        return self._journal is not None and len(self._journal) > 0
+
+    def take_in_journal(self) -> None:
+        """Move what the journal holds into DuckDB now (the writer does this after each completion)."""
+        with self._lock:
+            pass
+
+    def _take_in(self) -> None:
+        """The journal's waiting rows, into DuckDB in one transaction; called as the store's lock is taken."""
+        journal = self._journal
+        if journal is None or not len(journal):
+            return
+        rows = journal.pending()
+        insert = f"INSERT OR IGNORE INTO interactions VALUES ({', '.join('?' * len(FIELDS))}) RETURNING id"
+        with self._commit_errors():
+            self._con.execute("BEGIN TRANSACTION")
+            try:
+                added = sum(len(self._con.execute(insert, row_values(r)).fetchall()) for r in rows)
+                self._con.execute("COMMIT")
+            except BaseException:
+                self._con.rollback()
+                raise
+        self._n_interactions += added
+        journal.taken_in(len(rows))
 
     def get_interaction(self, interaction_id: str) -> dict[str, Any] | None:
         rows = self._read_dicts("SELECT * FROM interactions WHERE id = ?", [interaction_id])
@@ -233,7 +257,7 @@ class Store:
     # waits for an export or a forget that holds the connection.
 
     def count_interactions(self) -> int:
-        return self._n_interactions
+        return self._n_interactions + (len(self._journal) if self._journal is not None else 0)
 
     # -- ratings --------------------------------------------------------------------------------
 
@@ -673,6 +697,71 @@ class Store:
     def active_adapter(self) -> dict[str, Any] | None:
         rows = [a for a in self.list_adapters() if a["status"] == "active"]
         return rows[0] if rows else None
+
+
+def _row(
+    *,
+    kind: str,
+    client: str,
+    model: str,
+    adapter_version: int,
+    prompt: str,
+    context: dict[str, Any] | None,
+    response: str,
+    finish_reason: str,
+    timings: dict[str, float],
+    interaction_id: str | None = None,
+) -> dict[str, Any]:
+    """An interactions row, as the journal holds it."""
+    return {
+        "id": interaction_id or uuid.uuid4().hex,
+        "ts": _now().isoformat(),
+        "kind": kind,
+        "client": client,
+        "model": model,
+        "adapter_version": int(adapter_version),
+        "prompt": prompt,
+        "context": json.dumps(context or {}),
+        "response": response,
+        "finish_reason": finish_reason,
+        "timings": json.dumps(timings),
+    }
+
+
+class _Lock:
+    """The store's lock (re-entrant), held around every statement. Its outermost acquisition first takes the
+    journal's waiting completions into DuckDB, so that no read or write can miss one that was acknowledged, and
+    a transaction never starts with some still outside."""
+
+    def __init__(self, take_in: Callable[[], None]) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0  # changed only by the thread that holds the lock
+        self._take_in = take_in
+        self._taking_in = True
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self._depth += 1
+        if self._depth == 1 and self._taking_in:
+            try:
+                self._take_in()
+            except BaseException:
+                self.__exit__()
+                raise
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        self._lock.release()
+
+    @contextmanager
+    def without_taking_in(self) -> Iterator[None]:
+        """Held without taking anything in (closing the connection)."""
+        with self._lock:
+            self._taking_in = False
+            try:
+                yield
+            finally:
+                self._taking_in = True
 
 
 class _Connection:

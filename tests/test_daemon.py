@@ -86,7 +86,7 @@ def test_chat_streams_and_is_stored_with_model_adapter_and_timings(daemon: Daemo
         assert r["finish_reason"] in ("stop", "length")
         assert "".join(deltas) == r["text"] and len(deltas) >= 1
         assert r["model"] == "reinf-tiny-test" and r["adapter_version"] == 0
-        assert set(r["timings"]) == {"queue_ms", "generate_ms", "total_ms"}
+        assert set(r["timings"]) == {"queue_ms", "prompt_ms", "generate_ms", "total_ms"}
         assert r["timings"]["total_ms"] >= r["timings"]["generate_ms"] > 0
         items = c.request("reinf/history", {"limit": 50})["items"]
         stored = next(i for i in items if i["interaction_id"] == r["interaction_id"])

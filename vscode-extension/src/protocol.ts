@@ -30,7 +30,7 @@ export interface ChatResult {
   finish_reason: string;
   model: string;
   adapter_version: number;
-  timings: { queue_ms?: number; generate_ms?: number; total_ms?: number };
+  timings: { queue_ms?: number; prompt_ms?: number; generate_ms?: number; total_ms?: number };
 }
 
 export interface ChatDelta {
