@@ -10,6 +10,7 @@ nothing. The engine and the scheduler are stand-ins: only the checks in front of
 from __future__ import annotations
 
 import asyncio
+import errno
 import math
 import os
 import sys
@@ -685,12 +686,14 @@ def test_a_completion_is_stored_before_its_answer_and_a_failed_write_is_an_error
     rating = asyncio.run(backend.rate({"interaction_id": answer["interaction_id"], "stars": 4}))
     assert rating["rating_id"] > 0 and counts(backend)[:2] == (before[0] + 1, before[1] + 1)
 
-    # A write that fails is the answer's error: the client never sees a completion that was not stored.
-    real = backend.store.add_interaction
-    backend.store.add_interaction = lambda **kw: (_ for _ in ()).throw(StoreError("No space left on device"))
+    # A commit that fails (the journal's append on a full disk) is the answer's error: the client never sees a
+    # completion that was not stored.
+    journal = backend.store._journal
+    real = journal.append
+    journal.append = lambda row: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
     try:
-        with pytest.raises(StoreError, match="No space left on device"):
+        with pytest.raises(StoreError, match="journal .*No space left on device; nothing was stored"):
             asyncio.run(backend.complete("x = ", "", client="t", uri="file:///a.py", language="python"))
     finally:
-        backend.store.add_interaction = real
+        journal.append = real
     assert counts(backend)[:2] == (before[0] + 1, before[1] + 1)

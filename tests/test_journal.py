@@ -55,7 +55,9 @@ def _history_total(store: Store) -> int:
 def test_a_journaled_completion_killed_before_duckdb_had_it_is_there_after_a_restart(tmp_path: Path) -> None:
     db = tmp_path / "reinf.duckdb"
     Store(db).close()
-    ids = _killed_after(db, "for _ in range(3):\n    print(store.journal_interaction(**FIELDS), flush=True)\n")
+    ids = _killed_after(
+        db, "for _ in range(3):\n    print(store.journal_interaction(**FIELDS), flush=True)\n"
+    )
     assert len(ids) == 3
     journal = tmp_path / "reinf.journal"
     assert len(journal.read_text().splitlines()) == 3, "the rows were taken in before the kill"

@@ -71,6 +71,9 @@ class _FakeBackend:
     def detach(self, client: Any) -> None:
         pass
 
+    def answered(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
