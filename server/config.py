@@ -69,8 +69,11 @@ class TrainingConfig:
     warm_start_epochs: int = 2
     warm_start_learning_rate: float = 0.0  # 0: derived from the model's hidden size
     kto_beta: float = 0.1
-    # Completions in the warm start: DPO on what the user wrote or took at the cursor over what they turned down.
+    # Completions in the warm start: DPO on what the user wrote or took at the cursor over what they turned down,
+    # plus dpo_nll_coef times the preferred text's mean next-token loss (RPO, Pang et al. 2024), so that what
+    # they wrote becomes what the model writes there, not only likelier than what it suggested.
     dpo_beta: float = 0.1
+    dpo_nll_coef: float = 1.0
     # Also a next-token fine-tune on what the user took or wrote at each cursor (the project's names and idioms).
     fim_finetune: bool = False
     ptx_coef: float = (
@@ -429,6 +432,7 @@ _LEARNING_RANGES: dict[str, dict[str, tuple[float, float, bool]]] = {
         "warm_start_learning_rate": (0, 1, True),
         "kto_beta": (0, 100, False),
         "dpo_beta": (0, 100, False),
+        "dpo_nll_coef": (0, 100, True),
         "ptx_coef": (0, 100, True),
         "lora_r": (1, 1024, True),
         "lora_alpha": (0, 1e6, False),

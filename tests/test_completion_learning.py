@@ -60,12 +60,12 @@ def _margins(model, tok, pairs, adapter: str) -> torch.Tensor:
     return typed - suggested
 
 
-def _dpo(model, tok, pairs, epochs: int = 6):
+def _dpo(model, tok, pairs, epochs: int = 6, nll_coef: float = 0.0):
     from reinf.training.imitate import dpo
 
     return dpo(model, tok, pairs, reference="active", epochs=epochs, learning_rate=5e-3, beta=0.1, batch_size=4,
                max_prompt_tokens=64, max_response_tokens=24, stop_id=tok.eos_token_id, pad_id=tok.eos_token_id,
-               seed=0)  # fmt: skip
+               seed=0, nll_coef=nll_coef)  # fmt: skip
 
 
 def test_completion_events_say_what_the_user_wanted():
@@ -112,6 +112,47 @@ def test_corrections_move_the_policy_towards_what_was_typed(model_dir):
     assert (after > before).all() and (after - before).mean() > 1.0, (before, after)
     # The reference (the active adapter) did not move.
     assert torch.allclose(_margins(model, tok, pairs, "active"), before, atol=1e-4)
+
+
+def test_the_shipped_preference_loss_makes_what_was_typed_what_the_model_writes(model_dir):
+    """DPO alone widens the margin; with the shipped NLL term what the user typed also gets likelier itself, and
+    the model starts to write it: more of its tokens are the greedy choice than after DPO alone."""
+    from reinf.config import TrainingConfig
+    from reinf.training.gate import wanted_logps
+    from reinf.training.imitate import encode_prompt
+
+    coef = TrainingConfig().dpo_nll_coef
+    assert coef > 0
+    pairs = [(FIM.render(pre, "\n"), typed, suggested) for pre, suggested, typed in CASES]
+    kw = dict(max_prompt_tokens=64, max_response_tokens=24)
+
+    def typed_logp(model) -> torch.Tensor:
+        return wanted_logps(model, tok, [(p, w) for p, w, _ in pairs], "default", **kw)
+
+    def greedy_share(model) -> float:
+        """Of the typed texts' tokens, the share that is the model's greedy choice after the ones before."""
+        hits = total = 0
+        with torch.no_grad():
+            for p, w, _ in pairs:
+                ids = encode_prompt(tok, p, keep_last=64)
+                want = tok(w, add_special_tokens=False)["input_ids"]
+                logits = model(input_ids=torch.tensor([ids + want])).logits[0]
+                picks = logits[len(ids) - 1 : len(ids) - 1 + len(want)].argmax(-1).tolist()
+                hits += sum(a == b for a, b in zip(picks, want, strict=True))
+                total += len(want)
+        return hits / total
+
+    results = {}
+    for name, c in (("dpo", 0.0), ("shipped", coef)):
+        model, tok = _policy(model_dir)
+        before = typed_logp(model)
+        _dpo(model, tok, pairs, nll_coef=c)
+        results[name] = (typed_logp(model) - before, greedy_share(model))
+    gain_dpo, share_dpo = results["dpo"]
+    gain, share = results["shipped"]
+    assert (gain > 0).all(), gain  # every typed text got likelier itself, not only against its suggestion
+    assert gain.mean() > gain_dpo.mean() + 1.0, (gain, gain_dpo)
+    assert share > share_dpo, (share, share_dpo)
 
 
 def test_an_accepted_suggestion_is_preferred_over_showing_nothing(model_dir):

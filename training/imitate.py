@@ -281,6 +281,7 @@ def dpo(
     epochs: int,
     learning_rate: float,
     beta: float,
+    nll_coef: float = 0.0,
     batch_size: int,
     max_prompt_tokens: int,
     max_response_tokens: int,
@@ -292,7 +293,9 @@ def dpo(
 
     With h = [log π(y_w|x) − log π_ref(y_w|x)] − [log π(y_l|x) − log π_ref(y_l|x)], each pair costs
     −log σ(β·h): the policy moves towards what the user wrote or took, away from what they turned down, and no
-    further from π_ref (adapter `reference`, None: the base) than the pairs ask.
+    further from π_ref (adapter `reference`, None: the base) than the pairs ask. DPO alone can widen that margin
+    while both sides get less likely; `nll_coef` adds the preferred side's mean next-token loss, −log π(y_w|x) /
+    |y_w| (RPO, Pang et al. 2024), so that what the user wrote becomes what the policy writes at that cursor.
     """
     rows = [
         r
@@ -309,9 +312,14 @@ def dpo(
         bad = [(p, rej) for p, _, rej in chunk]
         with torch.no_grad(), use_adapter(model, reference):
             ref_good, ref_bad = answer_logp(model, good, pad_id), answer_logp(model, bad, pad_id)
-        h = (answer_logp(model, good, pad_id) - ref_good) - (answer_logp(model, bad, pad_id) - ref_bad)
+        logp_good = answer_logp(model, good, pad_id)
+        h = (logp_good - ref_good) - (answer_logp(model, bad, pad_id) - ref_bad)
         margins.append(h.mean().item())
-        return -nn.functional.logsigmoid(beta * h).mean()
+        loss = -nn.functional.logsigmoid(beta * h).mean()
+        if nll_coef:
+            lengths = torch.tensor([len(w) for _, w in good], dtype=logp_good.dtype, device=logp_good.device)
+            loss = loss - nll_coef * (logp_good / lengths).mean()
+        return loss
 
     losses = _fit(
         model, rows, loss_fn, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed

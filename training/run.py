@@ -333,6 +333,7 @@ class Run:
                 self.completion_pairs,
                 reference=reference,
                 beta=tc.dpo_beta,
+                nll_coef=tc.dpo_nll_coef,
                 stop_id=self.stop_id,
                 **kw,
             )
