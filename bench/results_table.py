@@ -34,6 +34,12 @@ def _learning(d: dict[str, Any]) -> tuple[str, str]:
         value = b.get(name)
         if name in d.get("baselines_not_run", []) or value is None or value != value:
             return f"{label} not run"
+        paired = (d.get("baselines_paired") or {}).get(name)
+        if paired and paired["users"] < d["spread"]["users"]:
+            return (
+                f"{label} {paired['baseline']:+.1f} on the {paired['users']} users it ran for "
+                f"(reinf {paired['reinf']:+.1f} on them)"
+            )
         return f"{label} {value:+.1f}"
 
     users = d["spread"]["users"]
