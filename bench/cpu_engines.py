@@ -102,12 +102,24 @@ def llama_request(llm, engine, ids: list[int], tokens: int) -> tuple[str, dict[s
     return text, timing(t0, times, time.perf_counter()), n_new
 
 
-def load_llama(gguf: Path):
+def load_llama(gguf: Path, extra_bufts: bool = False):
     """llama_cpp.Llama on `gguf` with one thread for the prompt and for each token, else the reason it is not."""
     try:
         import llama_cpp
+        import llama_cpp.llama_cpp as lib
     except ImportError:
         return None, NOT_INSTALLED, None
+    if not extra_bufts:
+        # llama-cpp-python 0.3.36 built here (-march=native, AMX) repacks weights into an AMX buffer and then
+        # segfaults in llama_decode on the first eval; without extra buffer types it runs on the plain CPU path.
+        default = lib.llama_model_default_params
+
+        def params():
+            p = default()
+            p.use_extra_bufts = False
+            return p
+
+        lib.llama_model_default_params = params
     llm = llama_cpp.Llama(
         model_path=str(gguf), n_threads=1, n_threads_batch=1, n_ctx=2048, verbose=False, seed=0
     )
@@ -120,6 +132,11 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5, help="counted requests an engine (after one warm-up)")
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "cpu_engines.json")
+    ap.add_argument(
+        "--llama-extra-bufts",
+        action="store_true",
+        help="let llama.cpp repack weights into extra buffer types (AMX); it segfaulted on this machine",
+    )
     args = ap.parse_args()
     load_before = os.getloadavg()
 
@@ -138,7 +155,7 @@ def main() -> int:
     _, budget = ref._budget(args.tokens, 0)
     prompt, ids = ref.prompts.fim(PREFIX, SUFFIX, budget)
     gguf = installed_gguf(args.model)
-    llm, missing, llama_version = load_llama(gguf)
+    llm, missing, llama_version = load_llama(gguf, args.llama_extra_bufts)
     names = [*engines, *([LLAMA] if llm is not None else [])]
 
     rows: dict[str, list[dict[str, float]]] = {n: [] for n in names}
@@ -201,6 +218,7 @@ def main() -> int:
         "engines": engines_out,
         "same_text": {"float32_vs_bfloat16": same_share("float32", "bfloat16")},
         "llama_cpp": missing or "installed",
+        "llama_cpp_extra_buffer_types": args.llama_extra_bufts,
     }
     if llm is not None:
         best = min(("float32", "bfloat16"), key=lambda d: engines_out[d]["ms_per_token_p50"])
