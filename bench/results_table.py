@@ -146,6 +146,25 @@ def _vllm_latency(d: dict[str, Any]) -> tuple[str, str]:
     )
 
 
+def _cpu_engines(d: dict[str, Any]) -> tuple[str, str]:
+    e = d["engines"]
+    torch_part = (
+        f"float32 {e['float32']['ms_per_token_p50']:.0f}, bfloat16 {e['bfloat16']['ms_per_token_p50']:.0f}"
+    )
+    if "llama.cpp" not in e:
+        return f"ms per token, 1 thread: {torch_part}; llama.cpp not measured ({d['llama_cpp']})", "—"
+    s, same = d["speedup_per_token"], d["same_text"]
+    return (
+        f"ms per token, 1 thread ({d['model']}, {d['prompt_tokens']}-token prompt): {torch_part}, llama.cpp "
+        f"Q4_K_M {e['llama.cpp']['ms_per_token_p50']:.0f}: llama.cpp {s['llama_cpp_over_float32']:.2f}× / "
+        f"{s['llama_cpp_over_bfloat16']:.2f}× faster; prompt {e['float32']['prompt_eval_ms_p50']:.0f} / "
+        f"{e['bfloat16']['prompt_eval_ms_p50']:.0f} / {e['llama.cpp']['prompt_eval_ms_p50']:.0f} ms; "
+        f"identical completions {100 * same['llama_cpp_vs_' + d['best_torch_dtype']]:.0f}% "
+        f"(vs {d['best_torch_dtype']})",
+        "—",
+    )
+
+
 # (what is measured, result file, figure and target from its JSON, the command where the JSON does not say)
 ROWS: list[tuple[str, str, Callable[[dict[str, Any]], tuple[str, str]], str]] = [
     (
@@ -162,6 +181,7 @@ ROWS: list[tuple[str, str, Callable[[dict[str, Any]], tuple[str, str]], str]] = 
     ("PPO step on the CPU", "ppo_step.json", _ppo_step, "python bench/ppo_step.py"),
     ("completion latency on a GPU", "gpu_latency.json", _gpu_latency, "python bench/gpu_latency.py"),
     ("completion through vLLM, CPU", "vllm_latency.json", _vllm_latency, "python bench/vllm_latency.py"),
+    ("CPU engine against llama.cpp", "cpu_engines.json", _cpu_engines, "python bench/cpu_engines.py"),
     (
         "where inline completions end, held-out code",
         "completions.json",
