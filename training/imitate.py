@@ -282,6 +282,8 @@ def dpo(
     learning_rate: float,
     beta: float,
     nll_coef: float = 0.0,
+    ptx: Callable[[], torch.Tensor] | None = None,
+    ptx_coef: float = 0.0,
     batch_size: int,
     max_prompt_tokens: int,
     max_response_tokens: int,
@@ -296,6 +298,8 @@ def dpo(
     further from π_ref (adapter `reference`, None: the base) than the pairs ask. DPO alone can widen that margin
     while both sides get less likely; `nll_coef` adds the preferred side's mean next-token loss, −log π(y_w|x) /
     |y_w| (RPO, Pang et al. 2024), so that what the user wrote becomes what the policy writes at that cursor.
+    `ptx` (a next-token loss on general code, weighted `ptx_coef`) is added to every step, as PPO-ptx does in
+    PPO: a project's few pairs must not wear away what the model knew.
     """
     rows = [
         r
@@ -319,6 +323,8 @@ def dpo(
         if nll_coef:
             lengths = torch.tensor([len(w) for _, w in good], dtype=logp_good.dtype, device=logp_good.device)
             loss = loss - nll_coef * (logp_good / lengths).mean()
+        if ptx is not None and ptx_coef:
+            loss = loss + ptx_coef * ptx()
         return loss
 
     losses = _fit(

@@ -326,6 +326,11 @@ class Run:
         progress(
             "ppo", 0.0, f"DPO on {len(self.completion_pairs)} completions ({tc.warm_start_epochs} epochs)"
         )
+        demos = (
+            _ptx_data(self.cfg, self.model, self.tokenizer)
+            if tc.ptx_coef > 0 and self.completion_pairs
+            else None
+        )
         self.metrics["completions"] = {
             "dpo": imitate.dpo(
                 self.model,
@@ -334,6 +339,8 @@ class Run:
                 reference=reference,
                 beta=tc.dpo_beta,
                 nll_coef=tc.dpo_nll_coef,
+                ptx=demos.loss if demos else None,
+                ptx_coef=tc.ptx_coef,
                 stop_id=self.stop_id,
                 **kw,
             )
