@@ -155,6 +155,39 @@ def test_the_shipped_preference_loss_makes_what_was_typed_what_the_model_writes(
     assert share > share_dpo, (share, share_dpo)
 
 
+def test_the_general_code_loss_in_dpo_holds_back_the_drift(model_dir):
+    """With PPO-ptx's next-token loss on general Python in every DPO step, the loss on other general code rises
+    less than with DPO alone, and the pairs are still learnt."""
+    from reinf.training.data import replay_texts, stdlib_texts
+    from reinf.training.imitate import Demonstrations, demo_loss
+
+    pairs = [(FIM.render(pre, "\n"), typed, suggested) for pre, suggested, typed in CASES]
+    held = stdlib_texts("test", 0, 4, 1500)  # not among the ptx texts
+
+    def general(model, tok) -> float:
+        rows = [([ids[0]], ids[1:128]) for ids in (tok(t, add_special_tokens=False)["input_ids"] for t in held)]
+        with torch.no_grad():
+            return float(demo_loss(model, rows, tok.eos_token_id))
+
+    drift, margins = {}, {}
+    for name in ("dpo", "dpo+ptx"):
+        model, tok = _policy(model_dir)
+        before, m0 = general(model, tok), _margins(model, tok, pairs, "default")
+        ptx = None
+        if name == "dpo+ptx":
+            ptx = Demonstrations.texts(model, tok, replay_texts(8, 1500), window=64, batch_size=4,
+                                       pad_id=tok.eos_token_id, seed=0).loss  # fmt: skip
+        from reinf.training.imitate import dpo
+
+        dpo(model, tok, pairs, reference="active", epochs=6, learning_rate=5e-3, beta=0.1, batch_size=4,
+            max_prompt_tokens=64, max_response_tokens=24, stop_id=tok.eos_token_id, pad_id=tok.eos_token_id,
+            seed=0, nll_coef=1.0, ptx=ptx, ptx_coef=0.5)  # fmt: skip
+        drift[name] = general(model, tok) - before
+        margins[name] = (_margins(model, tok, pairs, "default") - m0).mean().item()
+    assert drift["dpo+ptx"] < drift["dpo"], drift
+    assert margins["dpo+ptx"] > 1.0, margins
+
+
 def test_an_accepted_suggestion_is_preferred_over_showing_nothing(model_dir):
     from reinf.training.imitate import answer_logp, encode_pair
 
