@@ -165,7 +165,9 @@ def test_the_general_code_loss_in_dpo_holds_back_the_drift(model_dir):
     held = stdlib_texts("test", 0, 4, 1500)  # not among the ptx texts
 
     def general(model, tok) -> float:
-        rows = [([ids[0]], ids[1:128]) for ids in (tok(t, add_special_tokens=False)["input_ids"] for t in held)]
+        rows = [
+            ([ids[0]], ids[1:128]) for ids in (tok(t, add_special_tokens=False)["input_ids"] for t in held)
+        ]
         with torch.no_grad():
             return float(demo_loss(model, rows, tok.eos_token_id))
 
