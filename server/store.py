@@ -650,12 +650,14 @@ class Store:
 
     def counting_watermark(self) -> int:
         """The rating watermark that new ratings count from: the newest run's, whatever its state (a failed run
-        is retried only at the next threshold), except a run that the trainer turned down before it used any
-        rating (too few, one kind only; its metrics say `used_ratings: false`): it learnt nothing, so the
-        ratings it saw still count."""
+        is retried only at the next threshold), except a manual run that the trainer turned down before it used
+        any rating (too few, one kind only; its metrics say `used_ratings: false`): it learnt nothing, so the
+        ratings it saw still count. A threshold run turned down so does count: otherwise every rating after it
+        would start another run that is turned down the same way (all disliked answers did, one run a rating)."""
         rows = self._read(
             "SELECT coalesce(rating_watermark, 0) FROM training_runs "
-            "WHERE coalesce(json_extract_string(metrics, '$.used_ratings'), 'true') <> 'false' "
+            "WHERE trigger = 'threshold' "
+            "OR coalesce(json_extract_string(metrics, '$.used_ratings'), 'true') <> 'false' "
             "ORDER BY id DESC LIMIT 1"
         )
         return int(rows[0][0]) if rows else 0

@@ -351,6 +351,15 @@ def test_the_threshold_counts_rated_answers_not_clicks(h, monkeypatch):
     assert h.sched.until_next_training() == 3
     h.rate(1, iid=iid, stars=5)  # a re-rating of an answer counted before counts no more
     assert h.sched.until_next_training() == 3
+    # A threshold run the trainer turns down before training (all answers disliked, say) resets the count too:
+    # the next rating must not start another run that is turned down the same way.
+    monkeypatch.setenv("FAKE_MODE", "too_few")
+    h.rate(3)
+    run = h.wait(h.store.list_runs()[0]["run_id"])
+    assert run["trigger"] == "threshold" and run["metrics"]["used_ratings"] is False
+    n_runs = len(h.store.list_runs())
+    h.rate(2)
+    assert len(h.store.list_runs()) == n_runs and h.sched.until_next_training() == 1
 
 
 def test_the_completions_threshold_counts_suggestions_with_their_final_event(h, monkeypatch):
