@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .paths import read_private_file, write_private
+from .paths import read_private_file, write_all, write_private
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class Journal:
         """Commit one row: it is on disk when this returns."""
         line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
         with self._lock:
-            _write_all(self._fd, line)
+            write_all(self._fd, line)
             os.fdatasync(self._fd)
             self._pending.append(row)
 
@@ -138,9 +138,3 @@ def _parse(line: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return row
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]

@@ -180,10 +180,15 @@ def publish_unnamed(fd: int, named: Path | None, src: Path, out: Path) -> None:
 def _copy_synced(src: Path, fd: int) -> None:
     with open(src, "rb") as fh:
         while chunk := fh.read(1 << 20):
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, chunk)
     os.fsync(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """All of `data` to `fd` (os.write may take part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def export_problem(out: Path, exc: OSError) -> Exception:

@@ -121,8 +121,7 @@ class Store:
         # An encrypted store gets no journal: the file would hold in plain text what the database encrypts.
         if not self._encrypted:
             self._journal = Journal(self.path.with_name(self.path.stem + ".journal"))
-            with self._lock:  # what a crash left in the journal goes in now
-                pass
+            self.take_in_journal()  # what a crash left in it goes in now
 
     def _open(self, encryption_key: str) -> duckdb.DuckDBPyConnection:
         old_umask = os.umask(0o077)
