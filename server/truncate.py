@@ -125,6 +125,14 @@ class _Scanner:
         return "code"
 
 
+def _in_text(line: str, language: str) -> bool:
+    """Whether `line` ends inside a string or a comment (a colon in a docstring opens no block)."""
+    scan = _Scanner(language)
+    for i in range(len(line)):
+        scan.feed(line, i)
+    return bool(scan.quote or scan.line_comment or scan.block_comment)
+
+
 @dataclass
 class _Cut:
     end: int  # keep text[:end]
@@ -144,7 +152,9 @@ class Scope:
         self.suffix = suffix
         self.suffix_has_code = bool(suffix.strip())
         before = self.line_before.strip()
-        opens_block = before.endswith(":") if self.indented else before.endswith(("{", "(", "["))
+        opens_block = (before.endswith(":") if self.indented else before.endswith(("{", "(", "["))) and not (
+            _in_text(self.line_before, self.language)
+        )
         self.multiline = limits.multiline and not self.line_after.strip() and (not before or opens_block)
         self.mode = "block" if self.multiline else "line"
         # The block the cursor is in: a body opened on this line is deeper than the line.

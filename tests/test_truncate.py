@@ -229,6 +229,17 @@ def test_single_line_mode_when_the_cursor_is_mid_line() -> None:
     assert Scope.at("def f():\n    ", "\n", "python", Limits(multiline=False)).mode == "line"
 
 
+def test_a_colon_in_a_string_or_comment_opens_no_block() -> None:
+    """The house-style benchmark's first miss: a module docstring `\"\"\"Accounts: ` got six lines."""
+    assert Scope.at('"""Accounts: ', "\n", "python").mode == "line"
+    assert Scope.at("x = 1  # note:", "\n", "python").mode == "line"
+    assert Scope.at("log.info('saving:", "\n", "python").mode == "line"
+    assert Scope.at('const s = "a {', "\n", "javascript").mode == "line"
+    assert Scope.at("if ok:  # 'quoted'", "\n", "python").mode == "line"  # the comment, not the colon, ends it
+    assert Scope.at("if x == ':':", "\n", "python").mode == "block"
+    assert finish('"""Accounts: ', "\n", "python", 'loading them."""\n\nimport json\n') == 'loading them."""'
+
+
 @pytest.mark.parametrize(
     ("prefix", "suffix", "language", "text"),
     [
