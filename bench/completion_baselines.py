@@ -7,7 +7,7 @@ the baselines trained on the same events as reinf's runs.
 - `train_sft_accepted`: a LoRA fitted by next-token loss on the suggestions the developer accepted.
 - `train_fim_files`: a LoRA fitted by next-token loss on the files typed so far, as FIM examples at every place
   the developer asked (the FIM prompt there, and the rest of the line as the middle).
-Both use the trainer's own pieces (the LoRA shape, `imitate.fim_finetune`, the warm start's epochs and its
+Both use the trainer's own pieces (the LoRA shape, `imitate.fim_finetune`, the completions' epochs and their
 rate for this model's size), and write PEFT folders that `Engine.set_adapter` loads.
 """
 
@@ -181,7 +181,7 @@ def file_pairs(suggester: Suggester, files: dict[str, str]) -> list[tuple[str, s
 
 
 def train_lora(model_path: str, pairs: list[tuple[str, str]], out: Path, seed: int = 0) -> dict[str, Any]:
-    """A LoRA of the trainer's shape, fitted by `imitate.fim_finetune` on `pairs` with the warm start's shipped
+    """A LoRA of the trainer's shape, fitted by `imitate.fim_finetune` on `pairs` with the completions' shipped
     epochs and its rate for this model's size; written to `out` as a PEFT folder."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -189,6 +189,7 @@ def train_lora(model_path: str, pairs: list[tuple[str, str]], out: Path, seed: i
 
     from reinf.config import TrainingConfig
     from reinf.training import hparams, imitate
+    from reinf.training.lm import stop_token_ids
     from reinf.training.run import target_modules
 
     if not pairs:
@@ -200,11 +201,12 @@ def train_lora(model_path: str, pairs: list[tuple[str, str]], out: Path, seed: i
     lora = LoraConfig(r=tc.lora_r, lora_alpha=tc.lora_alpha, lora_dropout=tc.lora_dropout,
                       target_modules=target_modules(base))  # fmt: skip
     model = get_peft_model(base, lora)
-    rate = hparams.learning_rates(tc, base.config.hidden_size).warm_start
+    rate = hparams.learning_rates(tc, base.config.hidden_size).completions
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     out_metrics = imitate.fim_finetune(
-        model, tok, pairs, epochs=tc.warm_start_epochs, learning_rate=rate, batch_size=tc.minibatch_size,
+        model, tok, pairs, epochs=tc.completion_epochs, learning_rate=rate, batch_size=tc.minibatch_size,
         max_prompt_tokens=tc.max_prompt_tokens, max_response_tokens=tc.max_response_tokens, pad_id=pad, seed=seed,
+        stop_id=(stop_token_ids(tok, base) or [None])[0],
     )  # fmt: skip
     model.save_pretrained(str(out))
-    return {**out_metrics, "learning_rate": rate, "epochs": tc.warm_start_epochs}
+    return {**out_metrics, "learning_rate": rate, "epochs": tc.completion_epochs}

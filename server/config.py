@@ -71,7 +71,10 @@ class TrainingConfig:
     kto_beta: float = 0.1
     # Completions in the warm start: DPO on what the user wrote or took at the cursor over what they turned down,
     # plus dpo_nll_coef times the preferred text's mean next-token loss (RPO, Pang et al. 2024), so that what
-    # they wrote becomes what the model writes there, not only likelier than what it suggested.
+    # they wrote becomes what the model writes there, not only likelier than what it suggested. A line of code
+    # says less per example than a rated answer, so the completions get their own passes and rate.
+    completion_epochs: int = 6
+    completion_learning_rate: float = 0.0  # 0: derived from the model's hidden size
     dpo_beta: float = 0.1
     dpo_nll_coef: float = 1.0
     # Also a next-token fine-tune on what the user took or wrote at each cursor (the project's names and idioms).
@@ -430,6 +433,8 @@ _LEARNING_RANGES: dict[str, dict[str, tuple[float, float, bool]]] = {
         "learning_rate": (0, 1, True),
         "warm_start_epochs": (0, 100, True),
         "warm_start_learning_rate": (0, 1, True),
+        "completion_epochs": (0, 100, True),
+        "completion_learning_rate": (0, 1, True),
         "kto_beta": (0, 100, False),
         "dpo_beta": (0, 100, False),
         "dpo_nll_coef": (0, 100, True),

@@ -81,16 +81,22 @@ def test_completion_events_say_what_the_user_wanted():
         row(5, "foo(", partially_accepted=1),  # how much was taken is unknown: nothing to learn
         row(6, "zap()", typed_through=1),  # typed it all through: what they wanted
         {**row(7, "no"), "kind": "chat", "accepted": 1},
+        row(
+            8, "a", dismissed=1, typed="b" * 50, typed_truncated=True
+        ),  # cut at the bound: it does not end there
     ]
     events = data.completion_events(rows)
     assert [(e.interaction_id, e.outcome, e.wanted) for e in events] == [
         ("1", "accepted", "foo()"), ("2", "corrected", "baz()"), ("3", "dismissed", None),
-        ("4", "corrected", "foo(2)"), ("6", "accepted", "zap()"),
+        ("4", "corrected", "foo(2)"), ("6", "accepted", "zap()"), ("8", "corrected", "b" * 50),
     ]  # fmt: skip
     p = FIM.render("x = ", "")
     assert data.completion_pairs(events) == [
-        (p, "foo()", ""), (p, "baz()", "bar()"), (p, "foo(2)", "foo(1)"), (p, "zap()", ""),
+        (p, "foo()", "", True), (p, "baz()", "bar()", True), (p, "foo(2)", "foo(1)", True), (p, "zap()", "", True),
+        (p, "b" * 50, "a", False),
     ]  # fmt: skip
+    assert data.wanted_texts(events)[-1] == (p, "b" * 50, False)
+    events = events[:-1]
     # The judge: corrections, and a suggestion taken over one dismissed at the same prompt; no empty answers.
     assert data.judge_pairs(events) == [
         (p, "baz()", "bar()"), (p, "foo(2)", "foo(1)"), (p, "foo()", "qux()"), (p, "zap()", "qux()"),
@@ -381,3 +387,40 @@ def test_the_fim_finetune_makes_what_was_taken_or_written_likelier(model_dir):
     after = wanted_logps(model, tok, wanted, "default", **kw)
     assert out["n_examples"] == len(wanted) and out["loss_last_epoch"] < out["loss_first_epoch"], out
     assert (after > before).all() and (after - before).mean() > 1.0, (before, after)
+
+
+def test_what_the_user_wanted_ends_with_the_stop_token_unless_it_was_cut(model_dir):
+    from reinf.training.imitate import encode_pair, wanted_ids
+
+    _, tok = _policy(model_dir)
+    eos, ids = tok.eos_token_id, tok("total = 0", add_special_tokens=False)["input_ids"]
+    assert wanted_ids(tok, "total = 0", 24, eos) == ids + [eos]
+    assert wanted_ids(tok, "total = 0", 24, eos, ends=False) == ids  # a correction cut at the bound
+    assert wanted_ids(tok, "total = 0", len(ids), eos) == ids  # no room left: cut, so it does not end
+    assert wanted_ids(tok, "total = 0", 24, None) == ids
+    p = FIM.render("x = ", "")
+    _, good, bad = encode_pair(tok, (p, "total = 0", "tot"), 64, 24, eos)
+    assert good == ids + [eos] and bad == tok("tot", add_special_tokens=False)["input_ids"]
+
+
+def test_the_shipped_warm_start_teaches_where_to_stop(model_dir):
+    """After the corrections, the stop token right after what the user typed is likelier: the next suggestion
+    there ends where the user did, instead of running on."""
+    from reinf.training.imitate import answer_logp, encode_prompt
+
+    model, tok = _policy(model_dir)
+    pairs = [(FIM.render(pre, "\n"), typed, suggested, True) for pre, suggested, typed in CASES]
+
+    def stop_after_typed() -> float:
+        rows = [
+            (encode_prompt(tok, p, keep_last=64), tok(t, add_special_tokens=False)["input_ids"])
+            for p, t, *_ in pairs
+        ]
+        with torch.no_grad():
+            full = answer_logp(model, [(p, a + [tok.eos_token_id]) for p, a in rows], tok.eos_token_id)
+            text = answer_logp(model, rows, tok.eos_token_id)
+        return float((full - text).mean())  # log π(stop | prompt, typed)
+
+    before = stop_after_typed()
+    _dpo(model, tok, pairs, nll_coef=1.0)
+    assert stop_after_typed() > before + 1.0, before

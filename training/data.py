@@ -115,6 +115,8 @@ class CompletionEvent:
     suggested: str
     outcome: str  # "accepted" | "corrected" | "dismissed"
     wanted: str | None
+    # `wanted` is all the user wanted there: they stopped after it (False: a correction cut at the size bound).
+    ends: bool = True
 
 
 def completion_events(rows: Sequence[dict[str, Any]]) -> list[CompletionEvent]:
@@ -136,8 +138,9 @@ def completion_events(rows: Sequence[dict[str, Any]]) -> list[CompletionEvent]:
             outcome, wanted = "dismissed", None
         else:
             continue
+        ends = not (outcome == "corrected" and bool(row.get("typed_truncated")))
         out.append(
-            CompletionEvent(str(row["interaction_id"]), str(row["prompt"]), suggested, outcome, wanted)
+            CompletionEvent(str(row["interaction_id"]), str(row["prompt"]), suggested, outcome, wanted, ends)
         )
     return out
 
@@ -151,17 +154,23 @@ def split_events(
     return [e for e in events if e.interaction_id not in ids], held
 
 
-def completion_pairs(events: Sequence[CompletionEvent]) -> list[tuple[str, str, str]]:
-    """(FIM prompt, preferred, rejected) for the policy: what the user wrote over the suggestion they turned
-    down, and a suggestion they took over an empty one (showing nothing: the rejected text is "", which the
-    policy scores as stopping at once)."""
+def completion_pairs(events: Sequence[CompletionEvent]) -> list[tuple[str, str, str, bool]]:
+    """(FIM prompt, preferred, rejected, preferred ends) for the policy: what the user wrote over the suggestion
+    they turned down, and a suggestion they took over an empty one (showing nothing: the rejected text is "",
+    which the policy scores as stopping at once). A preferred text that ends is followed by the stop token: at
+    that cursor the user wanted this and no more, which is where a suggestion should stop."""
     pairs = []
     for e in events:
         if e.outcome == "corrected" and e.wanted:
-            pairs.append((e.prompt, e.wanted, e.suggested))
+            pairs.append((e.prompt, e.wanted, e.suggested, e.ends))
         elif e.outcome == "accepted":
-            pairs.append((e.prompt, e.suggested, ""))
+            pairs.append((e.prompt, e.suggested, "", True))
     return pairs
+
+
+def wanted_texts(events: Sequence[CompletionEvent]) -> list[tuple[str, str, bool]]:
+    """(FIM prompt, what the user wanted there, whether it ends) of the events that say what they wanted."""
+    return [(e.prompt, e.wanted, e.ends) for e in events if e.wanted]
 
 
 def judge_pairs(events: Sequence[CompletionEvent]) -> list[tuple[str, str, str]]:

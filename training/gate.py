@@ -32,7 +32,7 @@ from torch import nn
 from reinf.fim import encode_prompt
 
 from .data import Example
-from .imitate import LIKED_TARGET, answer_logp, encoded
+from .imitate import LIKED_TARGET, answer_logp, encoded, wanted_ids
 from .lm import decode_responses, hidden_states, lm_head, pad_left, sample, use_adapter
 from .ppo import logprobs_from_logits, masked_mean
 from .reward import RewardModel, score
@@ -186,18 +186,20 @@ def completions_margin(candidate_logp: torch.Tensor, active_logp: torch.Tensor) 
 def wanted_logps(
     model: nn.Module,
     tokenizer: Any,
-    wanted: Sequence[tuple[str, str]],
+    wanted: Sequence[tuple[str, str] | tuple[str, str, bool]],
     adapter: str | None,
     *,
     max_prompt_tokens: int,
     max_response_tokens: int,
     batch_size: int = 8,
+    stop_id: int | None = None,
 ) -> torch.Tensor:
-    """log π(y|x) of each (FIM prompt, text the user wanted there) with `adapter` switched on (None: the base)."""
+    """log π(y|x) of each (FIM prompt, text the user wanted there[, ends]) with `adapter` switched on (None: the
+    base), the text encoded as the policy learns it (`imitate.wanted_ids`: with the stop token where it ends)."""
     rows = []
-    for prompt, text in wanted:
+    for prompt, text, *ends in wanted:
         p = encode_prompt(tokenizer, prompt, keep_last=max_prompt_tokens)
-        a = tokenizer(text, add_special_tokens=False)["input_ids"][:max_response_tokens]
+        a = wanted_ids(tokenizer, text, max_response_tokens, stop_id, bool(ends[0]) if ends else True)
         if p and a:
             rows.append((p, a))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -229,7 +231,7 @@ class GateSpec:
     seed: int
     samples: int = 4
     # Held-out completion events: (FIM prompt, what the user wrote or took there), for the completions check.
-    completions: Sequence[tuple[str, str]] = ()
+    completions: Sequence[tuple[str, str] | tuple[str, str, bool]] = ()
     no_judge: str = ""  # why this run has no judge (its score check is skipped), if it has none
     score_range: tuple[float, float] | None = None
     length_floor: float = 0.0
@@ -410,7 +412,11 @@ def completions_check(model: nn.Module, tokenizer: Any, spec: GateSpec, against:
             f"wrote your own; the check needs {MIN_COMPLETION_EVENTS})",
             "reason": "",
         }
-    kw = dict(max_prompt_tokens=spec.max_prompt_tokens, max_response_tokens=spec.max_new_tokens)
+    kw = dict(
+        max_prompt_tokens=spec.max_prompt_tokens,
+        max_response_tokens=spec.max_new_tokens,
+        stop_id=spec.stop_ids[0] if spec.stop_ids else None,
+    )
     cand = wanted_logps(model, tokenizer, spec.completions, spec.candidate, **kw)
     active = wanted_logps(model, tokenizer, spec.completions, spec.active, **kw)
     margin, se = completions_margin(cand, active)

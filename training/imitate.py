@@ -250,23 +250,39 @@ def kto(
 # -- completions: what the user wrote or took at the cursor -----------------------------------------------
 
 
+def wanted_ids(
+    tokenizer: Any, text: str, max_tokens: int, stop_id: int | None, ends: bool = True
+) -> list[int]:
+    """The ids of a text the user wanted at a cursor, as the policy should write it: followed by the stop token
+    when the text ends there (the user wanted no more) and fits within `max_tokens`; cut at `max_tokens` else."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if ends and stop_id is not None and len(ids) < max_tokens:
+        return ids + [stop_id]
+    return ids[:max_tokens]
+
+
 def encode_pair(
     tokenizer: Any,
-    pair: tuple[str, str, str],
+    pair: tuple[str, str, str] | tuple[str, str, str, bool],
     max_prompt_tokens: int,
     max_response_tokens: int,
     stop_id: int | None,
 ) -> tuple[list[int], list[int], list[int]] | None:
-    """(prompt ids, preferred ids, rejected ids) of a (FIM prompt, preferred, rejected) pair; an empty text is
-    the stop token alone (showing nothing). None when a side is left empty or both are the same."""
-
-    def side(text: str) -> list[int]:
-        if not text:
-            return [stop_id] if stop_id is not None else []
-        return tokenizer(text, add_special_tokens=False)["input_ids"][:max_response_tokens]
-
+    """(prompt ids, preferred ids, rejected ids) of a (FIM prompt, preferred, rejected[, preferred ends]) pair:
+    the preferred text as `wanted_ids` writes it (ending with the stop token unless the pair says it does not
+    end), the rejected one as it was shown; an empty text is the stop token alone (showing nothing). None when a
+    side is left empty or both are the same."""
+    ends = bool(pair[3]) if len(pair) > 3 else True
     prompt = encode_prompt(tokenizer, pair[0], keep_last=max_prompt_tokens)
-    good, bad = side(pair[1]), side(pair[2])
+    if pair[1]:
+        good = wanted_ids(tokenizer, pair[1], max_response_tokens, stop_id, ends)
+    else:
+        good = [stop_id] if stop_id is not None else []
+    bad = (
+        tokenizer(pair[2], add_special_tokens=False)["input_ids"][:max_response_tokens]
+        if pair[2]
+        else ([stop_id] if stop_id is not None else [])
+    )
     if not prompt or not good or not bad or good == bad:
         return None
     return prompt, good, bad
@@ -344,7 +360,7 @@ def dpo(
 def fim_finetune(
     model: nn.Module,
     tokenizer: Any,
-    wanted: Sequence[tuple[str, str]],
+    wanted: Sequence[tuple[str, str] | tuple[str, str, bool]],
     *,
     epochs: int,
     learning_rate: float,
@@ -353,13 +369,15 @@ def fim_finetune(
     max_response_tokens: int,
     pad_id: int,
     seed: int,
+    stop_id: int | None = None,
 ) -> dict[str, Any]:
-    """`training.fim_finetune`: next-token loss on what the user took or wrote at each cursor, given its FIM
-    prompt, so that the model picks up the project's names and idioms. Only the policy adapter learns."""
+    """`training.fim_finetune`: next-token loss on what the user took or wrote at each cursor (prompt, text[,
+    ends]), given its FIM prompt, so that the model picks up the project's names and idioms, and where to stop
+    (`wanted_ids`). Only the policy adapter learns."""
     rows = []
-    for prompt, text in wanted:
+    for prompt, text, *ends in wanted:
         p = encode_prompt(tokenizer, prompt, keep_last=max_prompt_tokens)
-        a = tokenizer(text, add_special_tokens=False)["input_ids"][:max_response_tokens]
+        a = wanted_ids(tokenizer, text, max_response_tokens, stop_id, bool(ends[0]) if ends else True)
         if p and a:
             rows.append((p, a))
     if epochs <= 0 or not rows:

@@ -298,7 +298,7 @@ class Run:
         """KTO on the liked and disliked answers of the training split, then DPO on the completion pairs (and,
         with training.fim_finetune, a next-token fine-tune on what the user took or wrote); π_ref is the active
         adapter, which the policy equals as the run starts."""
-        from . import imitate
+        from . import data, imitate
 
         tc = self.cfg.training
         kw = dict(
@@ -323,8 +323,9 @@ class Run:
                 **kw,
             )
             self.metrics["imitation"]["method"] = "kto"
+        kw.update(epochs=tc.completion_epochs, learning_rate=self.rates.completions)
         progress(
-            "ppo", 0.0, f"DPO on {len(self.completion_pairs)} completions ({tc.warm_start_epochs} epochs)"
+            "ppo", 0.0, f"DPO on {len(self.completion_pairs)} completions ({tc.completion_epochs} epochs)"
         )
         demos = (
             _ptx_data(self.cfg, self.model, self.tokenizer)
@@ -346,9 +347,8 @@ class Run:
             )
         }
         if tc.fim_finetune:
-            wanted = [(e.prompt, e.wanted) for e in self.train_events if e.wanted]
             self.metrics["completions"]["fim_finetune"] = imitate.fim_finetune(
-                self.model, self.tokenizer, wanted, **kw
+                self.model, self.tokenizer, data.wanted_texts(self.train_events), stop_id=self.stop_id, **kw
             )
 
     def ppo(self, progress: Progress) -> None:
@@ -449,7 +449,7 @@ class Run:
             max_prompt_tokens=tc.max_prompt_tokens,
             temperature=tc.temperature,
             stop_ids=self.stop_ids,
-            completions=[(e.prompt, e.wanted) for e in self.held_events if e.wanted],
+            completions=data.wanted_texts(self.held_events),
             no_judge=self.no_judge,
             max_kl=tc.max_kl,
             max_general_loss_increase=tc.max_general_loss_increase,
