@@ -71,9 +71,9 @@ class TrainingConfig:
     kto_beta: float = 0.1
     # Completions in the warm start: DPO on what the user wrote or took at the cursor over what they turned down,
     # plus dpo_nll_coef times the preferred text's mean next-token loss (RPO, Pang et al. 2024), so that what
-    # they wrote becomes what the model writes there, not only likelier than what it suggested. A line of code
-    # says less per example than a rated answer, so the completions get their own passes and rate.
-    completion_epochs: int = 6
+    # they wrote becomes what the model writes there, not only likelier than what it suggested. The completions
+    # have their own passes and rate, apart from the rated answers' KTO.
+    completion_epochs: int = 2
     completion_learning_rate: float = 0.0  # 0: derived from the model's hidden size
     dpo_beta: float = 0.1
     dpo_nll_coef: float = 1.0
