@@ -81,9 +81,8 @@ def test_completion_events_say_what_the_user_wanted():
         row(5, "foo(", partially_accepted=1),  # how much was taken is unknown: nothing to learn
         row(6, "zap()", typed_through=1),  # typed it all through: what they wanted
         {**row(7, "no"), "kind": "chat", "accepted": 1},
-        row(
-            8, "a", dismissed=1, typed="b" * 50, typed_truncated=True
-        ),  # cut at the bound: it does not end there
+        # cut at the size bound: it does not end there
+        row(8, "a", dismissed=1, typed="b" * 50, typed_truncated=True),
     ]
     events = data.completion_events(rows)
     assert [(e.interaction_id, e.outcome, e.wanted) for e in events] == [
@@ -403,7 +402,7 @@ def test_what_the_user_wanted_ends_with_the_stop_token_unless_it_was_cut(model_d
     assert good == ids + [eos] and bad == tok("tot", add_special_tokens=False)["input_ids"]
 
 
-def test_the_shipped_warm_start_teaches_where_to_stop(model_dir):
+def test_dpo_on_corrections_teaches_where_to_stop(model_dir):
     """After the corrections, the stop token right after what the user typed is likelier: the next suggestion
     there ends where the user did, instead of running on."""
     from reinf.training.imitate import answer_logp, encode_prompt

@@ -235,9 +235,8 @@ def test_a_colon_in_a_string_or_comment_opens_no_block() -> None:
     assert Scope.at("x = 1  # note:", "\n", "python").mode == "line"
     assert Scope.at("log.info('saving:", "\n", "python").mode == "line"
     assert Scope.at('const s = "a {', "\n", "javascript").mode == "line"
-    assert (
-        Scope.at("if ok:  # 'quoted'", "\n", "python").mode == "line"
-    )  # the comment, not the colon, ends it
+    # the comment, not the colon, ends the line
+    assert Scope.at("if ok:  # 'quoted'", "\n", "python").mode == "line"
     assert Scope.at("if x == ':':", "\n", "python").mode == "block"
     assert finish('"""Accounts: ', "\n", "python", 'loading them."""\n\nimport json\n') == 'loading them."""'
 

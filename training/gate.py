@@ -32,7 +32,7 @@ from torch import nn
 from reinf.fim import encode_prompt
 
 from .data import Example
-from .imitate import LIKED_TARGET, answer_logp, encoded, wanted_ids
+from .imitate import LIKED_TARGET, answer_logp, encode_wanted, encoded
 from .lm import decode_responses, hidden_states, lm_head, pad_left, sample, use_adapter
 from .ppo import logprobs_from_logits, masked_mean
 from .reward import RewardModel, score
@@ -196,12 +196,7 @@ def wanted_logps(
 ) -> torch.Tensor:
     """log π(y|x) of each (FIM prompt, text the user wanted there[, ends]) with `adapter` switched on (None: the
     base), the text encoded as the policy learns it (`imitate.wanted_ids`: with the stop token where it ends)."""
-    rows = []
-    for prompt, text, *ends in wanted:
-        p = encode_prompt(tokenizer, prompt, keep_last=max_prompt_tokens)
-        a = wanted_ids(tokenizer, text, max_response_tokens, stop_id, bool(ends[0]) if ends else True)
-        if p and a:
-            rows.append((p, a))
+    rows = encode_wanted(tokenizer, wanted, max_prompt_tokens, max_response_tokens, stop_id)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out = []
     with use_adapter(model, adapter):

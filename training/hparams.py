@@ -8,9 +8,8 @@ step makes to a layer's output grows with the layer's width, so the rate falls i
 
 which gives, for PPO and the KTO warm start: reinf-tiny (256) 2e-3 and 5e-4; SmolLM2-135M (576) 8.9e-4 and
 2.2e-4; Qwen2.5-Coder-0.5B (896) 5.7e-4 and 1.4e-4; a 7B model (4096) 1.25e-4 and 3.1e-5. The completions' DPO
-has its own rate, 5e-4 at 256 with the same scaling (2.2e-4, 1.4e-4, 3.1e-5): 2e-3 over six passes learnt far
-more on reinf-tiny but raised the general loss past the gate's bound (bench/results/HISTORY.md).
-A rate set in the config (not 0) is used as it is.
+has its own rate, 5e-4 at 256 with the same scaling (2.2e-4, 1.4e-4, 3.1e-5). A rate set in the config (not 0)
+is used as it is.
 """
 
 from __future__ import annotations

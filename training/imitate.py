@@ -261,6 +261,23 @@ def wanted_ids(
     return ids[:max_tokens]
 
 
+def encode_wanted(
+    tokenizer: Any,
+    wanted: Sequence[tuple[str, str] | tuple[str, str, bool]],
+    max_prompt_tokens: int,
+    max_response_tokens: int,
+    stop_id: int | None,
+) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, `wanted_ids`) of each (FIM prompt, text[, ends]) with both left after the cuts."""
+    rows = []
+    for prompt, text, *ends in wanted:
+        p = encode_prompt(tokenizer, prompt, keep_last=max_prompt_tokens)
+        a = wanted_ids(tokenizer, text, max_response_tokens, stop_id, bool(ends[0]) if ends else True)
+        if p and a:
+            rows.append((p, a))
+    return rows
+
+
 def encode_pair(
     tokenizer: Any,
     pair: tuple[str, str, str] | tuple[str, str, str, bool],
@@ -274,14 +291,12 @@ def encode_pair(
     side is left empty or both are the same."""
     ends = bool(pair[3]) if len(pair) > 3 else True
     prompt = encode_prompt(tokenizer, pair[0], keep_last=max_prompt_tokens)
-    if pair[1]:
-        good = wanted_ids(tokenizer, pair[1], max_response_tokens, stop_id, ends)
-    else:
-        good = [stop_id] if stop_id is not None else []
+    nothing = [stop_id] if stop_id is not None else []
+    good = wanted_ids(tokenizer, pair[1], max_response_tokens, stop_id, ends) if pair[1] else nothing
     bad = (
         tokenizer(pair[2], add_special_tokens=False)["input_ids"][:max_response_tokens]
         if pair[2]
-        else ([stop_id] if stop_id is not None else [])
+        else nothing
     )
     if not prompt or not good or not bad or good == bad:
         return None
@@ -374,12 +389,7 @@ def fim_finetune(
     """`training.fim_finetune`: next-token loss on what the user took or wrote at each cursor (prompt, text[,
     ends]), given its FIM prompt, so that the model picks up the project's names and idioms, and where to stop
     (`wanted_ids`). Only the policy adapter learns."""
-    rows = []
-    for prompt, text, *ends in wanted:
-        p = encode_prompt(tokenizer, prompt, keep_last=max_prompt_tokens)
-        a = wanted_ids(tokenizer, text, max_response_tokens, stop_id, bool(ends[0]) if ends else True)
-        if p and a:
-            rows.append((p, a))
+    rows = encode_wanted(tokenizer, wanted, max_prompt_tokens, max_response_tokens, stop_id)
     if epochs <= 0 or not rows:
         return {"n_examples": len(rows), "steps": 0}
     t0 = time.time()
