@@ -73,10 +73,13 @@ class TrainingConfig:
     # plus dpo_nll_coef times the preferred text's mean next-token loss (RPO, Pang et al. 2024), so that what
     # they wrote becomes what the model writes there, not only likelier than what it suggested. The completions
     # have their own passes and rate, apart from the rated answers' KTO.
-    completion_epochs: int = 2
+    completion_epochs: int = 6
     completion_learning_rate: float = 0.0  # 0: derived from the model's hidden size
     dpo_beta: float = 0.1
     dpo_nll_coef: float = 1.0
+    # ... and this times the per-token KL(base ‖ policy) on general Python in every DPO step, so that learning a
+    # project's style leaves the model's predictions on other code where they were (0: off).
+    dpo_general_kl_coef: float = 2.0
     # Also a next-token fine-tune on what the user took or wrote at each cursor (the project's names and idioms).
     fim_finetune: bool = False
     ptx_coef: float = (
@@ -438,6 +441,7 @@ _LEARNING_RANGES: dict[str, dict[str, tuple[float, float, bool]]] = {
         "kto_beta": (0, 100, False),
         "dpo_beta": (0, 100, False),
         "dpo_nll_coef": (0, 100, True),
+        "dpo_general_kl_coef": (0, 100, True),
         "ptx_coef": (0, 100, True),
         "lora_r": (1, 1024, True),
         "lora_alpha": (0, 1e6, False),

@@ -633,7 +633,7 @@ def test_learning_rates_follow_the_hidden_size_unless_set():
     assert qwen.ppo == pytest.approx(2e-3 * 256 / 896) and qwen.warm_start == pytest.approx(5e-4 * 256 / 896)
     assert learning_rates(TrainingConfig(), 64).ppo == pytest.approx(2e-3)  # never above the measured rate
     assert learning_rates(TrainingConfig(), 10**6).warm_start == MIN_RATE
-    assert qwen.completions == pytest.approx(5e-4 * 256 / 896) and tiny.completions == pytest.approx(5e-4)
+    assert qwen.completions == pytest.approx(2e-3 * 256 / 896) and tiny.completions == pytest.approx(2e-3)
     set_by_user = learning_rates(
         TrainingConfig(learning_rate=1e-4, warm_start_learning_rate=3e-5, completion_learning_rate=2e-5), 896
     )

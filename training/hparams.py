@@ -8,7 +8,7 @@ step makes to a layer's output grows with the layer's width, so the rate falls i
 
 which gives, for PPO and the KTO warm start: reinf-tiny (256) 2e-3 and 5e-4; SmolLM2-135M (576) 8.9e-4 and
 2.2e-4; Qwen2.5-Coder-0.5B (896) 5.7e-4 and 1.4e-4; a 7B model (4096) 1.25e-4 and 3.1e-5. The completions' DPO
-has its own rate, 5e-4 at 256 with the same scaling (2.2e-4, 1.4e-4, 3.1e-5). A rate set in the config (not 0)
+has its own rate, 2e-3 at 256 with the same scaling (8.9e-4, 5.7e-4, 1.25e-4). A rate set in the config (not 0)
 is used as it is.
 """
 
@@ -21,7 +21,7 @@ from reinf.config import TrainingConfig
 REFERENCE_HIDDEN = 256  # reinf-tiny, where the rates below were measured
 PPO_RATE_AT_REFERENCE = 2e-3
 WARM_START_RATE_AT_REFERENCE = 5e-4
-COMPLETION_RATE_AT_REFERENCE = 5e-4
+COMPLETION_RATE_AT_REFERENCE = 2e-3
 MIN_RATE = 1e-5
 
 

@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from reinf.fim import encode_prompt
 
 from .data import Example
-from .lm import pad_left, use_adapter
+from .lm import hidden_states, lm_head, pad_left, use_adapter
 from .ppo import masked_mean, response_logprobs
 
 LIKED_TARGET = 0.5  # 4 stars or more, or a thumbs up (data.rating_target)
@@ -85,7 +86,8 @@ def answer_logp(model: nn.Module, batch: Sequence[tuple[list[int], list[int]]], 
 
 
 class Demonstrations:
-    """Token sequences as an endless stream of shuffled minibatches: PPO-ptx's extra loss (`loss()`).
+    """Token sequences as an endless stream of shuffled minibatches, for a loss that keeps what the model knew:
+    PPO-ptx's next-token loss (`loss()`), or the distance from the base's own predictions (`kl_to_base()`).
 
     InstructGPT mixes a pre-training loss into PPO so that RL does not wear away what the model knew; here the
     data is ordinary Python (data.replay_texts).
@@ -118,11 +120,52 @@ class Demonstrations:
     def __len__(self) -> int:
         return len(self.data)
 
-    def loss(self) -> torch.Tensor:
+    def _next(self) -> list[tuple[list[int], list[int]]]:
         if not self.order:
             self.order = self.rng.sample(range(len(self.data)), len(self.data))
         take, self.order = self.order[: self.batch_size], self.order[self.batch_size :]
-        return demo_loss(self.model, [self.data[i] for i in take], self.pad_id)
+        return [self.data[i] for i in take]
+
+    def loss(self) -> torch.Tensor:
+        """The next minibatch's mean next-token loss."""
+        return demo_loss(self.model, self._next(), self.pad_id)
+
+    def kl_to_base(self) -> torch.Tensor:
+        """The next minibatch's mean per-token KL(base ‖ policy): how far the policy's next-token distributions
+        on general code have moved from the plain base's (the adapters off), over the whole vocabulary.
+
+        Unlike the next-token loss it asks for no change at all on this data, only for none, so it does not fit
+        the replay text itself. The logits are made a chunk of positions at a time and remade in the backward
+        pass, so that a 150k-token vocabulary costs a chunk's logits, not the batch's."""
+        batch = [p + a for p, a in self._next()]
+        device = next(self.model.parameters()).device
+        width = max(len(s) for s in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros((len(batch), width), dtype=torch.long, device=device)
+        for j, s in enumerate(batch):
+            ids[j, : len(s)] = torch.tensor(s, device=device)
+            mask[j, : len(s)] = 1
+        keep = mask.bool()
+        with torch.no_grad(), use_adapter(self.model, None):
+            ref = hidden_states(self.model, ids, mask)[keep]
+        policy = hidden_states(self.model, ids, mask)[keep]
+        head = lm_head(self.model)
+        total = policy.new_zeros((), dtype=torch.float32)
+        for i in range(0, policy.shape[0], KL_CHUNK):
+            total = total + checkpoint(
+                _kl_sum, head, policy[i : i + KL_CHUNK], ref[i : i + KL_CHUNK], use_reentrant=False
+            )
+        return total / max(1, policy.shape[0])
+
+
+KL_CHUNK = 128  # positions whose full-vocabulary logits are held at once
+
+
+def _kl_sum(head: nn.Module, policy: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Σ over positions of KL(p_ref ‖ p_policy) from the two models' last hidden states and the shared LM head."""
+    logp = torch.log_softmax(head(policy).float(), -1)
+    ref_logp = torch.log_softmax(head(ref).float(), -1)
+    return (ref_logp.exp() * (ref_logp - logp)).sum()
 
 
 def _fit(
@@ -313,8 +356,8 @@ def dpo(
     learning_rate: float,
     beta: float,
     nll_coef: float = 0.0,
-    ptx: Callable[[], torch.Tensor] | None = None,
-    ptx_coef: float = 0.0,
+    general: Callable[[], torch.Tensor] | None = None,
+    general_coef: float = 0.0,
     batch_size: int,
     max_prompt_tokens: int,
     max_response_tokens: int,
@@ -329,8 +372,8 @@ def dpo(
     further from π_ref (adapter `reference`, None: the base) than the pairs ask. DPO alone can widen that margin
     while both sides get less likely; `nll_coef` adds the preferred side's mean next-token loss, −log π(y_w|x) /
     |y_w| (RPO, Pang et al. 2024), so that what the user wrote becomes what the policy writes at that cursor.
-    `ptx` (a next-token loss on general code, weighted `ptx_coef`) is added to every step, as PPO-ptx does in
-    PPO: a project's few pairs must not wear away what the model knew.
+    `general` (a loss on general code, weighted `general_coef`; the trainer gives `Demonstrations.kl_to_base`) is
+    added to every step: a project's few pairs must not wear away what the model knew.
     """
     rows = [
         r
@@ -354,8 +397,8 @@ def dpo(
         if nll_coef:
             lengths = torch.tensor([len(w) for _, w in good], dtype=logp_good.dtype, device=logp_good.device)
             loss = loss - nll_coef * (logp_good / lengths).mean()
-        if ptx is not None and ptx_coef:
-            loss = loss + ptx_coef * ptx()
+        if general is not None and general_coef:
+            loss = loss + general_coef * general()
         return loss
 
     losses = _fit(

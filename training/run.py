@@ -329,7 +329,7 @@ class Run:
         )
         demos = (
             _ptx_data(self.cfg, self.model, self.tokenizer)
-            if tc.ptx_coef > 0 and self.completion_pairs
+            if tc.dpo_general_kl_coef > 0 and self.completion_pairs
             else None
         )
         self.metrics["completions"] = {
@@ -340,8 +340,8 @@ class Run:
                 reference=reference,
                 beta=tc.dpo_beta,
                 nll_coef=tc.dpo_nll_coef,
-                ptx=demos.loss if demos else None,
-                ptx_coef=tc.ptx_coef,
+                general=demos.kl_to_base if demos else None,
+                general_coef=tc.dpo_general_kl_coef,
                 stop_id=self.stop_id,
                 **kw,
             )
@@ -494,7 +494,7 @@ def ppo_args(cfg: Config, learning_rate: float):
 
 
 def _ptx_data(cfg: Config, model: Any, tokenizer: Any):
-    """PPO-ptx's data: windows of ordinary Python."""
+    """Windows of ordinary Python: PPO-ptx's data, and what the completions' DPO keeps close to the base."""
     from .data import replay_texts
     from .imitate import Demonstrations
 
