@@ -26,6 +26,8 @@ NOUNS = [
     "budget",
     "vendor",
 ]
+# Drawn after NOUNS only when a project needs more files than NOUNS has, so that smaller projects stay as they were.
+MORE_NOUNS = ["contract", "warehouse", "refund", "employee", "product", "ticket"]
 VERBS = ["load", "save", "check", "merge", "count", "find"]
 FIELDS = ["amount", "total", "status", "owner", "created", "region", "code", "limit"]
 
@@ -121,7 +123,12 @@ def generate(seed: int = 0, n_files: int = 6) -> dict[str, str]:
     files = {
         "errors.py": '"""The project\'s one exception."""\n\n\nclass HouseError(RuntimeError):\n    pass\n'
     }
-    for noun in rng.sample(NOUNS, n_files):
+    if not 0 <= n_files <= len(NOUNS) + len(MORE_NOUNS):
+        raise ValueError(f"n_files must be between 0 and {len(NOUNS) + len(MORE_NOUNS)}, got {n_files}")
+    nouns = rng.sample(NOUNS, min(n_files, len(NOUNS)))
+    if n_files > len(NOUNS):
+        nouns += rng.sample(MORE_NOUNS, n_files - len(NOUNS))
+    for noun in nouns:
         fields = rng.sample(FIELDS, 3)
         parts = [
             HEADER.format(title=f"{noun.capitalize()}s: loading, saving and checking them"),

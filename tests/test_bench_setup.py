@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench import learning, results_table
 from bench.prompts import HELD_IN, HELD_OUT, near
 from reinf.training.data import REPLAY_CHAT, REPLAY_CODE
@@ -75,3 +77,14 @@ def test_the_summary_leaves_out_tastes_the_base_never_satisfies_and_counts_regre
     learning.report(summary, tmp_path / "x.json", tmp_path / "x.png", 60.0)
     out = capsys.readouterr().out
     assert "left out, the base never satisfies: type_hints" in out and "MISSED" in out
+
+
+def test_the_house_style_project_has_enough_files_for_the_default_completion_benchmark():
+    from bench.house_style import generate
+
+    files = generate(0, 12)  # bench/completions.py's default: 10 to learn from, 2 held out
+    modules = [name for name in files if name != "errors.py"]
+    assert len(modules) == 12 and len(set(files.values())) == 13
+    assert list(generate(0, 5)) == list(generate(0, 5))  # the same seed, the same project
+    with pytest.raises(ValueError, match="n_files"):
+        generate(0, 17)
