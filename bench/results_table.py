@@ -201,6 +201,12 @@ ROWS: list[tuple[str, str, Callable[[dict[str, Any]], tuple[str, str]], str]] = 
         "python bench/completions.py",
     ),
     (
+        "completions that learn (simulated developer, 10 files typed, 2 held out)",
+        "completions.json",
+        _completions_learning,
+        "python bench/completions.py",
+    ),
+    (
         "completions that learn, short run (simulated developer)",
         "completions_short.json",
         _completions_learning,
