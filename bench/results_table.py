@@ -105,8 +105,8 @@ def _completions(d: dict[str, Any]) -> tuple[str, str]:
         f"suggestions leaving the file parseable: {scoped['parseable_pct']:.1f}% truncated, "
         f"{raw['parseable_pct']:.1f}% raw; cut mid-identifier {scoped['mid_identifier_pct']:.1f}% "
         f"(raw {raw['mid_identifier_pct']:.1f}%); tokens per request {d['truncation']['tokens_per_request']['scoped']}"
-        f" (raw {d['truncation']['tokens_per_request']['raw']}); simulated developer: "
-        f"{100 * dev['acceptance_rate']:.1f}% accepted of {dev['shown']} shown (default model, unseen house style)",
+        f" (raw {d['truncation']['tokens_per_request']['raw']}); simulated developer, live while reinf learns "
+        f"an unseen house style: {100 * dev['acceptance_rate']:.1f}% accepted of {dev['shown']} shown",
         "mid-identifier 0%",
     )
 

@@ -137,14 +137,8 @@ class Demonstrations:
         Unlike the next-token loss it asks for no change at all on this data, only for none, so it does not fit
         the replay text itself. The logits are made a chunk of positions at a time and remade in the backward
         pass, so that a 150k-token vocabulary costs a chunk's logits, not the batch's."""
-        batch = [p + a for p, a in self._next()]
         device = next(self.model.parameters()).device
-        width = max(len(s) for s in batch)
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long, device=device)
-        mask = torch.zeros((len(batch), width), dtype=torch.long, device=device)
-        for j, s in enumerate(batch):
-            ids[j, : len(s)] = torch.tensor(s, device=device)
-            mask[j, : len(s)] = 1
+        ids, mask = pad_left([p + a for p, a in self._next()], self.pad_id, device)
         keep = mask.bool()
         with torch.no_grad(), use_adapter(self.model, None):
             ref = hidden_states(self.model, ids, mask)[keep]
