@@ -4,10 +4,11 @@ the baselines trained on the same events as reinf's runs.
 - `measure`: the developer of bench/completions.py types held-out files top to bottom; each suggestion is made by
   `Engine.complete` and cut by truncate.py exactly as the daemon makes one, with the adapter under test merged.
   Greedy decoding, so every system answers every place the one way it most likely would.
-- `train_sft_accepted`: a LoRA fitted by next-token loss on the suggestions the developer accepted.
-- `train_fim_files`: a LoRA fitted by next-token loss on the files typed so far, as FIM examples at every place
-  the developer asked (the FIM prompt there, and the rest of the line as the middle).
-Both use the trainer's own pieces (the LoRA shape, `imitate.fim_finetune`, the completions' epochs and their
+- baselines, each a LoRA fitted by `train_lora` (next-token loss): SFT on the suggestions the developer accepted
+  (`accepted_pairs`); a FIM fine-tune on the files typed so far, as FIM examples at every place the developer
+  asked (`file_pairs`: the FIM prompt there, and the rest of the line as the middle), plain and guarded by the
+  same KL to the base on general Python as reinf's runs.
+All use the trainer's own pieces (the LoRA shape, `imitate.fim_finetune`, the completions' epochs and their
 rate for this model's size), and write PEFT folders that `Engine.set_adapter` loads.
 """
 
@@ -180,21 +181,26 @@ def file_pairs(suggester: Suggester, files: dict[str, str]) -> list[tuple[str, s
     return out
 
 
-def train_lora(model_path: str, pairs: list[tuple[str, str]], out: Path, seed: int = 0) -> dict[str, Any]:
+def train_lora(
+    model_path: str, pairs: list[tuple[str, str]], out: Path, seed: int = 0, guarded: bool = False
+) -> dict[str, Any]:
     """A LoRA of the trainer's shape, fitted by `imitate.fim_finetune` on `pairs` with the completions' shipped
-    epochs and its rate for this model's size; written to `out` as a PEFT folder."""
+    epochs and its rate for this model's size; written to `out` as a PEFT folder. `guarded`: with the same
+    per-token KL to the base on general Python that reinf's completion DPO adds to every step, at its shipped
+    weight (training.dpo_general_kl_coef), so that it is held to the same bound on general code."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from reinf.config import TrainingConfig
+    from reinf.config import Config
     from reinf.training import hparams, imitate
     from reinf.training.lm import stop_token_ids
-    from reinf.training.run import target_modules
+    from reinf.training.run import GUARD_SHARE_OF_BOUND, _ptx_data, target_modules
 
     if not pairs:
         return {"skipped": "nothing to train on", "n_examples": 0}
-    tc = TrainingConfig()
+    cfg = Config()
+    tc = cfg.training
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(model_path)
     base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
@@ -203,10 +209,24 @@ def train_lora(model_path: str, pairs: list[tuple[str, str]], out: Path, seed: i
     model = get_peft_model(base, lora)
     rate = hparams.learning_rates(tc, base.config.hidden_size).completions
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    general = (
+        imitate.GeneralGuard(
+            _ptx_data(cfg, model, tok),
+            tc.dpo_general_kl_coef,
+            GUARD_SHARE_OF_BOUND * tc.max_general_loss_increase,
+        )
+        if guarded
+        else None
+    )
     out_metrics = imitate.fim_finetune(
         model, tok, pairs, epochs=tc.completion_epochs, learning_rate=rate, batch_size=tc.minibatch_size,
         max_prompt_tokens=tc.max_prompt_tokens, max_response_tokens=tc.max_response_tokens, pad_id=pad, seed=seed,
-        stop_id=(stop_token_ids(tok, base) or [None])[0],
+        stop_id=(stop_token_ids(tok, base) or [None])[0], general=general,
     )  # fmt: skip
     model.save_pretrained(str(out))
-    return {**out_metrics, "learning_rate": rate, "epochs": tc.completion_epochs}
+    return {
+        **out_metrics,
+        "learning_rate": rate,
+        "epochs": tc.completion_epochs,
+        "general_kl_coef": tc.dpo_general_kl_coef if guarded else 0.0,
+    }

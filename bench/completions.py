@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from baselines import general_loss, general_texts, loss_change_pct  # noqa: E402
 from completion_baselines import (  # noqa: E402
     Suggester,
     _ident,
@@ -153,6 +154,12 @@ def measure_truncation(files: dict[str, str], limit: int) -> dict:
 
 
 # -- the simulated developer, and the daemon learning from them ------------------------------------------
+
+# The targets: held-out acceptance up this many points after this many events, ahead of the baselines
+# that keep the model sound, with the loss on general code at most this much above the base's.
+TARGET_GAIN_POINTS = 15.0
+TARGET_EVENTS = 500
+MAX_GENERAL_LOSS_CHANGE_PCT = 5.0
 
 # Speed only: the benchmark waits while a run trains, so the trainer runs at normal priority (as learning.py).
 BUDGET = {"training_nice": "0"}
@@ -274,23 +281,53 @@ def learn(train: dict[str, str], heldout: dict[str, str], every: int, parent: st
         from reinf.models import resolve_model_path
 
         model_path = str(resolve_model_path(suggester.cfg.model.name))
+        # The loss on general held-out code against the base, measured the same way for every system (the
+        # learning benchmark's measure; not the texts the trainer's gate decides on).
+        texts = general_texts()
+        base_loss = general_loss(model_path, None, texts)
+        changes: dict[int, float] = {0: 0.0}
+        for point in curve:
+            v = point["adapter_version"]
+            if v not in changes:
+                changes[v] = loss_change_pct(
+                    base_loss, general_loss(model_path, home / "adapters" / f"v{v}", texts)
+                )
+            point["general_loss_change_pct"] = round(changes[v], 2)
         rows = read_export(export)
         systems = {
-            "sft_accepted": accepted_pairs(rows),
-            "fim_files_seen": file_pairs(suggester, train),
+            "sft_accepted": (accepted_pairs(rows), False),
+            "fim_files_seen": (file_pairs(suggester, train), False),
+            "fim_files_seen_guarded": (file_pairs(suggester, train), True),
         }
         baselines = {}
-        for name, pairs in systems.items():
+        for name, (pairs, guarded) in systems.items():
             folder = Path(tmp) / name
-            trained = train_lora(model_path, pairs, folder)
+            trained = train_lora(model_path, pairs, folder, guarded=guarded)
             if "skipped" in trained:
                 suggester.use(0, None)
+                change = 0.0
             else:
                 suggester.use(1000 + len(baselines), folder)
+                change = loss_change_pct(base_loss, general_loss(model_path, folder, texts))
             fig = suggester.measure(heldout)
-            baselines[name] = {**fig, "training": trained}
-            print(f"  held-out, baseline {name} ({len(pairs)} examples): {_line(fig)}", flush=True)
+            baselines[name] = {
+                **fig,
+                "general_loss_change_pct": round(change, 2),
+                "breaks_the_model": change > MAX_GENERAL_LOSS_CHANGE_PCT,
+                "training": trained,
+            }
+            print(
+                f"  held-out, baseline {name} ({len(pairs)} examples): {_line(fig)}; general loss {change:+.1f}%",
+                flush=True,
+            )
         base, last = curve[0], curve[-1]
+        sound = {k: b for k, b in baselines.items() if not b["breaks_the_model"]}
+        gain = round(100 * (last["acceptance_rate"] - base["acceptance_rate"]), 1)
+        regressions = sum(
+            1
+            for a, b in zip(curve, curve[1:], strict=False)
+            if (b["run"] or {}).get("state") == "published" and b["acceptance_rate"] < a["acceptance_rate"]
+        )
         return {
             "events": dev.events,
             "every": every,
@@ -299,17 +336,31 @@ def learn(train: dict[str, str], heldout: dict[str, str], every: int, parent: st
             "live": live,
             "curve": curve,
             "baselines": {"no_learning": {k: v for k, v in base.items() if k != "run"}, **baselines},
-            "gain_points": round(100 * (last["acceptance_rate"] - base["acceptance_rate"]), 1),
+            "gain_points": gain,
+            "general_loss_base": base_loss,
+            "general_loss_change_pct": last["general_loss_change_pct"],
             "accepted_chars_gain": round(
                 last["accepted_chars_per_suggestion"] - base["accepted_chars_per_suggestion"], 2
             ),
             "published": sum(1 for c in curve[1:] if (c["run"] or {}).get("state") == "published"),
-            "published_regressions": sum(
-                1
-                for a, b in zip(curve, curve[1:], strict=False)
-                if (b["run"] or {}).get("state") == "published"
-                and b["acceptance_rate"] < a["acceptance_rate"]
-            ),
+            "published_regressions": regressions,
+            # The targets. A baseline whose general loss rose past the bound broke the model: it is
+            # reported, with its figure, and not counted as one to beat (reinf's gate would not publish it).
+            "targets": {
+                "gain_points": TARGET_GAIN_POINTS,
+                "events": TARGET_EVENTS,
+                "general_loss_change_pct": MAX_GENERAL_LOSS_CHANGE_PCT,
+                "met_gain": gain >= TARGET_GAIN_POINTS and dev.events >= TARGET_EVENTS,
+                "met_general_loss": last["general_loss_change_pct"] <= MAX_GENERAL_LOSS_CHANGE_PCT,
+                "beats_baselines": all(
+                    last["acceptance_rate"] > b["acceptance_rate"] for b in sound.values()
+                ),
+                "baselines_beaten": sorted(
+                    k for k, b in baselines.items() if last["acceptance_rate"] > b["acceptance_rate"]
+                ),
+                "baselines_that_broke_the_model": sorted(set(baselines) - set(sound)),
+                "no_published_regressions": regressions == 0,
+            },
             "loop_s": round(loop_s, 1),
             "eval_s": round(time.time() - t_eval, 1),
         }
@@ -321,6 +372,13 @@ def _line(f: dict) -> str:
         f"{f['accepted_chars_per_suggestion']} accepted chars per suggestion, "
         f"{f['typed_by_hand_per_file']} chars typed by hand per file"
     )
+
+
+BASELINE_LABELS = {
+    "sft_accepted": "SFT on accepted",
+    "fim_files_seen": "FIM fine-tune on files seen",
+    "fim_files_seen_guarded": "FIM fine-tune on files seen, KL-guarded",
+}
 
 
 def plot(result: dict, out: Path) -> None:
@@ -339,9 +397,15 @@ def plot(result: dict, out: Path) -> None:
         scale = 100 if key == "acceptance_rate" else 1
         ax.plot(xs, [scale * p[key] for p in lr["curve"]], marker="o", lw=2, label="reinf: a run every "
                 f"{lr['every']} events (DPO warm start on completions)")  # fmt: skip
-        for name, marker in (("sft_accepted", "s"), ("fim_files_seen", "^")):
-            ax.scatter([xs[-1] + lr["every"] / 10], [scale * lr["baselines"][name][key]], marker=marker, s=45,
-                       zorder=3, label={"sft_accepted": "SFT on accepted", "fim_files_seen": "FIM fine-tune on files seen"}[name])  # fmt: skip
+        for name, marker in (("sft_accepted", "s"), ("fim_files_seen", "^"), ("fim_files_seen_guarded", "v")):
+            b = lr["baselines"].get(name)
+            if b is None:
+                continue
+            broke = (
+                f", general loss {b['general_loss_change_pct']:+.0f}%" if b.get("breaks_the_model") else ""
+            )
+            ax.scatter([xs[-1] + lr["every"] / 10], [scale * b[key]], marker=marker, s=45, zorder=3,
+                       label=BASELINE_LABELS[name] + broke)  # fmt: skip
         shown = [scale * p[key] for p in lr["curve"]] + [scale * b[key] for b in lr["baselines"].values()]
         ax.set_ylim(0, max(1.0 if scale == 1 else 5.0, 1.2 * max(shown)))
         ax.set_xlabel("completion events")
@@ -417,10 +481,13 @@ def main() -> int:
         f"{lr['published_regressions']} published regressions): acceptance {100 * base['acceptance_rate']:.1f}% -> "
         f"{100 * last['acceptance_rate']:.1f}% ({lr['gain_points']:+.1f} points); accepted chars per suggestion "
         f"{base['accepted_chars_per_suggestion']} -> {last['accepted_chars_per_suggestion']}; typed by hand per file "
-        f"{base['typed_by_hand_per_file']} -> {last['typed_by_hand_per_file']}"
+        f"{base['typed_by_hand_per_file']} -> {last['typed_by_hand_per_file']}; general loss "
+        f"{last['general_loss_change_pct']:+.1f}%"
     )
     for name, f in lr["baselines"].items():
-        print(f"  baseline {name}: {_line(f)}")
+        broke = " (broke the model)" if f["breaks_the_model"] else ""
+        print(f"  baseline {name}: {_line(f)}; general loss {f['general_loss_change_pct']:+.1f}%{broke}")
+    print(f"targets: {json.dumps(lr['targets'])}")
     print(f"wrote {args.out} and {png}")
     return 0
 

@@ -80,7 +80,8 @@ class TrainingConfig:
     # ... and this times the per-token KL(base ‖ policy) on general Python in every DPO step, so that learning a
     # project's style leaves the model's predictions on other code where they were (0: off).
     dpo_general_kl_coef: float = 2.0
-    # Also a next-token fine-tune on what the user took or wrote at each cursor (the project's names and idioms).
+    # Also a next-token fine-tune on what the user took or wrote at each cursor (the project's names and idioms),
+    # with the same KL to the base.
     fim_finetune: bool = False
     ptx_coef: float = (
         0.5  # PPO-ptx: weight of a next-token loss on general Python in every PPO update (0: off)

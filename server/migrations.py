@@ -111,11 +111,18 @@ def m004_completion_events(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("CREATE INDEX corrections_interaction ON corrections (interaction_id)")
 
 
+def m005_event_watermark(con: duckdb.DuckDBPyConnection) -> None:
+    # The highest id in `ratings` of any kind (implicit events too) when a run started: the completion events
+    # after it are new to the adapter that run made. 0: not recorded (a run from before this migration).
+    con.execute("ALTER TABLE training_runs ADD COLUMN event_watermark BIGINT DEFAULT 0")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     m001_initial,
     m002_rating_watermark,
     m003_forgotten_adapters,
     m004_completion_events,
+    m005_event_watermark,
 ]
 
 

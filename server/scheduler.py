@@ -193,8 +193,23 @@ class Scheduler:
             **config,
             "run_id": run_id,
             "base_model_path": str(self._base_model_path()),
-            "active_adapter": {"version": active["version"], "path": active["path"]} if active else None,
+            "active_adapter": (
+                {
+                    "version": active["version"],
+                    "path": active["path"],
+                    # What the run that made it had seen: the events after this rating id are new to it.
+                    "event_watermark": self._event_watermark_of(active.get("run_id")),
+                }
+                if active
+                else None
+            ),
         }
+
+    def _event_watermark_of(self, run_id: int | None) -> int | None:
+        """The newest rating or event id when run `run_id` started; None where unknown (no such run, or one from
+        before event watermarks)."""
+        run = self.store.get_run(run_id) if run_id is not None else None
+        return int(run["event_watermark"]) if run and run.get("event_watermark") else None
 
     def _base_model_path(self) -> str:
         try:

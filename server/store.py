@@ -80,7 +80,7 @@ _SNAPSHOT = f"""
            e.thumbs, e.stars, e.comment, e.id AS rating_id,
            coalesce(imp.accepted, 0) AS accepted, coalesce(imp.dismissed, 0) AS dismissed,
            coalesce(imp.partially_accepted, 0) AS partially_accepted,
-           coalesce(imp.typed_through, 0) AS typed_through,
+           coalesce(imp.typed_through, 0) AS typed_through, imp.last_event_id,
            cor.typed, cor.typed_truncated
     FROM interactions i
     LEFT JOIN ({_LATEST_EXPLICIT}) e ON e.interaction_id = i.id
@@ -89,7 +89,8 @@ _SNAPSHOT = f"""
                count(*) FILTER (WHERE event = 'accepted') AS accepted,
                count(*) FILTER (WHERE event = 'dismissed') AS dismissed,
                count(*) FILTER (WHERE event = 'partially_accepted') AS partially_accepted,
-               count(*) FILTER (WHERE event = 'typed_through') AS typed_through
+               count(*) FILTER (WHERE event = 'typed_through') AS typed_through,
+               max(id) AS last_event_id
         FROM ratings WHERE source = 'implicit' GROUP BY interaction_id
     ) imp ON imp.interaction_id = i.id
     LEFT JOIN (
@@ -594,8 +595,9 @@ class Store:
     def create_run(self, trigger: str, n_ratings: int, watermark: int) -> int:
         with self._lock:
             rows = self._write(
-                "INSERT INTO training_runs (trigger, state, started, n_ratings, rating_watermark, metrics) "
-                "VALUES (?, 'queued', ?, ?, ?, '{}') RETURNING id",
+                "INSERT INTO training_runs (trigger, state, started, n_ratings, rating_watermark, event_watermark, "
+                "metrics) VALUES (?, 'queued', ?, ?, ?, (SELECT coalesce(max(id), 0) FROM ratings), '{}') "
+                "RETURNING id",
                 [trigger, _now(), n_ratings, watermark],
             )
             self._refresh_last_run()
@@ -634,7 +636,7 @@ class Store:
         cond = f"WHERE {where}" if where else ""
         rows = self._read_dicts(
             f"SELECT r.id AS run_id, r.trigger, r.state, r.started, r.finished, r.n_ratings, r.metrics, r.error, "
-            f"r.rating_watermark, r.pid, a.version AS adapter_version FROM training_runs r "
+            f"r.rating_watermark, r.event_watermark, r.pid, a.version AS adapter_version FROM training_runs r "
             f"LEFT JOIN adapters a ON a.run_id = r.id {cond} ORDER BY r.id DESC LIMIT ?",
             [*(params or []), limit],
         )

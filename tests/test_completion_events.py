@@ -306,6 +306,9 @@ def test_the_backend_stores_a_redacted_correction_with_the_fim_prompt_and_sugges
     backend.store.export_snapshot(out)
     snap = duckdb.sql(f"SELECT prompt, response, typed, typed_truncated, dismissed FROM '{out}'").fetchall()
     assert snap == [(prompt, response, typed, False, 1)]
+    # ... and the id of its newest event, which says whether the active adapter's run saw it.
+    ((last,),) = duckdb.sql(f"SELECT last_event_id FROM '{out}'").fetchall()
+    assert last == backend.store._read("SELECT max(id) FROM ratings WHERE interaction_id = ?", [iid])[0][0]
     asyncio.run(backend.forget({"before": "2999-01-01T00:00:00+00:00", "keep_adapters": True}))
     assert backend.store._read("SELECT count(*) FROM corrections") == [(0,)]
 

@@ -167,7 +167,7 @@ def test_the_distance_from_the_base_in_dpo_holds_back_the_drift(model_dir):
     text.)"""
     from reinf.config import TrainingConfig
     from reinf.training.data import replay_texts, stdlib_texts
-    from reinf.training.imitate import Demonstrations, demo_loss, dpo
+    from reinf.training.imitate import Demonstrations, GeneralGuard, demo_loss, dpo
 
     coef = TrainingConfig().dpo_general_kl_coef
     pairs = [(FIM.render(pre, "\n"), typed, suggested) for pre, suggested, typed in CASES]
@@ -186,14 +186,60 @@ def test_the_distance_from_the_base_in_dpo_holds_back_the_drift(model_dir):
         before, m0 = general(model, tok), _margins(model, tok, pairs, "default")
         demos = Demonstrations.texts(model, tok, replay_texts(8, 1500), window=64, batch_size=4,
                                      pad_id=tok.eos_token_id, seed=0)  # fmt: skip
-        term = demos.kl_to_base if name == "kl" else None
+        term = GeneralGuard(demos, coef, target=None) if name == "kl" else None
         dpo(model, tok, pairs, reference="active", epochs=6, learning_rate=5e-3, beta=0.1, batch_size=4,
             max_prompt_tokens=64, max_response_tokens=24, stop_id=tok.eos_token_id, pad_id=tok.eos_token_id,
-            seed=0, nll_coef=1.0, general=term, general_coef=coef)  # fmt: skip
+            seed=0, nll_coef=1.0, general=term)  # fmt: skip
         drift[name] = general(model, tok) - before
         margins[name] = (_margins(model, tok, pairs, "default") - m0).mean().item()
     assert drift["kl"] < 0.5 * drift["dpo"], drift
     assert margins["kl"] > 1.0, margins
+
+
+def _drifted(model) -> None:
+    """Move the policy adapter off the base, as a run that went far from it would have."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name and ".default." in name:
+                p.normal_(0, 0.05)
+
+
+def test_the_guard_raises_the_weight_while_the_drift_is_over_its_target_and_pulls_the_model_back(model_dir):
+    from reinf.training.data import replay_texts
+    from reinf.training.imitate import Demonstrations, GeneralGuard, dpo
+
+    def guard(model, tok, target):
+        demos = Demonstrations.texts(model, tok, replay_texts(8, 1500), window=64, batch_size=4,
+                                     pad_id=tok.eos_token_id, seed=0)  # fmt: skip
+        return GeneralGuard(demos, 1.0, target=target)
+
+    model, tok = _policy(model_dir)  # the policy is the base: no drift, the weight stays
+    at_base = guard(model, tok, 0.01)
+    at_base.check()
+    assert at_base.history[0]["drift"] == pytest.approx(0.0, abs=1e-6) and at_base.weight == 1.0
+    _drifted(model)
+    at_base.check()
+    assert at_base.history[1]["drift"] > 0.01 and at_base.weight == 2.0
+    # Over its target the guard's weight keeps rising and the model comes back towards the base, while the
+    # pairs are learnt; a fixed weight leaves it further away.
+    pairs = [(FIM.render(pre, "\n"), typed, suggested) for pre, suggested, typed in CASES]
+    end, learnt = {}, {}
+    for name, target in (("fixed", None), ("guarded", 1e-3)):
+        model, tok = _policy(model_dir)
+        _drifted(model)
+        g = guard(model, tok, target)
+        start, m0 = g.drift(), _margins(model, tok, pairs, "default")
+        out = dpo(model, tok, pairs, reference="active", epochs=6, learning_rate=5e-3, beta=0.1, batch_size=4,
+                  max_prompt_tokens=64, max_response_tokens=24, stop_id=tok.eos_token_id, pad_id=tok.eos_token_id,
+                  seed=0, nll_coef=1.0, general=g)  # fmt: skip
+        end[name], learnt[name] = (
+            g.drift() / start,
+            (_margins(model, tok, pairs, "default") - m0).mean().item(),
+        )
+        if name == "guarded":
+            assert out["general_guard"]["weight_max"] > 1.0 and out["general_guard"]["drift_last"] is not None
+    assert end["guarded"] < end["fixed"], end
+    assert learnt["guarded"] > 1.0, learnt
 
 
 def test_the_distance_from_the_base_is_zero_at_the_base_and_chunks_do_not_change_it(model_dir, monkeypatch):
@@ -207,10 +253,7 @@ def test_the_distance_from_the_base_is_zero_at_the_base_and_chunks_do_not_change
                                             pad_id=tok.eos_token_id, seed=1)  # fmt: skip
 
     assert float(demos().kl_to_base()) == pytest.approx(0.0, abs=1e-6)  # a fresh LoRA is the base
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name and ".default." in name:
-                p.normal_(0, 0.05)
+    _drifted(model)
     whole = demos().kl_to_base()
     whole.backward()
     grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n and ".default." in n]
@@ -316,6 +359,37 @@ def test_a_user_who_only_completes_code_gets_a_run_from_the_completions(tmp_path
     assert metrics["gate"]["completions"]["margin"] > 0 and metrics["decision"] == "publish", metrics[
         "reasons"
     ]
+    store.close()
+
+
+def test_a_run_learns_from_the_completions_new_since_the_active_adapter(tmp_path, model_dir):
+    from tests.test_trainer import _prepare_run, _train
+
+    cfg, store = _completion_home(tmp_path, model_dir, 48)
+    run1 = _prepare_run(cfg, store, model_dir)
+    first = _train(run1)
+    assert first["decision"] == "publish" and first["data"]["completions"]["new_to_the_active_adapter"] > 30
+    watermark = store.list_runs(limit=1)[0]["event_watermark"]
+    # 16 more suggestions after that run: the next run learns from them, not again from the 48 before.
+    for i in range(48, 64):
+        pre, suggested, typed = CASES[i % len(CASES)]
+        iid = store.add_interaction(interaction_id=f"c{i:031x}", kind="completion", client="test",
+                                    model="reinf-tiny-test", adapter_version=1, prompt=FIM.render(f"# {i}\n{pre}", "\n"),
+                                    context={}, response=suggested, finish_reason="stop", timings={})  # fmt: skip
+        store.add_completion_event(iid, "dismissed", shown_ms=500)
+        store.add_correction(iid, "dismissed", typed, False, "lines")
+    active = {"version": 1, "path": str(run1 / "adapter"), "event_watermark": watermark}
+    second = _train(_prepare_run(cfg, store, model_dir, active=active))["data"]["completions"]
+    train_share = second["corrected"] + second["accepted"] - second["held_out"]
+    assert second["corrected"] + second["accepted"] == 64 and train_share > 40
+    assert (
+        8 <= second["new_to_the_active_adapter"] <= 16
+        and second["pairs"] == second["new_to_the_active_adapter"]
+    )
+    # An adapter whose run's watermark is unknown (from before watermarks) learns from all of them.
+    old = {"version": 1, "path": str(run1 / "adapter"), "event_watermark": None}
+    third = _train(_prepare_run(cfg, store, model_dir, active=old))["data"]["completions"]
+    assert third["new_to_the_active_adapter"] == train_share
     store.close()
 
 

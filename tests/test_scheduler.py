@@ -163,7 +163,10 @@ def test_the_threshold_starts_a_run_that_publishes_and_swaps(h):
     # The next run is told which adapter serves now.
     run2 = h.wait(h.sched.retrain())
     config2 = json.loads((h.cfg.home / "runs" / str(run2["run_id"]) / "config.json").read_text())
-    assert config2["active_adapter"] == {"version": 1, "path": str(adapter)}
+    # ... and what the run that made it had seen (its watermark): the events after it are new to the adapter.
+    watermark = h.store.get_run(run["run_id"])["event_watermark"]
+    assert watermark > 0
+    assert config2["active_adapter"] == {"version": 1, "path": str(adapter), "event_watermark": watermark}
     assert config["fresh_judge"] is False and config2["fresh_judge"] is False
     assert run2["adapter_version"] == 2 and h.store.active_adapter()["version"] == 2
 

@@ -117,6 +117,9 @@ class CompletionEvent:
     wanted: str | None
     # `wanted` is all the user wanted there: they stopped after it (False: a correction cut at the size bound).
     ends: bool = True
+    event_id: int = (
+        0  # the rating id of its newest event: an adapter whose run's watermark is below never saw it
+    )
 
 
 def completion_events(rows: Sequence[dict[str, Any]]) -> list[CompletionEvent]:
@@ -140,9 +143,25 @@ def completion_events(rows: Sequence[dict[str, Any]]) -> list[CompletionEvent]:
             continue
         ends = not (outcome == "corrected" and bool(row.get("typed_truncated")))
         out.append(
-            CompletionEvent(str(row["interaction_id"]), str(row["prompt"]), suggested, outcome, wanted, ends)
+            CompletionEvent(
+                str(row["interaction_id"]),
+                str(row["prompt"]),
+                suggested,
+                outcome,
+                wanted,
+                ends,
+                int(row.get("last_event_id") or 0),
+            )
         )
     return out
+
+
+def new_events(events: Sequence[CompletionEvent], watermark: int | None) -> list[CompletionEvent]:
+    """The events after rating id `watermark` (the newest id in `ratings` as the run that made the active adapter
+    started): what it has not learnt from yet. All of them when the watermark is unknown (no adapter, or one from before watermarks)."""
+    if not watermark:
+        return list(events)
+    return [e for e in events if e.event_id > watermark]
 
 
 def split_events(

@@ -120,6 +120,17 @@ class Demonstrations:
     def __len__(self) -> int:
         return len(self.data)
 
+    def hold_out(self, n: int) -> list[tuple[list[int], list[int]]]:
+        """Take `n` windows (spread over the texts) out of the stream and return them, never to be trained on."""
+        if len(self.data) <= n:
+            return []
+        step = len(self.data) / n
+        picked = {int(i * step) for i in range(n)}
+        held = [w for i, w in enumerate(self.data) if i in picked]
+        self.data = [w for i, w in enumerate(self.data) if i not in picked]
+        self.order = []
+        return held
+
     def _next(self) -> list[tuple[list[int], list[int]]]:
         if not self.order:
             self.order = self.rng.sample(range(len(self.data)), len(self.data))
@@ -162,6 +173,69 @@ def _kl_sum(head: nn.Module, policy: torch.Tensor, ref: torch.Tensor) -> torch.T
     return (ref_logp.exp() * (ref_logp - logp)).sum()
 
 
+GUARD_WINDOWS = 16  # replay windows the guard measures the drift on, kept out of the KL stream
+MAX_GUARD_FACTOR = 32.0
+
+
+class GeneralGuard:
+    """The completions' warm start's term on general code: `weight` × `Demonstrations.kl_to_base`, with the weight
+    raised while the policy's drift on general Python is over `target`.
+
+    The drift is what the gate bounds (training.max_general_loss_increase): the relative rise of the next-token
+    loss over the base's, here on replay windows held out of the KL stream. It is measured as the warm start
+    begins and after every pass; above `target` the weight doubles (at most MAX_GUARD_FACTOR × the configured
+    one), under half of it the weight halves back towards the configured one. A fixed weight only holds the drift
+    of one run: every run starts where the last one ended, so the drift grows run by run until the gate turns
+    every candidate down. With the guard, a run that starts near the bound spends its passes pulling the model
+    back while it learns what is new. `target` None: the weight stays as configured.
+    """
+
+    def __init__(self, demos: Demonstrations, weight: float, target: float | None, held: int = GUARD_WINDOWS):
+        self.demos, self.floor, self.weight, self.target = demos, weight, weight, target
+        self.held = demos.hold_out(held)
+        self.base_loss: float | None = None
+        self.history: list[dict[str, float]] = []
+
+    def __call__(self) -> torch.Tensor:
+        return self.weight * self.demos.kl_to_base()
+
+    def drift(self) -> float:
+        """The policy's next-token loss on the held-out windows, relative to the base's (0.05: 5% higher)."""
+        model, pad = self.demos.model, self.demos.pad_id
+        if not self.held:
+            return 0.0
+        with torch.no_grad():
+            if self.base_loss is None:
+                with use_adapter(model, None):
+                    self.base_loss = float(demo_loss(model, self.held, pad))
+            loss = float(demo_loss(model, self.held, pad))
+        return (loss - self.base_loss) / self.base_loss if self.base_loss > 0 else 0.0
+
+    def check(self) -> None:
+        """Measure the drift and set the weight for the next pass."""
+        if not self.held:
+            return
+        d = self.drift()
+        if self.target is None:
+            self.history.append({"drift": d, "weight": self.weight})
+            return
+        if d > self.target:
+            self.weight = min(self.floor * MAX_GUARD_FACTOR, self.weight * 2)
+        elif d < self.target / 2:
+            self.weight = max(self.floor, self.weight / 2)
+        self.history.append({"drift": d, "weight": self.weight})
+
+    def metrics(self) -> dict[str, Any]:
+        h = self.history
+        return {
+            "weight_configured": self.floor,
+            "target_drift": self.target,
+            "drift_first": h[0]["drift"] if h else None,
+            "drift_last": h[-1]["drift"] if h else None,
+            "weight_max": max((x["weight"] for x in h), default=self.weight),
+        }
+
+
 def _fit(
     model: nn.Module,
     data: list,
@@ -172,15 +246,19 @@ def _fit(
     batch_size: int,
     seed: int,
     min_batch: int = 1,
+    before_epoch: Callable[[], None] | None = None,
 ) -> list[float]:
     """AdamW on the trainable (policy) adapter over shuffled minibatches of `data`, `epochs` times; a last
-    minibatch under `min_batch` items is topped up from the end of the epoch. Returns each step's loss."""
+    minibatch under `min_batch` items is topped up from the end of the epoch; `before_epoch()` is called before
+    each pass and once after the last. Returns each step's loss."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
     rng = random.Random(seed)
     losses = []
     model.eval()  # no dropout, as in PPO
     for _ in range(epochs):
+        if before_epoch is not None:
+            before_epoch()
         rng.shuffle(data)
         for i in range(0, len(data), batch_size):
             chunk = data[i : i + batch_size]
@@ -192,6 +270,8 @@ def _fit(
             nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             losses.append(loss.item())
+    if before_epoch is not None:
+        before_epoch()
     return losses
 
 
@@ -350,8 +430,7 @@ def dpo(
     learning_rate: float,
     beta: float,
     nll_coef: float = 0.0,
-    general: Callable[[], torch.Tensor] | None = None,
-    general_coef: float = 0.0,
+    general: GeneralGuard | None = None,
     batch_size: int,
     max_prompt_tokens: int,
     max_response_tokens: int,
@@ -366,8 +445,8 @@ def dpo(
     further from π_ref (adapter `reference`, None: the base) than the pairs ask. DPO alone can widen that margin
     while both sides get less likely; `nll_coef` adds the preferred side's mean next-token loss, −log π(y_w|x) /
     |y_w| (RPO, Pang et al. 2024), so that what the user wrote becomes what the policy writes at that cursor.
-    `general` (a loss on general code, weighted `general_coef`; the trainer gives `Demonstrations.kl_to_base`) is
-    added to every step: a project's few pairs must not wear away what the model knew.
+    `general` (`GeneralGuard`: the KL to the base on general code, weighted) is added to every step: a project's
+    few pairs must not wear away what the model knew.
     """
     rows = [
         r
@@ -391,13 +470,14 @@ def dpo(
         if nll_coef:
             lengths = torch.tensor([len(w) for _, w in good], dtype=logp_good.dtype, device=logp_good.device)
             loss = loss - nll_coef * (logp_good / lengths).mean()
-        if general is not None and general_coef:
-            loss = loss + general_coef * general()
+        if general is not None and general.weight:
+            loss = loss + general()
         return loss
 
     losses = _fit(
-        model, rows, loss_fn, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed
-    )
+        model, rows, loss_fn, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
+        before_epoch=general.check if general is not None else None,
+    )  # fmt: skip
     first, last = _first_and_last_epoch(losses, epochs)
     return {
         "n_pairs": len(rows),
@@ -405,6 +485,7 @@ def dpo(
         "loss_first_epoch": first,
         "loss_last_epoch": last,
         "margin_last_epoch": _first_and_last_epoch(margins, epochs)[1],
+        **({"general_guard": general.metrics()} if general is not None else {}),
         "time_s": time.time() - t0,
     }
 
@@ -422,22 +503,31 @@ def fim_finetune(
     pad_id: int,
     seed: int,
     stop_id: int | None = None,
+    general: GeneralGuard | None = None,
 ) -> dict[str, Any]:
     """`training.fim_finetune`: next-token loss on what the user took or wrote at each cursor (prompt, text[,
     ends]), given its FIM prompt, so that the model picks up the project's names and idioms, and where to stop
-    (`wanted_ids`). Only the policy adapter learns."""
+    (`wanted_ids`). Only the policy adapter learns; `general` as in `dpo`."""
     rows = encode_wanted(tokenizer, wanted, max_prompt_tokens, max_response_tokens, stop_id)
     if epochs <= 0 or not rows:
         return {"n_examples": len(rows), "steps": 0}
     t0 = time.time()
+
+    def loss_fn(chunk: list) -> torch.Tensor:
+        loss = demo_loss(model, chunk, pad_id)
+        if general is not None and general.weight:
+            loss = loss + general()
+        return loss
+
     losses = _fit(
         model,
         rows,
-        lambda chunk: demo_loss(model, chunk, pad_id),
+        loss_fn,
         epochs=epochs,
         learning_rate=learning_rate,
         batch_size=batch_size,
         seed=seed,
+        before_epoch=general.check if general is not None else None,
     )
     first, last = _first_and_last_epoch(losses, epochs)
     return {
@@ -445,5 +535,6 @@ def fim_finetune(
         "steps": len(losses),
         "loss_first_epoch": first,
         "loss_last_epoch": last,
+        **({"general_guard": general.metrics()} if general is not None else {}),
         "time_s": time.time() - t0,
     }

@@ -38,6 +38,9 @@ POLICY = "default"  # PEFT saves the adapter of this name at the folder's top le
 ACTIVE = "active"
 REFERENCE = "reference"
 MIN_RATINGS = 8
+# The completions' warm start keeps its drift on general code under this share of the gate's bound
+# (training.max_general_loss_increase): the guard measures on other texts than the gate, so it leaves a margin.
+GUARD_SHARE_OF_BOUND = 0.6
 MIN_COMPLETION_PAIRS = 8  # completion pairs that make a run without enough ratings worth it
 
 
@@ -210,10 +213,16 @@ class Run:
         self.train_events, self.held_events = data.split_events(
             events, self.cfg.reward_model.holdout_fraction
         )
-        self.completion_pairs = data.completion_pairs(self.train_events)
+        # The policy learns from the completions the active adapter has not: it learnt the earlier ones in its
+        # own run, and is the reference here. Training on all of them again in every run would fit the first
+        # ones a further completion_epochs each time, wearing away the model's general code run after run, and
+        # make every run longer than the last.
+        self.new_events = data.new_events(self.train_events, (self.active or {}).get("event_watermark"))
+        self.completion_pairs = data.completion_pairs(self.new_events)
         self.metrics["data"]["completions"] = {
             **{k: sum(e.outcome == k for e in events) for k in ("accepted", "corrected", "dismissed")},
             "held_out": len(self.held_events),
+            "new_to_the_active_adapter": len(self.new_events),
             "pairs": len(self.completion_pairs),
         }
         # Rejected here, the run used none of the ratings: the daemon's count towards the next run stays.
@@ -226,7 +235,8 @@ class Run:
         if why and len(self.completion_pairs) < MIN_COMPLETION_PAIRS:
             raise Rejected(
                 f"{why}; and too few completions to learn from without them: {len(self.completion_pairs)} "
-                f"accepted or corrected suggestions, need at least {MIN_COMPLETION_PAIRS}"
+                f"accepted or corrected suggestions new since the active adapter, need at least "
+                f"{MIN_COMPLETION_PAIRS}"
             )
         if why:
             self.no_judge = (
@@ -327,8 +337,13 @@ class Run:
         progress(
             "ppo", 0.0, f"DPO on {len(self.completion_pairs)} completions ({tc.completion_epochs} epochs)"
         )
-        demos = (
-            _ptx_data(self.cfg, self.model, self.tokenizer)
+        # The KL to the base on general code, its weight raised while the drift is over a share of the gate's bound.
+        guard = (
+            imitate.GeneralGuard(
+                _ptx_data(self.cfg, self.model, self.tokenizer),
+                tc.dpo_general_kl_coef,
+                target=GUARD_SHARE_OF_BOUND * tc.max_general_loss_increase,
+            )
             if tc.dpo_general_kl_coef > 0 and self.completion_pairs
             else None
         )
@@ -340,15 +355,19 @@ class Run:
                 reference=reference,
                 beta=tc.dpo_beta,
                 nll_coef=tc.dpo_nll_coef,
-                general=demos.kl_to_base if demos else None,
-                general_coef=tc.dpo_general_kl_coef,
+                general=guard,
                 stop_id=self.stop_id,
                 **kw,
             )
         }
         if tc.fim_finetune:
             self.metrics["completions"]["fim_finetune"] = imitate.fim_finetune(
-                self.model, self.tokenizer, data.wanted_texts(self.train_events), stop_id=self.stop_id, **kw
+                self.model,
+                self.tokenizer,
+                data.wanted_texts(self.new_events),
+                stop_id=self.stop_id,
+                general=guard,
+                **kw,
             )
 
     def ppo(self, progress: Progress) -> None:
