@@ -89,3 +89,14 @@ def test_the_house_style_project_has_enough_files_for_the_default_completion_ben
     assert {name.removesuffix("s.py") for name in generate(0, 10) if name != "errors.py"} == set(NOUNS)
     with pytest.raises(ValueError, match="n_files"):
         generate(0, 17)
+
+
+def test_a_completion_regression_is_a_fall_of_more_than_one_standard_error():
+    from bench import completions
+
+    a, b = {"acceptance_rate": 0.25, "shown": 120}, {"acceptance_rate": 0.22, "shown": 125}
+    se = completions.change_se(a, b)
+    assert se == pytest.approx(((0.25 * 0.75 / 120) + (0.22 * 0.78 / 125)) ** 0.5)
+    assert a["acceptance_rate"] - b["acceptance_rate"] < se  # 3 points on ~120 suggestions: within the noise
+    c = {"acceptance_rate": 0.10, "shown": 120}
+    assert a["acceptance_rate"] - c["acceptance_rate"] > completions.change_se(a, c)

@@ -173,6 +173,17 @@ def split_events(
     return [e for e in events if e.interaction_id not in ids], held
 
 
+def replay_sample(
+    events: Sequence[CompletionEvent], new: Sequence[CompletionEvent], seed: str
+) -> list[CompletionEvent]:
+    """As many of the events in `events` but not `new` (capped by how many there are), drawn at random with
+    `seed`: what a run goes over again beside the new ones, so that the adapter keeps what it learnt from them
+    without fitting every earlier event once more in every run."""
+    ids = {e.interaction_id for e in new}
+    old = [e for e in events if e.interaction_id not in ids]
+    return random.Random(seed).sample(old, min(len(old), len(new)))
+
+
 def completion_pairs(events: Sequence[CompletionEvent]) -> list[tuple[str, str, str, bool]]:
     """(FIM prompt, preferred, rejected, preferred ends) for the policy: what the user wrote over the suggestion
     they turned down, and a suggestion they took over an empty one (showing nothing: the rejected text is "",

@@ -213,16 +213,21 @@ class Run:
         self.train_events, self.held_events = data.split_events(
             events, self.cfg.reward_model.holdout_fraction
         )
-        # The policy learns from the completions the active adapter has not: it learnt the earlier ones in its
-        # own run, and is the reference here. Training on all of them again in every run would fit the first
-        # ones a further completion_epochs each time, wearing away the model's general code run after run, and
-        # make every run longer than the last.
-        self.new_events = data.new_events(self.train_events, (self.active or {}).get("event_watermark"))
-        self.completion_pairs = data.completion_pairs(self.new_events)
+        # The policy learns from the completions the active adapter has not, and goes over as many of the
+        # earlier ones again (it learnt them in its own runs, and is the reference here). Training on all of them
+        # in every run would fit the first ones a further completion_epochs each time, wearing away the model's
+        # general code run after run, and make every run longer than the last.
+        new = data.new_events(self.train_events, (self.active or {}).get("event_watermark"))
+        replayed = data.replay_sample(
+            self.train_events, new, seed=f"{self.cfg.training.seed}:{self.extras.get('run_id')}"
+        )
+        self.learn_events = new + replayed
+        self.completion_pairs = data.completion_pairs(self.learn_events)
         self.metrics["data"]["completions"] = {
             **{k: sum(e.outcome == k for e in events) for k in ("accepted", "corrected", "dismissed")},
             "held_out": len(self.held_events),
-            "new_to_the_active_adapter": len(self.new_events),
+            "new_to_the_active_adapter": len(new),
+            "replayed": len(replayed),
             "pairs": len(self.completion_pairs),
         }
         # Rejected here, the run used none of the ratings: the daemon's count towards the next run stays.
@@ -364,7 +369,7 @@ class Run:
             self.metrics["completions"]["fim_finetune"] = imitate.fim_finetune(
                 self.model,
                 self.tokenizer,
-                data.wanted_texts(self.new_events),
+                data.wanted_texts(self.learn_events),
                 stop_id=self.stop_id,
                 general=guard,
                 **kw,
