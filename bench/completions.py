@@ -327,9 +327,13 @@ def learn(train: dict[str, str], heldout: dict[str, str], every: int, parent: st
         # A published run after which held-out acceptance fell by more than one standard error of the change (as
         # the learning benchmark counts them); every fall at all is reported beside it.
         published = [
-            (a, b) for a, b in zip(curve, curve[1:], strict=False) if (b["run"] or {}).get("state") == "published"
+            (a, b)
+            for a, b in zip(curve, curve[1:], strict=False)
+            if (b["run"] or {}).get("state") == "published"
         ]
-        regressions = sum(1 for a, b in published if a["acceptance_rate"] - b["acceptance_rate"] > change_se(a, b))
+        regressions = sum(
+            1 for a, b in published if a["acceptance_rate"] - b["acceptance_rate"] > change_se(a, b)
+        )
         falls = sum(1 for a, b in published if b["acceptance_rate"] < a["acceptance_rate"])
         return {
             "events": dev.events,
@@ -497,7 +501,9 @@ def main() -> int:
     )
     for name, f in lr["baselines"].items():
         broke = " (broke the model)" if f.get("breaks_the_model") else ""
-        print(f"  baseline {name}: {_line(f)}; general loss {f.get('general_loss_change_pct', 0.0):+.1f}%{broke}")
+        print(
+            f"  baseline {name}: {_line(f)}; general loss {f.get('general_loss_change_pct', 0.0):+.1f}%{broke}"
+        )
     print(f"targets: {json.dumps(lr['targets'])}")
     print(f"wrote {args.out} and {png}")
     return 0

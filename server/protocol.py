@@ -202,6 +202,9 @@ class RunInfo:
     metrics: dict[str, Any]
     error: str | None
     rating_watermark: int | None
+    event_watermark: (
+        int | None
+    )  # the newest rating or event id as it started: later events are new to its adapter
     pid: int | None
     adapter_version: int | None
 
