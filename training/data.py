@@ -117,9 +117,8 @@ class CompletionEvent:
     wanted: str | None
     # `wanted` is all the user wanted there: they stopped after it (False: a correction cut at the size bound).
     ends: bool = True
-    event_id: int = (
-        0  # the rating id of its newest event: an adapter whose run's watermark is below never saw it
-    )
+    # The rating id of its newest event: an adapter whose run's watermark is below it never saw it.
+    event_id: int = 0
 
 
 def completion_events(rows: Sequence[dict[str, Any]]) -> list[CompletionEvent]:
@@ -158,7 +157,8 @@ def completion_events(rows: Sequence[dict[str, Any]]) -> list[CompletionEvent]:
 
 def new_events(events: Sequence[CompletionEvent], watermark: int | None) -> list[CompletionEvent]:
     """The events after rating id `watermark` (the newest id in `ratings` as the run that made the active adapter
-    started): what it has not learnt from yet. All of them when the watermark is unknown (no adapter, or one from before watermarks)."""
+    started): what it has not learnt from yet. All of them when the watermark is unknown (no adapter, or one from
+    before event watermarks)."""
     if not watermark:
         return list(events)
     return [e for e in events if e.event_id > watermark]

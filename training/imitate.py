@@ -204,11 +204,17 @@ class GeneralGuard:
         model, pad = self.demos.model, self.demos.pad_id
         if not self.held:
             return 0.0
+        n = self.demos.batch_size  # a training minibatch's worth at a time: its logits fit, as in training
+
+        def held_loss() -> float:
+            losses = [float(demo_loss(model, self.held[i : i + n], pad)) for i in range(0, len(self.held), n)]
+            return sum(losses) / len(losses)
+
         with torch.no_grad():
             if self.base_loss is None:
                 with use_adapter(model, None):
-                    self.base_loss = float(demo_loss(model, self.held, pad))
-            loss = float(demo_loss(model, self.held, pad))
+                    self.base_loss = held_loss()
+            loss = held_loss()
         return (loss - self.base_loss) / self.base_loss if self.base_loss > 0 else 0.0
 
     def check(self) -> None:

@@ -237,11 +237,11 @@ class Run:
             why = f"too few ratings to train on: {len(explicit)}, need at least {MIN_RATINGS}"
         elif liked == 0 or disliked == 0:
             why = _one_sided(len(explicit), liked, disliked)
-        if why and len(self.completion_pairs) < MIN_COMPLETION_PAIRS:
+        fresh = len(data.completion_pairs(new))
+        if why and fresh < MIN_COMPLETION_PAIRS:
             raise Rejected(
-                f"{why}; and too few completions to learn from without them: {len(self.completion_pairs)} "
-                f"accepted or corrected suggestions new since the active adapter, need at least "
-                f"{MIN_COMPLETION_PAIRS}"
+                f"{why}; and too few completions to learn from without them: {fresh} accepted or corrected "
+                f"suggestions new since the active adapter, need at least {MIN_COMPLETION_PAIRS}"
             )
         if why:
             self.no_judge = (
