@@ -185,9 +185,9 @@ def train_lora(
     model_path: str, pairs: list[tuple[str, str]], out: Path, seed: int = 0, guarded: bool = False
 ) -> dict[str, Any]:
     """A LoRA of the trainer's shape, fitted by `imitate.fim_finetune` on `pairs` with the completions' shipped
-    epochs and its rate for this model's size; written to `out` as a PEFT folder. `guarded`: with the same
-    per-token KL to the base on general Python that reinf's completion DPO adds to every step, at its shipped
-    weight (training.dpo_general_kl_coef), so that it is held to the same bound on general code."""
+    epochs and its rate for this model's size; written to `out` as a PEFT folder. `guarded`: with the term on
+    general Python that reinf's completion DPO adds to every step (`run.completion_guard`), so that it is held
+    to the same bound on general code."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -195,7 +195,7 @@ def train_lora(
     from reinf.config import Config
     from reinf.training import hparams, imitate
     from reinf.training.lm import stop_token_ids
-    from reinf.training.run import GUARD_SHARE_OF_BOUND, _ptx_data, target_modules
+    from reinf.training.run import completion_guard, target_modules
 
     if not pairs:
         return {"skipped": "nothing to train on", "n_examples": 0}
@@ -209,24 +209,11 @@ def train_lora(
     model = get_peft_model(base, lora)
     rate = hparams.learning_rates(tc, base.config.hidden_size).completions
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    general = (
-        imitate.GeneralGuard(
-            _ptx_data(cfg, model, tok),
-            tc.dpo_general_kl_coef,
-            GUARD_SHARE_OF_BOUND * tc.max_general_loss_increase,
-        )
-        if guarded
-        else None
-    )
+    general = completion_guard(cfg, model, tok) if guarded else None
     out_metrics = imitate.fim_finetune(
         model, tok, pairs, epochs=tc.completion_epochs, learning_rate=rate, batch_size=tc.minibatch_size,
         max_prompt_tokens=tc.max_prompt_tokens, max_response_tokens=tc.max_response_tokens, pad_id=pad, seed=seed,
         stop_id=(stop_token_ids(tok, base) or [None])[0], general=general,
     )  # fmt: skip
     model.save_pretrained(str(out))
-    return {
-        **out_metrics,
-        "learning_rate": rate,
-        "epochs": tc.completion_epochs,
-        "general_kl_coef": tc.dpo_general_kl_coef if guarded else 0.0,
-    }
+    return {**out_metrics, "learning_rate": rate, "epochs": tc.completion_epochs}

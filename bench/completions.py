@@ -413,12 +413,8 @@ def plot(result: dict, out: Path) -> None:
         ax.plot(xs, [scale * p[key] for p in lr["curve"]], marker="o", lw=2, label="reinf: a run every "
                 f"{lr['every']} events (DPO warm start on completions)")  # fmt: skip
         for name, marker in (("sft_accepted", "s"), ("fim_files_seen", "^"), ("fim_files_seen_guarded", "v")):
-            b = lr["baselines"].get(name)
-            if b is None:
-                continue
-            broke = (
-                f", general loss {b['general_loss_change_pct']:+.0f}%" if b.get("breaks_the_model") else ""
-            )
+            b = lr["baselines"][name]
+            broke = f", general loss {b['general_loss_change_pct']:+.0f}%" if b["breaks_the_model"] else ""
             ax.scatter([xs[-1] + lr["every"] / 10], [scale * b[key]], marker=marker, s=45, zorder=3,
                        label=BASELINE_LABELS[name] + broke)  # fmt: skip
         shown = [scale * p[key] for p in lr["curve"]] + [scale * b[key] for b in lr["baselines"].values()]

@@ -115,25 +115,16 @@ def _completions_learning(d: dict[str, Any]) -> tuple[str, str]:
     lr = d["learning"]
     base, last, b = lr["curve"][0], lr["curve"][-1], lr["baselines"]
     runs = len(lr["curve"]) - 1
-    general = last.get("general_loss_change_pct")
     figure = (
         f"held-out acceptance **{100 * base['acceptance_rate']:.1f}% → {100 * last['acceptance_rate']:.1f}%** "
         f"({lr['gain_points']:+.1f} points) after {lr['events']} events and {runs} runs ({lr['published']} "
-        f"published, {lr['published_regressions']} published regressions)"
-        + (f", general loss {general:+.1f}%" if general is not None else "")
-        + f"; accepted chars per suggestion {base['accepted_chars_per_suggestion']} → "
+        f"published, {lr['published_regressions']} published regressions), general loss "
+        f"{last['general_loss_change_pct']:+.1f}%; accepted chars per suggestion {base['accepted_chars_per_suggestion']} → "
         f"{last['accepted_chars_per_suggestion']}; typed by hand per file {base['typed_by_hand_per_file']:.0f} → "
         f"{last['typed_by_hand_per_file']:.0f}; baselines on the same events: "
-        + "; ".join(_completion_baseline(b[k], label) for k, label in COMPLETION_BASELINES if k in b)
+        + "; ".join(_completion_baseline(b[k], label) for k, label in COMPLETION_BASELINES)
     )
-    t = lr.get("targets")
-    if t is None:  # a result from before the targets were stored
-        best = max(b[k]["acceptance_rate"] for k, _ in COMPLETION_BASELINES if k in b)
-        met = lr["gain_points"] >= 15 and lr["events"] >= 500 and last["acceptance_rate"] > best
-        met = met and lr["published_regressions"] == 0
-        return figure, "≥ +15 points after 500 events, ahead of both baselines, 0 regressions: " + (
-            "met" if met else "not met"
-        )
+    t = lr["targets"]
     met = all(t[k] for k in ("met_gain", "met_general_loss", "beats_baselines", "no_published_regressions"))
     broke = t.get("baselines_that_broke_the_model") or []
     return figure, (
@@ -153,15 +144,11 @@ COMPLETION_BASELINES = (
 
 
 def _completion_baseline(b: dict[str, Any], label: str) -> str:
-    text = (
+    broke = ": breaks the model" if b["breaks_the_model"] else ""
+    return (
         f"{label} {100 * b['acceptance_rate']:.1f}% (partly {100 * b['partial_rate']:.1f}%, "
-        f"{b['accepted_chars_per_suggestion']} chars"
+        f"{b['accepted_chars_per_suggestion']} chars, general loss {b['general_loss_change_pct']:+.1f}%{broke})"
     )
-    if "general_loss_change_pct" in b:
-        text += f", general loss {b['general_loss_change_pct']:+.1f}%"
-        if b.get("breaks_the_model"):
-            text += ": breaks the model"
-    return text + ")"
 
 
 def _vllm_latency(d: dict[str, Any]) -> tuple[str, str]:

@@ -222,12 +222,9 @@ class GeneralGuard:
         if not self.held:
             return
         d = self.drift()
-        if self.target is None:
-            self.history.append({"drift": d, "weight": self.weight})
-            return
-        if d > self.target:
+        if self.target is not None and d > self.target:
             self.weight = min(self.floor * MAX_GUARD_FACTOR, self.weight * 2)
-        elif d < self.target / 2:
+        elif self.target is not None and d < self.target / 2:
             self.weight = max(self.floor, self.weight / 2)
         self.history.append({"drift": d, "weight": self.weight})
 

@@ -342,13 +342,8 @@ class Run:
         progress(
             "ppo", 0.0, f"DPO on {len(self.completion_pairs)} completions ({tc.completion_epochs} epochs)"
         )
-        # The KL to the base on general code, its weight raised while the drift is over a share of the gate's bound.
         guard = (
-            imitate.GeneralGuard(
-                _ptx_data(self.cfg, self.model, self.tokenizer),
-                tc.dpo_general_kl_coef,
-                target=GUARD_SHARE_OF_BOUND * tc.max_general_loss_increase,
-            )
+            completion_guard(self.cfg, self.model, self.tokenizer)
             if tc.dpo_general_kl_coef > 0 and self.completion_pairs
             else None
         )
@@ -515,6 +510,19 @@ def ppo_args(cfg: Config, learning_rate: float):
     t = cfg.training
     shared = {f.name: getattr(t, f.name) for f in fields(PPOArgs) if hasattr(t, f.name)}
     return PPOArgs(**{**shared, "learning_rate": learning_rate})
+
+
+def completion_guard(cfg: Config, model: Any, tokenizer: Any):
+    """The completions' term on general code: the KL to the base on `_ptx_data`, at training.dpo_general_kl_coef,
+    its weight raised while the drift is over GUARD_SHARE_OF_BOUND of the gate's bound."""
+    from .imitate import GeneralGuard
+
+    tc = cfg.training
+    return GeneralGuard(
+        _ptx_data(cfg, model, tokenizer),
+        tc.dpo_general_kl_coef,
+        target=GUARD_SHARE_OF_BOUND * tc.max_general_loss_increase,
+    )
 
 
 def _ptx_data(cfg: Config, model: Any, tokenizer: Any):
