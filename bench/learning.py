@@ -259,9 +259,7 @@ def one_user(
     )
     result["gain"] = paired_gain(curve[-1], base)
     result["gain_points"] = result["gain"]["points"]
-    # Unlearnable from this base: none of its measured answers and none it wrote for the first ratings pleased.
-    first_block = curve[1].get("liked_share_of_rated") if len(curve) > 1 else None
-    result["base_ever_satisfies"] = base["satisfaction"] > 0 or bool(first_block)
+    result["base_ever_satisfies"] = base_ever_satisfies(curve)
     if plan.baselines:
         ratings = baselines.read_ratings(Path(result["ratings_file"]))
         for name, train in (("sft_liked", baselines.train_sft_liked), ("kto", baselines.train_kto)):
@@ -314,6 +312,18 @@ def mean_spread(values: list[float]) -> dict[str, float]:
     }
 
 
+def base_ever_satisfies(curve: list[dict[str, Any]]) -> bool:
+    """Whether the base pleases a taste at all: the share of its held-out answers that pleased, or of the answers
+    it wrote for the first ratings that were liked, more than two standard errors above zero. One pleasing answer
+    in 189 is the rater's noise, not a taste the base sometimes meets."""
+    base = curve[0]
+    if base["satisfaction"] > 2 * base["se"]:
+        return True
+    first = curve[1] if len(curve) > 1 else {}
+    share, n = first.get("liked_share_of_rated"), first.get("ratings") or 0
+    return bool(share) and n > 0 and share > 2 * math.sqrt(share * (1 - share) / n)
+
+
 def summarise(users: list[dict[str, Any]], plan: Plan) -> dict[str, Any]:
     """The headline figures (means over the users whose taste the base satisfies at least sometimes) and the same
     per taste."""
@@ -349,6 +359,10 @@ def summarise(users: list[dict[str, Any]], plan: Plan) -> dict[str, Any]:
             "baselines_gain_points": base,
         }
 
+    # Decided per taste, from every user's own figures (by the rule now, for results stored before it).
+    satisfied = {u["taste"] for u in users if base_ever_satisfies(u["curve"])}
+    for u in users:
+        u["base_ever_satisfies"] = u["taste"] in satisfied
     counted = [u for u in users if u["base_ever_satisfies"]]
     overall = block(counted)
     per_taste = {}
@@ -504,7 +518,8 @@ def combine(paths: list[Path], out: Path) -> tuple[dict[str, Any], Path, float]:
     )
     extra = {
         "seconds": sum(p["seconds"] for p in parts),
-        "complete": all(p.get("complete", True) for p in parts),  # each part finished what it was asked
+        # Every taste with every seed: a part's users are each whole (a run stopped early keeps those it finished).
+        "complete": set(keys) == {(t, s) for t in plan.tastes for s in plan.seeds},
         "combined_from": [p["command"] for p in parts],
         "load_average_at_end": [p.get("load_average_at_end") for p in parts],
     }

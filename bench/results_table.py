@@ -46,8 +46,9 @@ def _learning(d: dict[str, Any]) -> tuple[str, str]:
     plan = d.get("plan") or {}
     seeds = plan.get("seeds") or []
     who = f"{users} user{'s' if users != 1 else ''}"
-    if plan.get("tastes") and seeds:
-        who += f" ({len(plan['tastes'])} taste{'s' if len(plan['tastes']) != 1 else ''} × seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds))})"
+    tastes = [t for t in plan.get("tastes") or [] if t not in (d.get("left_out") or [])]
+    if tastes and seeds:
+        who += f" ({len(tastes)} taste{'s' if len(tastes) != 1 else ''} × seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds))})"
     left = (
         f"; left out (the base never satisfies them): {', '.join(d['left_out'])}" if d.get("left_out") else ""
     )
