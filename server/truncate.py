@@ -351,3 +351,23 @@ def completion_scope(cfg: CompletionsConfig, prefix: str, suffix: str, language:
     """The scope at a cursor with the configured limits for its language."""
     max_lines, max_chars = cfg.limits_for(language)
     return Scope(prefix, suffix, language, Limits(max_lines, max_chars, cfg.multiline))
+
+
+def first_statement(text: str, language: str | None) -> tuple[str, bool]:
+    """The first statement the user wrote in `text`, and whether they wrote on past it: any line breaks it
+    starts with (a block opened at the cursor), then lines up to the first line end outside brackets, template
+    strings, block comments and triple-quoted strings after something was written. The statement ends there when
+    more follows; otherwise `text` is all there is and it is returned whole."""
+    scan = _Scanner((language or "").lower())
+    wrote = False
+    for i in range(len(text) - len(text.lstrip("\n")), len(text)):
+        ch = text[i]
+        if ch == "\n" and wrote:
+            open_ = scan.stack or scan.quote == "`" or scan.block_comment
+            if not open_ and not any(text.count(q, 0, i) % 2 for q in ('"""', "'''")):
+                if not text[i:].strip():
+                    break
+                return text[:i].rstrip(), True
+        scan.feed(text, i)
+        wrote = wrote or not ch.isspace()
+    return text, False

@@ -105,7 +105,9 @@ def test_a_completion_regression_is_a_fall_of_more_than_one_standard_error():
 def test_one_pleasing_answer_in_189_is_noise_not_a_taste_the_base_meets():
     # type_hints as measured: 1 of 189 held-out answers pleased (share = its standard error), 1 of 50 liked.
     one = {"satisfaction": 1 / 189, "se": 1 / 189}
-    assert not learning.base_ever_satisfies([{"ratings": 0, **one}, {"ratings": 50, "liked_share_of_rated": 0.02}])
+    assert not learning.base_ever_satisfies(
+        [{"ratings": 0, **one}, {"ratings": 50, "liked_share_of_rated": 0.02}]
+    )
     # The least-met taste kept in the mean: 11.1% ± 2.7.
     assert learning.base_ever_satisfies([{"ratings": 0, "satisfaction": 0.111, "se": 0.027}])
     # Held-out answers at zero, but the first ratings liked 10 of 50: the base does meet it sometimes.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,33 @@ def test_completion_events_say_what_the_user_wanted():
     assert sorted(e.interaction_id for e in train + held) == ["1", "2", "3", "4", "6"] and not {
         e.interaction_id for e in train
     } & {e.interaction_id for e in held}
+
+
+def test_a_correction_teaches_its_first_statement_and_stops_where_the_user_went_on():
+    """The editor asks again at the next line, so what the user wrote on the lines after the first statement is
+    those cursors' label, not this one's: here they wanted the statement, and ended it by going on."""
+    p = FIM.render("def f(x):\n", "")
+
+    def row(i, response, typed, language="python", **kw):
+        return {"interaction_id": str(i), "kind": "completion", "prompt": p, "response": response, "dismissed": 1,
+                "typed": typed, "context": json.dumps({"language": language}), **kw}  # fmt: skip
+
+    rows = [
+        row(1, "    y = x\n    return y", "    return x + 1\n\ndef g():"),
+        # cut at the size bound, but the first statement ended before the bound: it ends
+        row(2, "    pass", "    total = sum(\n        x)\n    log.info(total)", typed_truncated=True),
+        # the suggestion's first statement was right and the rest wrong: taken, and it stops there
+        row(3, "    y = x\n    print(y)", "    y = x\n    return y"),
+        # brace languages: the statement runs to its closing brace
+        row(4, "if (x) {}", "if (x) {\n  go();\n}\nstop();", language="javascript"),
+        # one line that did not end (the user stopped in it): all of it, the truncation flag as stored
+        row(5, "    pass", "    return f(x,", typed_truncated=True),
+    ]
+    assert [(e.outcome, e.wanted, e.ends) for e in data.completion_events(rows)] == [
+        ("corrected", "    return x + 1", True), ("corrected", "    total = sum(\n        x)", True),
+        ("corrected", "    y = x", True), ("corrected", "if (x) {\n  go();\n}", True),
+        ("corrected", "    return f(x,", False),
+    ]  # fmt: skip
 
 
 def test_corrections_move_the_policy_towards_what_was_typed(model_dir):

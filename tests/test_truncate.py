@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reinf.truncate import Limits, Scope
+from reinf.truncate import Limits, Scope, first_statement
 
 
 def finish(prefix: str, suffix: str, language: str, text: str, reason: str = "stop", **limits) -> str:
@@ -293,3 +293,26 @@ def test_python_an_indentation_python_would_refuse_ends_the_suggestion() -> None
     # An opened block may go deeper, and come back to a level that is open.
     body = "if x:\n        y = 1\n    z = 2"
     assert finish("def f(x):\n    ", "", "python", body) == body
+
+
+# -- what the user wrote at a cursor: its first statement ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("typed", "language", "statement", "went_on"),
+    [
+        ("x = 1\ny = 2", "python", "x = 1", True),
+        ("\n    return x\n\ndef g():", "python", "\n    return x", True),  # a block opened at the cursor
+        ("foo(a,\n    b)\nbar()", "python", "foo(a,\n    b)", True),  # brackets carry it over lines
+        ('"""Doc,\nmore.\n"""\nimport os', "python", '"""Doc,\nmore.\n"""', True),  # a docstring is one
+        ("x = 1  # (note\ny = 2", "python", "x = 1  # (note", True),  # a bracket in a comment opens nothing
+        ("if (a) {\n  b();\n}\nc();", "javascript", "if (a) {\n  b();\n}", True),
+        ("const s = `a\nb`;\nf();", "typescript", "const s = `a\nb`;", True),  # a template string spans lines
+        ("x := f(\n\ty)\nreturn x", "go", "x := f(\n\ty)", True),
+        ("x = 1", "python", "x = 1", False),  # nothing after it: all there is
+        ("x = 1\n\n", "python", "x = 1\n\n", False),
+        ("foo(a,\n    b", "python", "foo(a,\n    b", False),  # still open when the user stopped
+    ],
+)
+def test_first_statement_of_what_the_user_wrote(typed, language, statement, went_on) -> None:
+    assert first_statement(typed, language) == (statement, went_on)

@@ -8,6 +8,7 @@ it samples its own (see ppo.py).
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+
+from reinf.truncate import first_statement
 
 MIN_HELDOUT = 4
 
@@ -132,6 +135,11 @@ def completion_events(rows: Sequence[dict[str, Any]]) -> list[CompletionEvent]:
             continue
         typed = row.get("typed") or None
         took = int(row.get("accepted") or 0) > 0 or (int(row.get("typed_through") or 0) > 0 and typed is None)
+        went_on = False
+        if typed is not None and typed.strip():
+            # The editor asks again at the next line, and the lines after the first statement are what the user
+            # wanted there: at this cursor they wanted the statement, and stopped where they went on.
+            typed, went_on = first_statement(typed, _language(row))
         if typed is not None and typed != suggested and typed.strip():
             outcome, wanted = "corrected", typed
         elif took or typed == suggested:
@@ -140,7 +148,7 @@ def completion_events(rows: Sequence[dict[str, Any]]) -> list[CompletionEvent]:
             outcome, wanted = "dismissed", None
         else:
             continue
-        ends = not (outcome == "corrected" and bool(row.get("typed_truncated")))
+        ends = went_on or not (outcome == "corrected" and bool(row.get("typed_truncated")))
         out.append(
             CompletionEvent(
                 str(row["interaction_id"]),
@@ -153,6 +161,18 @@ def completion_events(rows: Sequence[dict[str, Any]]) -> list[CompletionEvent]:
             )
         )
     return out
+
+
+def _language(row: dict[str, Any]) -> str | None:
+    """The document language a completion row was made in (its context), None if it does not say."""
+    context = row.get("context") or {}
+    if isinstance(context, str):
+        try:
+            context = json.loads(context)
+        except ValueError:
+            return None
+    language = context.get("language") if isinstance(context, dict) else None
+    return language if isinstance(language, str) else None
 
 
 def new_events(events: Sequence[CompletionEvent], watermark: int | None) -> list[CompletionEvent]:
