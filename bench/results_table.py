@@ -217,6 +217,12 @@ ROWS: list[tuple[str, str, Callable[[dict[str, Any]], tuple[str, str]], str]] = 
         "python bench/completions.py",
     ),
     (
+        "the same on a second house-style project (seed 1)",
+        "completions_seed1.json",
+        _completions_learning,
+        "python bench/completions.py --seed 1",
+    ),
+    (
         "completions that learn, short run (simulated developer)",
         "completions_short.json",
         _completions_learning,
