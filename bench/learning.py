@@ -259,7 +259,6 @@ def one_user(
     )
     result["gain"] = paired_gain(curve[-1], base)
     result["gain_points"] = result["gain"]["points"]
-    result["base_ever_satisfies"] = base_ever_satisfies(curve)
     if plan.baselines:
         ratings = baselines.read_ratings(Path(result["ratings_file"]))
         for name, train in (("sft_liked", baselines.train_sft_liked), ("kto", baselines.train_kto)):
@@ -359,7 +358,7 @@ def summarise(users: list[dict[str, Any]], plan: Plan) -> dict[str, Any]:
             "baselines_gain_points": base,
         }
 
-    # Decided per taste, from every user's own figures (by the rule now, for results stored before it).
+    # Decided per taste, here only, from every user's curve (results stored before the rule follow it too).
     satisfied = {u["taste"] for u in users if base_ever_satisfies(u["curve"])}
     for u in users:
         u["base_ever_satisfies"] = u["taste"] in satisfied
@@ -369,7 +368,7 @@ def summarise(users: list[dict[str, Any]], plan: Plan) -> dict[str, Any]:
     for t in plan.tastes:
         rows = [u for u in users if u["taste"] == t]
         if rows:
-            per_taste[t] = {**block(rows), "base_ever_satisfies": any(u["base_ever_satisfies"] for u in rows)}
+            per_taste[t] = {**block(rows), "base_ever_satisfies": t in satisfied}
     sft = overall["baselines_gain_points"]["sft_liked"]["mean"]
     kto = overall["baselines_gain_points"]["kto"]["mean"]
     gain = overall["gain_points"]["mean"]
@@ -396,7 +395,7 @@ def summarise(users: list[dict[str, Any]], plan: Plan) -> dict[str, Any]:
         "baselines_not_run": sorted(name for name, p in paired.items() if not p["users"]),
         "baselines_paired": paired,
         "overrides": dict(plan.overrides),
-        "left_out": sorted({u["taste"] for u in users if not u["base_ever_satisfies"]}),
+        "left_out": sorted({u["taste"] for u in users} - satisfied),
         "targets": {
             "gain_points": TARGET_GAIN_POINTS,
             "general_loss_change_pct": TARGET_LOSS_CHANGE_PCT,

@@ -193,8 +193,7 @@ def split_events(
     return [e for e in events if e.interaction_id not in ids], held
 
 
-# Earlier completions a run goes over again, per new one. Measured through the daemon on the house-style project
-# (bench/results/HISTORY.md): 2 ended at 41.2% held-out full accepts after 600 events, 1 at 36.8%.
+# Earlier completions a run goes over again, per new one (chosen by bench/completions.py; see bench/results).
 REPLAY_PER_NEW = 2
 
 
