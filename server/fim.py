@@ -25,6 +25,20 @@ class FimTemplate:
             return prefix
         return f"{self.prefix}{prefix}{self.suffix}{suffix}{self.middle}"
 
+    def split(self, prompt: str) -> tuple[str, str] | None:
+        """(prefix, suffix) of a prompt that `render` made (a BOS written as text before it is dropped); None when
+        `prompt` is not one. A plain prompt is all prefix."""
+        if not self.fills_in:
+            return prompt, ""
+        start = prompt.find(self.prefix)
+        if start < 0 or not prompt.endswith(self.middle):
+            return None
+        end = len(prompt) - len(self.middle)
+        cut = prompt.rfind(self.suffix, start + len(self.prefix), end)
+        if cut < 0:
+            return None
+        return prompt[start + len(self.prefix) : cut], prompt[cut + len(self.suffix) : end]
+
     @property
     def fills_in(self) -> bool:
         """False for a model with no FIM tokens: it continues the prefix and never sees the suffix."""

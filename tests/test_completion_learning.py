@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,36 @@ def test_completion_events_say_what_the_user_wanted():
     assert sorted(e.interaction_id for e in train + held) == ["1", "2", "3", "4", "6"] and not {
         e.interaction_id for e in train
     } & {e.interaction_id for e in held}
+
+
+def test_an_event_keeps_all_the_user_had_at_the_cursor_and_where_it_was_made():
+    """The gate's suggestions check needs all the user had at the cursor (not only the first statement that the
+    policy learns), the language and the kind of suggestion the daemon made there."""
+    p = FIM.render("def f(x):\n", "")
+    context = json.dumps({"language": "python", "mode": "block"})
+    rows = [
+        {"interaction_id": "1", "kind": "completion", "prompt": p, "response": "    pass", "dismissed": 1,
+         "typed": "    y = x\n    return y", "context": context},
+        # typed through, and went on writing: a suggestion that ran on into what they wrote would be taken too
+        {"interaction_id": "2", "kind": "completion", "prompt": p, "response": "    y = x", "typed_through": 1,
+         "typed": "    y = x", "context": {"language": "python", "mode": "line"}},
+        {"interaction_id": "3", "kind": "completion", "prompt": p, "response": "    z", "accepted": 1,
+         "context": "not json"},
+        {"interaction_id": "4", "kind": "completion", "prompt": p, "response": "    q", "dismissed": 1},
+    ]  # fmt: skip
+    events = data.completion_events(rows)
+    assert [(e.wanted, e.written, e.language, e.mode) for e in events] == [
+        ("    y = x", "    y = x\n    return y", "python", "block"), ("    y = x", "    y = x", "python", "line"),
+        ("    z", "    z", None, None), (None, None, None, None),
+    ]  # fmt: skip
+
+
+def test_a_suggestion_is_taken_whole_only_where_what_the_user_had_starts_with_it():
+    from reinf.training.gate import taken_whole
+
+    assert taken_whole("y = x", "y = x\nreturn y") and taken_whole("y = x\nreturn", "y = x   \nreturn y")
+    assert not taken_whole("", "y = x") and not taken_whole("y = x\nreturn z", "y = x\nreturn y")
+    assert not taken_whole("y = x + 1", "y = x")  # longer than all they had: not known to be wanted
 
 
 def test_a_correction_teaches_its_first_statement_and_stops_where_the_user_went_on():
@@ -307,13 +338,13 @@ def test_an_accepted_suggestion_is_preferred_over_showing_nothing(model_dir):
     assert stop_logp() < before - 0.5
 
 
-def _spec(completions):
+def _spec(completions, **kw):
     from reinf.training.gate import GateSpec
 
     return GateSpec(prompt_texts=[], prompt_ids=[], rated=[], candidate="default", active="active",
                     active_version=1, general=[], general_max_tokens=8, max_new_tokens=24, max_prompt_tokens=64,
                     temperature=1.0, stop_ids=[0], max_kl=1.0, max_general_loss_increase=0.05, seed=0,
-                    tolerance_se=1.0, completions=completions)  # fmt: skip
+                    tolerance_se=1.0, completions=completions, **kw)  # fmt: skip
 
 
 def test_the_completions_margin_by_hand():
@@ -344,6 +375,36 @@ def test_the_gate_rejects_a_candidate_that_makes_what_users_typed_less_likely(mo
     assert not worse["passed"] and worse["margin"] < -worse["margin_se"], worse
     assert "less likely than the active adapter v1" in worse["reason"]
     few = completions_check(model, tok, _spec(held[: MIN_COMPLETION_EVENTS - 1]), "the base model")
+    assert few["passed"] and few["skipped"] and f"needs {MIN_COMPLETION_EVENTS}" in few["line"]
+
+
+def test_the_gate_turns_down_a_candidate_whose_suggestions_users_would_take_less_often(model_dir):
+    """At held-out cursors each adapter suggests again, as the daemon would; one taught to write what the users
+    wrote is taken more often than the untrained one, and the untrained one, as a candidate, is turned down."""
+    from reinf.training.gate import MIN_COMPLETION_EVENTS, HeldCursor, suggestions_check
+    from reinf.truncate import Limits, Scope
+
+    model, tok = _policy(model_dir)
+    cursors = [HeldCursor(FIM.render(pre, "\n"), Scope(pre, "\n", "python", Limits()), typed)
+               for pre, _, typed in CASES]  # fmt: skip
+    spec = _spec([], cursors=cursors, suggest_max_tokens=24, suggest_stop_texts=FIM.stop)
+    same = suggestions_check(model, tok, spec, "the active adapter v1")
+    assert same["passed"] and not same["skipped"] and same["margin"] == 0.0 and same["changed"] == 0, same
+    _dpo(model, tok, [(c.prompt, c.written, s) for c, (_, s, _) in zip(cursors, CASES, strict=True)], epochs=80,
+         nll_coef=1.0)  # fmt: skip
+    better = suggestions_check(model, tok, spec, "the active adapter v1")
+    assert better["passed"] and better["candidate_taken"] > better["active_taken"], better
+    assert f"you would have taken {better['candidate_taken']} of the candidate's whole" in better["line"]
+    # The same two adapters the other way round: the candidate suggests what users take less often.
+    worse = suggestions_check(
+        model, tok, replace(spec, candidate="active", active="default"), "the adapter v1"
+    )
+    assert not worse["passed"] and worse["margin"] < -worse["margin_se"], worse
+    assert worse["margin"] == pytest.approx(-better["margin"])
+    assert "suggests what you would take whole less often than the adapter v1" in worse["reason"]
+    few = suggestions_check(
+        model, tok, replace(spec, cursors=cursors[: MIN_COMPLETION_EVENTS - 1]), "the base"
+    )
     assert few["passed"] and few["skipped"] and f"needs {MIN_COMPLETION_EVENTS}" in few["line"]
 
 
@@ -384,6 +445,11 @@ def test_a_user_who_only_completes_code_gets_a_run_from_the_completions(tmp_path
     lines = "\n".join(metrics["checks"])
     assert "judge's score: not checked (no judge: too few ratings" in lines
     assert "held-out completions: what you wrote or took at the cursor is +" in lines, lines
+    suggestions = metrics["gate"]["suggestions"]
+    assert (
+        not suggestions["skipped"] and suggestions["n_events"] == metrics["data"]["completions"]["held_out"]
+    )
+    assert f"suggestions at your {suggestions['n_events']} held-out cursors" in lines, lines
     assert metrics["gate"]["completions"]["margin"] > 0 and metrics["decision"] == "publish", metrics[
         "reasons"
     ]

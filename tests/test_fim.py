@@ -238,3 +238,14 @@ def test_chat_on_a_model_without_a_chat_template_is_not_available_not_an_interna
     with pytest.raises(FeatureUnavailable) as err:
         asyncio.run(handler())
     assert err.value.CODE == -32002
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATES))
+def test_a_stored_prompt_gives_back_the_code_around_the_cursor(name):
+    """The gate reads the prefix and the suffix back from a stored FIM prompt to cut suggestions as the daemon did."""
+    t = TEMPLATES[name]
+    prefix, suffix = "def f(x):\n    return <x>\n", "\n\nprint(f(1))\n"
+    assert t.split(t.render(prefix, suffix)) == ((prefix, suffix) if t.fills_in else (prefix, ""))
+    assert t.split("<s>" + t.render(prefix, "")) == ((prefix, "") if t.fills_in else ("<s>" + prefix, ""))
+    if t.fills_in:
+        assert t.split("def f(x):") is None and t.split(t.render(prefix, suffix)[:-1]) is None

@@ -122,6 +122,12 @@ class CompletionEvent:
     ends: bool = True
     # The rating id of its newest event: an adapter whose run's watermark is below it never saw it.
     event_id: int = 0
+    # All the user is known to have had at the cursor: everything they wrote there (up to the store's bound), or
+    # the suggestion they took; None for a plain dismissal. A suggestion the user would have taken whole is a
+    # prefix of it (the gate's suggestions check).
+    written: str | None = None
+    language: str | None = None  # the document's language
+    mode: str | None = None  # "line" or "block": the kind of suggestion the daemon made there
 
 
 def completion_events(rows: Sequence[dict[str, Any]]) -> list[CompletionEvent]:
@@ -133,19 +139,22 @@ def completion_events(rows: Sequence[dict[str, Any]]) -> list[CompletionEvent]:
         suggested = str(row.get("response") or "")
         if row.get("kind") != "completion" or not suggested or not str(row.get("prompt") or ""):
             continue
-        typed = row.get("typed") or None
+        typed = written = row.get("typed") or None
         took = int(row.get("accepted") or 0) > 0 or (int(row.get("typed_through") or 0) > 0 and typed is None)
         went_on = False
+        context = _context(row)
+        language = context.get("language") if isinstance(context.get("language"), str) else None
         if typed is not None and typed.strip():
             # The editor asks again at the next line, and the lines after the first statement are what the user
             # wanted there: at this cursor they wanted the statement, and stopped where they went on.
-            typed, went_on = first_statement(typed, _language(row))
+            typed, went_on = first_statement(typed, language)
         if typed is not None and typed != suggested and typed.strip():
             outcome, wanted = "corrected", typed
         elif took or typed == suggested:
             outcome, wanted = "accepted", suggested
+            written = written if written is not None and written.startswith(suggested) else suggested
         elif int(row.get("dismissed") or 0) > 0:
-            outcome, wanted = "dismissed", None
+            outcome, wanted, written = "dismissed", None, None
         else:
             continue
         ends = went_on or not (outcome == "corrected" and bool(row.get("typed_truncated")))
@@ -158,21 +167,23 @@ def completion_events(rows: Sequence[dict[str, Any]]) -> list[CompletionEvent]:
                 wanted,
                 ends,
                 int(row.get("last_event_id") or 0),
+                written,
+                language,
+                context.get("mode") if context.get("mode") in ("line", "block") else None,
             )
         )
     return out
 
 
-def _language(row: dict[str, Any]) -> str | None:
-    """The document language a completion row was made in (its context), None if it does not say."""
+def _context(row: dict[str, Any]) -> dict[str, Any]:
+    """Where a completion row was made (its context: language, mode, ...); {} if it does not say."""
     context = row.get("context") or {}
     if isinstance(context, str):
         try:
             context = json.loads(context)
         except ValueError:
-            return None
-    language = context.get("language") if isinstance(context, dict) else None
-    return language if isinstance(language, str) else None
+            return {}
+    return context if isinstance(context, dict) else {}
 
 
 def new_events(events: Sequence[CompletionEvent], watermark: int | None) -> list[CompletionEvent]:

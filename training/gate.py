@@ -10,6 +10,11 @@
 2b. Completions: on held-out completion events, the candidate does not lower the log-likelihood of what the
    user wrote or took at the cursor (given the FIM prompt), relative to the active adapter, beyond the same
    tolerance in paired standard errors. Skipped, and says so, with fewer than MIN_COMPLETION_EVENTS.
+2c. Suggestions: at the same held-out cursors, each adapter suggests again, as the daemon would (its
+   temperature, its stop texts, the same scope rules, the same seed for both), and the share of suggestions the
+   user would have taken whole (a prefix of all they had there) does not fall, within the same tolerance in
+   paired standard errors. What users see is the suggestion, not the likelihood: a run can make what they wrote
+   likelier on average (2b) and still suggest it less often.
 3. Its KL to the active adapter (the base when none), summed over a response and averaged, stays under
    `training.max_kl`: each run is one bounded step from what the user rated. A bound on the KL to the base would
    stop all learning once earlier runs had used it up (each run starts from the active adapter), and the
@@ -30,6 +35,7 @@ import torch
 from torch import nn
 
 from reinf.fim import encode_prompt
+from reinf.truncate import Scope
 
 from .data import Example
 from .imitate import LIKED_TARGET, answer_logp, encode_wanted, encoded
@@ -205,6 +211,73 @@ def wanted_logps(
     return torch.cat(out) if out else torch.empty(0)
 
 
+@dataclass(frozen=True)
+class HeldCursor:
+    """A held-out completion event as the suggestions check replays it: the FIM prompt, the rules that cut a
+    suggestion at that cursor (the daemon's), and all the user had there (`data.CompletionEvent.written`)."""
+
+    prompt: str
+    scope: Scope
+    written: str
+
+
+def taken_whole(suggestion: str, written: str) -> bool:
+    """Whether a user who had `written` at the cursor would take `suggestion` whole: it is not empty and their
+    text starts with it (spaces at line ends aside: a suggestion has none)."""
+    return bool(suggestion) and "\n".join(line.rstrip() for line in written.split("\n")).startswith(
+        suggestion
+    )
+
+
+@torch.no_grad()
+def suggest(
+    model: nn.Module,
+    tokenizer: Any,
+    cursors: Sequence[HeldCursor],
+    adapter: str | None,
+    *,
+    max_prompt_tokens: int,
+    max_new_tokens: int,
+    temperature: float,
+    stop_ids: Sequence[int],
+    stop_texts: Sequence[str],
+    seed: int,
+    batch_size: int = 8,
+) -> list[str]:
+    """The suggestion at each cursor with `adapter` switched on (None: the base), made as the daemon makes one:
+    sampled at `temperature`, ended at a stop token or the first of `stop_texts`, cut by the cursor's scope."""
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = set(stop_ids)
+    out = []
+    with use_adapter(model, adapter):
+        for i in range(0, len(cursors), batch_size):
+            batch = cursors[i : i + batch_size]
+            q_ids, q_mask = pad_left(
+                [encode_prompt(tokenizer, c.prompt, max_prompt_tokens) for c in batch], pad, device
+            )
+            r_ids, r_mask = sample(
+                model,
+                q_ids,
+                q_mask,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                stop_ids=stop_ids,
+                pad_id=pad,
+                generator=gen,
+            )
+            for cursor, row, alive in zip(batch, r_ids.tolist(), r_mask.tolist(), strict=True):
+                kept = [t for t, a in zip(row, alive, strict=True) if a]
+                reason = "stop" if kept and kept[-1] in stops else "length"
+                text = tokenizer.decode([t for t in kept if t not in stops], skip_special_tokens=False)
+                cuts = [j for j in (text.find(s) for s in stop_texts if s) if j >= 0]
+                if cuts:
+                    text, reason = text[: min(cuts)], "stop"
+                out.append(cursor.scope.finish(text, reason))
+    return out
+
+
 @dataclass
 class GateSpec:
     """What the gate compares, on what, and its bounds (see the module's docstring for the checks)."""
@@ -227,6 +300,11 @@ class GateSpec:
     samples: int = 4
     # Held-out completion events: (FIM prompt, what the user wrote or took there), for the completions check.
     completions: Sequence[tuple[str, str] | tuple[str, str, bool]] = ()
+    # The same events' cursors, for the suggestions check, and how the daemon suggests there.
+    cursors: Sequence[HeldCursor] = ()
+    suggest_temperature: float = 0.0
+    suggest_max_tokens: int = 64
+    suggest_stop_texts: Sequence[str] = ()
     no_judge: str = ""  # why this run has no judge (its score check is skipped), if it has none
     score_range: tuple[float, float] | None = None
     length_floor: float = 0.0
@@ -275,11 +353,13 @@ def run_gate(model: nn.Module, tokenizer: Any, rm: RewardModel | None, spec: Gat
     against = f"the active adapter v{spec.active_version}" if spec.active else "the base model"
     ratings = ratings_check(model, tokenizer, spec, against)
     completions = completions_check(model, tokenizer, spec, against)
+    suggestions = suggestions_check(model, tokenizer, spec, against)
     tol = spec.tolerance_se
     checks = {
         "reward_not_worse": passes,
         "ratings_not_worse": ratings["passed"],
         "completions_not_worse": completions["passed"],
+        "suggestions_not_worse": suggestions["passed"],
         "kl_within_bound": kl <= spec.max_kl,
         "general_loss_ok": increase <= spec.max_general_loss_increase,
         "length_ok": cand_length >= spec.length_floor,
@@ -291,6 +371,7 @@ def run_gate(model: nn.Module, tokenizer: Any, rm: RewardModel | None, spec: Gat
         else f"judge's score: not checked ({spec.no_judge or 'this run has no judge'})",
         "ratings_not_worse": ratings["line"],
         "completions_not_worse": completions["line"],
+        "suggestions_not_worse": suggestions["line"],
         "kl_within_bound": f"KL to {against}: {kl:.1f} nats per answer (at most {spec.max_kl:g})",
         "general_loss_ok": f"loss on general code: {100 * increase:+.1f}% against the base "
         f"({base_general:.4f} → {cand_general:.4f}; at most +{100 * spec.max_general_loss_increase:g}%)",
@@ -308,6 +389,8 @@ def run_gate(model: nn.Module, tokenizer: Any, rm: RewardModel | None, spec: Gat
         reasons.append(ratings["reason"])
     if not checks["completions_not_worse"]:
         reasons.append(completions["reason"])
+    if not checks["suggestions_not_worse"]:
+        reasons.append(suggestions["reason"])
     if not checks["kl_within_bound"]:
         reasons.append(
             f"KL to {against} is {kl:.3f} nats per response, over training.max_kl = {spec.max_kl:g}"
@@ -338,6 +421,7 @@ def run_gate(model: nn.Module, tokenizer: Any, rm: RewardModel | None, spec: Gat
         "compared_with": spec.active_version,
         "ratings": {k: v for k, v in ratings.items() if k not in ("line", "reason")},
         "completions": {k: v for k, v in completions.items() if k not in ("line", "reason")},
+        "suggestions": {k: v for k, v in suggestions.items() if k not in ("line", "reason")},
         "kl_to_active": kl,
         "kl_to_base": kl_base,
         "max_kl": spec.max_kl,
@@ -428,6 +512,54 @@ def completions_check(model: nn.Module, tokenizer: Any, spec: GateSpec, against:
         "reason": f"on {len(cand)} held-out completions, the candidate makes what you wrote or took at the cursor "
         f"less likely than {against} does: {margin:.2f} nats per completion, more than {spec.tolerance_se:g} "
         f"standard errors ({se:.2f})",
+    }
+
+
+def suggestions_check(model: nn.Module, tokenizer: Any, spec: GateSpec, against: str) -> dict[str, Any]:
+    """Check 2c at the held-out cursors; skipped, and says so, with too few of them."""
+    n = len(spec.cursors)
+    if n < MIN_COMPLETION_EVENTS:
+        return {
+            "passed": True,
+            "skipped": True,
+            "n_events": n,
+            "line": f"suggestions at your held-out cursors: not checked ({n} held-out events where you took a "
+            f"suggestion or wrote your own; the check needs {MIN_COMPLETION_EVENTS})",
+            "reason": "",
+        }
+    kw = dict(
+        max_prompt_tokens=spec.max_prompt_tokens,
+        max_new_tokens=spec.suggest_max_tokens,
+        temperature=spec.suggest_temperature,
+        stop_ids=spec.stop_ids,
+        stop_texts=spec.suggest_stop_texts,
+        seed=spec.seed,
+    )
+    cand = suggest(model, tokenizer, spec.cursors, spec.candidate, **kw)
+    active = suggest(model, tokenizer, spec.cursors, spec.active, **kw)
+
+    def taken(texts: list[str]) -> torch.Tensor:
+        return torch.tensor([taken_whole(t, c.written) for t, c in zip(texts, spec.cursors, strict=True)])
+
+    cand_taken, active_taken = taken(cand), taken(active)
+    margin, se = completions_margin(cand_taken, active_taken)
+    passed = margin >= -spec.tolerance_se * se
+    c, a = int(cand_taken.sum()), int(active_taken.sum())
+    return {
+        "passed": passed,
+        "skipped": False,
+        "n_events": n,
+        "candidate_taken": c,
+        "active_taken": a,
+        "margin": margin,
+        "margin_se": se,
+        "changed": sum(x != y for x, y in zip(cand, active, strict=True)),
+        "line": f"suggestions at your {n} held-out cursors: you would have taken {c} of the candidate's whole and "
+        f"{a} of {against}'s (the share may be up to {spec.tolerance_se:g} × its standard error "
+        f"{100 * se:.1f} points lower)",
+        "reason": f"at {n} held-out cursors the candidate suggests what you would take whole less often than "
+        f"{against}: {c} against {a} ({100 * margin:+.1f} points), more than {spec.tolerance_se:g} standard "
+        f"errors ({100 * se:.1f} points)",
     }
 
 

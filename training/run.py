@@ -42,6 +42,9 @@ MIN_RATINGS = 8
 # (training.max_general_loss_increase): the guard measures on other texts than the gate, so it leaves a margin.
 GUARD_SHARE_OF_BOUND = 0.6
 MIN_COMPLETION_PAIRS = 8  # completion pairs that make a run without enough ratings worth it
+# The newest held-out events the gate suggests again at (each is a suggestion per adapter): the check's cost
+# stays bounded as the events pile up.
+MAX_HELD_CURSORS = 160
 
 
 class Progress:
@@ -469,6 +472,10 @@ class Run:
             temperature=tc.temperature,
             stop_ids=self.stop_ids,
             completions=data.wanted_texts(self.held_events),
+            cursors=held_cursors(self.cfg, tok, self.held_events)[-MAX_HELD_CURSORS:],
+            suggest_temperature=self.cfg.model.temperature,
+            suggest_max_tokens=self.cfg.model.max_new_tokens,
+            suggest_stop_texts=_completion_stops(self.cfg, tok),
             no_judge=self.no_judge,
             max_kl=tc.max_kl,
             max_general_loss_increase=tc.max_general_loss_increase,
@@ -510,6 +517,36 @@ def ppo_args(cfg: Config, learning_rate: float):
     t = cfg.training
     shared = {f.name: getattr(t, f.name) for f in fields(PPOArgs) if hasattr(t, f.name)}
     return PPOArgs(**{**shared, "learning_rate": learning_rate})
+
+
+def held_cursors(cfg: Config, tokenizer: Any, events: Any) -> list[Any]:
+    """The gate's cursors of the events that say all the user had there, oldest first, each with the scope the
+    daemon cut its suggestion by (the prefix and suffix read back from its FIM prompt, the language's limits, the
+    single-line mode where the daemon made a line suggestion)."""
+    from reinf.truncate import Limits, Scope
+
+    from .gate import HeldCursor
+
+    template, out = _fim_template(cfg, tokenizer), []
+    for e in sorted(events, key=lambda e: e.event_id):
+        parts = template.split(e.prompt) if e.written else None
+        if parts is None:
+            continue
+        max_lines, max_chars = cfg.completions.limits_for(e.language)
+        limits = Limits(max_lines, max_chars, cfg.completions.multiline and e.mode != "line")
+        out.append(HeldCursor(e.prompt, Scope(parts[0], parts[1], e.language, limits), e.written))
+    return out
+
+
+def _fim_template(cfg: Config, tokenizer: Any):
+    from reinf.fim import get_template, tokenizer_vocab
+
+    return get_template(cfg.model.fim_template, tokenizer_vocab(tokenizer), cfg.model.name)
+
+
+def _completion_stops(cfg: Config, tokenizer: Any) -> list[str]:
+    """The texts that end a completion in the daemon (engine.complete): the template's stops and the EOS."""
+    return [*_fim_template(cfg, tokenizer).stop, tokenizer.eos_token or ""]
 
 
 def completion_guard(cfg: Config, model: Any, tokenizer: Any):
