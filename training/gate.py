@@ -479,18 +479,23 @@ def ratings_check(model: nn.Module, tokenizer: Any, spec: GateSpec, against: str
     }
 
 
+def _too_few_events(check: str, n: int) -> dict[str, Any]:
+    """A completions check skipped for too few held-out events, saying so."""
+    return {
+        "passed": True,
+        "skipped": True,
+        "n_events": n,
+        "line": f"{check}: not checked ({n} held-out events where you took a suggestion or wrote your own; the "
+        f"check needs {MIN_COMPLETION_EVENTS})",
+        "reason": "",
+    }
+
+
 def completions_check(model: nn.Module, tokenizer: Any, spec: GateSpec, against: str) -> dict[str, Any]:
     """Check 2b on the held-out completion events; skipped, and says so, with too few of them."""
     n = len(spec.completions)
     if n < MIN_COMPLETION_EVENTS:
-        return {
-            "passed": True,
-            "skipped": True,
-            "n_events": n,
-            "line": f"your held-out completions: not checked ({n} held-out events where you took a suggestion or "
-            f"wrote your own; the check needs {MIN_COMPLETION_EVENTS})",
-            "reason": "",
-        }
+        return _too_few_events("your held-out completions", n)
     kw = dict(
         max_prompt_tokens=spec.max_prompt_tokens,
         max_response_tokens=spec.max_new_tokens,
@@ -519,14 +524,7 @@ def suggestions_check(model: nn.Module, tokenizer: Any, spec: GateSpec, against:
     """Check 2c at the held-out cursors; skipped, and says so, with too few of them."""
     n = len(spec.cursors)
     if n < MIN_COMPLETION_EVENTS:
-        return {
-            "passed": True,
-            "skipped": True,
-            "n_events": n,
-            "line": f"suggestions at your held-out cursors: not checked ({n} held-out events where you took a "
-            f"suggestion or wrote your own; the check needs {MIN_COMPLETION_EVENTS})",
-            "reason": "",
-        }
+        return _too_few_events("suggestions at your held-out cursors", n)
     kw = dict(
         max_prompt_tokens=spec.max_prompt_tokens,
         max_new_tokens=spec.suggest_max_tokens,
