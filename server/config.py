@@ -74,6 +74,9 @@ class TrainingConfig:
     # they wrote becomes what the model writes there, not only likelier than what it suggested. The completions
     # have their own passes and rate, apart from the rated answers' KTO.
     completion_epochs: int = 6
+    # Earlier completions a run goes over again beside the new ones, per new one (drawn at random, capped by how
+    # many there are), so that the adapter keeps fitting what the user did before; 0: new ones only.
+    completion_replay: int = 4
     completion_learning_rate: float = 0.0  # 0: derived from the model's hidden size
     dpo_beta: float = 0.1
     dpo_nll_coef: float = 1.0
@@ -438,6 +441,7 @@ _LEARNING_RANGES: dict[str, dict[str, tuple[float, float, bool]]] = {
         "warm_start_epochs": (0, 100, True),
         "warm_start_learning_rate": (0, 1, True),
         "completion_epochs": (0, 100, True),
+        "completion_replay": (0, 100, True),
         "completion_learning_rate": (0, 1, True),
         "kto_beta": (0, 100, False),
         "dpo_beta": (0, 100, False),

@@ -460,6 +460,7 @@ def test_a_run_learns_from_the_completions_new_since_the_active_adapter(tmp_path
     from tests.test_trainer import _prepare_run, _train
 
     cfg, store = _completion_home(tmp_path, model_dir, 48)
+    cfg.training.completion_replay = 2  # below the earlier ones' count, so the bound shows
     run1 = _prepare_run(cfg, store, model_dir)
     first = _train(run1)
     assert first["decision"] == "publish" and first["data"]["completions"]["new_to_the_active_adapter"] > 30
@@ -479,7 +480,7 @@ def test_a_run_learns_from_the_completions_new_since_the_active_adapter(tmp_path
     assert second["corrected"] + second["accepted"] == 64 and train_share > 40
     assert 8 <= second["new_to_the_active_adapter"] <= 16
     new = second["new_to_the_active_adapter"]
-    assert second["replayed"] == min(data.REPLAY_PER_NEW * new, train_share - new) > new
+    assert second["replayed"] == min(cfg.training.completion_replay * new, train_share - new) > new
     assert second["pairs"] == second["new_to_the_active_adapter"] + second["replayed"]
     # An adapter whose run's watermark is unknown (from before watermarks) learns from all of them.
     old = {"version": 1, "path": str(run1 / "adapter"), "event_watermark": None}

@@ -204,19 +204,15 @@ def split_events(
     return [e for e in events if e.interaction_id not in ids], held
 
 
-# Earlier completions a run goes over again, per new one (chosen by bench/completions.py; see bench/results).
-REPLAY_PER_NEW = 2
-
-
 def replay_sample(
-    events: Sequence[CompletionEvent], new: Sequence[CompletionEvent], seed: str
+    events: Sequence[CompletionEvent], new: Sequence[CompletionEvent], seed: str, per_new: int
 ) -> list[CompletionEvent]:
-    """REPLAY_PER_NEW times as many of the events in `events` but not `new` (capped by how many there are),
+    """`per_new` times as many of the events in `events` but not `new` (capped by how many there are),
     drawn at random with `seed`: what a run goes over again beside the new ones, so that the adapter keeps what
     it learnt from them without fitting every earlier event once more in every run."""
     ids = {e.interaction_id for e in new}
     old = [e for e in events if e.interaction_id not in ids]
-    return random.Random(seed).sample(old, min(len(old), REPLAY_PER_NEW * len(new)))
+    return random.Random(seed).sample(old, min(len(old), per_new * len(new)))
 
 
 def completion_pairs(events: Sequence[CompletionEvent]) -> list[tuple[str, str, str, bool]]:

@@ -216,13 +216,16 @@ class Run:
         self.train_events, self.held_events = data.split_events(
             events, self.cfg.reward_model.holdout_fraction
         )
-        # The policy learns from the completions the active adapter has not, and goes over as many of the
-        # earlier ones again (it learnt them in its own runs, and is the reference here). Training on all of them
-        # in every run would fit the first ones a further completion_epochs each time, wearing away the model's
-        # general code run after run, and make every run longer than the last.
+        # The policy learns from the completions the active adapter has not, and goes over completion_replay
+        # times as many earlier ones again (it learnt them in its own runs, and is the reference here), so that
+        # it keeps fitting them. A bound per new one, not all of them: all would make every run longer than the
+        # last, whatever the user did since.
         new = data.new_events(self.train_events, (self.active or {}).get("event_watermark"))
         replayed = data.replay_sample(
-            self.train_events, new, seed=f"{self.cfg.training.seed}:{self.extras.get('run_id')}"
+            self.train_events,
+            new,
+            seed=f"{self.cfg.training.seed}:{self.extras.get('run_id')}",
+            per_new=self.cfg.training.completion_replay,
         )
         self.learn_events = new + replayed
         self.completion_pairs = data.completion_pairs(self.learn_events)
