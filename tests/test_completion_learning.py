@@ -465,8 +465,8 @@ def test_a_run_learns_from_the_completions_new_since_the_active_adapter(tmp_path
     first = _train(run1)
     assert first["decision"] == "publish" and first["data"]["completions"]["new_to_the_active_adapter"] > 30
     watermark = store.list_runs(limit=1)[0]["event_watermark"]
-    # 16 more suggestions after that run: the next run learns from them, and goes over twice as many of the 48
-    # before again, not all of them.
+    # 16 more suggestions after that run: the next run learns from them, and goes over completion_replay (2)
+    # times as many of the 48 before again, not all of them.
     for i in range(48, 64):
         pre, suggested, typed = CASES[i % len(CASES)]
         iid = store.add_interaction(interaction_id=f"c{i:031x}", kind="completion", client="test",
