@@ -63,21 +63,27 @@ class Limits:
 
 
 class _Scanner:
-    """Bracket depth through code, skipping strings and comments (good enough for suggestions a few lines long)."""
+    """Bracket depth through code, skipping strings and comments (good enough for suggestions a few lines long).
+    `quote`: the string open where the text starts (a docstring the cursor is in)."""
 
-    def __init__(self, language: str) -> None:
+    def __init__(self, language: str, quote: str = "") -> None:
         self.hash_comments = language in INDENT_LANGUAGES or language in ("ruby", "shellscript", "r", "perl")
         self.slash_comments = not self.hash_comments or language == "php"
         self.backtick = language in ("javascript", "typescript", "javascriptreact", "typescriptreact", "go")
+        self.triple_quotes = language in INDENT_LANGUAGES
         self.stack: list[str] = []
-        self.quote = ""  # the open string's quote, "" outside strings
+        self.quote = quote  # the open string's quote ('"""' for a docstring), "" outside strings
         self.block_comment = False
         self.line_comment = False
         self.escaped = False
+        self.skip = 0  # the rest of a triple quote, already read
 
     def feed(self, text: str, i: int) -> str:
         """Advance over text[i]; returns "open", "close", "underflow" (closes a bracket opened before the
         cursor), "code" or "skip" (inside a string or comment)."""
+        if self.skip:
+            self.skip -= 1
+            return "skip"
         ch = text[i]
         nxt = text[i + 1] if i + 1 < len(text) else ""
         if ch == "\n":
@@ -97,7 +103,8 @@ class _Scanner:
                 self.escaped = False
             elif ch == "\\":
                 self.escaped = True
-            elif ch == self.quote:
+            elif text.startswith(self.quote, i):
+                self.skip = len(self.quote) - 1
                 self.quote = ""
             return "skip"
         if ch == "#" and self.hash_comments:
@@ -110,7 +117,8 @@ class _Scanner:
             # A Rust lifetime ('a) is not a character literal: one opens only if it closes within 3 characters.
             if ch == "'" and not self.hash_comments and "'" not in text[i + 1 : i + 5]:
                 return "code"
-            self.quote = ch
+            self.quote = ch * 3 if self.triple_quotes and text.startswith(ch * 3, i) else ch
+            self.skip = len(self.quote) - 1
             return "skip"
         if ch in _OPEN:
             self.stack.append(ch)
@@ -125,12 +133,51 @@ class _Scanner:
         return "code"
 
 
-def _in_text(line: str, language: str) -> bool:
+def _in_text(line: str, language: str, quote: str = "") -> bool:
     """Whether `line` ends inside a string or a comment (a colon in a docstring opens no block)."""
-    scan = _Scanner(language)
+    scan = _Scanner(language, quote)
     for i in range(len(line)):
         scan.feed(line, i)
     return bool(scan.quote or scan.line_comment or scan.block_comment)
+
+
+def _escaped(text: str, j: int) -> bool:
+    """Whether text[j] follows an odd number of backslashes."""
+    k = j
+    while k > 0 and text[k - 1] == "\\":
+        k -= 1
+    return (j - k) % 2 == 1
+
+
+def _open_docstring(text: str, language: str, quote: str = "") -> str:
+    """The quote of the triple-quoted string open at the end of `text`, "" for none; `quote`: the one open where
+    it starts. It looks for triple quotes (str.find) and reads only the line before each, so that a long prefix
+    costs little."""
+    if language not in INDENT_LANGUAGES:
+        return ""
+    pos = 0
+    ahead = {q: text.find(q) for q in ('"""', "'''")}  # the next of each at pos or after, -1: none
+    while True:
+        for q, j in ahead.items():
+            if 0 <= j < pos:
+                ahead[q] = text.find(q, pos)
+        if quote:
+            j = ahead[quote]
+            while j > 0 and _escaped(text, j):
+                j = text.find(quote, j + 1)
+            if j < 0:
+                return quote
+            pos, quote = j + 3, ""
+            continue
+        found = [j for j in ahead.values() if j >= 0]
+        if not found:
+            return ""
+        j = min(found)
+        before = text[max(pos, text.rfind("\n", 0, j) + 1) : j]
+        if before.strip() and _in_text(before, language):
+            pos = j + 3  # in a comment or a one-line string
+        else:
+            quote, pos = text[j : j + 3], j + 3
 
 
 @dataclass
@@ -151,9 +198,14 @@ class Scope:
         self.line_after = suffix if nl < 0 else suffix[:nl]
         self.suffix = suffix
         self.suffix_has_code = bool(suffix.strip())
+        # A docstring open where the cursor's line starts: its lines are text, not code.
+        self.quote_at_line = _open_docstring(
+            prefix[-20000 : len(prefix) - len(self.line_before)], self.language
+        )
+        self.quote_at_cursor = _open_docstring(self.line_before, self.language, self.quote_at_line)
         before = self.line_before.strip()
         opens_block = (before.endswith(":") if self.indented else before.endswith(("{", "(", "["))) and not (
-            _in_text(self.line_before, self.language)
+            _in_text(self.line_before, self.language, self.quote_at_line)
         )
         self.multiline = limits.multiline and not self.line_after.strip() and (not before or opens_block)
         self.mode = "block" if self.multiline else "line"
@@ -174,7 +226,7 @@ class Scope:
     def _cut(self, text: str, final: bool = False) -> _Cut:
         """Where the suggestion's scope ends in `text`, or how far it may go if the end is not in sight.
         `final`: the text is all there will be (its last line is complete)."""
-        scan = _Scanner(self.language)
+        scan = _Scanner(self.language, self.quote_at_cursor)
         limit = min(len(text), self.limits.max_chars)
         # A block opened on the cursor line starts the suggestion with a newline: that line does not count.
         max_newlines = self.limits.max_lines - (0 if text[:1] == "\n" else 1)
@@ -246,7 +298,7 @@ class Scope:
         """Whether a code line at `indent` may follow the suggestion so far: deeper only after a line that opens
         a block, shallower only back to a level that is open. Lines inside brackets continue the line above."""
         text = self.line_before + before
-        scan, starts, depth = _Scanner(self.language), [0], []
+        scan, starts, depth = _Scanner(self.language, self.quote_at_line), [0], []
         for j in range(len(text)):
             scan.feed(text, j)
             if text[j] == "\n":

@@ -241,6 +241,26 @@ def test_a_colon_in_a_string_or_comment_opens_no_block() -> None:
     assert finish('"""Accounts: ', "\n", "python", 'loading them."""\n\nimport json\n') == 'loading them."""'
 
 
+def test_a_docstring_of_several_lines_is_text_not_code() -> None:
+    """A bracket left open in a docstring's prose does not hold the suggestion open past the next def."""
+    text = (
+        '"""Sum the totals.\n\n    Rows (those without one count as 0.\n    """\n    return sum(rows)\n\n\n'
+        "def other():\n    pass\n"
+    )
+    assert finish("def total(rows):\n    ", "", "python", text) == text[: text.index("\n\n\ndef")]
+
+
+def test_a_cursor_inside_an_open_docstring() -> None:
+    """Its lines are prose: a colon opens no block, a shallower line is no dedent; the code after it is code."""
+    prefix = 'def total(rows):\n    """Sum the totals.\n\n'
+    assert Scope.at(prefix + "    Args:", "\n", "python").mode == "line"
+    text = 'Rows: a list\nof dicts.\n    """\n    return sum(rows)\n\n\ndef other():\n    pass\n'
+    assert finish(prefix + "    ", "\n", "python", text) == text[: text.index("\n\n\ndef")]
+    # triple quotes in a comment or a one-line string open no docstring; an escaped one closes none
+    assert Scope.at("x = '\"\"\"'  # '''\ndef f():", "\n", "python").mode == "block"
+    assert Scope.at('s = """a \\""" b\n\nc:', "\n", "python").mode == "line"
+
+
 @pytest.mark.parametrize(
     ("prefix", "suffix", "language", "text"),
     [
