@@ -76,7 +76,7 @@ class TrainingConfig:
     completion_epochs: int = 6
     # Earlier completions a run goes over again beside the new ones, per new one (drawn at random, capped by how
     # many there are), so that the adapter keeps fitting what the user did before; 0: new ones only.
-    completion_replay: int = 4
+    completion_replay: int = 2
     completion_learning_rate: float = 0.0  # 0: derived from the model's hidden size
     dpo_beta: float = 0.1
     dpo_nll_coef: float = 1.0
