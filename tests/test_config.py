@@ -43,6 +43,8 @@ def test_precedence_toml_then_environment_then_flags(tmp_path: Path) -> None:
         ("[training]\nimitation_epochs = 3\n", {}, "is now training.warm_start_epochs"),
         ("", {"REINF_MODEL_SEED": "-2"}, "model.seed"),
         ("", {"REINF_TRAINING_KTO_BETA": "0"}, "training.kto_beta"),
+        ("[training]\ncompletion_replay = -1\n", {}, "training.completion_replay"),
+        ("", {"REINF_TRAINING_COMPLETION_REPLAY": "all"}, "training.completion_replay"),
     ],
 )
 def test_bad_config_names_the_problem(tmp_path: Path, toml: str, env: dict[str, str], needle: str) -> None:
