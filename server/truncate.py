@@ -132,13 +132,23 @@ class _Scanner:
             return "close"  # a mismatched closer: leave the depth as it is
         return "code"
 
+    @property
+    def in_text(self) -> bool:
+        """Inside a string or a comment (a colon in a docstring opens no block)."""
+        return bool(self.quote or self.line_comment or self.block_comment)
 
-def _in_text(line: str, language: str, quote: str = "") -> bool:
-    """Whether `line` ends inside a string or a comment (a colon in a docstring opens no block)."""
+    @property
+    def docstring(self) -> str:
+        """The quote of the triple-quoted string open here, "" for none."""
+        return self.quote if len(self.quote) == 3 else ""
+
+
+def _scan(line: str, language: str, quote: str = "") -> _Scanner:
+    """The scanner after `line`, started inside the string `quote` ("" for none)."""
     scan = _Scanner(language, quote)
     for i in range(len(line)):
         scan.feed(line, i)
-    return bool(scan.quote or scan.line_comment or scan.block_comment)
+    return scan
 
 
 def _escaped(text: str, j: int) -> bool:
@@ -149,13 +159,12 @@ def _escaped(text: str, j: int) -> bool:
     return (j - k) % 2 == 1
 
 
-def _open_docstring(text: str, language: str, quote: str = "") -> str:
-    """The quote of the triple-quoted string open at the end of `text`, "" for none; `quote`: the one open where
-    it starts. It looks for triple quotes (str.find) and reads only the line before each, so that a long prefix
-    costs little."""
+def _open_docstring(text: str, language: str) -> str:
+    """The quote of the triple-quoted string open at the end of `text`, "" for none. It looks for triple quotes
+    (str.find) and reads only the line before each, so that a long prefix costs little."""
     if language not in INDENT_LANGUAGES:
         return ""
-    pos = 0
+    pos, quote = 0, ""
     ahead = {q: text.find(q) for q in ('"""', "'''")}  # the next of each at pos or after, -1: none
     while True:
         for q, j in ahead.items():
@@ -174,7 +183,7 @@ def _open_docstring(text: str, language: str, quote: str = "") -> str:
             return ""
         j = min(found)
         before = text[max(pos, text.rfind("\n", 0, j) + 1) : j]
-        if before.strip() and _in_text(before, language):
+        if before.strip() and _scan(before, language).in_text:
             pos = j + 3  # in a comment or a one-line string
         else:
             quote, pos = text[j : j + 3], j + 3
@@ -202,11 +211,12 @@ class Scope:
         self.quote_at_line = _open_docstring(
             prefix[-20000 : len(prefix) - len(self.line_before)], self.language
         )
-        self.quote_at_cursor = _open_docstring(self.line_before, self.language, self.quote_at_line)
+        cursor_line = _scan(self.line_before, self.language, self.quote_at_line)
+        self.quote_at_cursor = cursor_line.docstring
         before = self.line_before.strip()
-        opens_block = (before.endswith(":") if self.indented else before.endswith(("{", "(", "["))) and not (
-            _in_text(self.line_before, self.language, self.quote_at_line)
-        )
+        opens_block = (
+            before.endswith(":") if self.indented else before.endswith(("{", "(", "["))
+        ) and not cursor_line.in_text
         self.multiline = limits.multiline and not self.line_after.strip() and (not before or opens_block)
         self.mode = "block" if self.multiline else "line"
         # The block the cursor is in: a body opened on this line is deeper than the line.
