@@ -197,8 +197,10 @@ class Scheduler:
                 {
                     "version": active["version"],
                     "path": active["path"],
-                    # What the run that made it had seen: the events after this rating id are new to it.
+                    # What the run that made it had seen: the events after this rating id are new to it, and
+                    # so are those it held out for its gate, after the second.
                     "event_watermark": self._event_watermark_of(active.get("run_id")),
+                    "held_out_after": self._held_out_after(active.get("run_id")),
                 }
                 if active
                 else None
@@ -210,6 +212,16 @@ class Scheduler:
         before event watermarks)."""
         run = self.store.get_run(run_id) if run_id is not None else None
         return int(run["event_watermark"]) if run and run.get("event_watermark") else None
+
+    def _held_out_after(self, run_id: int | None) -> int:
+        """The event watermark after which run `run_id` held completions out for its gate (its metrics say; 0,
+        all of them up to its own watermark, where they do not: a run from before the held-out events were learnt
+        by the next one)."""
+        run = self.store.get_run(run_id) if run_id is not None else None
+        value: Any = (run or {}).get("metrics")
+        for key in ("data", "completions", "held_out_after"):
+            value = value.get(key) if isinstance(value, dict) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
     def _base_model_path(self) -> str:
         try:

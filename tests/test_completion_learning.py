@@ -461,12 +461,19 @@ def test_a_run_learns_from_the_completions_new_since_the_active_adapter(tmp_path
 
     cfg, store = _completion_home(tmp_path, model_dir, 48)
     cfg.training.completion_replay = 2  # below the earlier ones' count, so the bound shows
+    fraction = cfg.reward_model.holdout_fraction
+    held1 = sum(data.held_out(f"c{i:031x}", fraction) for i in range(48))
+    held2 = sum(data.held_out(f"c{i:031x}", fraction) for i in range(48, 64))
+    assert held1 > 0 and 0 < held2 < 16  # the fixed ids split so that every count below shows
     run1 = _prepare_run(cfg, store, model_dir)
     first = _train(run1)
-    assert first["decision"] == "publish" and first["data"]["completions"]["new_to_the_active_adapter"] > 30
+    done = first["data"]["completions"]
+    assert first["decision"] == "publish" and done["held_out"] == held1 and done["held_out_after"] == 0
+    assert done["new_to_the_active_adapter"] == 48 - held1
     watermark = store.list_runs(limit=1)[0]["event_watermark"]
-    # 16 more suggestions after that run: the next run learns from them, and goes over completion_replay (2)
-    # times as many of the 48 before again, not all of them.
+    # 16 more suggestions after that run: the next run learns from them but those it holds out for its gate,
+    # from the ones the first run held out (new to the adapter: it never learnt them), and goes over
+    # completion_replay (2) times as many of the others again, not all of them.
     for i in range(48, 64):
         pre, suggested, typed = CASES[i % len(CASES)]
         iid = store.add_interaction(interaction_id=f"c{i:031x}", kind="completion", client="test",
@@ -474,19 +481,44 @@ def test_a_run_learns_from_the_completions_new_since_the_active_adapter(tmp_path
                                     context={}, response=suggested, finish_reason="stop", timings={})  # fmt: skip
         store.add_completion_event(iid, "dismissed", shown_ms=500)
         store.add_correction(iid, "dismissed", typed, False, "lines")
-    active = {"version": 1, "path": str(run1 / "adapter"), "event_watermark": watermark}
+    active = {"version": 1, "path": str(run1 / "adapter"), "event_watermark": watermark, "held_out_after": 0}
     second = _train(_prepare_run(cfg, store, model_dir, active=active))["data"]["completions"]
-    train_share = second["corrected"] + second["accepted"] - second["held_out"]
-    assert second["corrected"] + second["accepted"] == 64 and train_share > 40
-    assert 8 <= second["new_to_the_active_adapter"] <= 16
+    assert second["corrected"] + second["accepted"] == 64
+    # Held out: only the new ones the hash holds, which neither the adapter nor the candidate learnt.
+    assert second["held_out"] == held2 and second["held_out_after"] == watermark
+    assert second["held_out_before"] == held1
     new = second["new_to_the_active_adapter"]
-    assert second["replayed"] == min(cfg.training.completion_replay * new, train_share - new) > new
-    assert second["pairs"] == second["new_to_the_active_adapter"] + second["replayed"]
-    # An adapter whose run's watermark is unknown (from before watermarks) learns from all of them.
+    assert new == 16 - held2 + held1
+    assert second["replayed"] == min(cfg.training.completion_replay * new, 64 - held2 - new) > 0
+    assert second["pairs"] == new + second["replayed"]
+    # An adapter whose run's watermark is unknown (from before watermarks) learns from all but the held-out.
     old = {"version": 1, "path": str(run1 / "adapter"), "event_watermark": None}
     third = _train(_prepare_run(cfg, store, model_dir, active=old))["data"]["completions"]
-    assert third["new_to_the_active_adapter"] == train_share and third["replayed"] == 0
+    assert third["new_to_the_active_adapter"] == 64 - held1 - held2 and third["replayed"] == 0
     store.close()
+
+
+def test_each_run_holds_out_only_what_the_active_adapter_never_learnt_and_learns_it_next():
+    """Runs in a row, each from the adapter the one before made: the gate's events were never in any earlier
+    run's training set, and every event but the last run's held-out ones is new to exactly one run."""
+    fraction = 0.3
+    events = [data.CompletionEvent(f"e{i}", "p", "s", "corrected", "w", event_id=i + 1) for i in range(200)]
+    learnt: set[str] = set()  # everything any earlier run could learn from
+    new_counts: dict[str, int] = {}
+    watermark, held_after = None, None
+    for end in (40, 90, 91, 150, 200):  # the events there as each run starts (91: one new event only)
+        split = data.split_for_run(events[:end], fraction, watermark, held_after)
+        held = {e.interaction_id for e in split.held}
+        assert not held & learnt and (held or end == 91)
+        assert not held & {e.interaction_id for e in split.train}
+        assert {e.interaction_id for e in split.new} <= {e.interaction_id for e in split.train}
+        for e in split.new:
+            new_counts[e.interaction_id] = new_counts.get(e.interaction_id, 0) + 1
+        learnt |= {e.interaction_id for e in split.train}
+        held_after, watermark = watermark or 0, end
+    last_held = {e.interaction_id for e in split.held}
+    assert set(new_counts) == {e.interaction_id for e in events} - last_held
+    assert set(new_counts.values()) == {1}
 
 
 def test_too_few_ratings_and_completions_is_a_rejection_that_says_both(tmp_path, model_dir):

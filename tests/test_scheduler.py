@@ -166,9 +166,20 @@ def test_the_threshold_starts_a_run_that_publishes_and_swaps(h):
     # ... and what the run that made it had seen (its watermark): the events after it are new to the adapter.
     watermark = h.store.get_run(run["run_id"])["event_watermark"]
     assert watermark > 0
-    assert config2["active_adapter"] == {"version": 1, "path": str(adapter), "event_watermark": watermark}
+    # The fake trainer's metrics do not say where that run held completions out after: all of them, up to it.
+    assert config2["active_adapter"] == {
+        "version": 1, "path": str(adapter), "event_watermark": watermark, "held_out_after": 0,
+    }  # fmt: skip
     assert config["fresh_judge"] is False and config2["fresh_judge"] is False
     assert run2["adapter_version"] == 2 and h.store.active_adapter()["version"] == 2
+    # A run's metrics say after which watermark it held completions out: the next run learns those; a value
+    # that is not a positive whole number reads as 0 (all of them).
+    for value, told in ((watermark, watermark), ("3", 0)):
+        last = h.store.list_runs(limit=1)[0]["run_id"]
+        h.store.update_run(last, metrics={"data": {"completions": {"held_out_after": value}}})
+        nxt = h.wait(h.sched.retrain())
+        told_config = json.loads((h.cfg.home / "runs" / str(nxt["run_id"]) / "config.json").read_text())
+        assert told_config["active_adapter"]["held_out_after"] == told
 
 
 def test_one_run_at_a_time_and_cancel(h, monkeypatch):

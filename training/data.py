@@ -89,6 +89,11 @@ def _unit_hash(key: str) -> float:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
 
 
+def held_out(interaction_id: str, fraction: float) -> bool:
+    """Whether the stable hash puts an interaction in the held-out `fraction`."""
+    return _unit_hash(interaction_id) < fraction
+
+
 def split(items: Sequence[Example], fraction: float) -> tuple[list[Example], list[Example]]:
     """(train, held-out). Held-out takes explicit ratings whose hash falls under `fraction`.
 
@@ -199,9 +204,39 @@ def split_events(
     events: Sequence[CompletionEvent], fraction: float
 ) -> tuple[list[CompletionEvent], list[CompletionEvent]]:
     """(train, held-out) by a stable hash of each interaction, as the ratings are split."""
-    held = [e for e in events if _unit_hash(e.interaction_id) < fraction]
+    held = [e for e in events if held_out(e.interaction_id, fraction)]
     ids = {e.interaction_id for e in held}
     return [e for e in events if e.interaction_id not in ids], held
+
+
+@dataclass
+class EventSplit:
+    train: list[CompletionEvent]  # all a run may learn from
+    held: list[CompletionEvent]  # the gate's: learnt by neither the candidate nor the active adapter
+    new: list[CompletionEvent]  # of `train`, those the active adapter has not learnt
+    learnt_after_held_out: int  # of `new`, those the active adapter's run held out
+
+
+def split_for_run(
+    events: Sequence[CompletionEvent], fraction: float, watermark: int | None, held_after: int | None
+) -> EventSplit:
+    """The completions of a run. Held out for the gate: the events after the active adapter's `watermark` that
+    the stable hash puts in the `fraction`; the active adapter never saw them, and the candidate does not learn
+    them. The next run learns them like the rest, so that no correction is kept from the model for good (held
+    out for ever, a fifth of what the user wrote would never be learnt), and the gate always judges on what
+    the user did with the active adapter's own suggestions. `held_after`: the watermark of the adapter the active
+    one was trained from, which its own run held out after; the events it held, between that and `watermark`,
+    are new to it. None or 0: it held out every hashed event up to `watermark` (the first adapter's run, or one
+    from before this rule)."""
+    after = new_events(events, watermark)
+    rest, held = split_events(after, fraction)
+    held_ids = {e.interaction_id for e in held}
+    train = [e for e in events if e.interaction_id not in held_ids]
+    if not watermark:
+        return EventSplit(train, held, rest, 0)
+    lower = held_after or 0
+    was_held = [e for e in events if lower < e.event_id <= watermark and held_out(e.interaction_id, fraction)]
+    return EventSplit(train, held, rest + was_held, len(was_held))
 
 
 def replay_sample(

@@ -213,14 +213,16 @@ class Run:
             "off_policy": sum(e.adapter_version != (self.active or {}).get("version", 0) for e in examples),
         }
         events = data.completion_events(self.rows)
-        self.train_events, self.held_events = data.split_events(
-            events, self.cfg.reward_model.holdout_fraction
+        active = self.active or {}
+        watermark = active.get("event_watermark")
+        split = data.split_for_run(
+            events, self.cfg.reward_model.holdout_fraction, watermark, active.get("held_out_after")
         )
+        self.train_events, self.held_events, new = split.train, split.held, split.new
         # The policy learns from the completions the active adapter has not, and goes over completion_replay
         # times as many earlier ones again (it learnt them in its own runs, and is the reference here), so that
         # it keeps fitting them. A bound per new one, not all of them: all would make every run longer than the
         # last, whatever the user did since.
-        new = data.new_events(self.train_events, (self.active or {}).get("event_watermark"))
         replayed = data.replay_sample(
             self.train_events,
             new,
@@ -232,7 +234,10 @@ class Run:
         self.metrics["data"]["completions"] = {
             **{k: sum(e.outcome == k for e in events) for k in ("accepted", "corrected", "dismissed")},
             "held_out": len(self.held_events),
+            # The next run learns the events held out here: those after this watermark (0: all of them).
+            "held_out_after": watermark or 0,
             "new_to_the_active_adapter": len(new),
+            "held_out_before": split.learnt_after_held_out,
             "replayed": len(replayed),
             "pairs": len(self.completion_pairs),
         }
