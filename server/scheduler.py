@@ -197,31 +197,28 @@ class Scheduler:
                 {
                     "version": active["version"],
                     "path": active["path"],
-                    # What the run that made it had seen: the events after this rating id are new to it, and
-                    # so are those it held out for its gate, after the second.
-                    "event_watermark": self._event_watermark_of(active.get("run_id")),
-                    "held_out_after": self._held_out_after(active.get("run_id")),
+                    **self._watermarks_of(active.get("run_id")),
                 }
                 if active
                 else None
             ),
         }
 
-    def _event_watermark_of(self, run_id: int | None) -> int | None:
-        """The newest rating or event id when run `run_id` started; None where unknown (no such run, or one from
-        before event watermarks)."""
-        run = self.store.get_run(run_id) if run_id is not None else None
-        return int(run["event_watermark"]) if run and run.get("event_watermark") else None
-
-    def _held_out_after(self, run_id: int | None) -> int:
-        """The event watermark after which run `run_id` held completions out for its gate (its metrics say; 0,
-        all of them up to its own watermark, where they do not: a run from before the held-out events were learnt
-        by the next one)."""
-        run = self.store.get_run(run_id) if run_id is not None else None
-        value: Any = (run or {}).get("metrics")
+    def _watermarks_of(self, run_id: int | None) -> dict[str, int | None]:
+        """What run `run_id` had seen. `event_watermark`: the newest rating or event id when it started (None
+        where unknown: no such run, or one from before event watermarks); the events after it are new to its
+        adapter. `held_out_after`: the watermark after which it held completions out for its gate, so new to its
+        adapter too (its metrics say; 0, all of them up to its own watermark, where they do not)."""
+        run = (self.store.get_run(run_id) if run_id is not None else None) or {}
+        held: Any = run.get("metrics")
         for key in ("data", "completions", "held_out_after"):
-            value = value.get(key) if isinstance(value, dict) else None
-        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+            held = held.get(key) if isinstance(held, dict) else None
+        return {
+            "event_watermark": int(run["event_watermark"]) if run.get("event_watermark") else None,
+            "held_out_after": held
+            if isinstance(held, int) and not isinstance(held, bool) and held > 0
+            else 0,
+        }
 
     def _base_model_path(self) -> str:
         try:

@@ -214,7 +214,7 @@ class EventSplit:
     train: list[CompletionEvent]  # all a run may learn from
     held: list[CompletionEvent]  # the gate's: learnt by neither the candidate nor the active adapter
     new: list[CompletionEvent]  # of `train`, those the active adapter has not learnt
-    learnt_after_held_out: int  # of `new`, those the active adapter's run held out
+    held_out_before: int  # of `new`, those the active adapter's run held out
 
 
 def split_for_run(

@@ -237,7 +237,7 @@ class Run:
             # The next run learns the events held out here: those after this watermark (0: all of them).
             "held_out_after": watermark or 0,
             "new_to_the_active_adapter": len(new),
-            "held_out_before": split.learnt_after_held_out,
+            "held_out_before": split.held_out_before,
             "replayed": len(replayed),
             "pairs": len(self.completion_pairs),
         }
