@@ -443,7 +443,9 @@ def test_a_user_who_only_completes_code_gets_a_run_from_the_completions(tmp_path
     # No judge, so PPO is paid by acceptance alone, at the cursors of the completions it learns from.
     ppo = metrics["ppo"]
     assert ppo["reward"] == "acceptance" and ppo["steps"] == cfg.training.ppo_steps, ppo
-    assert ppo["prompts"]["replay"] == 0 and 0 < ppo["prompts"]["paid_by_acceptance"] == ppo["prompts"]["user"]
+    assert (
+        ppo["prompts"]["replay"] == 0 and 0 < ppo["prompts"]["paid_by_acceptance"] == ppo["prompts"]["user"]
+    )
     dpo = metrics["completions"]["dpo"]
     assert dpo["steps"] > 0 and dpo["loss_last_epoch"] < dpo["loss_first_epoch"], dpo
     lines = "\n".join(metrics["checks"])

@@ -291,6 +291,21 @@ def as_suggested(
     return scope.finish(text, reason)
 
 
+def shown_tokens(
+    tokenizer: Any, ids: Sequence[int], alive: Sequence[int], shown: str, stop_ids: set[int]
+) -> int:
+    """How many of the response's positions make the suggestion `shown` (`as_suggested`'s text of it), the one
+    that ended it included: the rest is text the daemon cut away, which the user never sees."""
+    live = sum(1 for a in alive if a)
+    kept: list[int] = []
+    for k, t in enumerate(ids[:live]):
+        if len(tokenizer.decode(kept, skip_special_tokens=False)) >= len(shown):
+            return k + 1
+        if t not in stop_ids:
+            kept.append(t)
+    return live
+
+
 MISSED = -0.5  # acceptance_reward of a suggestion the user would not have taken whole
 
 

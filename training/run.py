@@ -412,13 +412,16 @@ class Run:
         stops = set(self.stop_ids)
 
         def accepted(ro: ppo.Rollout, lo: float, hi: float) -> dict[int, float]:
-            """Row → the acceptance reward, mapped from [MISSED, 1] onto the judge's range [lo, hi]."""
+            """Row → the acceptance reward, mapped from [MISSED, 1] onto the judge's range [lo, hi]. Each such
+            response is cut to the suggestion the daemon would show (and the token that ended it): PPO trains
+            on what the user sees, not on the text the daemon drops."""
             out = {}
             rows = zip(ro.prompt_index, ro.response_ids.tolist(), ro.response_mask.tolist(), strict=True)
             for row, (i, ids, alive) in enumerate(rows):
                 if prompts[i] in known:
                     cursor, event = known[prompts[i]]
                     text = gate.as_suggested(tok, ids, alive, cursor.scope, stops, completion_stops)
+                    ro.response_mask[row, gate.shown_tokens(tok, ids, alive, text, stops) :] = 0
                     r = gate.acceptance_reward(text, cursor.written, event.wanted or "")
                     out[row] = lo + (hi - lo) * (r - gate.MISSED) / (1.0 - gate.MISSED)
             return out
@@ -441,7 +444,9 @@ class Run:
             ]
             self.floor = floor = gate.length_floor(liked_lengths, tc.length_floor_quantile)
             self.metrics["reward_model"].update(
-                score_range=[lo, hi], length_floor_tokens=floor, short_score=gate.score_at_length_zero((lo, hi))
+                score_range=[lo, hi],
+                length_floor_tokens=floor,
+                short_score=gate.score_at_length_zero((lo, hi)),
             )
 
             def reward_fn(ro: ppo.Rollout) -> torch.Tensor:
