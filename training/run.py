@@ -412,19 +412,11 @@ class Run:
         stops = set(self.stop_ids)
 
         def accepted(ro: ppo.Rollout, lo: float, hi: float) -> dict[int, float]:
-            """Row → the acceptance reward, mapped from [MISSED, 1] onto the judge's range [lo, hi]. Each such
-            response is cut to the suggestion the daemon would show (and the token that ended it): PPO trains
-            on what the user sees, not on the text the daemon drops."""
-            out = {}
-            rows = zip(ro.prompt_index, ro.response_ids.tolist(), ro.response_mask.tolist(), strict=True)
-            for row, (i, ids, alive) in enumerate(rows):
-                if prompts[i] in known:
-                    cursor, event = known[prompts[i]]
-                    text = gate.as_suggested(tok, ids, alive, cursor.scope, stops, completion_stops)
-                    ro.response_mask[row, gate.shown_tokens(tok, ids, alive, text, stops) :] = 0
-                    r = gate.acceptance_reward(text, cursor.written, event.wanted or "")
-                    out[row] = lo + (hi - lo) * (r - gate.MISSED) / (1.0 - gate.MISSED)
-            return out
+            """Row → the acceptance reward, mapped from [MISSED, 1] onto the judge's range [lo, hi]."""
+            paid = acceptance_rewards(
+                tok, ro, [known.get(prompts[i]) for i in ro.prompt_index], stops, completion_stops
+            )
+            return {row: lo + (hi - lo) * (r - gate.MISSED) / (1.0 - gate.MISSED) for row, r in paid.items()}
 
         if self.no_judge:
 
@@ -559,6 +551,26 @@ def _one_sided(n: int, liked: int, disliked: int) -> str:
     if liked == 0 and disliked == 0:
         want = "like and some you dislike"
     return f"{told}: there is nothing to tell good answers from bad ones yet; rate some answers you {want}"
+
+
+def acceptance_rewards(
+    tokenizer: Any, ro: Any, known: list[tuple[Any, Any] | None], stop_ids: set[int], stop_texts: list[str]
+) -> dict[int, float]:
+    """Row of rollout `ro` → `gate.acceptance_reward` of its suggestion, for the rows whose cursor and event are
+    known (`known[row]`; None: not a completion cursor). Each such response is cut to the suggestion the daemon
+    would show and the token that ended it (its `response_mask` shortened): PPO trains on what the user sees, not
+    on the text the daemon drops."""
+    from . import gate
+
+    out = {}
+    rows = zip(known, ro.response_ids.tolist(), ro.response_mask.tolist(), strict=True)
+    for row, (at, ids, alive) in enumerate(rows):
+        if at is not None:
+            cursor, event = at
+            text = gate.as_suggested(tokenizer, ids, alive, cursor.scope, stop_ids, stop_texts)
+            ro.response_mask[row, gate.shown_tokens(tokenizer, ids, alive, text, stop_ids) :] = 0
+            out[row] = gate.acceptance_reward(text, cursor.written, event.wanted or "")
+    return out
 
 
 def ppo_args(cfg: Config, learning_rate: float):
