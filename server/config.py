@@ -86,11 +86,6 @@ class TrainingConfig:
     # Also a next-token fine-tune on what the user took or wrote at each cursor (the project's names and idioms),
     # with the same KL to the base.
     fim_finetune: bool = False
-    # PPO on the cursors of the completions a run learns from, paid by whether the user would have taken each
-    # sampled suggestion whole (and how much of what they wanted it spares them typing), as the daemon would cut
-    # it; with a judge, those cursors are paid so and the chats by the judge. Off: completions teach only the
-    # warm start.
-    completion_ppo: bool = True
     ptx_coef: float = (
         0.5  # PPO-ptx: weight of a next-token loss on general Python in every PPO update (0: off)
     )

@@ -439,13 +439,7 @@ def test_a_user_who_only_completes_code_gets_a_run_from_the_completions(tmp_path
     metrics = _train(_prepare_run(cfg, store, model_dir))
     assert metrics["data"]["completions"]["corrected"] + metrics["data"]["completions"]["accepted"] == 48
     assert metrics["used_ratings"] is False  # no rating was used: the count towards a rated run stays
-    assert "completions alone" in metrics["reward_model"]["skipped"]
-    # No judge, so PPO is paid by acceptance alone, at the cursors of the completions it learns from.
-    ppo = metrics["ppo"]
-    assert ppo["reward"] == "acceptance" and ppo["steps"] == cfg.training.ppo_steps, ppo
-    assert (
-        ppo["prompts"]["replay"] == 0 and 0 < ppo["prompts"]["paid_by_acceptance"] == ppo["prompts"]["user"]
-    )
+    assert "completions alone" in metrics["reward_model"]["skipped"] and "skipped" in metrics["ppo"]
     dpo = metrics["completions"]["dpo"]
     assert dpo["steps"] > 0 and dpo["loss_last_epoch"] < dpo["loss_first_epoch"], dpo
     lines = "\n".join(metrics["checks"])

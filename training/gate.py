@@ -268,58 +268,14 @@ def suggest(
                 generator=gen,
             )
             for cursor, row, alive in zip(batch, r_ids.tolist(), r_mask.tolist(), strict=True):
-                out.append(as_suggested(tokenizer, row, alive, cursor.scope, stops, stop_texts))
+                kept = [t for t, a in zip(row, alive, strict=True) if a]
+                reason = "stop" if kept and kept[-1] in stops else "length"
+                text = tokenizer.decode([t for t in kept if t not in stops], skip_special_tokens=False)
+                cuts = [j for j in (text.find(s) for s in stop_texts if s) if j >= 0]
+                if cuts:
+                    text, reason = text[: min(cuts)], "stop"
+                out.append(cursor.scope.finish(text, reason))
     return out
-
-
-def as_suggested(
-    tokenizer: Any,
-    ids: Sequence[int],
-    alive: Sequence[int],
-    scope: Scope,
-    stop_ids: set[int],
-    stop_texts: Sequence[str],
-) -> str:
-    """The suggestion the daemon would show for sampled response `ids` (`alive`: its mask): the text up to a stop
-    token or the first of `stop_texts`, cut by the cursor's `scope`."""
-    kept = [t for t, a in zip(ids, alive, strict=True) if a]
-    reason = "stop" if kept and kept[-1] in stop_ids else "length"
-    text = tokenizer.decode([t for t in kept if t not in stop_ids], skip_special_tokens=False)
-    cuts = [j for j in (text.find(s) for s in stop_texts if s) if j >= 0]
-    if cuts:
-        text, reason = text[: min(cuts)], "stop"
-    return scope.finish(text, reason)
-
-
-def shown_tokens(
-    tokenizer: Any, ids: Sequence[int], alive: Sequence[int], shown: str, stop_ids: set[int]
-) -> int:
-    """How many of the response's positions make the suggestion `shown` (`as_suggested`'s text of it), the one
-    that ended it included: the rest is text the daemon cut away, which the user never sees."""
-    live = sum(1 for a in alive if a)
-    kept: list[int] = []
-    for k, t in enumerate(ids[:live]):
-        if len(tokenizer.decode(kept, skip_special_tokens=False)) >= len(shown):
-            return k + 1
-        if t not in stop_ids:
-            kept.append(t)
-    return live
-
-
-MISSED = -0.5  # acceptance_reward of a suggestion the user would not have taken whole
-
-
-def acceptance_reward(suggestion: str, written: str, wanted: str) -> float:
-    """PPO's reward for a suggestion at a cursor where the user had `written` and wanted `wanted` (its first
-    statement): 0 for showing nothing; taken whole (`taken_whole`), the share of what they wanted that it
-    spares them typing, up to 1; else MISSED, the cost of reading a suggestion they turn down. So the policy is
-    paid for suggesting what the user would take, as much of it as it can get right, and for stopping before it
-    guesses."""
-    if not suggestion:
-        return 0.0
-    if taken_whole(suggestion, written):
-        return min(1.0, len(suggestion) / max(len(wanted), 1))
-    return MISSED
 
 
 @dataclass

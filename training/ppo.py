@@ -258,8 +258,7 @@ def train(
     """Run `args.ppo_steps` rounds of rollout → score → GAE → clipped updates on the active LoRA adapter.
 
     `model` is a PEFT model whose active adapter is the policy; `reward_fn(rollout)` returns r(x, y) per
-    response, and may shorten a response by zeroing the end of its `response_mask` (text no one will see): those
-    tokens are then neither paid nor trained. π_ref is the adapter named `reference`, or the plain base when None. `ptx()`, when given, is a
+    response. π_ref is the adapter named `reference`, or the plain base when None. `ptx()`, when given, is a
     loss on other data (InstructGPT's PPO-ptx) added to every minibatch's loss with weight `args.ptx_coef`.
     Returns one dict of statistics per step.
     """

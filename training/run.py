@@ -3,8 +3,7 @@
 snapshot → reward model (lazily retrained, kept only when it predicts) → warm start (KTO on the ratings, DPO on
 the completions) → PPO → gate → adapter written via a temp folder. Each phase is a method of `Run`, in that
 order. A user who gave too few ratings for a judge but enough completion events (accepted suggestions and
-corrections) gets a run on those alone: the DPO warm start, PPO paid by whether they would have taken each
-suggestion (no judge), and the gate.
+corrections) gets a run on those alone: the DPO warm start and the gate, without a judge or PPO.
 """
 
 from __future__ import annotations
@@ -384,10 +383,7 @@ class Run:
 
     def ppo(self, progress: Progress) -> None:
         """PPO on fresh rollouts from the user's prompts (chats, and the FIM prompts of their completions), mixed
-        with general replay prompts. At a cursor where the trainer knows what the user wrote (the completions it
-        learns from here), the reward is whether they would have taken the suggestion (`gate.acceptance_reward`);
-        elsewhere it is the judge's score. Without a judge, PPO runs on those cursors alone
-        (`training.completion_ppo`)."""
+        with general replay prompts."""
         import torch
 
         from . import data, gate, imitate, ppo, reward
@@ -398,56 +394,30 @@ class Run:
         train_prompts, self.held_prompts = data.user_prompts(self.rows, held_ids)
         self.replay = data.replay_prompts(tok)
         self.score_range, self.floor = None, 0.0
-        # The cursors PPO is paid at by what the user did: one per FIM prompt, the newest event's.
-        known = {c.prompt: (c, e) for c, e in self.learn_cursors()} if tc.completion_ppo else {}
-        if self.no_judge and not known:
+        if self.no_judge:
             self.metrics["ppo"] = {"skipped": f"{self.no_judge}: PPO needs a judge"}
             return
-        if self.no_judge:
-            prompts, n_user, replay = list(known), len(known), []
-        else:
-            prompts, n_user, replay = train_prompts + self.replay, len(train_prompts), self.replay
+        prompts = train_prompts + self.replay
         prompt_ids = [_encode_prompt(tok, p, tc.max_prompt_tokens) for p in prompts]
-        completion_stops = _completion_stops(self.cfg, tok)
-        stops = set(self.stop_ids)
 
-        def accepted(ro: ppo.Rollout, lo: float, hi: float) -> dict[int, float]:
-            """Row → the acceptance reward, mapped from [MISSED, 1] onto the judge's range [lo, hi]."""
-            paid = acceptance_rewards(
-                tok, ro, [known.get(prompts[i]) for i in ro.prompt_index], stops, completion_stops
-            )
-            return {row: lo + (hi - lo) * (r - gate.MISSED) / (1.0 - gate.MISSED) for row, r in paid.items()}
+        # PPO's reward is the judge's score clipped to its range on the rated answers: beyond it the judge
+        # extrapolates, and a policy that finds such text (an empty code block scored 4.4 on a −1..1 scale) would
+        # be paid for gaming it. An answer under the gate's length floor scores below the lowest real answer
+        # (gate.under_floor_scores): the judge overrates text that shrinks towards nothing.
+        self.score_range = lo, hi = reward.score_range(self.rm, self.train_ex)
+        liked_lengths = [
+            len(imitate.encode(tok, e, tc.max_prompt_tokens, tc.max_response_tokens, self.stop_id)[1])
+            for e in imitate.liked(self.train_ex + self.held_ex)
+        ]
+        self.floor = floor = gate.length_floor(liked_lengths, tc.length_floor_quantile)
+        self.metrics["reward_model"].update(
+            score_range=[lo, hi], length_floor_tokens=floor, short_score=gate.score_at_length_zero((lo, hi))
+        )
 
-        if self.no_judge:
-
-            def reward_fn(ro: ppo.Rollout) -> torch.Tensor:
-                paid = accepted(ro, gate.MISSED, 1.0)
-                return torch.tensor([paid[row] for row in range(len(ro.prompt_index))])
-
-        else:
-            # PPO's reward is the judge's score clipped to its range on the rated answers: beyond it the judge
-            # extrapolates, and a policy that finds such text (an empty code block scored 4.4 on a −1..1 scale)
-            # would be paid for gaming it. An answer under the gate's length floor scores below the lowest real
-            # answer (gate.under_floor_scores): the judge overrates text that shrinks towards nothing.
-            self.score_range = lo, hi = reward.score_range(self.rm, self.train_ex)
-            liked_lengths = [
-                len(imitate.encode(tok, e, tc.max_prompt_tokens, tc.max_response_tokens, self.stop_id)[1])
-                for e in imitate.liked(self.train_ex + self.held_ex)
-            ]
-            self.floor = floor = gate.length_floor(liked_lengths, tc.length_floor_quantile)
-            self.metrics["reward_model"].update(
-                score_range=[lo, hi],
-                length_floor_tokens=floor,
-                short_score=gate.score_at_length_zero((lo, hi)),
-            )
-
-            def reward_fn(ro: ppo.Rollout) -> torch.Tensor:
-                texts = decode_responses(tok, ro.response_ids, ro.response_mask, self.stop_ids)
-                scores = reward.score(self.rm, [prompts[i] for i in ro.prompt_index], texts).clamp(lo, hi)
-                scores = gate.under_floor_scores(scores, ro.response_mask.sum(1).cpu(), floor, (lo, hi))
-                for row, r in accepted(ro, lo, hi).items():
-                    scores[row] = r
-                return scores
+        def reward_fn(ro: ppo.Rollout) -> torch.Tensor:
+            texts = decode_responses(tok, ro.response_ids, ro.response_mask, self.stop_ids)
+            scores = reward.score(self.rm, [prompts[i] for i in ro.prompt_index], texts).clamp(lo, hi)
+            return gate.under_floor_scores(scores, ro.response_mask.sum(1).cpu(), floor, (lo, hi))
 
         def on_step(step: int, stats: dict) -> None:
             progress(
@@ -462,12 +432,16 @@ class Run:
         freeze_copy(self.model, POLICY, REFERENCE)
         value_head = ppo.ValueHead(_hidden_size(self.model)).to(self.device)
         demos = _ptx_data(self.cfg, self.model, tok) if tc.ptx_coef > 0 else None
-        progress("ppo", 0.0, f"PPO on {n_user} user prompts and {len(replay)} replay prompts")
+        progress(
+            "ppo", 0.0, f"PPO on {len(train_prompts)} user prompts and {len(self.replay)} replay prompts"
+        )
         history = ppo.train(
             self.model,
             value_head,
             prompt_ids,
-            data.prompt_batches(n_user, len(replay), tc.batch_size, tc.replay_ratio, tc.seed),
+            data.prompt_batches(
+                len(train_prompts), len(self.replay), tc.batch_size, tc.replay_ratio, tc.seed
+            ),
             reward_fn,
             ppo_args(self.cfg, self.rates.ppo),
             pad_id=_pad_id(tok),
@@ -479,21 +453,10 @@ class Run:
         self.metrics["ppo"] = _ppo_summary(history)
         fim = {e.prompt for e in self.train_events}
         self.metrics["ppo"]["prompts"] = {
-            "user": n_user,
-            "of_completions": sum(p in fim for p in prompts[:n_user]),
-            "paid_by_acceptance": len(known),
-            "replay": len(replay),
+            "user": len(train_prompts),
+            "of_completions": sum(p in fim for p in train_prompts),
+            "replay": len(self.replay),
         }
-        self.metrics["ppo"]["reward"] = "acceptance" if self.no_judge else "judge, and acceptance where known"
-
-    def learn_cursors(self) -> list[tuple[Any, Any]]:
-        """(cursor, event) of the completions this run learns from that say what the user had there, one per FIM
-        prompt (its newest event), as the gate's cursors are made."""
-        newest = {e.prompt: e for e in sorted(self.learn_events, key=lambda e: e.event_id) if e.wanted}
-        events = list(newest.values())
-        cursors = held_cursors(self.cfg, self.tokenizer, events)
-        by_prompt = {e.prompt: e for e in events}
-        return [(c, by_prompt[c.prompt]) for c in cursors]
 
     def gate(self, progress: Progress) -> dict[str, Any]:
         """Held-out prompts (topped up with replay prompts) and ratings, KL to the active adapter, general loss."""
@@ -551,26 +514,6 @@ def _one_sided(n: int, liked: int, disliked: int) -> str:
     if liked == 0 and disliked == 0:
         want = "like and some you dislike"
     return f"{told}: there is nothing to tell good answers from bad ones yet; rate some answers you {want}"
-
-
-def acceptance_rewards(
-    tokenizer: Any, ro: Any, known: list[tuple[Any, Any] | None], stop_ids: set[int], stop_texts: list[str]
-) -> dict[int, float]:
-    """Row of rollout `ro` → `gate.acceptance_reward` of its suggestion, for the rows whose cursor and event are
-    known (`known[row]`; None: not a completion cursor). Each such response is cut to the suggestion the daemon
-    would show and the token that ended it (its `response_mask` shortened): PPO trains on what the user sees, not
-    on the text the daemon drops."""
-    from . import gate
-
-    out = {}
-    rows = zip(known, ro.response_ids.tolist(), ro.response_mask.tolist(), strict=True)
-    for row, (at, ids, alive) in enumerate(rows):
-        if at is not None:
-            cursor, event = at
-            text = gate.as_suggested(tokenizer, ids, alive, cursor.scope, stop_ids, stop_texts)
-            ro.response_mask[row, gate.shown_tokens(tokenizer, ids, alive, text, stop_ids) :] = 0
-            out[row] = gate.acceptance_reward(text, cursor.written, event.wanted or "")
-    return out
 
 
 def ppo_args(cfg: Config, learning_rate: float):
