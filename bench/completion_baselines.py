@@ -169,11 +169,18 @@ def accepted_pairs(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
     ]
 
 
-def file_pairs(suggester: Suggester, files: dict[str, str]) -> list[tuple[str, str]]:
-    """(FIM prompt, the rest of the line) at every place the developer asked in `files`."""
+def file_pairs(
+    suggester: Suggester, files: dict[str, str], typed: dict[str, int] | None = None
+) -> list[tuple[str, str]]:
+    """(FIM prompt, the rest of the line) at every place the developer asked in `files`; with `typed` (file →
+    offset of the latest place asked at), only in those files and up to there."""
     out = []
-    for truth in files.values():
+    for name, truth in files.items():
+        if typed is not None and name not in typed:
+            continue
         for pos in ask_positions(truth):
+            if typed is not None and pos > typed[name]:
+                break
             end = truth.find("\n", pos)
             middle = truth[pos : end if end >= 0 else len(truth)]
             if middle.strip():

@@ -176,7 +176,9 @@ class Developer:
         self.every = every
         self.latencies: list[float] = []
         self.events = 0
-        self.checkpoints: list[dict] = [{"events": 0, "adapter_version": 0, "run": None}]
+        self.checkpoints: list[dict] = [{"events": 0, "adapter_version": 0, "run": None, "typed": {}}]
+        self.interactions: list[str] = []  # one per event, in order
+        self.typed: dict[str, int] = {}  # file → offset of the latest place asked at: what has been typed
 
     def type_files(self, files: dict[str, str]) -> list[dict]:
         return [self.type_file(name, truth) for name, truth in files.items()]
@@ -194,6 +196,7 @@ class Developer:
 
         def suggest(pos: int) -> tuple[str, str] | None:
             change(truth[:pos])
+            self.typed[name] = pos
             line, col = line_col(truth, pos)
             t0 = time.perf_counter()
             items = self.c.inline_completion(uri, line, col)
@@ -207,6 +210,7 @@ class Developer:
             if event["event"] == "partially_accepted":
                 self.c.request("reinf/feedback", {"interaction_id": iid, "event": "dismissed"})
             self.events += 1
+            self.interactions.append(iid)
             if self.every and self.events % self.every == 0:
                 self.wait_for_run()
 
@@ -225,12 +229,19 @@ class Developer:
             time.sleep(0.5)
         run = run_summary(wait_for_run(self.c, before, timeout=3600))
         version = self.c.status()["adapter_version"]
-        self.checkpoints.append({"events": self.events, "adapter_version": version, "run": run})
+        self.checkpoints.append(
+            {"events": self.events, "adapter_version": version, "run": run, "typed": dict(self.typed)}
+        )
         print(
             f"  {self.events} events: run {run.get('run_id')} {run['state']}, adapter v{version}"
             + (f" ({'; '.join(run.get('reasons') or [])[:200]})" if run.get("reasons") else ""),
             flush=True,
         )
+
+    def learnt_by_last(self) -> dict:
+        """The checkpoint whose run made the adapter that serves at the end: the events and the text it had."""
+        final = self.checkpoints[-1]["adapter_version"]
+        return next(c for c in self.checkpoints if c["adapter_version"] == final)
 
     def _runs_after(self, run_id: int) -> bool:
         runs = self.c.request("reinf/runs", {"limit": 1})["runs"]
@@ -294,11 +305,20 @@ def learn(train: dict[str, str], heldout: dict[str, str], every: int, parent: st
                     base_loss, general_loss(model_path, home / "adapters" / f"v{v}", texts)
                 )
             point["general_loss_change_pct"] = round(changes[v], 2)
-        rows = read_export(export)
+        # The baselines learn from what the final adapter's run had: the events before it started, and the files
+        # as far as they had been typed then (the events after it taught no adapter of reinf's).
+        learnt = dev.learnt_by_last()
+        ids = set(dev.interactions[: learnt["events"]])
+        rows = [r for r in read_export(export) if r.get("interaction_id") in ids]
+        if len(rows) != len(ids):
+            raise RuntimeError(
+                f"the export has {len(rows)} of the {len(ids)} completions the baselines learn from"
+            )
+        seen = file_pairs(suggester, train, learnt["typed"])
         systems = {
             "sft_accepted": (accepted_pairs(rows), False),
-            "fim_files_seen": (file_pairs(suggester, train), False),
-            "fim_files_seen_guarded": (file_pairs(suggester, train), True),
+            "fim_files_seen": (seen, False),
+            "fim_files_seen_guarded": (seen, True),
         }
         baselines = {}
         for name, (pairs, guarded) in systems.items():
@@ -343,6 +363,10 @@ def learn(train: dict[str, str], heldout: dict[str, str], every: int, parent: st
             "live": live,
             "curve": curve,
             "baselines": {"no_learning": {k: v for k, v in base.items() if k != "run"}, **baselines},
+            "baselines_learn_from": {
+                "events": learnt["events"],
+                "adapter_version": learnt["adapter_version"],
+            },
             "gain_points": gain,
             "general_loss_base": base_loss,
             "general_loss_change_pct": last["general_loss_change_pct"],

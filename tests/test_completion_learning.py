@@ -551,6 +551,24 @@ def test_the_simulated_developer_takes_what_they_would_type_and_types_the_rest()
     assert wrong["typed_by_hand"] == len(truth) and figures([wrong])["acceptance_rate"] == 0.0
 
 
+def test_the_fim_baselines_learn_the_files_only_as_far_as_they_had_been_typed():
+    """The benchmark's FIM baselines learn from what the final adapter's run had: the places asked at up to where
+    the developer was when it started, not the rest of the files typed after it."""
+    from bench.completion_baselines import file_pairs
+
+    class Prompts:  # the FIM prompt as the daemon would make it, here the prefix itself
+        def fim_prompt(self, prefix: str) -> str:
+            return prefix
+
+    files = {"a.py": "def f(a):\n    return a\n", "b.py": "x = 1\n", "c.py": "y = 2\n"}
+    every = file_pairs(Prompts(), files)
+    assert [m for _, m in every] == ["def f(a):", "a):", "return a", "x = 1", "1", "y = 2", "2"]
+    # Stopped at b.py's "= " (offset 4): all of a.py, b.py up to there, nothing of c.py.
+    seen = file_pairs(Prompts(), files, {"a.py": 14, "b.py": 4})
+    assert seen == every[:5] and seen[-1] == ("x = ", "1")
+    assert file_pairs(Prompts(), files, {}) == []
+
+
 def test_the_judge_learns_that_what_was_typed_beats_the_suggestion(model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
