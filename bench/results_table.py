@@ -122,7 +122,7 @@ def _completions_learning(d: dict[str, Any]) -> tuple[str, str]:
         f"published, {lr['published_regressions']} published regressions), general loss "
         f"{last['general_loss_change_pct']:+.1f}%; accepted chars per suggestion {base['accepted_chars_per_suggestion']} → "
         f"{last['accepted_chars_per_suggestion']}; typed by hand per file {base['typed_by_hand_per_file']:.0f} → "
-        f"{last['typed_by_hand_per_file']:.0f}; baselines on the same events: "
+        f"{last['typed_by_hand_per_file']:.0f}; {_learn_from(lr)}: "
         + "; ".join(_completion_baseline(b[k], label) for k, label in COMPLETION_BASELINES)
     )
     t = lr["targets"]
@@ -135,6 +135,14 @@ def _completions_learning(d: dict[str, Any]) -> tuple[str, str]:
         + ", 0 regressions: "
         + ("met" if met else "not met")
     )
+
+
+def _learn_from(lr: dict[str, Any]) -> str:
+    """What the baselines learnt from: the events (and the text typed) before the final adapter's run."""
+    src = lr.get("baselines_learn_from")
+    if src is None:  # results from before the bench said so: every event
+        return "baselines on the same events"
+    return f"baselines on the {src['events']} events the final adapter's run had"
 
 
 COMPLETION_BASELINES = (
