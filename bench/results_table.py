@@ -128,12 +128,15 @@ def _completions_learning(d: dict[str, Any]) -> tuple[str, str]:
     t = lr["targets"]
     met = all(t[k] for k in ("met_gain", "met_general_loss", "beats_baselines", "no_published_regressions"))
     broke = t.get("baselines_that_broke_the_model") or []
+    verdict = "met" if met else "not met"
+    if lr["events"] < t["events"]:  # a short run cannot reach the events the target is set at
+        verdict = f"not judged, a short run ({lr['events']} of {t['events']} events)"
     return figure, (
         f"≥ +{t['gain_points']:g} points after {t['events']} events, general loss ≤ +{t['general_loss_change_pct']:g}%, "
         "ahead of the baselines"
         + (" that keep general loss within it" if broke else "")
         + ", 0 regressions: "
-        + ("met" if met else "not met")
+        + verdict
     )
 
 
